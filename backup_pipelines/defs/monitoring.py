@@ -1,0 +1,84 @@
+"""Discovery of workspaces, and the schedules that back up the last completed day."""
+
+import dagster as dg
+
+from backup_pipelines.defs.partitions import (
+    daily,
+    daily_by_workspace,
+    last_completed_date,
+    multi_key,
+    workspaces,
+)
+from backup_pipelines.defs.postgres import FULL_DUMP
+from backup_pipelines.defs.resources import PolicyResource, PostgresResource
+from backup_pipelines.lib.postgres import list_workspaces
+
+full_backup_job = dg.define_asset_job(
+    "postgres_full_backup_job",
+    selection=dg.AssetSelection.assets(FULL_DUMP),
+    partitions_def=daily,
+    description="The whole PostgreSQL database, once a day.",
+)
+
+# Every per-workspace backup asset of the deployment (SQL and index artifacts of one partition
+# run together, so their points in time stay close).
+workspace_backup_job = dg.define_asset_job(
+    "workspace_backup_job",
+    selection=dg.AssetSelection.groups("workspace_backups"),
+    partitions_def=daily_by_workspace,
+    description="Every per-workspace backup of one date x workspace partition.",
+)
+
+full_backup_schedule = dg.build_schedule_from_partitioned_job(
+    full_backup_job,
+    name="postgres_full_backup_daily",
+    hour_of_day=1,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+# One run per workspace for the last completed day (run_key = partition key).
+workspace_backup_schedule = dg.build_schedule_from_partitioned_job(
+    workspace_backup_job,
+    name="workspace_backup_daily",
+    hour_of_day=1,
+    minute_of_hour=15,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+@dg.sensor(
+    name="workspace_discovery_sensor",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    job=workspace_backup_job,
+    description="Adds a `workspaces` partition for each new workspace in SQL and backs it up at once.",
+)
+def workspace_discovery_sensor(
+    context: dg.SensorEvaluationContext, postgres_db: PostgresResource, policy: PolicyResource
+) -> dg.SensorResult:
+    valid, invalid = list_workspaces(postgres_db.database_url, policy.load())
+    for bad in invalid:
+        # Reported, never added: an invalid id must not reach a path, URL or SQL statement.
+        context.log.warning(f"skipping workspace with invalid id {bad[:80]!r}")
+    known = set(context.instance.get_dynamic_partitions(workspaces.name))
+    new = [w for w in valid if w not in known]
+    if not new:
+        return dg.SensorResult(
+            skip_reason=f"no new workspace ({len(valid)} known, {len(invalid)} invalid skipped)"
+        )
+    date = last_completed_date()
+    context.log.info(f"discovered {len(new)} workspace(s): {', '.join(new[:20])}")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[workspaces.build_add_request(new)],
+        run_requests=[
+            dg.RunRequest(partition_key=multi_key(date, w), run_key=f"first-{multi_key(date, w)}")
+            for w in new
+        ],
+    )
+
+
+defs = dg.Definitions(
+    jobs=[full_backup_job, workspace_backup_job],
+    schedules=[full_backup_schedule, workspace_backup_schedule],
+    sensors=[workspace_discovery_sensor],
+)

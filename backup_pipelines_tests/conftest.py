@@ -1,0 +1,71 @@
+"""Real services on loopback, started once per session and stopped afterwards."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import psycopg
+import pytest
+
+from backup_pipelines.devstack import sample_data
+from backup_pipelines.devstack.postgres_cluster import PostgresCluster
+from backup_pipelines.devstack.s3_server import S3Server
+from backup_pipelines.lib.store import LocalStore, S3Store
+
+WORKSPACES = ["ws_acme", "ws_globex", "ws_initech"]
+SMALL = sample_data.Scale(
+    sessions=8, turns_per_session=5, memories=120, nodes=15, edges=30, embedding_dim=16
+)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def make_database(pg_cluster):
+    """A new empty database per call, dropped at the end of the test."""
+    created = []
+
+    def make(prefix: str = "db") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        created.append(name)
+        return pg_cluster.create_database(name)
+
+    yield make
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def source_db(make_database):
+    """A seeded agent-memory database with three workspaces."""
+    url = make_database("source")
+    sample_data.seed(url, WORKSPACES, SMALL)
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    with S3Server(bucket="test-backups") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """The same tests against both backends."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    server = request.getfixturevalue("s3_env")
+    return S3Store(server.bucket, f"run-{secrets.token_hex(4)}")
