@@ -1,0 +1,195 @@
+"""The whole code location: it loads, its asset keys are pinned, and its jobs run for real."""
+
+import dagster as dg
+import pytest
+
+from backup_pipelines.defs.partitions import (
+    daily_by_workspace,
+    date_and_workspace,
+    last_completed_date,
+    multi_key,
+)
+from backup_pipelines.lib.errors import InvalidWorkspaceId
+from backup_pipelines.lib.store import ArtifactRef, store_from_url
+
+# Renaming any of these orphans its history in the UI (DESIGN "Contracts"): change on purpose only.
+EXPECTED_ASSET_KEYS = ["postgres/full_dump", "postgres/workspace_dump"]
+EXPECTED_PARTITIONS = {
+    "postgres/full_dump": "daily",
+    "postgres/workspace_dump": "date x workspaces",
+}
+
+
+def describe_partitions(partitions_def) -> str:
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        names = [
+            d.partitions_def.name
+            if isinstance(d.partitions_def, dg.DynamicPartitionsDefinition)
+            else d.name
+            for d in partitions_def.partitions_defs
+        ]
+        return " x ".join(names)
+    return (
+        "daily"
+        if isinstance(partitions_def, dg.DailyPartitionsDefinition)
+        else repr(partitions_def)
+    )
+
+
+SECRET = "hunter2-s3cret"
+
+
+@pytest.fixture
+def definitions(monkeypatch, tmp_path, source_db):
+    # The test cluster trusts loopback, so a password is accepted and ignored: it stands for
+    # a real secret that must never reach logs, metadata or the UI.
+    monkeypatch.setenv("DATABASE_URL", source_db.replace("postgres@", f"postgres:{SECRET}@"))
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{tmp_path}/store")
+    from backup_pipelines.definitions import build_definitions
+
+    defs = build_definitions()
+    defs.resolve_all_job_defs()  # validates the whole code location
+    return defs
+
+
+def test_code_location_loads_with_pinned_asset_keys_and_partitions(definitions):
+    graph = definitions.resolve_asset_graph()
+    keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    assert keys == EXPECTED_ASSET_KEYS
+    for key, expected in EXPECTED_PARTITIONS.items():
+        assert (
+            describe_partitions(graph.get(dg.AssetKey.from_user_string(key)).partitions_def)
+            == expected
+        )
+    assert str(multi_key("2026-11-21", "ws_acme")) == "2026-11-21|ws_acme"
+    checks = sorted(k.to_user_string() for k in graph.asset_check_keys)
+    assert checks == [
+        "postgres/full_dump:artifact_verifies",
+        "postgres/workspace_dump:artifact_verifies",
+    ]
+    assert {s.name for s in definitions.schedules} == {
+        "postgres_full_backup_daily",
+        "workspace_backup_daily",
+    }
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in definitions.schedules)
+    assert (
+        definitions.resolve_sensor_def("workspace_discovery_sensor").default_status
+        == dg.DefaultSensorStatus.RUNNING
+    )
+
+
+def test_a_store_not_configured_is_not_part_of_the_deployment(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    from backup_pipelines.definitions import build_definitions
+
+    defs = build_definitions()
+    assert list(defs.resolve_asset_graph().get_all_asset_keys()) == []
+    assert not list(defs.sensors or [])
+
+
+def test_secret_is_not_in_what_the_ui_sees(definitions):
+    from dagster._core.remote_representation.external_data import RepositorySnap
+
+    snapshot = str(RepositorySnap.from_def(definitions.get_repository_def()))
+    assert "DATABASE_URL" in snapshot  # the variable's name is shown ...
+    assert SECRET not in snapshot  # ... never its value
+
+
+def test_workspace_backup_job_materializes_and_verifies(definitions, source_db, tmp_path):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_acme", "ws_globex"])
+        job = definitions.resolve_job_def("workspace_backup_job")
+        result = job.execute_in_process(instance=instance, partition_key="2026-11-21|ws_acme")
+        assert result.success
+        [materialization] = result.asset_materializations_for_node("postgres__workspace_dump")
+        metadata = materialization.metadata
+        assert metadata["rows_per_table"].value["public.memory_entries"] == 120
+        assert metadata["bytes"].value > 0 and metadata["throughput_mb_per_s"].value > 0
+        assert "workspace=ws_acme" in metadata["location"].value
+        logs = [e.message or "" for e in instance.all_logs(result.run_id)]
+        assert SECRET not in str(metadata) and not any(SECRET in line for line in logs)
+        [check] = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        assert check.passed and check.metadata["files_verified"].value == 7
+    store = store_from_url(f"file://{tmp_path}/store")
+    assert store.verify(ArtifactRef("postgres/workspace_dump", "2026-11-21", "ws_acme")).ok
+    assert (
+        store.read_manifest(ArtifactRef("postgres/workspace_dump", "2026-11-21", "ws_globex"))
+        is None
+    )
+
+
+def test_failed_backup_fails_the_run_and_leaves_no_manifest(definitions, source_db, tmp_path):
+    import psycopg
+
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE turns RENAME TO turns_old")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_acme"])
+        result = definitions.resolve_job_def("workspace_backup_job").execute_in_process(
+            instance=instance, partition_key="2026-11-21|ws_acme", raise_on_error=False
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert (
+        "public.turns listed in the policy's workspace_tables does not exist"
+        in failure.event_specific_data.error.to_string()
+    )
+    assert list(store_from_url(f"file://{tmp_path}/store").list_artifacts()) == []
+
+
+def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(definitions, source_db):
+    import psycopg
+
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO workspaces (workspace_id, name) VALUES ('bad id; drop', 'x'), ('ws_new', 'y')"
+        )
+    sensor = definitions.resolve_sensor_def("workspace_discovery_sensor")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_acme"])
+        with dg.build_sensor_context(
+            instance=instance, definitions=definitions, resources=definitions.resources
+        ) as context:
+            result = sensor(context)
+        [request] = result.dynamic_partitions_requests
+        assert sorted(request.partition_keys) == ["ws_globex", "ws_initech", "ws_new"]
+        assert sorted(r.partition_key for r in result.run_requests) == sorted(
+            f"{last_completed_date()}|{w}" for w in ["ws_globex", "ws_initech", "ws_new"]
+        )
+        instance.add_dynamic_partitions("workspaces", list(request.partition_keys))
+        with dg.build_sensor_context(
+            instance=instance, definitions=definitions, resources=definitions.resources
+        ) as context:
+            again = sensor(context)
+        assert not again.dynamic_partitions_requests and not again.run_requests
+
+
+def test_workspace_schedule_requests_last_completed_day_for_every_workspace(definitions):
+    from datetime import UTC, datetime
+
+    schedule = definitions.resolve_schedule_def("workspace_backup_daily")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_acme", "ws_globex"])
+        when = datetime(2026, 11, 22, 1, 15, tzinfo=UTC)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+            data = schedule.evaluate_tick(context)
+    assert sorted(r.partition_key for r in data.run_requests) == [
+        "2026-11-21|ws_acme",
+        "2026-11-21|ws_globex",
+    ]
+
+
+def test_partition_keys_refuse_invalid_workspace_ids():
+    assert date_and_workspace("2026-11-21|ws_acme") == ("2026-11-21", "ws_acme")
+    with pytest.raises(InvalidWorkspaceId):
+        date_and_workspace("2026-11-21|../../etc")
+    assert (
+        daily_by_workspace.get_partition_key_from_str("2026-11-21|ws_acme").keys_by_dimension[
+            "date"
+        ]
+        == "2026-11-21"
+    )
