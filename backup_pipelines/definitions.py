@@ -3,7 +3,7 @@ configures (a store whose variables are unset is not part of it: no assets, no a
 
 import dagster as dg
 
-from backup_pipelines.defs import monitoring, postgres
+from backup_pipelines.defs import monitoring, postgres, qdrant, typesense
 from backup_pipelines.defs.resources import build_resources, configured_stores
 
 
@@ -12,6 +12,10 @@ def build_definitions() -> dg.Definitions:
     parts = []
     if "postgres" in stores:
         parts += [postgres.defs, monitoring.defs]
+    if "typesense" in stores:
+        parts.append(typesense.defs)
+    if "qdrant" in stores:
+        parts.append(qdrant.defs)
     return dg.Definitions.merge(*parts, dg.Definitions(resources=build_resources()))
 
 

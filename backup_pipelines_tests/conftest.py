@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
 
@@ -69,3 +70,59 @@ def store(request, tmp_path):
         return LocalStore(tmp_path / "store")
     server = request.getfixturevalue("s3_env")
     return S3Store(server.bucket, f"run-{secrets.token_hex(4)}")
+
+
+@pytest.fixture(scope="session")
+def typesense_server():
+    from backup_pipelines.devstack.typesense_server import TypesenseServer
+
+    with TypesenseServer(api_key=secrets.token_hex(16)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def qdrant_url():
+    """A real Qdrant when QDRANT_URL is set (opt-in), else the stand-in on loopback."""
+    import os
+
+    if os.environ.get("QDRANT_URL"):
+        yield os.environ["QDRANT_URL"]
+        return
+    from backup_pipelines.devstack.stack import QdrantStandinProcess
+
+    with QdrantStandinProcess() as standin:
+        yield standin.url
+
+
+@pytest.fixture
+def indexed_source(source_db, typesense_server, qdrant_url):
+    """The seeded database with every workspace's memories indexed in Typesense and Qdrant,
+    as the platform would; collections are dropped afterwards."""
+    from backup_pipelines.lib import memory_index
+    from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.qdrant_client import QdrantHttp
+    from backup_pipelines.lib.typesense_client import TypesenseClient
+
+    policy = Policy()
+    typesense = TypesenseClient(typesense_server.url, typesense_server.api_key)
+    qdrant = QdrantHttp(qdrant_url, os.environ.get("QDRANT_API_KEY"))
+    with psycopg.connect(source_db) as conn:
+        for workspace in WORKSPACES:
+            rows = memory_index.iter_memory_rows(conn, workspace, policy)
+            memory_index.index_into_typesense(
+                typesense, policy.typesense_collection_for(workspace), rows
+            )
+            rows = memory_index.iter_memory_rows(conn, workspace, policy)
+            memory_index.index_into_qdrant(
+                qdrant, policy.qdrant_collections_for(workspace)[0], rows
+            )
+    yield {"db": source_db, "typesense": typesense, "qdrant": qdrant, "policy": policy}
+    for workspace in WORKSPACES:
+        for name in [policy.typesense_collection_for(workspace)]:
+            if typesense.collection_exists(name):
+                typesense.delete_collection(name)
+        for name in policy.qdrant_collections_for(workspace):
+            if qdrant.collection_exists(name):
+                qdrant.delete_collection(name)
+    for alias in typesense.list_aliases():
+        typesense.http.request("DELETE", f"/aliases/{alias['name']}", "delete alias")

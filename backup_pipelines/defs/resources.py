@@ -26,6 +26,30 @@ class PostgresResource(dg.ConfigurableResource):
     database_url: str
 
 
+class TypesenseResource(dg.ConfigurableResource):
+    """The Typesense search index (TYPESENSE_URL + TYPESENSE_API_KEY)."""
+
+    url: str
+    api_key: str
+
+    def client(self):
+        from backup_pipelines.lib.typesense_client import TypesenseClient
+
+        return TypesenseClient(self.url, self.api_key)
+
+
+class QdrantResource(dg.ConfigurableResource):
+    """The Qdrant vector index (QDRANT_URL, optional QDRANT_API_KEY)."""
+
+    url: str
+    api_key: str = ""
+
+    def client(self):
+        from backup_pipelines.lib.qdrant_client import QdrantHttp
+
+        return QdrantHttp(self.url, self.api_key or None)
+
+
 class PolicyResource(dg.ConfigurableResource):
     """RPO targets, retention, workspace tables and collection names (BACKUP_POLICY_FILE)."""
 
@@ -41,6 +65,10 @@ def configured_stores(env: dict[str, str] | None = None) -> set[str]:
     stores = set()
     if env.get("DATABASE_URL"):
         stores.add("postgres")
+    if env.get("TYPESENSE_URL") and env.get("TYPESENSE_API_KEY"):
+        stores.add("typesense")
+    if env.get("QDRANT_URL"):
+        stores.add("qdrant")
     return stores
 
 
@@ -50,6 +78,14 @@ def build_resources(env: dict[str, str] | None = None) -> dict[str, dg.Configura
         "backup_store": BackupStoreResource(url=env.get("BACKUP_STORE_URL", "")),
         "policy": PolicyResource(policy_file=env.get("BACKUP_POLICY_FILE", "")),
     }
-    if env.get("DATABASE_URL"):
+    stores = configured_stores(env)
+    if "postgres" in stores:
         resources["postgres_db"] = PostgresResource(database_url=dg.EnvVar("DATABASE_URL"))
+    if "typesense" in stores:
+        resources["typesense"] = TypesenseResource(
+            url=env["TYPESENSE_URL"], api_key=dg.EnvVar("TYPESENSE_API_KEY")
+        )
+    if "qdrant" in stores:
+        api_key = dg.EnvVar("QDRANT_API_KEY") if env.get("QDRANT_API_KEY") else ""
+        resources["qdrant"] = QdrantResource(url=env["QDRANT_URL"], api_key=api_key)
     return resources

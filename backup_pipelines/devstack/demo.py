@@ -56,22 +56,27 @@ def run_backups_like_the_daemon(defs, instance) -> list[tuple[str, str, bool]]:
 
 
 def summarize(store) -> tuple[int, bool]:
-    total_bytes = total_rows = count = 0
+    total_bytes = count = 0
     all_ok = True
     for ref in sorted(store.list_artifacts()):
         manifest = store.read_manifest(ref)
         check = store.verify(ref)
         all_ok &= check.ok
         size = sum(f["bytes"] for f in manifest["files"])
-        rows = sum(manifest["counts"].get("rows", {}).values())
         total_bytes += size
-        total_rows += rows
         count += 1
-        print(
-            f"  {'verified' if check.ok else 'CORRUPT '} {ref}  {size:>12,} bytes  {rows:>8,} rows"
-        )
-    print(f"{count} artifacts, {total_bytes:,} bytes, {total_rows:,} rows in {store.describe()}")
+        status = "verified" if check.ok else "CORRUPT "
+        print(f"  {status} {ref}  {size:>12,} bytes  {describe_counts(manifest['counts'])}")
+    print(f"{count} artifacts, {total_bytes:,} bytes in {store.describe()}")
     return count, all_ok
+
+
+def describe_counts(counts: dict) -> str:
+    if "documents" in counts:
+        return f"{counts['documents']:,} documents"
+    if "points" in counts:
+        return f"{counts['points']:,} points"
+    return f"{sum(counts.get('rows', {}).values()):,} rows"
 
 
 def main() -> int:
@@ -99,7 +104,7 @@ def main() -> int:
         count, verified = summarize(store)
     failed = [o for o in outcomes if not o[2]]
     print(f"demo finished in {time.monotonic() - started:.1f} s; the local stack is stopped")
-    if failed or not verified or count < 1 + len(DEMO_WORKSPACES):
+    if failed or not verified or count < 1 + 3 * len(DEMO_WORKSPACES):
         print(
             f"DEMO FAILED: {len(failed)} failed run(s), verified={verified}, artifacts={count}",
             file=sys.stderr,

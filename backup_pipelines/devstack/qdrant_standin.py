@@ -56,6 +56,15 @@ from typing import Any, BinaryIO
 
 import qdrant_edge as edge
 
+from backup_pipelines.lib.qdrant_snapshot import (
+    SnapshotError,
+    empty_wal_segment,
+    last_operation_number,
+    segment_dirs,
+    unpack_collection_snapshot,
+    verify_checksum,
+)
+
 log = logging.getLogger(__name__)
 
 # Storage format the snapshots claim (version.info). A real server recovers snapshots of its own
@@ -67,9 +76,6 @@ COPY_CHUNK = 1024 * 1024
 SNAPSHOT_SUFFIX = ".snapshot"
 CHECKSUM_SUFFIX = ".checksum"
 SHARD_ID = "0"
-# A real WAL segment starts with the magic "wal", format version 0 and a random CRC seed.
-WAL_SEGMENT_MAGIC = b"wal\x00"
-WAL_SEGMENT_BYTES = 64
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 UNAUTHENTICATED_PATHS = {"/healthz", "/readyz", "/livez"}
 SNAPSHOT_PRIORITIES = {None, "no_sync", "snapshot", "replica"}
@@ -458,30 +464,8 @@ class Collection:
                 )
 
 
-def segment_dirs(shard_path: Path) -> list[Path]:
-    """Complete segment folders of a shard (a segment without version.info is unfinished)."""
-    segments = shard_path / "segments"
-    if not segments.is_dir():
-        return []
-    return sorted(
-        entry
-        for entry in segments.iterdir()
-        if entry.is_dir() and not entry.name.startswith(".") and (entry / "version.info").exists()
-    )
-
-
-def last_operation_number(shard_path: Path) -> int:
-    """Highest operation number applied to any segment (segment.json `version`), or -1."""
-    versions = [
-        read_json(segment / "segment.json").get("version")
-        for segment in segment_dirs(shard_path)
-        if (segment / "segment.json").exists()  # written at the segment's first flush
-    ]
-    return max((version for version in versions if version is not None), default=-1)
-
-
 # ---------------------------------------------------------------------------------------------
-# Snapshot archives
+# Snapshot archives (written here; read by backup_pipelines.lib.qdrant_snapshot)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -500,25 +484,11 @@ class HashingWriter(io.RawIOBase):
         return self.target.write(data)
 
 
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(COPY_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     member = tarfile.TarInfo(name)
     member.size = len(data)
     member.mtime = int(time.time())
     archive.addfile(member, io.BytesIO(data))
-
-
-def empty_wal_segment() -> bytes:
-    """A closed WAL segment without entries: header only, zero padded."""
-    header = WAL_SEGMENT_MAGIC + secrets.token_bytes(4)
-    return header + bytes(WAL_SEGMENT_BYTES - len(header))
 
 
 def write_segment_tar(segment: Path, target: Path) -> None:
@@ -572,92 +542,6 @@ def pack_segments(collection: Collection, scratch: Path) -> tuple[list[Path], in
             collection.next_operation_id, last_operation_number(collection.shard_path) + 1
         )
     return segment_tars, next_operation
-
-
-def is_safe_member(member: tarfile.TarInfo) -> bool:
-    path = Path(member.name)
-    return (member.isfile() or member.isdir()) and not path.is_absolute() and ".." not in path.parts
-
-
-def split_shard_member(name: str) -> tuple[str, str] | None:
-    """`0/segments/x.tar` -> ("0", "segments/x.tar"); None outside shard folders."""
-    parts = Path(name).parts
-    if parts and parts[0] == ".":
-        parts = parts[1:]
-    if len(parts) >= 2 and parts[0].isdigit():
-        return parts[0], "/".join(parts[1:])
-    return None
-
-
-def read_snapshot_config(archive: tarfile.TarFile) -> dict:
-    for member in archive:
-        if member.isfile() and member.name.lstrip("./") == "config.json":
-            return json.load(archive.extractfile(member))
-    raise wrong_input("the snapshot has no config.json: it is not a collection snapshot")
-
-
-def split_shard_tars(archive: tarfile.TarFile, work: Path) -> dict[str, Path]:
-    """Copy each shard folder of a collection snapshot into a tar of its own (streamed)."""
-    shard_tars: dict[str, Path] = {}
-    with contextlib.ExitStack() as open_writers:
-        writers: dict[str, tarfile.TarFile] = {}
-        for member in archive:
-            located = split_shard_member(member.name)
-            if located is None or not is_safe_member(member) or located[1].startswith("wal"):
-                continue  # the WAL of the source server is replaced, see restore_shard_folder
-            shard_id, inner_name = located
-            if shard_id not in writers:
-                shard_tars[shard_id] = work / f"shard-{shard_id}.tar"
-                writers[shard_id] = open_writers.enter_context(
-                    tarfile.open(shard_tars[shard_id], "w")
-                )
-            copy = tarfile.TarInfo(inner_name)
-            copy.size, copy.mtime, copy.mode, copy.type = (
-                member.size,
-                member.mtime,
-                member.mode,
-                member.type,
-            )
-            source = archive.extractfile(member) if member.isfile() else None
-            writers[shard_id].addfile(copy, source)
-    if not shard_tars:
-        raise wrong_input("the snapshot holds no shard folder")
-    return shard_tars
-
-
-def restore_shard_folder(snapshot: Path, work: Path) -> tuple[dict, Path]:
-    """Unpack a collection snapshot into one Edge shard folder; returns (config, shard path).
-
-    Shards of a multi-shard snapshot hold disjoint points, so their segments are gathered in one
-    Edge shard. The source WAL is not kept (a server's WAL records are not Edge's); an empty WAL
-    starting after the highest segment version keeps later updates applied.
-    """
-    with tarfile.open(snapshot, "r:") as archive:
-        config = read_snapshot_config(archive)
-        shard_tars = split_shard_tars(archive, work)
-    merged = work / "shard"
-    (merged / "segments").mkdir(parents=True)
-    for shard_id, shard_tar in shard_tars.items():
-        unpacked = work / f"unpacked-{shard_id}"
-        try:
-            edge.EdgeShard.unpack_snapshot(str(shard_tar), str(unpacked))
-        except Exception as error:
-            raise wrong_input(f"cannot unpack shard {shard_id} of the snapshot: {error}") from error
-        shard_tar.unlink()
-        for segment in segment_dirs(unpacked):
-            segment.rename(merged / "segments" / segment.name)
-    (merged / "wal").mkdir()
-    next_operation = last_operation_number(merged) + 1
-    (merged / "wal" / f"closed-{next_operation}").write_bytes(empty_wal_segment())
-    return config, merged
-
-
-def verify_checksum(snapshot: Path, expected: str | None) -> None:
-    if expected is None:
-        return
-    actual = sha256_of_file(snapshot)
-    if not hmac.compare_digest(actual, expected.strip().lower()):
-        raise wrong_input(f"Snapshot checksum mismatch: expected {expected}, got {actual}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -878,9 +762,12 @@ class StandinState:
         the checksum matches and the snapshot unpacks and opens."""
         if not COLLECTION_NAME.match(name):
             raise wrong_input(f"collection name `{name}` is not allowed by the stand-in")
-        verify_checksum(snapshot, checksum)
         with tempfile.TemporaryDirectory(dir=self.work_dir, prefix=f"recover-{name}-") as scratch:
-            config, shard_folder = restore_shard_folder(snapshot, Path(scratch))
+            try:
+                verify_checksum(snapshot, checksum)
+                config, shard_folder = unpack_collection_snapshot(snapshot, Path(scratch))
+            except SnapshotError as error:
+                raise wrong_input(error.reason) from error
             normalized_vectors(config.get("params", {}).get("vectors"))
             edge.EdgeShard.load(str(shard_folder)).close()  # refuse what the engine cannot open
             self._swap_in(name, config, shard_folder, Path(scratch))

@@ -1,6 +1,6 @@
 """The local stack used by the demo, `make dev` and the tests alike: a throwaway PostgreSQL
-cluster and, on request, an S3 endpoint, on free 127.0.0.1 ports, all stopped and removed
-on exit.
+cluster, a real Typesense server, the Qdrant stand-in and, on request, an S3 endpoint, on
+free 127.0.0.1 ports, all stopped and removed on exit.
 
     python -m backup_pipelines.devstack.stack dev     # the stack, seeded, plus `dagster dev`
 """
@@ -10,27 +10,74 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from backup_pipelines.devstack import sample_data
+from backup_pipelines.devstack.ports import LOOPBACK, free_port, wait_for_port
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster
 from backup_pipelines.devstack.s3_server import S3Server
+from backup_pipelines.devstack.typesense_server import TypesenseServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_WORKSPACES = ["ws_acme", "ws_globex", "ws_initech"]
 DATABASE_NAME = "agent_memory"
 
 
+class QdrantStandinProcess:
+    """The Qdrant stand-in in a process of its own, spoken to over real HTTP."""
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.port = free_port()
+        self.api_key = api_key
+        self._dir = Path(tempfile.mkdtemp(prefix="qdrant-standin-"))
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> QdrantStandinProcess:
+        argv = [sys.executable, "-m", "backup_pipelines.devstack.qdrant_standin"]
+        argv += ["--port", str(self.port), "--storage", str(self._dir)]
+        if self.api_key:
+            argv += ["--api-key", self.api_key]
+        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self._process:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> QdrantStandinProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 class LocalStack:
-    def __init__(self, with_s3: bool = False) -> None:
+    def __init__(self, with_s3: bool = False, with_indexes: bool = True) -> None:
         self.with_s3 = with_s3
+        self.with_indexes = with_indexes
         self.postgres: PostgresCluster | None = None
         self.s3: S3Server | None = None
+        self.typesense: TypesenseServer | None = None
+        self.qdrant: QdrantStandinProcess | None = None
         self.database_url = ""
         self._stack = contextlib.ExitStack()
 
@@ -40,18 +87,29 @@ class LocalStack:
             self.database_url = self.postgres.create_database(DATABASE_NAME)
             if self.with_s3:
                 self.s3 = self._stack.enter_context(S3Server())
+            if self.with_indexes:
+                key = secrets.token_hex(16)
+                self.typesense = self._stack.enter_context(TypesenseServer(api_key=key))
+                self.qdrant = self._stack.enter_context(QdrantStandinProcess())
         except BaseException:
             self.stop()
             raise
         return self
 
-    def seed(
-        self, workspaces: list[str] = DEMO_WORKSPACES, scale: sample_data.Scale | None = None
-    ) -> dict:
-        return sample_data.seed(self.database_url, workspaces, scale or sample_data.Scale())
+    def seed(self, workspaces=DEMO_WORKSPACES, scale: sample_data.Scale | None = None) -> dict:
+        """The sample database, and every memory entry indexed into Typesense and Qdrant."""
+        totals = sample_data.seed(self.database_url, workspaces, scale or sample_data.Scale())
+        if self.with_indexes:
+            totals["indexed"] = index_workspaces(self, workspaces)
+        return totals
 
     def env(self, store_url: str | None = None) -> dict[str, str]:
         env = {"DATABASE_URL": self.database_url}
+        if self.typesense:
+            env["TYPESENSE_URL"] = self.typesense.url
+            env["TYPESENSE_API_KEY"] = self.typesense.api_key
+        if self.qdrant:
+            env["QDRANT_URL"] = self.qdrant.url
         if self.s3:
             env.update(self.s3.env)
             env["BACKUP_STORE_URL"] = store_url or f"s3://{self.s3.bucket}/agent-memory"
@@ -67,6 +125,34 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def index_workspaces(stack: LocalStack, workspaces: list[str]) -> dict[str, int]:
+    """Index every memory entry of each workspace, as the platform itself would."""
+    import psycopg
+
+    from backup_pipelines.lib import memory_index
+    from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.qdrant_client import QdrantHttp
+    from backup_pipelines.lib.typesense_client import TypesenseClient
+
+    policy = Policy()
+    counts = {"typesense_documents": 0, "qdrant_points": 0}
+    with (
+        psycopg.connect(stack.database_url) as conn,
+        TypesenseClient(stack.typesense.url, stack.typesense.api_key) as typesense,
+        QdrantHttp(stack.qdrant.url) as qdrant,
+    ):
+        for workspace in workspaces:
+            rows = memory_index.iter_memory_rows(conn, workspace, policy)
+            counts["typesense_documents"] += memory_index.index_into_typesense(
+                typesense, policy.typesense_collection_for(workspace), rows
+            )
+            rows = memory_index.iter_memory_rows(conn, workspace, policy)
+            counts["qdrant_points"] += memory_index.index_into_qdrant(
+                qdrant, policy.qdrant_collections_for(workspace)[0], rows
+            )
+    return counts
 
 
 def prepare_dagster_home(path: Path) -> Path:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from backup_pipelines.lib.errors import BackupError
+
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -49,7 +51,7 @@ class RetryPolicy:
         return (self.connect_timeout, self.read_timeout)
 
 
-class IndexStoreError(RuntimeError):
+class IndexStoreError(BackupError):
     """A call to an index store failed for good (after retries, or not retryable)."""
 
     def __init__(

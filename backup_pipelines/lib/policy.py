@@ -67,6 +67,7 @@ class Policy:
     )
     workspace_registry_table: str = "workspaces"
     workspace_registry_column: str = "workspace_id"
+    memory_table: str = "memory_entries"  # the rows the indexes are derived from
     typesense_collection: str = "memory_{workspace}"
     qdrant_collections: tuple[str, ...] = ("agent_{workspace}",)
     rpo_hours: float = 24.0
@@ -117,7 +118,7 @@ def load_policy(path: str | os.PathLike | None = None) -> Policy:
             raise ConfigError(
                 f"BACKUP_POLICY_FILE {path}: collection template {template!r} lacks {{workspace}}"
             )
-    for key in ("schema", "workspace_registry_table", "workspace_registry_column"):
+    for key in ("schema", "memory_table", "workspace_registry_table", "workspace_registry_column"):
         if key in values and not IDENTIFIER.fullmatch(str(values[key])):
             raise ConfigError(
                 f"BACKUP_POLICY_FILE {path}: {key} {values[key]!r} is not an identifier"

@@ -38,6 +38,9 @@ class QdrantHttp:
 
     # Collections
 
+    def server_version(self) -> str:
+        return str(self.http.json("GET", "/", "read version").get("version", "unknown"))
+
     def collection_exists(self, collection: str) -> bool:
         return bool(self._result("GET", _path(collection, "exists"), "collection exists")["exists"])
 

@@ -250,10 +250,15 @@ class VerifyingReader(io.RawIOBase):
         self._bytes = 0
         self._checked = False
 
+    @property
+    def description(self) -> str:
+        return f"{self._where}: file {self._entry['name']!r}"
+
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+
         data = self._raw.read(len(buffer))
         if not data:
             self._check()

@@ -9,6 +9,9 @@ from typing import BinaryIO
 
 import zstandard
 
+from backup_pipelines.lib.errors import ChecksumMismatch
+
+
 Log = Callable[[str], None]
 
 
@@ -66,6 +69,14 @@ def zstd_decompressing(source: BinaryIO) -> BinaryIO:
 
 
 def iter_decompressed(source: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
-    with zstd_decompressing(source) as reader:
-        while chunk := reader.read(size):
-            yield chunk
+    """Decompressed chunks; damage found by zstd's own frame checksum is a ChecksumMismatch."""
+    try:
+        with zstd_decompressing(source) as reader:
+            while chunk := reader.read(size):
+                yield chunk
+    except zstandard.ZstdError as exc:
+        where = getattr(source, "description", "a compressed file")
+        raise ChecksumMismatch(
+            f"{where} does not match its manifest (zstd: {exc}); the artifact is corrupt — "
+            "do not restore from it, use another date"
+        ) from exc

@@ -140,6 +140,9 @@ class TypesenseClient:
 
     # Collections and their definition
 
+    def server_version(self) -> str:
+        return str(self.http.json("GET", "/debug", "read version").get("version", "unknown"))
+
     def collection_exists(self, collection: str) -> bool:
         response = self.http.request(
             "GET", _collection_path(collection), "get collection", accept_statuses=(200, 404)

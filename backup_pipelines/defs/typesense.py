@@ -1,0 +1,59 @@
+"""Typesense: the workspace's collection exported with everything a restore needs beside it."""
+
+import dagster as dg
+
+from backup_pipelines.defs.artifacts import verify_artifact_check, write_artifact
+from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
+from backup_pipelines.defs.postgres import WORKSPACE_DUMP
+from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, TypesenseResource
+from backup_pipelines.lib.index_backup import export_typesense_collection
+from backup_pipelines.lib.store import ArtifactRef
+
+COLLECTION_EXPORT = dg.AssetKey(["typesense", "collection_export"])
+
+
+@dg.asset(
+    key=COLLECTION_EXPORT,
+    partitions_def=daily_by_workspace,
+    group_name="workspace_backups",
+    kinds={"typesense"},
+    # SQL first: the index export follows the SQL dump of the same partition closely.
+    deps=[WORKSPACE_DUMP],
+    description="The workspace's Typesense collection: JSONL export plus schema, synonyms, overrides and aliases.",
+)
+def collection_export(
+    context: dg.AssetExecutionContext,
+    typesense: TypesenseResource,
+    backup_store: BackupStoreResource,
+    policy: PolicyResource,
+) -> dg.MaterializeResult:
+    date, workspace = date_and_workspace(context.partition_key)
+    collection = policy.load().typesense_collection_for(workspace)
+    ref = ArtifactRef("typesense/collection_export", date, workspace)
+    with typesense.client() as client:
+        return write_artifact(
+            context,
+            backup_store.get_store(),
+            ref,
+            lambda writer: export_typesense_collection(
+                client, typesense.url, collection, writer, context.log.info
+            ),
+        )
+
+
+@dg.asset_check(
+    asset=COLLECTION_EXPORT,
+    name="artifact_verifies",
+    blocking=True,
+    partitions_def=daily_by_workspace,
+)
+def collection_export_verifies(
+    context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource
+):
+    date, workspace = date_and_workspace(context.partition_key)
+    return verify_artifact_check(
+        backup_store.get_store(), ArtifactRef("typesense/collection_export", date, workspace)
+    )
+
+
+defs = dg.Definitions(assets=[collection_export], asset_checks=[collection_export_verifies])
