@@ -11,7 +11,6 @@ import zstandard
 
 from backup_pipelines.lib.errors import ChecksumMismatch
 
-
 Log = Callable[[str], None]
 
 
