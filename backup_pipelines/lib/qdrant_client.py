@@ -149,6 +149,16 @@ class QdrantHttp:
 
     # Points
 
+    def existing_ids(self, collection: str, ids: list) -> set:
+        """Which of `ids` the collection holds (no payloads or vectors transferred)."""
+        found = self._result(
+            "POST",
+            _path(collection, "points"),
+            "retrieve points",
+            json={"ids": ids, "with_payload": False, "with_vector": False},
+        )
+        return {point["id"] for point in found}
+
     def upsert_points(self, collection: str, points: list[dict[str, Any]]) -> None:
         """Upsert points ({"id", "vector", "payload"}) and wait until they are applied."""
         path = _path(collection, "points")

@@ -241,15 +241,34 @@ class TypesenseClient:
         batch and a batch can be resent after a transient failure (idempotent actions only).
         Raises ImportFailed when Typesense refuses any document of a batch.
         """
-        imported = 0
+        return self._import(collection, chunks, action, batch_size, keep_existing=False)[0]
+
+    def import_missing(
+        self, collection: str, chunks: Iterable[bytes], batch_size: int = DEFAULT_IMPORT_BATCH
+    ) -> tuple[int, int]:
+        """Create the documents whose id the collection lacks and leave every existing one
+        as it is (newer data wins, like ON CONFLICT DO NOTHING); returns (created, kept)."""
+        return self._import(collection, chunks, "create", batch_size, keep_existing=True)
+
+    def _import(
+        self,
+        collection: str,
+        chunks: Iterable[bytes],
+        action: str,
+        batch_size: int,
+        keep_existing: bool,
+    ) -> tuple[int, int]:
+        sent = kept = 0
         lines = iter(_jsonl_lines(chunks))
         while batch := list(itertools.islice(lines, batch_size)):
-            imported += self._import_batch(collection, batch, action, first_line=imported + 1)
-        return imported
+            kept += self._import_batch(collection, batch, action, sent + 1, keep_existing)
+            sent += len(batch)
+        return sent - kept, kept
 
     def _import_batch(
-        self, collection: str, batch: list[bytes], action: str, first_line: int
+        self, collection: str, batch: list[bytes], action: str, first_line: int, keep_existing: bool
     ) -> int:
+        """Send one batch; returns how many documents already existed (kept as they were)."""
         path = _collection_path(collection, "documents/import")
         response = self.http.request(
             "POST",
@@ -269,11 +288,16 @@ class TypesenseClient:
             raise self.http.error(
                 "import", path, f"sent {len(batch)} documents, got {outcome.answered} results"
             )
-        if outcome.failures:
+        failures = [f for f in outcome.failures if not (keep_existing and f.code == 409)]
+        if failures:
             raise ImportFailed(
-                collection, len(outcome.failures), len(batch), first_line - 1, outcome.shown()
+                collection,
+                len(failures),
+                len(batch),
+                first_line - 1,
+                [str(f) for f in failures[:FAILURES_SHOWN]],
             )
-        return len(batch)
+        return len(outcome.failures) - len(failures)
 
     # Verification
 
@@ -298,7 +322,7 @@ class _ImportOutcome:
 
     def __init__(self) -> None:
         self.answered = 0
-        self.failures: list[str] = []
+        self.failures: list[_Failure] = []
 
     @classmethod
     def read(cls, result_lines: Iterable[bytes], first_line: int) -> _ImportOutcome:
@@ -307,20 +331,24 @@ class _ImportOutcome:
             outcome.answered += 1
             result = json.loads(line)
             if result.get("success") is not True:
-                outcome.failures.append(_describe_failure(result, first_line + offset))
+                outcome.failures.append(_Failure(result, first_line + offset))
         return outcome
 
-    def shown(self) -> list[str]:
-        return self.failures[:FAILURES_SHOWN]
 
+class _Failure:
+    """One refused document, named by id only: its content may be private."""
 
-def _describe_failure(result: dict[str, Any], line_number: int) -> str:
-    # The refused document is echoed back; name it by id only, its content may be private.
-    try:
-        doc_id = json.loads(result.get("document", "")).get("id")
-    except (ValueError, AttributeError):
-        doc_id = None
-    return f"line {line_number} (id {doc_id!r}): code {result.get('code')}: {result.get('error')}"
+    def __init__(self, result: dict[str, Any], line_number: int) -> None:
+        self.code = result.get("code")
+        self.error = result.get("error")
+        self.line_number = line_number
+        try:
+            self.doc_id = json.loads(result.get("document", "")).get("id")
+        except (ValueError, AttributeError):
+            self.doc_id = None
+
+    def __str__(self) -> str:
+        return f"line {self.line_number} (id {self.doc_id!r}): code {self.code}: {self.error}"
 
 
 def clean_schema(collection: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,199 @@
+"""`backup-pipelines`: the operator's command line. Reads only the environment and the store,
+so it works when Dagster (its daemon, webserver or database) is gone.
+
+    backup-pipelines doctor
+    backup-pipelines list [--asset A] [--date D] [--workspace W]
+    backup-pipelines verify [--asset A] [--date D] [--workspace W]
+    backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
+                                       [--dry-run] [--override-gate REASON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.policy import load_policy
+from backup_pipelines.lib.store import store_from_url
+
+
+def _store():
+    return store_from_url(os.environ.get("BACKUP_STORE_URL"))
+
+
+def _typesense():
+    if os.environ.get("TYPESENSE_URL") and os.environ.get("TYPESENSE_API_KEY"):
+        from backup_pipelines.lib.typesense_client import TypesenseClient
+
+        return TypesenseClient(os.environ["TYPESENSE_URL"], os.environ["TYPESENSE_API_KEY"])
+    return None
+
+
+def _qdrant():
+    if os.environ.get("QDRANT_URL"):
+        from backup_pipelines.lib.qdrant_client import QdrantHttp
+
+        return QdrantHttp(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY") or None)
+    return None
+
+
+def _selected(store, args):
+    for ref in sorted(store.list_artifacts(args.asset)):
+        if args.date and ref.date != args.date:
+            continue
+        if args.workspace and ref.workspace != args.workspace:
+            continue
+        yield ref
+
+
+def cmd_doctor(args) -> int:
+    from backup_pipelines.lib import postgres
+
+    failures = 0
+
+    def report(name: str, ok: bool, detail: str) -> None:
+        nonlocal failures
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<12} {detail}")
+
+    try:
+        store = _store()
+        store.check_writable()
+        report("store", True, f"{store.describe()} is writable")
+    except BackupError as exc:
+        report("store", False, str(exc))
+    database_url = os.environ.get("DATABASE_URL")
+    if database_url:
+        try:
+            with postgres.connect(database_url) as conn:
+                server = conn.execute("SHOW server_version").fetchone()[0]
+            client = postgres.tool_version(postgres.pg_bin("pg_dump"))
+            detail = f"{postgres.describe_database(database_url)}: server {server}; {client}"
+            if postgres.major_version(client.split(")")[-1]) < postgres.major_version(server):
+                detail += " — WARNING: pg_dump is older than the server; install a newer client or set PG_BIN_DIR"
+            report("postgres", True, detail)
+        except BackupError as exc:
+            report("postgres", False, str(exc))
+    else:
+        print("--   postgres     DATABASE_URL not set: not part of this deployment")
+    for name, make in (("typesense", _typesense), ("qdrant", _qdrant)):
+        client = make()
+        if client is None:
+            print(f"--   {name:<12} not configured: not part of this deployment")
+            continue
+        try:
+            with client:
+                report(name, True, f"version {client.server_version()}")
+        except BackupError as exc:
+            report(name, False, str(exc))
+    return 1 if failures else 0
+
+
+def cmd_list(args) -> int:
+    store = _store()
+    print(f"{'asset':<30} {'date':<11} {'workspace':<20} {'bytes':>14}  counts")
+    for ref in _selected(store, args):
+        manifest = store.read_manifest(ref)
+        size = sum(f["bytes"] for f in manifest["files"])
+        counts = manifest["counts"]
+        shown = {
+            k: (sum(v.values()) if isinstance(v, dict) else v)
+            for k, v in counts.items()
+            if k != "tables"
+        }
+        print(
+            f"{ref.asset:<30} {ref.date:<11} {ref.workspace or '-':<20} {size:>14,}  {json.dumps(shown)}"
+        )
+    return 0
+
+
+def cmd_verify(args) -> int:
+    store = _store()
+    bad = total = 0
+    for ref in _selected(store, args):
+        total += 1
+        result = store.verify(ref)
+        bad += not result.ok
+        print(
+            f"{'ok     ' if result.ok else 'CORRUPT'} {ref} ({result.files} files, {result.bytes:,} bytes)"
+        )
+        for problem in result.problems:
+            print(f"        {problem}")
+    print(f"{total - bad} of {total} artifacts verified")
+    return 1 if bad else 0
+
+
+def cmd_restore_workspace(args) -> int:
+    from backup_pipelines.lib.restore import Mode, restore_workspace
+
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print("DATABASE_URL is not set: it names the database to restore into", file=sys.stderr)
+        return 2
+    store, policy = _store(), load_policy()
+    failed = 0
+    for workspace in args.workspace:
+        typesense, qdrant = _typesense(), _qdrant()
+        try:
+            report = restore_workspace(
+                store, args.date, workspace, database_url, policy, typesense, qdrant,
+                mode=Mode(args.mode), dry_run=args.dry_run, override_gate=args.override_gate or "", log=print,
+            )  # fmt: skip
+            print(json.dumps(report.to_dict(), indent=2, default=str))
+        except BackupError as exc:
+            failed += 1
+            print(f"restore of {args.date}|{workspace} FAILED: {exc}", file=sys.stderr)
+        finally:
+            for client in (typesense, qdrant):
+                if client is not None:
+                    client.close()
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backup-pipelines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("doctor", help="reach every configured store; versions").set_defaults(
+        run=cmd_doctor
+    )
+    for name, run in (("list", cmd_list), ("verify", cmd_verify)):
+        sub = commands.add_parser(name, help=f"{name} artifacts in the store")
+        sub.add_argument("--asset")
+        sub.add_argument("--date")
+        sub.add_argument("--workspace")
+        sub.set_defaults(run=run)
+    restore = commands.add_parser("restore", help="restore without Dagster").add_subparsers(
+        dest="what", required=True
+    )
+    workspace = restore.add_parser(
+        "workspace", help="restore workspaces to a date (SQL rows and indexes)"
+    )
+    workspace.add_argument("--date", required=True)
+    workspace.add_argument("--workspace", required=True, nargs="+")
+    workspace.add_argument("--mode", choices=["merge", "replace"], default="merge")
+    workspace.add_argument("--dry-run", action="store_true")
+    workspace.add_argument(
+        "--override-gate", metavar="REASON", help="restore despite a FAIL verdict (recorded)"
+    )
+    workspace.set_defaults(run=cmd_restore_workspace)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Restore jobs. The workspace restore is partitioned like the backups (date x workspace), so
+an on-call engineer restores N workspaces to a date by launching a backfill in the UI.
+
+Per-backfill options come from run tags, because the UI's backfill dialog passes tags and
+not config; config keeps safe defaults:
+    restore/mode            merge (default: add what is missing, never overwrite) | replace
+    restore/dry_run         true: locate, verify, gate and stage the SQL, then roll back
+    restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import dagster as dg
+
+from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
+from backup_pipelines.lib import restore
+from backup_pipelines.lib.consistency import Outcome
+
+MODE_TAG = "restore/mode"
+DRY_RUN_TAG = "restore/dry_run"
+OVERRIDE_TAG = "restore/override_gate"
+
+
+class RestoreOptions(dg.Config):
+    mode: str = "merge"
+    dry_run: bool = False
+    override_gate: str = ""
+
+
+def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> RestoreOptions:
+    """Run tags (set per backfill in the UI) win over config; both default to the safe choice."""
+    tags = context.run.tags
+    mode = tags.get(MODE_TAG, config.mode)
+    if mode not in {m.value for m in restore.Mode}:
+        raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not one of merge, replace")
+    dry_run = tags.get(DRY_RUN_TAG, str(config.dry_run)).lower() in {"1", "true", "yes"}
+    return RestoreOptions(
+        mode=mode, dry_run=dry_run, override_gate=tags.get(OVERRIDE_TAG, config.override_gate)
+    )
+
+
+def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
+    """The workspace restore job over the index stores this deployment has."""
+    index_assets = [
+        asset
+        for store, asset in (
+            ("typesense", restore.TYPESENSE_ASSET),
+            ("qdrant", restore.QDRANT_ASSET),
+        )
+        if store in index_stores
+    ]
+    index_keys = {s for s in ("typesense", "qdrant") if s in index_stores}
+
+    @dg.op(required_resource_keys={"backup_store"})
+    def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
+        date, workspace = date_and_workspace(context.partition_key)
+        store = context.resources.backup_store.get_store()
+        located = restore.locate_and_verify(store, date, workspace, index_assets)
+        context.add_output_metadata(
+            {
+                "artifacts": dg.MetadataValue.json(
+                    {a: store.location(r) for a, r in located.refs.items()}
+                ),
+                "bytes_verified": dg.MetadataValue.int(located.verified_bytes),
+            }
+        )
+        return located
+
+    @dg.op(required_resource_keys={"backup_store", "policy"})
+    def consistency_gate(
+        context: dg.OpExecutionContext, config: RestoreOptions, located: restore.Located
+    ) -> str:
+        options = options_of(context, config)
+        store = context.resources.backup_store.get_store()
+        verdict = restore.consistency_gate(store, located, context.resources.policy.load())
+        evidence = {
+            "verdict": dg.MetadataValue.text(str(verdict.outcome)),
+            "evidence": dg.MetadataValue.json(verdict.to_dict()),
+        }
+        if verdict.outcome == Outcome.FAIL:
+            if not options.override_gate:
+                raise dg.Failure(
+                    description=f"restore refused, nothing written: {verdict.summary()}",
+                    metadata=evidence,
+                    allow_retries=False,
+                )
+            context.log.warning(
+                f"GATE OVERRIDDEN ({options.override_gate!r}) despite: {verdict.summary()}"
+            )
+            evidence["gate_overridden"] = dg.MetadataValue.text(options.override_gate)
+        context.add_output_metadata(evidence)
+        return str(verdict.outcome)
+
+    @dg.op(required_resource_keys={"backup_store", "postgres_db"})
+    def restore_sql_rows(
+        context: dg.OpExecutionContext,
+        config: RestoreOptions,
+        located: restore.Located,
+        verdict: str,
+    ) -> dict:
+        options = options_of(context, config)
+        started = time.monotonic()
+        report = restore.merge_sql_rows(
+            context.resources.postgres_db.database_url,
+            context.resources.backup_store.get_store(),
+            located,
+            dry_run=options.dry_run,
+            log=context.log.info,
+        )
+        inserted = sum(t["inserted"] for t in report.values())
+        context.add_output_metadata(
+            {
+                "tables": dg.MetadataValue.json(report),
+                "rows_inserted": dg.MetadataValue.int(inserted),
+                "rows_already_present": dg.MetadataValue.int(
+                    sum(t["already_present"] for t in report.values())
+                ),
+                "dry_run": dg.MetadataValue.bool(options.dry_run),
+                "seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
+            }
+        )
+        return report
+
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
+    def restore_indexes(
+        context: dg.OpExecutionContext,
+        config: RestoreOptions,
+        located: restore.Located,
+        verdict: str,
+        sql_report: dict,
+    ) -> dict:
+        options = options_of(context, config)
+        if options.dry_run:
+            return {"dry_run": True}
+        store = context.resources.backup_store.get_store()
+        policy = context.resources.policy.load()
+        database_url = context.resources.postgres_db.database_url
+        rebuild = verdict == Outcome.REBUILD_INDEX
+        mode = restore.Mode(options.mode)
+        done = {}
+        if "typesense" in index_keys:
+            with context.resources.typesense.client() as client:
+                collection = policy.typesense_collection_for(located.workspace)
+                done["typesense"] = restore.restore_typesense(
+                    client, store, located, collection, mode, rebuild, database_url, policy
+                )
+        if "qdrant" in index_keys:
+            with context.resources.qdrant.client() as client:
+                collection = policy.qdrant_collections_for(located.workspace)[0]
+                done["qdrant"] = restore.restore_qdrant(
+                    client, store, located, collection, mode, rebuild, database_url, policy
+                )
+        context.add_output_metadata(
+            {name: dg.MetadataValue.json(report) for name, report in done.items()}
+        )
+        return done
+
+    @dg.op(required_resource_keys={"postgres_db", "policy", *index_keys})
+    def verify_restored(
+        context: dg.OpExecutionContext, located: restore.Located, index_report: dict
+    ) -> None:
+        if index_report.get("dry_run"):
+            context.log.info("dry run: nothing was written, nothing to verify")
+            return
+        policy = context.resources.policy.load()
+        with (
+            context.resources.typesense.client()
+            if "typesense" in index_keys
+            else contextlib.nullcontext() as typesense,
+            context.resources.qdrant.client()
+            if "qdrant" in index_keys
+            else contextlib.nullcontext() as qdrant,
+        ):
+            result = restore.verify_restore(
+                context.resources.postgres_db.database_url, located, policy, typesense, qdrant
+            )
+        context.add_output_metadata({"verification": dg.MetadataValue.json(result)})
+        if result["problems"]:
+            raise dg.Failure(
+                description="; ".join(result["problems"]),
+                metadata={"verification": dg.MetadataValue.json(result)},
+            )
+
+    @dg.job(
+        name="workspace_restore_job",
+        partitions_def=daily_by_workspace,
+        description="Restore one workspace (SQL rows, Typesense, Qdrant) to a date; refuses when SQL and index disagree.",
+        tags={"restore": "workspace"},
+    )
+    def workspace_restore_job():
+        located = locate_and_verify_artifacts()
+        verdict = consistency_gate(located)
+        sql_report = restore_sql_rows(located, verdict)
+        verify_restored(located, restore_indexes(located, verdict, sql_report))
+
+    return workspace_restore_job

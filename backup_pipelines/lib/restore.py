@@ -1,0 +1,453 @@
+"""Workspace restore, step by step, each step gating the next (DESIGN "Restores"):
+
+1. locate the partition's artifacts and verify every checksum;
+2. the consistency gate: SQL and index artifacts of the same point in time must agree;
+3. SQL: the backed-up rows into staging tables, then `INSERT ... ON CONFLICT DO NOTHING` into
+   the live tables in foreign-key order — one transaction, so a killed restore leaves nothing
+   half-done, and staging tables are temporary (`ON COMMIT DROP`), so none is ever left over;
+4. indexes: Typesense from its export (or rebuilt from SQL when the verdict is REBUILD_INDEX),
+   Qdrant from its snapshot — in `merge` mode only what is missing is added, so newer data is
+   never overwritten; `replace` puts the backup's state back as it was;
+5. verify: every backed-up row, document and point is present, and a search finds a restored
+   memory.
+
+Plain Python reading only the store and the live systems, so the Dagster job and the command
+line (`backup-pipelines restore workspace`) run the very same code.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import psycopg
+from psycopg import sql
+
+from backup_pipelines.lib import consistency
+from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.index_restore import (
+    recover_qdrant_collection,
+    restore_typesense_collection,
+)
+from backup_pipelines.lib.memory_index import (
+    batched,
+    iter_memory_rows,
+    to_qdrant_point,
+    to_typesense_document,
+    typesense_schema,
+)
+from backup_pipelines.lib.pg_load import copy_table_in
+from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres import connect
+from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.streams import Log
+from backup_pipelines.lib.workspaces import validate_workspace_id
+
+SQL_ASSET = "postgres/workspace_dump"
+TYPESENSE_ASSET = "typesense/collection_export"
+QDRANT_ASSET = "qdrant/collection_snapshot"
+
+
+class Mode(StrEnum):
+    MERGE = "merge"  # add what is missing; never overwrite what is there
+    REPLACE = "replace"  # indexes back exactly as backed up (SQL rows still never overwritten)
+
+
+class GateRefused(BackupError):
+    """The consistency gate said FAIL: nothing was written."""
+
+    def __init__(self, verdict) -> None:
+        self.verdict = verdict
+        super().__init__(
+            "restore refused by the consistency gate: "
+            + verdict.summary()
+            + " — nothing was written; pick another date, or override the gate explicitly"
+        )
+
+
+@dataclass
+class Located:
+    """The artifacts of one partition, verified."""
+
+    date: str
+    workspace: str
+    refs: dict[str, ArtifactRef]
+    manifests: dict[str, dict]
+    verified_bytes: int
+
+    @property
+    def sql(self) -> tuple[ArtifactRef, dict]:
+        return self.refs[SQL_ASSET], self.manifests[SQL_ASSET]
+
+
+@dataclass
+class RestoreReport:
+    workspace: str
+    date: str
+    mode: str
+    verdict: str
+    sql: dict = field(default_factory=dict)
+    typesense: dict = field(default_factory=dict)
+    qdrant: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def locate_and_verify(
+    store: BackupStore, date: str, workspace: str, index_assets: list[str]
+) -> Located:
+    """Every artifact of the partition, each file checked against its manifest's sha256."""
+    workspace = validate_workspace_id(workspace)
+    refs, manifests, problems, verified = {}, {}, [], 0
+    for asset in [SQL_ASSET, *index_assets]:
+        ref = ArtifactRef(asset, date, workspace)
+        manifest = store.read_manifest(ref)
+        if manifest is None:
+            problems.append(f"no complete {asset} artifact at {store.location(ref)}")
+            continue
+        result = store.verify(ref)
+        problems.extend(result.problems)
+        verified += result.bytes
+        refs[asset], manifests[asset] = ref, manifest
+    if problems:
+        raise BackupError(f"cannot restore {date}|{workspace}: " + "; ".join(problems))
+    return Located(date, workspace, refs, manifests, verified)
+
+
+def consistency_gate(store: BackupStore, located: Located, policy: Policy):
+    """The verdict of the partition's SQL artifact against each of its index artifacts."""
+    return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+
+
+def _live_columns(conn, schema: str, name: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _primary_key(conn, schema: str, name: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def merge_sql_rows(
+    database_url: str,
+    store: BackupStore,
+    located: Located,
+    dry_run: bool = False,
+    log: Log | None = None,
+) -> dict:
+    """Insert the backed-up rows the live tables lack, parents first, in ONE transaction.
+
+    Rows present in the live tables (same key) keep their newer values; rows of any other
+    workspace are never read or written (every INSERT filters on this workspace's id).
+    """
+    ref, manifest = located.sql
+    workspace = located.workspace
+    report: dict[str, dict] = {}
+    with connect(database_url) as conn:
+        conn.execute("SET LOCAL lock_timeout = '60s'")
+        for entry in manifest["tables"]:
+            report[entry["table"]] = _merge_table(conn, store, ref, manifest, entry, workspace)
+            if log:
+                log(f"{entry['table']}: {report[entry['table']]}")
+        _advance_sequences(conn, manifest["tables"])
+        if dry_run:
+            conn.rollback()
+        else:
+            conn.commit()
+    return report
+
+
+def _merge_table(conn, store, ref, manifest, entry: dict, workspace: str) -> dict:
+    schema, name = entry["table"].split(".", 1)
+    live = sql.Identifier(schema, name)
+    live_columns = _live_columns(conn, schema, name)
+    gone = [c for c in entry["columns"] if c not in live_columns]
+    if gone:
+        raise BackupError(
+            f"{entry['table']}: column(s) {', '.join(gone)} of the backup no longer exist in the live "
+            "table; restore the full dump into a new database instead"
+        )
+    stage = sql.Identifier(f"restore_stage_{name}")
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            stage, columns, live
+        )
+    )
+    staged = copy_table_in(conn, store, ref, manifest, entry, stage)
+    if staged != entry["rows"]:
+        raise BackupError(
+            f"{entry['table']}: staged {staged} rows, the manifest says {entry['rows']}"
+        )
+    inserted = conn.execute(
+        sql.SQL(
+            "INSERT INTO {live} ({cols}) SELECT {cols} FROM {stage} WHERE {ws} = %s ON CONFLICT DO NOTHING"
+        ).format(
+            live=live, cols=columns, stage=stage, ws=sql.Identifier(entry["workspace_column"])
+        ),
+        (workspace,),
+    ).rowcount
+    missing = _rows_still_missing(conn, schema, name, stage)
+    if missing:
+        raise BackupError(
+            f"{entry['table']}: {missing} backed-up row(s) neither inserted nor present (a key "
+            "conflict with different data?); the restore was rolled back"
+        )
+    return {"in_backup": staged, "inserted": inserted, "already_present": staged - inserted}
+
+
+def _rows_still_missing(conn, schema: str, name: str, stage: sql.Identifier) -> int:
+    key = _primary_key(conn, schema, name)
+    if not key:
+        return 0
+    match = sql.SQL(" AND ").join(sql.SQL("l.{c} = s.{c}").format(c=sql.Identifier(c)) for c in key)
+    query = sql.SQL(
+        "SELECT count(*) FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE {m})"
+    ).format(stage=stage, live=sql.Identifier(schema, name), m=match)
+    return conn.execute(query).fetchone()[0]
+
+
+def _advance_sequences(conn, tables: list[dict]) -> None:
+    """Rows restored with their ids: move identity/serial sequences past them."""
+    for entry in tables:
+        schema, name = entry["table"].split(".", 1)
+        qualified = sql.Identifier(schema, name).as_string(conn)
+        for column in entry["columns"]:
+            sequence = conn.execute(
+                "SELECT pg_get_serial_sequence(%s, %s)", (qualified, column)
+            ).fetchone()[0]
+            if sequence:
+                conn.execute(
+                    sql.SQL(
+                        "SELECT setval(%s, GREATEST((SELECT coalesce(max({c}), 1) FROM {t}), "
+                        "(SELECT last_value FROM {s})))"
+                    ).format(
+                        c=sql.Identifier(column),
+                        t=sql.Identifier(schema, name),
+                        s=sql.SQL(sequence),
+                    ),
+                    (sequence,),
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexes
+
+
+def restore_typesense(
+    client,
+    store: BackupStore,
+    located: Located,
+    collection: str,
+    mode: Mode,
+    rebuild_from_sql: bool,
+    database_url: str,
+    policy: Policy,
+) -> dict:
+    if rebuild_from_sql or TYPESENSE_ASSET not in located.refs:
+        with psycopg.connect(database_url) as conn:
+            rows = iter_memory_rows(conn, located.workspace, policy)
+            if not client.collection_exists(collection):
+                client.create_collection(typesense_schema(collection))
+            documents = (json.dumps(to_typesense_document(r)).encode() + b"\n" for r in rows)
+            if mode is Mode.REPLACE:
+                return {
+                    "source": "sql",
+                    "upserted": client.import_jsonl(collection, documents, action="upsert"),
+                }
+            created, kept = client.import_missing(collection, documents)
+            return {"source": "sql", "created": created, "already_present": kept}
+    ref = located.refs[TYPESENSE_ASSET]
+    if mode is Mode.REPLACE or not client.collection_exists(collection):
+        return {
+            "source": "export",
+            "upserted": restore_typesense_collection(client, store, ref, collection),
+        }
+    from backup_pipelines.lib.index_backup import TYPESENSE_DOCUMENTS_FILE
+    from backup_pipelines.lib.streams import iter_decompressed
+
+    manifest = located.manifests[TYPESENSE_ASSET]
+    with store.open_file(ref, manifest, TYPESENSE_DOCUMENTS_FILE) as reader:
+        created, kept = client.import_missing(collection, iter_decompressed(reader))
+    return {"source": "export", "created": created, "already_present": kept}
+
+
+def restore_qdrant(
+    client,
+    store: BackupStore,
+    located: Located,
+    collection: str,
+    mode: Mode,
+    rebuild_from_sql: bool,
+    database_url: str,
+    policy: Policy,
+) -> dict:
+    if (
+        rebuild_from_sql
+        or QDRANT_ASSET not in located.refs
+        or collection not in located.manifests[QDRANT_ASSET].get("collections", {})
+    ):
+        with psycopg.connect(database_url) as conn:
+            points = (to_qdrant_point(r) for r in iter_memory_rows(conn, located.workspace, policy))
+            added, kept = _upsert_missing_points(client, collection, points, create=True)
+        return {"source": "sql", "added": added, "already_present": kept}
+    ref = located.refs[QDRANT_ASSET]
+    if mode is Mode.REPLACE or not client.collection_exists(collection):
+        points = recover_qdrant_collection(client, store, ref, collection)
+        return {"source": "snapshot", "recovered": points}
+    # Merge: recover into a scratch collection, then copy over only the points the live one lacks.
+    scratch = f"{collection}__restore_{secrets.token_hex(4)}"
+    try:
+        recover_qdrant_collection(client, store, ref, collection, scratch)
+        added, kept = _upsert_missing_points(
+            client, collection, client.scroll(scratch), create=False
+        )
+    finally:
+        if client.collection_exists(scratch):
+            client.delete_collection(scratch)
+    return {"source": "snapshot", "added": added, "already_present": kept}
+
+
+def _upsert_missing_points(client, collection: str, points, create: bool) -> tuple[int, int]:
+    added = kept = 0
+    for group in batched(iter(points), 256):
+        if create and added + kept == 0 and not client.collection_exists(collection):
+            client.create_collection(collection, size=len(group[0]["vector"]), distance="Cosine")
+        present = client.existing_ids(collection, [p["id"] for p in group])
+        missing = [p for p in group if p["id"] not in present]
+        if missing:
+            client.upsert_points(
+                collection, [{k: p[k] for k in ("id", "vector", "payload")} for p in missing]
+            )
+        added += len(missing)
+        kept += len(group) - len(missing)
+    return added, kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+def verify_restore(
+    database_url: str, located: Located, policy: Policy, typesense=None, qdrant=None
+) -> dict:
+    """Counts at least the backup's, and a restored memory found by search in every index."""
+    _ref, manifest = located.sql
+    problems: list[str] = []
+    result: dict = {"sql_rows": {}}
+    with psycopg.connect(database_url) as conn:
+        for entry in manifest["tables"]:
+            schema, name = entry["table"].split(".", 1)
+            live = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                    sql.Identifier(schema, name), sql.Identifier(entry["workspace_column"])
+                ),
+                (located.workspace,),
+            ).fetchone()[0]
+            result["sql_rows"][entry["table"]] = live
+            if live < entry["rows"]:
+                problems.append(
+                    f"{entry['table']}: {live} rows live, {entry['rows']} in the backup"
+                )
+        probe = next(iter_memory_rows(conn, located.workspace, policy, batch=1), None)
+    if probe is not None and typesense is not None:
+        collection = policy.typesense_collection_for(located.workspace)
+        hits = typesense.search(
+            collection,
+            probe.content,
+            "content",
+            filter_by=f"created_at:={int(probe.created_at.timestamp())}",
+            per_page=50,
+        )
+        found = any(h["document"]["id"] == str(probe.id) for h in hits.get("hits", []))
+        result["typesense_search_found_memory"] = found
+        if not found:
+            problems.append(f"Typesense search did not return restored memory {probe.id}")
+    if probe is not None and qdrant is not None:
+        collection = policy.qdrant_collections_for(located.workspace)[0]
+        hits = qdrant.search(collection, [float(x) for x in probe.embedding], limit=3)
+        found = any(h["id"] == probe.id for h in hits)
+        result["qdrant_search_found_memory"] = found
+        if not found:
+            problems.append(f"Qdrant search did not return restored memory {probe.id}")
+    result["problems"] = problems
+    return result
+
+
+def restore_workspace(
+    store: BackupStore,
+    date: str,
+    workspace: str,
+    database_url: str,
+    policy: Policy,
+    typesense=None,
+    qdrant=None,
+    mode: Mode = Mode.MERGE,
+    dry_run: bool = False,
+    override_gate: str = "",
+    log: Log | None = None,
+) -> RestoreReport:
+    """The whole restore in-process (the command line's path; the Dagster job runs the same
+    steps as separate ops)."""
+    log = log or (lambda _m: None)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    index_assets = [
+        a for a, c in ((TYPESENSE_ASSET, typesense), (QDRANT_ASSET, qdrant)) if c is not None
+    ]
+    located = locate_and_verify(store, date, workspace, index_assets)
+    timings["locate_and_verify"] = time.monotonic() - started
+    verdict = consistency_gate(store, located, policy)
+    timings["consistency_gate"] = time.monotonic() - started - sum(timings.values())
+    log(f"consistency gate: {verdict.summary()}")
+    if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
+        raise GateRefused(verdict)
+    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome))
+    if override_gate and verdict.outcome == consistency.Outcome.FAIL:
+        log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
+        report.verification["gate_overridden"] = override_gate
+    report.sql = merge_sql_rows(database_url, store, located, dry_run=dry_run, log=log)
+    timings["sql"] = time.monotonic() - started - sum(timings.values())
+    if dry_run:
+        report.seconds = timings
+        return report
+    rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
+    if typesense is not None:
+        collection = policy.typesense_collection_for(workspace)
+        report.typesense = restore_typesense(
+            typesense, store, located, collection, mode, rebuild, database_url, policy
+        )
+        timings["typesense"] = time.monotonic() - started - sum(timings.values())
+    if qdrant is not None:
+        collection = policy.qdrant_collections_for(workspace)[0]
+        report.qdrant = restore_qdrant(
+            qdrant, store, located, collection, mode, rebuild, database_url, policy
+        )
+        timings["qdrant"] = time.monotonic() - started - sum(timings.values())
+    report.verification.update(verify_restore(database_url, located, policy, typesense, qdrant))
+    timings["verify"] = time.monotonic() - started - sum(timings.values())
+    report.seconds = timings
+    if report.verification["problems"]:
+        raise BackupError(
+            f"restore of {date}|{workspace} did not verify: "
+            + "; ".join(report.verification["problems"])
+        )
+    return report
