@@ -13,11 +13,27 @@ from backup_pipelines.lib.errors import InvalidWorkspaceId
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
 
 # Renaming any of these orphans its history in the UI (DESIGN "Contracts"): change on purpose only.
-EXPECTED_ASSET_KEYS = ["postgres/full_dump", "postgres/workspace_dump"]
+EXPECTED_ASSET_KEYS = [
+    "postgres/full_dump",
+    "postgres/workspace_dump",
+    "qdrant/collection_snapshot",
+    "typesense/collection_export",
+]
 EXPECTED_PARTITIONS = {
     "postgres/full_dump": "daily",
     "postgres/workspace_dump": "date x workspaces",
+    "qdrant/collection_snapshot": "date x workspaces",
+    "typesense/collection_export": "date x workspaces",
 }
+EXPECTED_CHECKS = [
+    "postgres/full_dump:artifact_verifies",
+    "postgres/workspace_dump:artifact_verifies",
+    "qdrant/collection_snapshot:artifact_verifies",
+    "qdrant/collection_snapshot:consistent_with_sql",
+    "typesense/collection_export:artifact_verifies",
+    "typesense/collection_export:consistent_with_sql",
+]
+EXPECTED_JOBS = {"postgres_full_backup_job", "workspace_backup_job", "workspace_restore_job"}
 
 
 def describe_partitions(partitions_def) -> str:
@@ -40,10 +56,14 @@ SECRET = "hunter2-s3cret"
 
 
 @pytest.fixture
-def definitions(monkeypatch, tmp_path, source_db):
+def definitions(monkeypatch, tmp_path, indexed_source, typesense_server, qdrant_url):
+    source_db = indexed_source["db"]
     # The test cluster trusts loopback, so a password is accepted and ignored: it stands for
     # a real secret that must never reach logs, metadata or the UI.
     monkeypatch.setenv("DATABASE_URL", source_db.replace("postgres@", f"postgres:{SECRET}@"))
+    monkeypatch.setenv("TYPESENSE_URL", typesense_server.url)
+    monkeypatch.setenv("TYPESENSE_API_KEY", typesense_server.api_key)
+    monkeypatch.setenv("QDRANT_URL", qdrant_url)
     monkeypatch.setenv("BACKUP_STORE_URL", f"file://{tmp_path}/store")
     from backup_pipelines.definitions import build_definitions
 
@@ -63,10 +83,9 @@ def test_code_location_loads_with_pinned_asset_keys_and_partitions(definitions):
         )
     assert str(multi_key("2026-11-21", "ws_acme")) == "2026-11-21|ws_acme"
     checks = sorted(k.to_user_string() for k in graph.asset_check_keys)
-    assert checks == [
-        "postgres/full_dump:artifact_verifies",
-        "postgres/workspace_dump:artifact_verifies",
-    ]
+    assert checks == EXPECTED_CHECKS
+    jobs = {j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")}
+    assert jobs == EXPECTED_JOBS
     assert {s.name for s in definitions.schedules} == {
         "postgres_full_backup_daily",
         "workspace_backup_daily",
@@ -79,12 +98,19 @@ def test_code_location_loads_with_pinned_asset_keys_and_partitions(definitions):
 
 
 def test_a_store_not_configured_is_not_part_of_the_deployment(monkeypatch):
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    for name in ("DATABASE_URL", "TYPESENSE_URL", "TYPESENSE_API_KEY", "QDRANT_URL"):
+        monkeypatch.delenv(name, raising=False)
     from backup_pipelines.definitions import build_definitions
 
-    defs = build_definitions()
-    assert list(defs.resolve_asset_graph().get_all_asset_keys()) == []
-    assert not list(defs.sensors or [])
+    assert list(build_definitions().resolve_asset_graph().get_all_asset_keys()) == []
+    monkeypatch.setenv("DATABASE_URL", "postgresql://backup@127.0.0.1:9/agent")
+    monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:9")
+    graph = build_definitions().resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "postgres/full_dump",
+        "postgres/workspace_dump",
+        "qdrant/collection_snapshot",
+    ]
 
 
 def test_secret_is_not_in_what_the_ui_sees(definitions):
@@ -95,12 +121,19 @@ def test_secret_is_not_in_what_the_ui_sees(definitions):
     assert SECRET not in snapshot  # ... never its value
 
 
-def test_workspace_backup_job_materializes_and_verifies(definitions, source_db, tmp_path):
+def test_workspace_backup_job_materializes_and_verifies(definitions, tmp_path):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workspaces", ["ws_acme", "ws_globex"])
         job = definitions.resolve_job_def("workspace_backup_job")
         result = job.execute_in_process(instance=instance, partition_key="2026-11-21|ws_acme")
         assert result.success
+        assert {
+            e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+        } == {
+            "postgres/workspace_dump",
+            "typesense/collection_export",
+            "qdrant/collection_snapshot",
+        }
         [materialization] = result.asset_materializations_for_node("postgres__workspace_dump")
         metadata = materialization.metadata
         assert metadata["rows_per_table"].value["public.memory_entries"] == 120
@@ -108,12 +141,21 @@ def test_workspace_backup_job_materializes_and_verifies(definitions, source_db, 
         assert "workspace=ws_acme" in metadata["location"].value
         logs = [e.message or "" for e in instance.all_logs(result.run_id)]
         assert SECRET not in str(metadata) and not any(SECRET in line for line in logs)
-        [check] = [
-            e.event_specific_data
+        checks = {
+            e.event_specific_data.asset_check_key.to_user_string(): e.event_specific_data
             for e in result.all_events
             if e.event_type_value == "ASSET_CHECK_EVALUATION"
-        ]
-        assert check.passed and check.metadata["files_verified"].value == 7
+        }
+        assert sorted(checks) == EXPECTED_CHECKS[1:]
+        assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
+        assert (
+            checks["postgres/workspace_dump:artifact_verifies"].metadata["files_verified"].value
+            == 7
+        )
+        evidence = (
+            checks["typesense/collection_export:consistent_with_sql"].metadata["evidence"].value
+        )
+        assert evidence["verdict"] == "PASS" and evidence["indexes"][0]["counts"]["index"] == 120
     store = store_from_url(f"file://{tmp_path}/store")
     assert store.verify(ArtifactRef("postgres/workspace_dump", "2026-11-21", "ws_acme")).ok
     assert (
@@ -122,9 +164,10 @@ def test_workspace_backup_job_materializes_and_verifies(definitions, source_db, 
     )
 
 
-def test_failed_backup_fails_the_run_and_leaves_no_manifest(definitions, source_db, tmp_path):
+def test_failed_backup_fails_the_run_and_leaves_no_manifest(definitions, indexed_source, tmp_path):
     import psycopg
 
+    source_db = indexed_source["db"]
     with psycopg.connect(source_db, autocommit=True) as conn:
         conn.execute("ALTER TABLE turns RENAME TO turns_old")
     with dg.instance_for_test() as instance:
@@ -141,9 +184,10 @@ def test_failed_backup_fails_the_run_and_leaves_no_manifest(definitions, source_
     assert list(store_from_url(f"file://{tmp_path}/store").list_artifacts()) == []
 
 
-def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(definitions, source_db):
+def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(definitions, indexed_source):
     import psycopg
 
+    source_db = indexed_source["db"]
     with psycopg.connect(source_db, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO workspaces (workspace_id, name) VALUES ('bad id; drop', 'x'), ('ws_new', 'y')"

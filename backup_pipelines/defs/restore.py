@@ -8,8 +8,6 @@ not config; config keeps safe defaults:
     restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
 """
 
-from __future__ import annotations
-
 import contextlib
 import time
 

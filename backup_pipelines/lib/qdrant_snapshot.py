@@ -137,7 +137,6 @@ def split_shard_member(name: str) -> tuple[str, str] | None:
 
 def read_snapshot_config(archive: tarfile.TarFile) -> dict:
     """The collection config (config.json at the top of the archive)."""
-    # tarfile ends the listing quietly at a damaged header: say so rather than "no config.json".
     for member in archive:
         if member.isfile() and member.name.lstrip("./") == "config.json":
             try:
@@ -147,6 +146,7 @@ def read_snapshot_config(archive: tarfile.TarFile) -> dict:
             if not isinstance(config, dict):
                 raise SnapshotError("the snapshot's config.json is not a JSON object")
             return config
+    # tarfile ends the listing quietly at a damaged header: say so rather than "no config.json".
     check_end_of_archive(archive)
     raise SnapshotError("the snapshot has no config.json: it is not a collection snapshot")
 
