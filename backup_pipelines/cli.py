@@ -6,6 +6,7 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
+    backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
 """
 
 from __future__ import annotations
@@ -153,6 +154,29 @@ def cmd_restore_workspace(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_restore_full(args) -> int:
+    from backup_pipelines.lib.restore import restore_full_database
+
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print(
+            "DATABASE_URL is not set: it names the server (and live database) to restore to",
+            file=sys.stderr,
+        )
+        return 2
+    result = restore_full_database(
+        _store(),
+        args.date,
+        database_url,
+        args.target_database,
+        args.overwrite_live,
+        args.jobs,
+        log=print,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
@@ -183,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--override-gate", metavar="REASON", help="restore despite a FAIL verdict (recorded)"
     )
     workspace.set_defaults(run=cmd_restore_workspace)
+    full = restore.add_parser(
+        "full", help="the whole database from postgres/full_dump into a new database"
+    )
+    full.add_argument("--date", required=True)
+    full.add_argument("--target-database", help="default: <live>_restored_<date>")
+    full.add_argument(
+        "--overwrite-live", action="store_true", help="restore over the live database itself"
+    )
+    full.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs")
+    full.set_defaults(run=cmd_restore_full)
     return parser
 
 

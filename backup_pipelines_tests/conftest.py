@@ -116,7 +116,15 @@ def indexed_source(source_db, typesense_server, qdrant_url):
             memory_index.index_into_qdrant(
                 qdrant, policy.qdrant_collections_for(workspace)[0], rows
             )
-    yield {"db": source_db, "typesense": typesense, "qdrant": qdrant, "policy": policy}
+    yield {
+        "db": source_db,
+        "typesense": typesense,
+        "qdrant": qdrant,
+        "policy": policy,
+        "typesense_url": typesense_server.url,
+        "typesense_api_key": typesense_server.api_key,
+        "qdrant_url": qdrant_url,
+    }
     for workspace in WORKSPACES:
         for name in [policy.typesense_collection_for(workspace)]:
             if typesense.collection_exists(name):

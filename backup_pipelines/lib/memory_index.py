@@ -143,3 +143,15 @@ def index_into_qdrant(client, collection: str, rows: Iterator[MemoryRow], batch:
         client.upsert_points(collection, [to_qdrant_point(r) for r in group])
         count += len(group)
     return count
+
+
+def newest_memory(conn: psycopg.Connection, workspace: str, policy: Policy) -> MemoryRow | None:
+    """The workspace's most recent memory row (a probe that a restore brought back)."""
+    query = sql.SQL(
+        "SELECT {cols} FROM {tbl} WHERE workspace_id = %s ORDER BY id DESC LIMIT 1"
+    ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in MEMORY_COLUMNS),
+        tbl=sql.Identifier(policy.schema, policy.memory_table),
+    )
+    row = conn.execute(query, (validate_workspace_id(workspace),)).fetchone()
+    return MemoryRow(*row) if row else None

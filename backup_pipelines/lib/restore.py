@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup_pipelines.lib import consistency
 from backup_pipelines.lib.errors import BackupError
@@ -35,15 +38,22 @@ from backup_pipelines.lib.index_restore import (
 from backup_pipelines.lib.memory_index import (
     batched,
     iter_memory_rows,
+    newest_memory,
     to_qdrant_point,
     to_typesense_document,
     typesense_schema,
 )
 from backup_pipelines.lib.pg_load import copy_table_in
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.postgres import connect
+from backup_pipelines.lib.postgres import (
+    FULL_DUMP_FILE,
+    client_env,
+    connect,
+    count_all_tables,
+    pg_bin,
+)
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
-from backup_pipelines.lib.streams import Log
+from backup_pipelines.lib.streams import Log, iter_decompressed
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 SQL_ASSET = "postgres/workspace_dump"
@@ -367,12 +377,13 @@ def verify_restore(
                 problems.append(
                     f"{entry['table']}: {live} rows live, {entry['rows']} in the backup"
                 )
-        probe = next(iter_memory_rows(conn, located.workspace, policy, batch=1), None)
+        probe = newest_memory(conn, located.workspace, policy)
     if probe is not None and typesense is not None:
         collection = policy.typesense_collection_for(located.workspace)
+        # A real search, narrowed to the probe's timestamp: it must return the probe.
         hits = typesense.search(
             collection,
-            probe.content,
+            "*",
             "content",
             filter_by=f"created_at:={int(probe.created_at.timestamp())}",
             per_page=50,
@@ -451,3 +462,77 @@ def restore_workspace(
             + "; ".join(report.verification["problems"])
         )
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Full database
+
+
+def restore_full_database(
+    store: BackupStore,
+    date: str,
+    database_url: str,
+    target_database: str | None = None,
+    overwrite_live: bool = False,
+    jobs: int = 2,
+    log: Log | None = None,
+) -> dict:
+    """`postgres/full_dump` of `date` into a NEW database on the same server (default name
+    `<live>_restored_<date>`), with parallel pg_restore; into the live database itself only
+    with overwrite_live=True (its objects are dropped and recreated by pg_restore --clean)."""
+    log = log or (lambda _m: None)
+    ref = ArtifactRef("postgres/full_dump", date)
+    result = store.verify(ref)
+    if not result.ok:
+        raise BackupError(f"cannot restore {ref}: " + "; ".join(result.problems))
+    manifest = store.require_manifest(ref)
+    live = conninfo_to_dict(database_url).get("dbname")
+    target = (
+        live if overwrite_live else (target_database or f"{live}_restored_{date.replace('-', '')}")
+    )
+    if target == live and not overwrite_live:
+        raise BackupError(f"restoring over the live database {live!r} needs overwrite_live=True")
+    target_url = make_conninfo(database_url, dbname=target)
+    if target != live:
+        with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (target,)
+            ).fetchone()
+            if exists:
+                raise BackupError(
+                    f"target database {target!r} already exists: pick another name or drop it"
+                )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
+    started = time.monotonic()
+    # pg_restore -j needs a seekable file: decompress the verified dump to local disk first.
+    with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
+        local = f"{scratch}/database.dump"
+        with store.open_file(ref, manifest, FULL_DUMP_FILE) as reader, open(local, "wb") as out:
+            for chunk in iter_decompressed(reader):
+                out.write(chunk)
+        log(
+            f"decompressed {ref} in {time.monotonic() - started:.1f} s; pg_restore -j {jobs} into {target}"
+        )
+        argv = [
+            pg_bin("pg_restore"),
+            "--no-password",
+            "--exit-on-error",
+            "--no-owner",
+            f"--jobs={jobs}",
+            "-d",
+            target,
+        ]
+        if overwrite_live:
+            argv += ["--clean", "--if-exists"]
+        done = subprocess.run(
+            [*argv, local], env=client_env(target_url), capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise BackupError(f"pg_restore into {target} failed: {done.stderr.strip()[-2000:]}")
+    with connect(target_url) as conn:
+        rows = count_all_tables(conn)
+    expected = manifest["counts"]["rows"]
+    if rows != expected:
+        differing = {t: (rows.get(t), n) for t, n in expected.items() if rows.get(t) != n}
+        raise BackupError(f"restored database {target} differs from the dump's counts: {differing}")
+    return {"database": target, "rows": rows, "seconds": round(time.monotonic() - started, 3)}

@@ -1,0 +1,245 @@
+"""Restores against the real services: every row, document and point comes back, newer data
+is never overwritten, other workspaces are untouched, and an inconsistent pair is refused."""
+
+import json
+
+import dagster as dg
+import psycopg
+import pytest
+
+from backup_pipelines.lib import index_backup, postgres
+from backup_pipelines.lib.restore import GateRefused, restore_workspace
+from backup_pipelines.lib.store import ArtifactRef, LocalStore
+from backup_pipelines_tests.conftest import WORKSPACES
+from backup_pipelines_tests.pg_checks import fingerprint
+
+DATE = "2026-11-21"
+
+
+def back_up(store, indexed, workspace, sql=True, indexes=("typesense", "qdrant")):
+    """The daily per-workspace backups of one partition: SQL first, then each index."""
+    policy = indexed["policy"]
+    if sql:
+        ref = ArtifactRef("postgres/workspace_dump", DATE, workspace)
+        with store.begin(ref) as writer:
+            writer.commit(**postgres.dump_workspace(indexed["db"], workspace, policy, writer))
+    if "typesense" in indexes:
+        client = indexed["typesense"]
+        ref = ArtifactRef("typesense/collection_export", DATE, workspace)
+        collection = policy.typesense_collection_for(workspace)
+        with store.begin(ref) as writer:
+            writer.commit(
+                **index_backup.export_typesense_collection(
+                    client, client.http.base_url, collection, writer
+                )
+            )
+    if "qdrant" in indexes:
+        client = indexed["qdrant"]
+        ref = ArtifactRef("qdrant/collection_snapshot", DATE, workspace)
+        with store.begin(ref) as writer:
+            fields = index_backup.snapshot_qdrant_collections(
+                client, client.http.base_url, policy.qdrant_collections_for(workspace), writer
+            )
+            writer.commit(**fields)
+
+
+def lose_workspace_memory(indexed, workspace, keep_memory_id=None):
+    """What an incident does: rows deleted (children first), both collections dropped."""
+    with psycopg.connect(indexed["db"], autocommit=True) as conn:
+        for table in ("knowledge_graph_edges", "knowledge_graph_nodes", "turns"):
+            conn.execute(f"DELETE FROM {table} WHERE workspace_id = %s", (workspace,))
+        conn.execute(
+            "DELETE FROM memory_entries WHERE workspace_id = %s AND id IS DISTINCT FROM %s",
+            (workspace, keep_memory_id),
+        )
+        if keep_memory_id is None:
+            conn.execute("DELETE FROM sessions WHERE workspace_id = %s", (workspace,))
+            conn.execute("DELETE FROM workspaces WHERE workspace_id = %s", (workspace,))
+    indexed["typesense"].delete_collection(indexed["policy"].typesense_collection_for(workspace))
+    indexed["qdrant"].delete_collection(indexed["policy"].qdrant_collections_for(workspace)[0])
+
+
+def index_state(indexed, workspace):
+    policy = indexed["policy"]
+    documents = b"".join(
+        indexed["typesense"].stream_export(policy.typesense_collection_for(workspace))
+    )
+    points = indexed["qdrant"].scroll(policy.qdrant_collections_for(workspace)[0])
+    return (
+        sorted(json.dumps(json.loads(line), sort_keys=True) for line in documents.splitlines()),
+        sorted(json.dumps(p, sort_keys=True) for p in points),
+    )
+
+
+def test_lost_workspace_comes_back_and_newer_rows_keep_their_values(tmp_path, indexed_source):
+    store = LocalStore(tmp_path)
+    back_up(store, indexed_source, "ws_acme")
+    sql_before, index_before = (
+        fingerprint(indexed_source["db"], "ws_acme"),
+        index_state(indexed_source, "ws_acme"),
+    )
+    others_before = {w: fingerprint(indexed_source["db"], w) for w in WORKSPACES if w != "ws_acme"}
+    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
+        kept_id = conn.execute(
+            "SELECT min(id) FROM memory_entries WHERE workspace_id = 'ws_acme'"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE memory_entries SET content = 'edited after the backup' WHERE id = %s",
+            (kept_id,),
+        )
+    lose_workspace_memory(indexed_source, "ws_acme", keep_memory_id=kept_id)
+
+    report = restore_workspace(
+        store, DATE, "ws_acme", indexed_source["db"], indexed_source["policy"],
+        indexed_source["typesense"], indexed_source["qdrant"],
+    )  # fmt: skip
+
+    assert report.verdict == "PASS"
+    assert report.sql["public.memory_entries"] == {
+        "in_backup": 120,
+        "inserted": 119,
+        "already_present": 1,
+    }
+    assert (
+        report.verification["typesense_search_found_memory"]
+        and report.verification["qdrant_search_found_memory"]
+    )
+    after = fingerprint(indexed_source["db"], "ws_acme")
+    assert {t: v for t, v in after.items() if t != "memory_entries"} == {
+        t: v for t, v in sql_before.items() if t != "memory_entries"
+    }
+    with psycopg.connect(indexed_source["db"]) as conn:
+        assert (
+            conn.execute("SELECT content FROM memory_entries WHERE id = %s", (kept_id,)).fetchone()[
+                0
+            ]
+            == "edited after the backup"
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM memory_entries WHERE workspace_id = 'ws_acme'"
+            ).fetchone()[0]
+            == 120
+        )
+    assert index_state(indexed_source, "ws_acme") == index_before
+    assert {w: fingerprint(indexed_source["db"], w) for w in others_before} == others_before
+
+
+def test_restore_twice_adds_nothing_the_second_time(tmp_path, indexed_source):
+    store = LocalStore(tmp_path)
+    back_up(store, indexed_source, "ws_globex")
+    args = (
+        store,
+        DATE,
+        "ws_globex",
+        indexed_source["db"],
+        indexed_source["policy"],
+        indexed_source["typesense"],
+        indexed_source["qdrant"],
+    )
+    lose_workspace_memory(indexed_source, "ws_globex")
+    first = restore_workspace(*args)
+    second = restore_workspace(*args)
+    assert sum(t["inserted"] for t in first.sql.values()) == 8 + 40 + 120 + 15 + 30 + 1
+    assert sum(t["inserted"] for t in second.sql.values()) == 0
+    assert second.typesense == {"source": "export", "created": 0, "already_present": 120}
+    assert second.qdrant == {"source": "snapshot", "added": 0, "already_present": 120}
+
+
+def test_inconsistent_pair_fails_the_restore_job_at_the_gate_before_any_write(
+    tmp_path, indexed_source, monkeypatch
+):
+    """SQL taken; then a memory written and indexed; then the indexes taken: the index artifacts
+    hold an id the SQL artifact lacks (an orphan) — restoring both would point the index at a
+    memory the restored SQL does not have."""
+    from backup_pipelines.lib import memory_index
+
+    store = LocalStore(tmp_path)
+    back_up(store, indexed_source, "ws_initech", indexes=())
+    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
+        new_id = conn.execute(
+            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, created_at, updated_at) "
+            "SELECT 'ws_initech', 'fact', 'written between the two backups', 0.5, embedding, now(), now() "
+            "FROM memory_entries WHERE workspace_id = 'ws_initech' LIMIT 1 RETURNING id"
+        ).fetchone()[0]
+    with psycopg.connect(indexed_source["db"]) as conn:
+        rows = [
+            r
+            for r in memory_index.iter_memory_rows(conn, "ws_initech", indexed_source["policy"])
+            if r.id == new_id
+        ]
+    memory_index.index_into_typesense(indexed_source["typesense"], "memory_ws_initech", iter(rows))
+    memory_index.index_into_qdrant(indexed_source["qdrant"], "agent_ws_initech", iter(rows))
+    back_up(store, indexed_source, "ws_initech", sql=False)
+    lose_workspace_memory(indexed_source, "ws_initech")
+    live_before = fingerprint(indexed_source["db"], "ws_initech")
+
+    with pytest.raises(GateRefused, match="orphan"):
+        restore_workspace(
+            store, DATE, "ws_initech", indexed_source["db"], indexed_source["policy"],
+            indexed_source["typesense"], indexed_source["qdrant"],
+        )  # fmt: skip
+
+    for key, value in restore_env(indexed_source, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    from backup_pipelines.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def("workspace_restore_job")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_initech"])
+        result = job.execute_in_process(
+            instance=instance, partition_key=f"{DATE}|ws_initech", raise_on_error=False
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "consistency_gate"
+    evidence = failure.event_specific_data.user_failure_data.metadata["evidence"].value
+    assert evidence["verdict"] == "FAIL"
+    orphans = {i["name"]: [str(x) for x in i["orphan_sample"]] for i in evidence["indexes"]}
+    assert orphans == {
+        "typesense:memory_ws_initech": [str(new_id)],
+        "qdrant:agent_ws_initech": [str(new_id)],
+    }
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert started == {
+        "locate_and_verify_artifacts",
+        "consistency_gate",
+    }  # nothing after the gate ran
+    assert fingerprint(indexed_source["db"], "ws_initech") == live_before
+    assert not indexed_source["typesense"].collection_exists("memory_ws_initech")
+    assert not indexed_source["qdrant"].collection_exists("agent_ws_initech")
+
+
+def restore_env(indexed, tmp_path) -> dict:
+    return {
+        "DATABASE_URL": indexed["db"],
+        "BACKUP_STORE_URL": f"file://{tmp_path}",
+        "TYPESENSE_URL": indexed["typesense_url"],
+        "TYPESENSE_API_KEY": indexed["typesense_api_key"],
+        "QDRANT_URL": indexed["qdrant_url"],
+    }
+
+
+def test_full_restore_into_new_database_equals_source(tmp_path, indexed_source):
+    from backup_pipelines.lib.restore import restore_full_database
+
+    store = LocalStore(tmp_path)
+    ref = ArtifactRef("postgres/full_dump", DATE)
+    with store.begin(ref) as writer:
+        writer.commit(**postgres.dump_full_database(indexed_source["db"], writer))
+    result = restore_full_database(store, DATE, indexed_source["db"], jobs=2)
+    target = indexed_source["db"].rsplit("/", 1)[0] + "/" + result["database"]
+    try:
+        assert fingerprint(target) == fingerprint(indexed_source["db"])
+        with psycopg.connect(target) as a, psycopg.connect(indexed_source["db"]) as b:
+            schema = "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"
+            assert a.execute(schema).fetchall() == b.execute(schema).fetchall()
+        with pytest.raises(Exception, match="already exists"):
+            restore_full_database(
+                store, DATE, indexed_source["db"], target_database=result["database"]
+            )
+    finally:
+        with psycopg.connect(
+            indexed_source["db"].rsplit("/", 1)[0] + "/postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{result["database"]}" WITH (FORCE)')
