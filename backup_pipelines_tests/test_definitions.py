@@ -184,14 +184,25 @@ def test_failed_backup_fails_the_run_and_leaves_no_manifest(definitions, indexed
     assert list(store_from_url(f"file://{tmp_path}/store").list_artifacts()) == []
 
 
-def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(definitions, indexed_source):
+def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(
+    definitions, indexed_source, tmp_path
+):
     import psycopg
+
+    from backup_pipelines.lib import postgres
+    from backup_pipelines.lib.policy import Policy
 
     source_db = indexed_source["db"]
     with psycopg.connect(source_db, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO workspaces (workspace_id, name) VALUES ('bad id; drop', 'x'), ('ws_new', 'y')"
         )
+    # ws_initech already has yesterday's backup in the store: a fresh instance must not
+    # replace it with a backup of the current state.
+    store = store_from_url(f"file://{tmp_path}/store")
+    ref = ArtifactRef("postgres/workspace_dump", last_completed_date(), "ws_initech")
+    with store.begin(ref) as writer:
+        writer.commit(**postgres.dump_workspace(source_db, "ws_initech", Policy(), writer))
     sensor = definitions.resolve_sensor_def("workspace_discovery_sensor")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workspaces", ["ws_acme"])
@@ -202,7 +213,7 @@ def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(definition
         [request] = result.dynamic_partitions_requests
         assert sorted(request.partition_keys) == ["ws_globex", "ws_initech", "ws_new"]
         assert sorted(r.partition_key for r in result.run_requests) == sorted(
-            f"{last_completed_date()}|{w}" for w in ["ws_globex", "ws_initech", "ws_new"]
+            f"{last_completed_date()}|{w}" for w in ["ws_globex", "ws_new"]
         )
         instance.add_dynamic_partitions("workspaces", list(request.partition_keys))
         with dg.build_sensor_context(

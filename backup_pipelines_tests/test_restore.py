@@ -266,7 +266,10 @@ def test_cli_restores_a_workspace_with_dagster_gone(tmp_path, indexed_source):
     """DAGSTER_HOME is an empty folder: the command reads only the store and the environment."""
     store = LocalStore(tmp_path / "store")
     back_up(store, indexed_source, "ws_globex")
-    before = fingerprint(indexed_source["db"], "ws_globex"), index_state(indexed_source, "ws_globex")
+    before = (
+        fingerprint(indexed_source["db"], "ws_globex"),
+        index_state(indexed_source, "ws_globex"),
+    )
     lose_workspace_memory(indexed_source, "ws_globex")
     empty_home = tmp_path / "dagster_home"
     empty_home.mkdir()
@@ -276,17 +279,33 @@ def test_cli_restores_a_workspace_with_dagster_gone(tmp_path, indexed_source):
     output = process.communicate(timeout=300)[0]
 
     assert process.returncode == 0, output
-    assert (fingerprint(indexed_source["db"], "ws_globex"), index_state(indexed_source, "ws_globex")) == before
+    assert (
+        fingerprint(indexed_source["db"], "ws_globex"),
+        index_state(indexed_source, "ws_globex"),
+    ) == before
     assert list(empty_home.iterdir()) == []
     assert indexed_source["typesense_api_key"] not in output
     verify = cli(["verify", "--workspace", "ws_globex"], env)
     assert verify.wait(timeout=60) == 0 and "3 of 3 artifacts verified" in verify.stdout.read()
 
 
-def test_restore_killed_midway_then_run_again_completes_without_duplicates(tmp_path, indexed_source):
+def test_restore_killed_midway_then_run_again_completes_without_duplicates(
+    tmp_path, indexed_source
+):
     big = "ws_big"
     with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
-        sample_data.seed_workspace(conn, big, sample_data.Scale(sessions=50, turns_per_session=40, memories=30000, nodes=10, edges=10, embedding_dim=384))
+        sample_data.seed_workspace(
+            conn,
+            big,
+            sample_data.Scale(
+                sessions=50,
+                turns_per_session=40,
+                memories=30000,
+                nodes=10,
+                edges=10,
+                embedding_dim=384,
+            ),
+        )
     store = LocalStore(tmp_path / "store")
     back_up(store, indexed_source, big, indexes=())
     before = fingerprint(indexed_source["db"], big)
@@ -295,25 +314,53 @@ def test_restore_killed_midway_then_run_again_completes_without_duplicates(tmp_p
             conn.execute(f"DELETE FROM {table} WHERE workspace_id = %s", (big,))
     env = {**restore_env(indexed_source, tmp_path / "store"), "TYPESENSE_URL": "", "QDRANT_URL": ""}
 
-    process = cli(["restore", "workspace", "--date", DATE, "--workspace", big], env, start_new_session=True)
+    process = cli(
+        ["restore", "workspace", "--date", DATE, "--workspace", big], env, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
         query = "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'COPY%restore_stage_memory_entries%' AND state = 'active'"
-        while conn.execute(query).fetchone()[0] == 0 and process.poll() is None and time.monotonic() < deadline:
+        while (
+            conn.execute(query).fetchone()[0] == 0
+            and process.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
-        assert process.poll() is None, "the restore finished before it could be killed; make the workspace bigger"
+        assert process.poll() is None, (
+            "the restore finished before it could be killed; make the workspace bigger"
+        )
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         # The server rolls the transaction back when it notices the client is gone.
-        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%restore_stage_%' AND pid <> pg_backend_pid()").fetchone()[0]:
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE '%restore_stage_%' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]:
             time.sleep(0.05)
-        assert conn.execute("SELECT count(*) FROM memory_entries WHERE workspace_id = %s", (big,)).fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'restore_stage_%'").fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM memory_entries WHERE workspace_id = %s", (big,)
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'restore_stage_%'"
+            ).fetchone()[0]
+            == 0
+        )
 
     rerun = cli(["restore", "workspace", "--date", DATE, "--workspace", big], env)
     output = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, output
     assert fingerprint(indexed_source["db"], big) == before
     with psycopg.connect(indexed_source["db"]) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'restore_stage_%'").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM memory_entries WHERE workspace_id = %s", (big,)).fetchone() == (30000, 30000)
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'restore_stage_%'"
+            ).fetchone()[0]
+            == 0
+        )
+        assert conn.execute(
+            "SELECT count(*), count(DISTINCT id) FROM memory_entries WHERE workspace_id = %s",
+            (big,),
+        ).fetchone() == (30000, 30000)

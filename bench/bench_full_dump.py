@@ -415,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         if db_size < 1e9:
             log("WARNING: database smaller than 1 GB; raise --memories")
 
+        # Nothing of the caller's deployment leaks in, except the S3 part size knob.
         base_env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "PG", "DAGSTER_", "BACKUP_"))
+            if not k.startswith(("AWS_", "PG", "DAGSTER_", "BACKUP_")) or k == "BACKUP_S3_PART_MB"
         }
         base_env["DATABASE_URL"] = url
 
@@ -616,6 +617,8 @@ def report(results: dict, gen_seconds: float, db_size: int, args) -> None:
         print("  runbook ratios: not measured (--skip-runbook); this run cannot be reported")
     d = results.get("dagster_s3")
     if d:
+        part_mb = os.environ.get("BACKUP_S3_PART_MB", "16 (default)")
+        print(f"  (S3 part size BACKUP_S3_PART_MB = {part_mb})")
         print(
             f"  peak memory, S3 store                  = {d['peak_rss'] / MB:,.1f} MB  "
             f"(aim < {AIM_PEAK_RSS_S3 / MB:g} MB)  {verdict(d['peak_rss'] < AIM_PEAK_RSS_S3)}"

@@ -10,8 +10,9 @@ from backup_pipelines.defs.partitions import (
     workspaces,
 )
 from backup_pipelines.defs.postgres import FULL_DUMP
-from backup_pipelines.defs.resources import PolicyResource, PostgresResource
+from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, PostgresResource
 from backup_pipelines.lib.postgres import list_workspaces
+from backup_pipelines.lib.store import ArtifactRef
 
 full_backup_job = dg.define_asset_job(
     "postgres_full_backup_job",
@@ -54,7 +55,10 @@ workspace_backup_schedule = dg.build_schedule_from_partitioned_job(
     description="Adds a `workspaces` partition for each new workspace in SQL and backs it up at once.",
 )
 def workspace_discovery_sensor(
-    context: dg.SensorEvaluationContext, postgres_db: PostgresResource, policy: PolicyResource
+    context: dg.SensorEvaluationContext,
+    postgres_db: PostgresResource,
+    policy: PolicyResource,
+    backup_store: BackupStoreResource,
 ) -> dg.SensorResult:
     valid, invalid = list_workspaces(postgres_db.database_url, policy.load())
     for bad in invalid:
@@ -66,15 +70,23 @@ def workspace_discovery_sensor(
         return dg.SensorResult(
             skip_reason=f"no new workspace ({len(valid)} known, {len(invalid)} invalid skipped)"
         )
-    date = last_completed_date()
     context.log.info(f"discovered {len(new)} workspace(s): {', '.join(new[:20])}")
     return dg.SensorResult(
         dynamic_partitions_requests=[workspaces.build_add_request(new)],
-        run_requests=[
-            dg.RunRequest(partition_key=multi_key(date, w), run_key=f"first-{multi_key(date, w)}")
-            for w in new
-        ],
+        run_requests=first_backups(backup_store.get_store(), new, last_completed_date()),
     )
+
+
+def first_backups(store, workspaces_found: list[str], date: str) -> list[dg.RunRequest]:
+    """A backup now for each new workspace, so its RPO clock starts today — but never for one
+    the store already holds for that date: a workspace new to this Dagster instance (a fresh
+    instance, or one rebuilt after an incident) may have good artifacts that a backup of its
+    current, possibly damaged, state must not replace."""
+    return [
+        dg.RunRequest(partition_key=multi_key(date, w), run_key=f"first-{multi_key(date, w)}")
+        for w in workspaces_found
+        if store.read_manifest(ArtifactRef("postgres/workspace_dump", date, w)) is None
+    ]
 
 
 defs = dg.Definitions(
