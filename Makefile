@@ -36,6 +36,7 @@ format: install
 
 bench: install
 	$(PY) bench/bench_full_dump.py
+	$(PY) bench/bench_consistency.py
 
 clean:
 	rm -rf .demo .dagster_home .bench
