@@ -23,7 +23,12 @@ def build_definitions() -> dg.Definitions:
             postgres.defs,
             monitoring.defs,
             consistency.build_defs([INDEX_ASSETS[s] for s in sorted(index_stores)]),
-            dg.Definitions(jobs=[restore.build_restore_job(index_stores)]),
+            dg.Definitions(
+                jobs=[
+                    restore.build_restore_job(index_stores),
+                    restore.build_full_restore_job(index_stores),
+                ]
+            ),
         ]
     return dg.Definitions.merge(*parts)
 

@@ -33,7 +33,12 @@ EXPECTED_CHECKS = [
     "typesense/collection_export:artifact_verifies",
     "typesense/collection_export:consistent_with_sql",
 ]
-EXPECTED_JOBS = {"postgres_full_backup_job", "workspace_backup_job", "workspace_restore_job"}
+EXPECTED_JOBS = {
+    "postgres_full_backup_job",
+    "workspace_backup_job",
+    "workspace_restore_job",
+    "full_restore_job",
+}
 
 
 def describe_partitions(partitions_def) -> str:

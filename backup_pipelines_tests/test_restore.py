@@ -364,3 +364,52 @@ def test_restore_killed_midway_then_run_again_completes_without_duplicates(
             "SELECT count(*), count(DISTINCT id) FROM memory_entries WHERE workspace_id = %s",
             (big,),
         ).fetchone() == (30000, 30000)
+
+
+def test_full_restore_job_restores_database_then_missing_indexes_with_runbook_steps(
+    tmp_path, indexed_source, monkeypatch
+):
+    store = LocalStore(tmp_path / "store")
+    ref = ArtifactRef("postgres/full_dump", DATE)
+    with store.begin(ref) as writer:
+        writer.commit(**postgres.dump_full_database(indexed_source["db"], writer))
+    back_up(store, indexed_source, "ws_acme", sql=False)
+    index_before = index_state(indexed_source, "ws_acme")
+    indexed_source["typesense"].delete_collection("memory_ws_acme")
+    indexed_source["qdrant"].delete_collection("agent_ws_acme")
+    for key, value in restore_env(indexed_source, tmp_path / "store").items():
+        monkeypatch.setenv(key, value)
+    marker = tmp_path / "steps.log"
+    step = f"{sys.executable} -c \"import sys; open('{marker}', 'a').write(sys.argv[1] + chr(10))\""
+    config = {
+        "ops": {
+            "restore_full": {
+                "config": {
+                    "target_database": "agent_restored_by_job",
+                    "commands_before": [f"{step} stop-gateway"],
+                    "commands_after": [f"{step} migrate", f"{step} start-gateway"],
+                }
+            }
+        }
+    }
+    from backup_pipelines.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def("full_restore_job")
+    target = indexed_source["db"].rsplit("/", 1)[0] + "/agent_restored_by_job"
+    try:
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(
+                instance=instance, partition_key=DATE, run_config=config
+            )
+        assert result.success
+        [materialization] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        metadata = materialization.event_specific_data.metadata
+        assert set(metadata["health"].value) == {"postgres", "typesense", "qdrant"}
+        assert marker.read_text().split() == ["stop-gateway", "migrate", "start-gateway"]
+        assert fingerprint(target) == fingerprint(indexed_source["db"])
+        assert index_state(indexed_source, "ws_acme") == index_before
+    finally:
+        with psycopg.connect(
+            indexed_source["db"].rsplit("/", 1)[0] + "/postgres", autocommit=True
+        ) as conn:
+            conn.execute('DROP DATABASE IF EXISTS "agent_restored_by_job" WITH (FORCE)')

@@ -13,7 +13,7 @@ import time
 
 import dagster as dg
 
-from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
+from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.lib import restore
 from backup_pipelines.lib.consistency import Outcome
 
@@ -195,3 +195,77 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         verify_restored(located, restore_indexes(located, verdict, sql_report))
 
     return workspace_restore_job
+
+
+class FullRestoreOptions(dg.Config):
+    target_database: str = ""  # default: <live>_restored_<date>, a new database
+    overwrite_live: bool = False  # restore over the live database itself: explicit only
+    jobs: int = 2  # parallel pg_restore jobs
+    commands_before: list[str] = []  # e.g. stop the agent gateway
+    commands_after: list[str] = []  # e.g. run migrations, restart the gateway
+    restore_indexes: bool = True
+
+
+def build_full_restore_job(index_stores: set[str]) -> dg.JobDefinition:
+    """The whole database from `postgres/full_dump`, then every missing index collection of
+    that date from its artifacts, with the runbooks' before/after steps and a final health check."""
+    index_keys = {s for s in ("typesense", "qdrant") if s in index_stores}
+
+    def clients(context):
+        return (
+            context.resources.typesense.client()
+            if "typesense" in index_keys
+            else contextlib.nullcontext(),
+            context.resources.qdrant.client()
+            if "qdrant" in index_keys
+            else contextlib.nullcontext(),
+        )
+
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
+    def restore_full(context: dg.OpExecutionContext, config: FullRestoreOptions) -> dict:
+        date = context.partition_key
+        log = context.log.info
+        restore.run_commands(config.commands_before, log, "before restore")
+        store = context.resources.backup_store.get_store()
+        database = restore.restore_full_database(
+            store,
+            date,
+            context.resources.postgres_db.database_url,
+            config.target_database or None,
+            config.overwrite_live,
+            config.jobs,
+            log=log,
+        )
+        typesense_cm, qdrant_cm = clients(context)
+        with typesense_cm as typesense, qdrant_cm as qdrant:
+            indexes = {}
+            if config.restore_indexes:
+                policy = context.resources.policy.load()
+                indexes = restore.restore_missing_indexes(
+                    store, date, policy, typesense, qdrant, log
+                )
+            restore.run_commands(config.commands_after, log, "after restore")
+            health = restore.health_check(
+                context.resources.postgres_db.database_url, typesense, qdrant
+            )
+        context.add_output_metadata(
+            {
+                "database": dg.MetadataValue.text(database["database"]),
+                "rows": dg.MetadataValue.json(database["rows"]),
+                "restore_seconds": dg.MetadataValue.float(database["seconds"]),
+                "indexes_restored": dg.MetadataValue.json(indexes),
+                "health": dg.MetadataValue.json(health),
+            }
+        )
+        return database
+
+    @dg.job(
+        name="full_restore_job",
+        partitions_def=daily,
+        description="The whole database into a new database (default), then every missing index; health check at the end.",
+        tags={"restore": "full"},
+    )
+    def full_restore_job():
+        restore_full()
+
+    return full_restore_job

@@ -536,3 +536,67 @@ def restore_full_database(
         differing = {t: (rows.get(t), n) for t, n in expected.items() if rows.get(t) != n}
         raise BackupError(f"restored database {target} differs from the dump's counts: {differing}")
     return {"database": target, "rows": rows, "seconds": round(time.monotonic() - started, 3)}
+
+
+def restore_missing_indexes(
+    store: BackupStore,
+    date: str,
+    policy: Policy,
+    typesense=None,
+    qdrant=None,
+    log: Log | None = None,
+) -> dict:
+    """After a full restore: every workspace's collections of `date` that the index stores lack,
+    recreated from their artifacts (existing collections are left alone: newer data wins)."""
+    log = log or (lambda _m: None)
+    done: dict[str, dict] = {}
+    for asset, client in ((TYPESENSE_ASSET, typesense), (QDRANT_ASSET, qdrant)):
+        if client is None:
+            continue
+        for ref in store.list_artifacts(asset):
+            if ref.date != date:
+                continue
+            result = done.setdefault(ref.workspace, {})
+            if asset == TYPESENSE_ASSET:
+                collection = policy.typesense_collection_for(ref.workspace)
+                if store.require_manifest(ref).get(
+                    "collection_exists", True
+                ) and not client.collection_exists(collection):
+                    result["typesense"] = restore_typesense_collection(
+                        client, store, ref, collection
+                    )
+            else:
+                for collection in store.require_manifest(ref).get("collections", {}):
+                    if not client.collection_exists(collection):
+                        result.setdefault("qdrant", {})[collection] = recover_qdrant_collection(
+                            client, store, ref, collection
+                        )
+            log(f"{ref}: {result}")
+    return done
+
+
+def run_commands(commands: list[str], log: Log, what: str, timeout: float = 3600) -> None:
+    """The runbooks' manual steps around a restore (stop the gateway, run migrations, restart)."""
+    import shlex
+
+    for command in commands:
+        log(f"{what}: running {command!r}")
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=timeout)
+        if done.stdout.strip():
+            log(done.stdout.strip()[-2000:])
+        if done.returncode != 0:
+            raise BackupError(
+                f"{what} command {command!r} failed (exit {done.returncode}): {done.stderr.strip()[-1000:]}"
+            )
+
+
+def health_check(database_url: str, typesense=None, qdrant=None) -> dict:
+    """Every store answers (the runbooks' final checklist)."""
+    health: dict[str, str] = {}
+    with connect(database_url) as conn:
+        health["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
+    if typesense is not None:
+        health["typesense"] = typesense.server_version()
+    if qdrant is not None:
+        health["qdrant"] = qdrant.server_version()
+    return health
