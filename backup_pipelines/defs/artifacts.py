@@ -1,12 +1,12 @@
 """Wiring shared by every backup asset: write to the store, commit, describe, verify."""
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable
 
 import dagster as dg
 
+from backup_pipelines.defs.partitions import date_and_workspace
+from backup_pipelines.defs.resources import BackupStoreResource
 from backup_pipelines.lib.store import ArtifactRef, ArtifactWriter, BackupStore
 
 
@@ -73,3 +73,28 @@ def verify_artifact_check(store: BackupStore, ref: ArtifactRef) -> dg.AssetCheck
             "problems": dg.MetadataValue.json(result.problems),
         },
     )
+
+
+def build_verify_check(
+    asset_path: str, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetChecksDefinition:
+    """The blocking `artifact_verifies` check of a backup asset: every file re-read against
+    the manifest's sha256; a failure stops the run's downstream steps."""
+    per_workspace = isinstance(partitions_def, dg.MultiPartitionsDefinition)
+
+    @dg.asset_check(
+        asset=dg.AssetKey(asset_path.split("/")),
+        name="artifact_verifies",
+        blocking=True,
+        partitions_def=partitions_def,
+    )
+    def artifact_verifies(
+        context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource
+    ):
+        if per_workspace:
+            ref = ArtifactRef(asset_path, *date_and_workspace(context.partition_key))
+        else:
+            ref = ArtifactRef(asset_path, context.partition_key)
+        return verify_artifact_check(backup_store.get_store(), ref)
+
+    return artifact_verifies

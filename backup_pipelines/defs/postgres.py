@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from backup_pipelines.defs.artifacts import verify_artifact_check, write_artifact
+from backup_pipelines.defs.artifacts import build_verify_check, write_artifact
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, PostgresResource
 from backup_pipelines.lib import postgres
@@ -66,22 +66,10 @@ def workspace_dump(
     )
 
 
-@dg.asset_check(asset=FULL_DUMP, name="artifact_verifies", blocking=True, partitions_def=daily)
-def full_dump_verifies(context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource):
-    ref = ArtifactRef("postgres/full_dump", context.partition_key)
-    return verify_artifact_check(backup_store.get_store(), ref)
+full_dump_verifies = build_verify_check("postgres/full_dump", daily)
 
 
-@dg.asset_check(
-    asset=WORKSPACE_DUMP, name="artifact_verifies", blocking=True, partitions_def=daily_by_workspace
-)
-def workspace_dump_verifies(
-    context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource
-):
-    date, workspace = date_and_workspace(context.partition_key)
-    return verify_artifact_check(
-        backup_store.get_store(), ArtifactRef("postgres/workspace_dump", date, workspace)
-    )
+workspace_dump_verifies = build_verify_check("postgres/workspace_dump", daily_by_workspace)
 
 
 defs = dg.Definitions(

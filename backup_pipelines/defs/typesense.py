@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from backup_pipelines.defs.artifacts import verify_artifact_check, write_artifact
+from backup_pipelines.defs.artifacts import build_verify_check, write_artifact
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.postgres import WORKSPACE_DUMP
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, TypesenseResource
@@ -41,19 +41,7 @@ def collection_export(
         )
 
 
-@dg.asset_check(
-    asset=COLLECTION_EXPORT,
-    name="artifact_verifies",
-    blocking=True,
-    partitions_def=daily_by_workspace,
-)
-def collection_export_verifies(
-    context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource
-):
-    date, workspace = date_and_workspace(context.partition_key)
-    return verify_artifact_check(
-        backup_store.get_store(), ArtifactRef("typesense/collection_export", date, workspace)
-    )
+collection_export_verifies = build_verify_check("typesense/collection_export", daily_by_workspace)
 
 
 defs = dg.Definitions(assets=[collection_export], asset_checks=[collection_export_verifies])
