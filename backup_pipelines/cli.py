@@ -2,7 +2,7 @@
 so it works when Dagster (its daemon, webserver or database) is gone.
 
     backup-pipelines doctor
-    backup-pipelines list [--asset A] [--date D] [--workspace W]
+    backup-pipelines list [--asset A] [--date D] [--workspace W] [--verdicts]
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
@@ -18,7 +18,7 @@ import sys
 
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import load_policy
-from backup_pipelines.lib.store import store_from_url
+from backup_pipelines.lib.store import ArtifactRef, store_from_url
 
 
 def _store():
@@ -99,16 +99,29 @@ def cmd_list(args) -> int:
     for ref in _selected(store, args):
         manifest = store.read_manifest(ref)
         size = sum(f["bytes"] for f in manifest["files"])
-        counts = manifest["counts"]
-        shown = {
+        counts = {
             k: (sum(v.values()) if isinstance(v, dict) else v)
-            for k, v in counts.items()
+            for k, v in manifest["counts"].items()
             if k != "tables"
         }
-        print(
-            f"{ref.asset:<30} {ref.date:<11} {ref.workspace or '-':<20} {size:>14,}  {json.dumps(shown)}"
-        )
+        line = f"{ref.asset:<30} {ref.date:<11} {ref.workspace or '-':<20} {size:>14,}  {json.dumps(counts)}"
+        if args.verdicts and ref.asset == "postgres/workspace_dump":
+            line += f"  {_verdict(store, ref, manifest)}"
+        print(line)
     return 0
+
+
+def _verdict(store, ref, manifest) -> str:
+    """The consistency gate's verdict of the partition (SQL against its index artifacts)."""
+    from backup_pipelines.lib.consistency import evaluate_partition
+
+    refs, manifests = {ref.asset: ref}, {ref.asset: manifest}
+    for asset in ("typesense/collection_export", "qdrant/collection_snapshot"):
+        other = ArtifactRef(asset, ref.date, ref.workspace)
+        found = store.read_manifest(other)
+        if found is not None:
+            refs[asset], manifests[asset] = other, found
+    return evaluate_partition(store, refs, manifests, load_policy()).summary()
 
 
 def cmd_verify(args) -> int:
@@ -192,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--asset")
         sub.add_argument("--date")
         sub.add_argument("--workspace")
+        if name == "list":
+            sub.add_argument(
+                "--verdicts", action="store_true", help="each partition's consistency verdict"
+            )
         sub.set_defaults(run=run)
     restore = commands.add_parser("restore", help="restore without Dagster").add_subparsers(
         dest="what", required=True

@@ -287,6 +287,17 @@ def test_cli_restores_a_workspace_with_dagster_gone(tmp_path, indexed_source):
     assert indexed_source["typesense_api_key"] not in output
     verify = cli(["verify", "--workspace", "ws_globex"], env)
     assert verify.wait(timeout=60) == 0 and "3 of 3 artifacts verified" in verify.stdout.read()
+    listing = cli(["list", "--workspace", "ws_globex", "--verdicts"], env).communicate(timeout=60)[
+        0
+    ]
+    assert (
+        "postgres/workspace_dump" in listing
+        and "PASS: postgres:public.memory_entries 120 ids" in listing
+    )
+    doctor = cli(["doctor"], env)
+    report = doctor.communicate(timeout=60)[0]
+    assert doctor.returncode == 0, report
+    assert "ok   postgres" in report and "ok   typesense" in report and "ok   qdrant" in report
 
 
 def test_restore_killed_midway_then_run_again_completes_without_duplicates(
