@@ -253,3 +253,13 @@ def test_partition_keys_refuse_invalid_workspace_ids():
         ]
         == "2026-11-21"
     )
+
+
+def test_every_backup_asset_has_the_rpo_freshness_policy(definitions):
+    from datetime import timedelta
+
+    graph = definitions.resolve_asset_graph()
+    for key in EXPECTED_ASSET_KEYS:
+        policy = graph.get(dg.AssetKey.from_user_string(key)).freshness_policy
+        assert policy.warn_window.to_timedelta() == timedelta(hours=24), key
+        assert policy.fail_window.to_timedelta() == timedelta(hours=25), key

@@ -98,3 +98,17 @@ def build_verify_check(
         return verify_artifact_check(backup_store.get_store(), ref)
 
     return artifact_verifies
+
+
+def backup_freshness() -> dg.FreshnessPolicy:
+    """The UI's coarse freshness indicator (per asset, not per workspace: the RPO sensor is the
+    per-workspace truth): warn past the RPO, fail past RPO + grace."""
+    from datetime import timedelta
+
+    from backup_pipelines.lib.policy import load_policy
+
+    policy = load_policy()
+    rpo = timedelta(hours=policy.rpo_hours)
+    return dg.FreshnessPolicy.time_window(
+        fail_window=rpo + timedelta(minutes=policy.rpo_grace_minutes), warn_window=rpo
+    )

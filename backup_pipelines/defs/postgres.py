@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from backup_pipelines.defs.artifacts import build_verify_check, write_artifact
+from backup_pipelines.defs.artifacts import backup_freshness, build_verify_check, write_artifact
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, PostgresResource
 from backup_pipelines.lib import postgres
@@ -14,6 +14,7 @@ WORKSPACE_DUMP = dg.AssetKey(["postgres", "workspace_dump"])
 
 @dg.asset(
     key=FULL_DUMP,
+    freshness_policy=backup_freshness(),
     partitions_def=daily,
     group_name="postgres",
     kinds={"postgres"},
@@ -39,6 +40,7 @@ def full_dump(
 
 @dg.asset(
     key=WORKSPACE_DUMP,
+    freshness_policy=backup_freshness(),
     partitions_def=daily_by_workspace,
     group_name="workspace_backups",
     kinds={"postgres"},

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from backup_pipelines.defs.artifacts import verify_artifact_check, write_artifact
+from backup_pipelines.defs.artifacts import backup_freshness, verify_artifact_check, write_artifact
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.postgres import WORKSPACE_DUMP
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, QdrantResource
@@ -14,6 +14,7 @@ COLLECTION_SNAPSHOT = dg.AssetKey(["qdrant", "collection_snapshot"])
 
 @dg.asset(
     key=COLLECTION_SNAPSHOT,
+    freshness_policy=backup_freshness(),
     partitions_def=daily_by_workspace,
     group_name="workspace_backups",
     kinds={"qdrant"},
