@@ -617,7 +617,9 @@ def report(results: dict, gen_seconds: float, db_size: int, args) -> None:
         print("  runbook ratios: not measured (--skip-runbook); this run cannot be reported")
     d = results.get("dagster_s3")
     if d:
-        part_mb = os.environ.get("BACKUP_S3_PART_MB", "16 (default)")
+        from backup_pipelines.lib.store import S3_PART_SIZE
+
+        part_mb = os.environ.get("BACKUP_S3_PART_MB", f"{S3_PART_SIZE >> 20} (default)")
         print(f"  (S3 part size BACKUP_S3_PART_MB = {part_mb})")
         print(
             f"  peak memory, S3 store                  = {d['peak_rss'] / MB:,.1f} MB  "
