@@ -424,3 +424,36 @@ def test_full_restore_job_restores_database_then_missing_indexes_with_runbook_st
             indexed_source["db"].rsplit("/", 1)[0] + "/postgres", autocommit=True
         ) as conn:
             conn.execute('DROP DATABASE IF EXISTS "agent_restored_by_job" WITH (FORCE)')
+
+
+def test_stale_index_is_rebuilt_from_the_restored_sql_rows(tmp_path, indexed_source):
+    """The index artifacts lack a memory the SQL dump has (REBUILD_INDEX): SQL is restored and
+    both indexes are rebuilt from it, so the memory the stale index missed is searchable again."""
+    store = LocalStore(tmp_path)
+    with psycopg.connect(indexed_source["db"]) as conn:
+        stale_id = conn.execute(
+            "SELECT max(id) FROM memory_entries WHERE workspace_id = 'ws_acme'"
+        ).fetchone()[0]
+    indexed_source["typesense"].http.request(
+        "DELETE", f"/collections/memory_ws_acme/documents/{stale_id}", "delete"
+    )
+    indexed_source["qdrant"].http.request(
+        "POST",
+        "/collections/agent_ws_acme/points/delete",
+        "delete",
+        params={"wait": "true"},
+        json={"points": [stale_id]},
+    )
+    back_up(store, indexed_source, "ws_acme")
+    lose_workspace_memory(indexed_source, "ws_acme")
+
+    report = restore_workspace(
+        store, DATE, "ws_acme", indexed_source["db"], indexed_source["policy"],
+        indexed_source["typesense"], indexed_source["qdrant"],
+    )  # fmt: skip
+
+    assert report.verdict == "REBUILD_INDEX"
+    assert report.typesense == {"source": "sql", "created": 120, "already_present": 0}
+    assert report.qdrant == {"source": "sql", "added": 120, "already_present": 0}
+    assert indexed_source["typesense"].num_documents("memory_ws_acme") == 120
+    assert stale_id in indexed_source["qdrant"].existing_ids("agent_ws_acme", [stale_id])

@@ -5,6 +5,7 @@ index is the index the platform would have built.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,20 +119,21 @@ def batched(rows: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _jsonl(documents: Iterator[dict]) -> Iterator[bytes]:
-    import json
+def typesense_jsonl(rows: Iterator[MemoryRow]) -> Iterator[bytes]:
+    """The rows as Typesense import lines (JSONL), one document per row."""
+    for row in rows:
+        yield json.dumps(to_typesense_document(row), ensure_ascii=False).encode() + b"\n"
 
-    for document in documents:
-        yield json.dumps(document, ensure_ascii=False).encode() + b"\n"
+
+def ensure_typesense_collection(client, collection: str) -> None:
+    if not client.collection_exists(collection):
+        client.create_collection(typesense_schema(collection))
 
 
 def index_into_typesense(client, collection: str, rows: Iterator[MemoryRow]) -> int:
     """Create the collection when missing and upsert every row's document; returns the count."""
-    if not client.collection_exists(collection):
-        client.create_collection(typesense_schema(collection))
-    return client.import_jsonl(
-        collection, _jsonl(to_typesense_document(r) for r in rows), action="upsert"
-    )
+    ensure_typesense_collection(client, collection)
+    return client.import_jsonl(collection, typesense_jsonl(rows), action="upsert")
 
 
 def index_into_qdrant(client, collection: str, rows: Iterator[MemoryRow], batch: int = 256) -> int:

@@ -17,7 +17,6 @@ line (`backup-pipelines restore workspace`) run the very same code.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import tempfile
@@ -31,17 +30,18 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup_pipelines.lib import consistency
 from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.index_backup import TYPESENSE_DOCUMENTS_FILE
 from backup_pipelines.lib.index_restore import (
     recover_qdrant_collection,
     restore_typesense_collection,
 )
 from backup_pipelines.lib.memory_index import (
     batched,
+    ensure_typesense_collection,
     iter_memory_rows,
     newest_memory,
     to_qdrant_point,
-    to_typesense_document,
-    typesense_schema,
+    typesense_jsonl,
 )
 from backup_pipelines.lib.pg_load import copy_table_in
 from backup_pipelines.lib.policy import Policy
@@ -274,10 +274,8 @@ def restore_typesense(
 ) -> dict:
     if rebuild_from_sql or TYPESENSE_ASSET not in located.refs:
         with psycopg.connect(database_url) as conn:
-            rows = iter_memory_rows(conn, located.workspace, policy)
-            if not client.collection_exists(collection):
-                client.create_collection(typesense_schema(collection))
-            documents = (json.dumps(to_typesense_document(r)).encode() + b"\n" for r in rows)
+            ensure_typesense_collection(client, collection)
+            documents = typesense_jsonl(iter_memory_rows(conn, located.workspace, policy))
             if mode is Mode.REPLACE:
                 return {
                     "source": "sql",
@@ -291,9 +289,6 @@ def restore_typesense(
             "source": "export",
             "upserted": restore_typesense_collection(client, store, ref, collection),
         }
-    from backup_pipelines.lib.index_backup import TYPESENSE_DOCUMENTS_FILE
-    from backup_pipelines.lib.streams import iter_decompressed
-
     manifest = located.manifests[TYPESENSE_ASSET]
     with store.open_file(ref, manifest, TYPESENSE_DOCUMENTS_FILE) as reader:
         created, kept = client.import_missing(collection, iter_decompressed(reader))
