@@ -134,3 +134,17 @@ def indexed_source(source_db, typesense_server, qdrant_url):
                 qdrant.delete_collection(name)
     for alias in typesense.list_aliases():
         typesense.http.request("DELETE", f"/aliases/{alias['name']}", "delete alias")
+
+
+@pytest.fixture
+def alert_receiver(monkeypatch):
+    """A real HTTP receiver for the webhook and Slack channels, wired through the environment
+    exactly as in production."""
+    from backup_pipelines_tests.alert_receiver import AlertReceiver
+
+    receiver = AlertReceiver().start()
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"{receiver.url}/hooks/backup-alerts")
+    monkeypatch.setenv("DAGSTER_UI_URL", "https://dagster.example.test")
+    monkeypatch.delenv("SLACK_TOKEN", raising=False)
+    yield receiver
+    receiver.stop()

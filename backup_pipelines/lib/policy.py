@@ -74,6 +74,16 @@ class Policy:
     rpo_grace_minutes: float = 60.0
     keep_daily_days: int = 30
     keep_weekly_days: int = 90
+    # Restore time objective of one workspace, proved weekly by the restore drill.
+    rto_minutes: float = 15.0
+    drill_sample_size: int = 3
+    # A run is stuck when it runs longer than factor x its job's usual (median) duration, and
+    # at least the minimum; or waits in the queue longer than queued_max_minutes.
+    stuck_run_factor: float = 3.0
+    stuck_run_min_minutes: float = 60.0
+    queued_max_minutes: float = 60.0
+    # Uploads and generation folders without a manifest older than this are crashed runs'.
+    incomplete_max_age_hours: float = 24.0
     max_clock_skew_seconds: float = 900.0
     zstd_level: int = 1
     extra: dict = field(default_factory=dict)
