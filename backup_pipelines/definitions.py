@@ -3,7 +3,17 @@ configures (a store whose variables are unset is not part of it: no assets, no a
 
 import dagster as dg
 
-from backup_pipelines.defs import consistency, monitoring, postgres, qdrant, restore, typesense
+from backup_pipelines.defs import (
+    consistency,
+    health,
+    monitoring,
+    postgres,
+    qdrant,
+    restore,
+    rpo,
+    run_alerts,
+    typesense,
+)
 from backup_pipelines.defs.resources import build_resources, configured_stores
 
 INDEX_ASSETS = {"typesense": "typesense/collection_export", "qdrant": "qdrant/collection_snapshot"}
@@ -19,9 +29,11 @@ def build_definitions() -> dg.Definitions:
     if "postgres" in stores:
         # SQL is the truth the indexes are checked against and restored with.
         index_stores = stores & set(INDEX_ASSETS)
+        backup_assets = ["postgres/full_dump", "postgres/workspace_dump"]
+        backup_assets += [INDEX_ASSETS[s] for s in sorted(index_stores)]
         parts += [
             postgres.defs,
-            monitoring.defs,
+            monitoring.build_monitoring_defs(backup_assets),
             consistency.build_defs([INDEX_ASSETS[s] for s in sorted(index_stores)]),
             dg.Definitions(
                 jobs=[
@@ -30,7 +42,12 @@ def build_definitions() -> dg.Definitions:
                 ]
             ),
         ]
-    return dg.Definitions.merge(*parts)
+        parts += [rpo.build_rpo_defs(backup_assets), health.build_health_defs(backup_assets)]
+    merged = dg.Definitions.merge(*parts)
+    # Every job of this code location alerts when it fails or gets stuck.
+    job_names = sorted(job.name for job in merged.jobs or [])
+    sensor = run_alerts.build_run_alert_sensor(job_names)
+    return dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
 
 
 defs = build_definitions()

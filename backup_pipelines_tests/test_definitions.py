@@ -14,6 +14,7 @@ from backup_pipelines.lib.store import ArtifactRef, store_from_url
 
 # Renaming any of these orphans its history in the UI (DESIGN "Contracts"): change on purpose only.
 EXPECTED_ASSET_KEYS = [
+    "monitoring/backup_health_report",
     "postgres/full_dump",
     "postgres/workspace_dump",
     "qdrant/collection_snapshot",
@@ -27,18 +28,31 @@ EXPECTED_PARTITIONS = {
 }
 EXPECTED_CHECKS = [
     "postgres/full_dump:artifact_verifies",
+    "postgres/full_dump:rpo_met",
     "postgres/workspace_dump:artifact_verifies",
+    "postgres/workspace_dump:rpo_met",
     "qdrant/collection_snapshot:artifact_verifies",
     "qdrant/collection_snapshot:consistent_with_sql",
+    "qdrant/collection_snapshot:rpo_met",
     "typesense/collection_export:artifact_verifies",
     "typesense/collection_export:consistent_with_sql",
+    "typesense/collection_export:rpo_met",
 ]
+# The checks a backup run of one partition executes (rpo_met is the RPO sensor's).
+BACKUP_RUN_CHECKS = [c for c in EXPECTED_CHECKS if not c.endswith(":rpo_met")]
 EXPECTED_JOBS = {
     "postgres_full_backup_job",
     "workspace_backup_job",
     "workspace_restore_job",
     "full_restore_job",
+    "backup_health_report_job",
 }
+EXPECTED_SCHEDULES = {
+    "postgres_full_backup_daily",
+    "workspace_backup_daily",
+    "backup_health_report_hourly",
+}
+EXPECTED_SENSORS = {"workspace_discovery_sensor", "rpo_sensor", "run_alert_sensor"}
 
 
 def describe_partitions(partitions_def) -> str:
@@ -91,15 +105,10 @@ def test_code_location_loads_with_pinned_asset_keys_and_partitions(definitions):
     assert checks == EXPECTED_CHECKS
     jobs = {j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")}
     assert jobs == EXPECTED_JOBS
-    assert {s.name for s in definitions.schedules} == {
-        "postgres_full_backup_daily",
-        "workspace_backup_daily",
-    }
+    assert {s.name for s in definitions.schedules} == EXPECTED_SCHEDULES
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in definitions.schedules)
-    assert (
-        definitions.resolve_sensor_def("workspace_discovery_sensor").default_status
-        == dg.DefaultSensorStatus.RUNNING
-    )
+    assert {s.name for s in definitions.sensors} == EXPECTED_SENSORS
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in definitions.sensors)
 
 
 def test_a_store_not_configured_is_not_part_of_the_deployment(monkeypatch):
@@ -112,6 +121,7 @@ def test_a_store_not_configured_is_not_part_of_the_deployment(monkeypatch):
     monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:9")
     graph = build_definitions().resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "monitoring/backup_health_report",
         "postgres/full_dump",
         "postgres/workspace_dump",
         "qdrant/collection_snapshot",
@@ -151,7 +161,7 @@ def test_workspace_backup_job_materializes_and_verifies(definitions, tmp_path):
             for e in result.all_events
             if e.event_type_value == "ASSET_CHECK_EVALUATION"
         }
-        assert sorted(checks) == EXPECTED_CHECKS[1:]
+        assert sorted(checks) == BACKUP_RUN_CHECKS[1:]
         assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
         assert (
             checks["postgres/workspace_dump:artifact_verifies"].metadata["files_verified"].value
@@ -259,7 +269,7 @@ def test_every_backup_asset_has_the_rpo_freshness_policy(definitions):
     from datetime import timedelta
 
     graph = definitions.resolve_asset_graph()
-    for key in EXPECTED_ASSET_KEYS:
+    for key in EXPECTED_PARTITIONS:  # the backup assets
         policy = graph.get(dg.AssetKey.from_user_string(key)).freshness_policy
         assert policy.warn_window.to_timedelta() == timedelta(hours=24), key
         assert policy.fail_window.to_timedelta() == timedelta(hours=25), key
