@@ -37,6 +37,7 @@ format: install
 bench: install
 	$(PY) bench/bench_full_dump.py
 	$(PY) bench/bench_consistency.py
+	$(PY) bench/bench_rpo_sensor.py
 
 clean:
 	rm -rf .demo .dagster_home .bench

@@ -7,6 +7,10 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
+    backup-pipelines keep --date D [--workspace W] --reason TEXT
+    backup-pipelines release --date D [--workspace W]
+    backup-pipelines kept
+    backup-pipelines retention [--dry-run] [--today D]
 """
 
 from __future__ import annotations
@@ -190,6 +194,80 @@ def cmd_restore_full(args) -> int:
     return 0
 
 
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):  # no user name in a bare container
+        return f"uid {os.getuid()}@{socket.gethostname()}"
+
+
+def _partition_label(date: str, workspace: str | None) -> str:
+    return f"{date}|{workspace}" if workspace else f"{date} (whole database)"
+
+
+def cmd_keep(args) -> int:
+    from backup_pipelines.lib.retention import mark_kept
+
+    try:
+        mark_kept(_store(), args.date, args.workspace, args.reason, created_by=_who())
+    except ValueError as exc:  # a bad date, workspace id or empty reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"kept {_partition_label(args.date, args.workspace)} until released: {args.reason}")
+    return 0
+
+
+def cmd_release(args) -> int:
+    from backup_pipelines.lib.retention import release
+
+    try:
+        marker = release(_store(), args.date, args.workspace)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"released {_partition_label(args.date, args.workspace)} (was kept: {marker.reason}); "
+        "the retention policy applies to it again"
+    )
+    return 0
+
+
+def cmd_kept(args) -> int:
+    from backup_pipelines.lib.retention import list_kept
+
+    markers = list_kept(_store())
+    print(f"{'date':<11} {'workspace':<20} {'since':<25} {'by':<24} reason")
+    for m in markers:
+        print(
+            f"{m.partition.date:<11} {m.partition.workspace or '(whole database)':<20} "
+            f"{m.created_at or '?':<25} {m.created_by or '?':<24} {m.reason}"
+        )
+    return 0
+
+
+def cmd_retention(args) -> int:
+    from datetime import UTC, date, datetime
+
+    from backup_pipelines.lib.retention import run_retention
+
+    try:
+        today = date.fromisoformat(args.today) if args.today else datetime.now(UTC).date()
+    except ValueError:
+        print(f"--today {args.today!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    _plan, result = run_retention(_store(), load_policy(), today, dry_run=args.dry_run, log=print)
+    if result is None:
+        print("dry run: nothing deleted")
+        return 0
+    print(f"deleted {len(result.deleted)} backups and {result.leftovers_cleaned} leftovers")
+    for error in result.errors:
+        print(f"FAILED {error}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
@@ -234,6 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     full.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs")
     full.set_defaults(run=cmd_restore_full)
+    keep = commands.add_parser(
+        "keep", help="hold a backup (all artifacts of the partition) until released"
+    )
+    keep.add_argument("--date", required=True)
+    keep.add_argument("--workspace", help="default: the whole-database backup of the date")
+    keep.add_argument("--reason", required=True, help="e.g. 'before migration 42'")
+    keep.set_defaults(run=cmd_keep)
+    release = commands.add_parser("release", help="remove a keep marker")
+    release.add_argument("--date", required=True)
+    release.add_argument("--workspace", help="default: the whole-database backup of the date")
+    release.set_defaults(run=cmd_release)
+    commands.add_parser("kept", help="list the keep markers").set_defaults(run=cmd_kept)
+    prune = commands.add_parser(
+        "retention", help="delete what the retention policy no longer keeps"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
+    prune.add_argument("--today", help="plan as of this UTC date (default: today)")
+    prune.set_defaults(run=cmd_retention)
     return parser
 
 

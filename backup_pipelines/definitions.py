@@ -5,11 +5,13 @@ import dagster as dg
 
 from backup_pipelines.defs import (
     consistency,
+    drill,
     health,
     monitoring,
     postgres,
     qdrant,
     restore,
+    retention,
     rpo,
     run_alerts,
     typesense,
@@ -21,7 +23,7 @@ INDEX_ASSETS = {"typesense": "typesense/collection_export", "qdrant": "qdrant/co
 
 def build_definitions() -> dg.Definitions:
     stores = configured_stores()
-    parts = [dg.Definitions(resources=build_resources())]
+    parts = [dg.Definitions(resources=build_resources()), retention.defs]
     if "typesense" in stores:
         parts.append(typesense.defs)
     if "qdrant" in stores:
@@ -42,7 +44,11 @@ def build_definitions() -> dg.Definitions:
                 ]
             ),
         ]
-        parts += [rpo.build_rpo_defs(backup_assets), health.build_health_defs(backup_assets)]
+        parts += [
+            rpo.build_rpo_defs(backup_assets),
+            health.build_health_defs(backup_assets),
+            drill.build_drill_defs(index_stores),
+        ]
     merged = dg.Definitions.merge(*parts)
     # Every job of this code location alerts when it fails or gets stuck.
     job_names = sorted(job.name for job in merged.jobs or [])

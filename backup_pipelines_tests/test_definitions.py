@@ -15,6 +15,7 @@ from backup_pipelines.lib.store import ArtifactRef, store_from_url
 # Renaming any of these orphans its history in the UI (DESIGN "Contracts"): change on purpose only.
 EXPECTED_ASSET_KEYS = [
     "monitoring/backup_health_report",
+    "monitoring/restore_drill",
     "postgres/full_dump",
     "postgres/workspace_dump",
     "qdrant/collection_snapshot",
@@ -46,11 +47,15 @@ EXPECTED_JOBS = {
     "workspace_restore_job",
     "full_restore_job",
     "backup_health_report_job",
+    "restore_drill_job",
+    "retention_job",
 }
 EXPECTED_SCHEDULES = {
     "postgres_full_backup_daily",
     "workspace_backup_daily",
     "backup_health_report_hourly",
+    "restore_drill_weekly",
+    "retention_daily",
 }
 EXPECTED_SENSORS = {"workspace_discovery_sensor", "rpo_sensor", "run_alert_sensor"}
 
@@ -122,6 +127,7 @@ def test_a_store_not_configured_is_not_part_of_the_deployment(monkeypatch):
     graph = build_definitions().resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
         "monitoring/backup_health_report",
+        "monitoring/restore_drill",
         "postgres/full_dump",
         "postgres/workspace_dump",
         "qdrant/collection_snapshot",

@@ -13,40 +13,12 @@ import psycopg
 import pytest
 
 from backup_pipelines.devstack import sample_data
-from backup_pipelines.lib import index_backup, postgres
+from backup_pipelines.lib import postgres
 from backup_pipelines.lib.restore import GateRefused, restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines_tests.conftest import WORKSPACES
+from backup_pipelines_tests.helpers import DATE, back_up, restore_env
 from backup_pipelines_tests.pg_checks import fingerprint
-
-DATE = "2026-11-21"
-
-
-def back_up(store, indexed, workspace, sql=True, indexes=("typesense", "qdrant")):
-    """The daily per-workspace backups of one partition: SQL first, then each index."""
-    policy = indexed["policy"]
-    if sql:
-        ref = ArtifactRef("postgres/workspace_dump", DATE, workspace)
-        with store.begin(ref) as writer:
-            writer.commit(**postgres.dump_workspace(indexed["db"], workspace, policy, writer))
-    if "typesense" in indexes:
-        client = indexed["typesense"]
-        ref = ArtifactRef("typesense/collection_export", DATE, workspace)
-        collection = policy.typesense_collection_for(workspace)
-        with store.begin(ref) as writer:
-            writer.commit(
-                **index_backup.export_typesense_collection(
-                    client, client.http.base_url, collection, writer
-                )
-            )
-    if "qdrant" in indexes:
-        client = indexed["qdrant"]
-        ref = ArtifactRef("qdrant/collection_snapshot", DATE, workspace)
-        with store.begin(ref) as writer:
-            fields = index_backup.snapshot_qdrant_collections(
-                client, client.http.base_url, policy.qdrant_collections_for(workspace), writer
-            )
-            writer.commit(**fields)
 
 
 def lose_workspace_memory(indexed, workspace, keep_memory_id=None):
@@ -214,16 +186,6 @@ def test_inconsistent_pair_fails_the_restore_job_at_the_gate_before_any_write(
     assert fingerprint(indexed_source["db"], "ws_initech") == live_before
     assert not indexed_source["typesense"].collection_exists("memory_ws_initech")
     assert not indexed_source["qdrant"].collection_exists("agent_ws_initech")
-
-
-def restore_env(indexed, tmp_path) -> dict:
-    return {
-        "DATABASE_URL": indexed["db"],
-        "BACKUP_STORE_URL": f"file://{tmp_path}",
-        "TYPESENSE_URL": indexed["typesense_url"],
-        "TYPESENSE_API_KEY": indexed["typesense_api_key"],
-        "QDRANT_URL": indexed["qdrant_url"],
-    }
 
 
 def test_full_restore_into_new_database_equals_source(tmp_path, indexed_source):

@@ -247,3 +247,17 @@ def test_health_report_table_shows_rpo_and_last_drill_per_workspace(setting):
     assert rows["ws_missed"]["oldest_backup_age_hours"] == pytest.approx(240.0)
     assert rows["ws_missed"]["drill"] == "RTO MISSED"
     assert materialization.metadata["workspaces_late"].value == 1
+
+
+def test_a_policy_file_may_set_one_key_and_keep_every_other_default(tmp_path):
+    from backup_pipelines.lib.errors import ConfigError
+    from backup_pipelines.lib.policy import Policy, load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("rpo_hours: 6\nrto_minutes: 30\n")
+    policy = load_policy(path)
+    assert (policy.rpo_hours, policy.rto_minutes) == (6, 30)
+    assert policy.typesense_collection == Policy.typesense_collection
+    path.write_text('qdrant_collections: ["agent"]\n')
+    with pytest.raises(ConfigError, match="lacks"):
+        load_policy(path)

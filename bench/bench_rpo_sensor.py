@@ -125,7 +125,7 @@ def main() -> None:
             from backup_pipelines.devstack.s3_server import S3Server
 
             s3 = S3Server(bucket="bench-rpo").start()
-            os.environ.update(s3.env())
+            os.environ.update(s3.env)
             url = "s3://bench-rpo/backups"
         else:
             url = f"file://{tmp}/store"

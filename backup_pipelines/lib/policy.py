@@ -122,8 +122,8 @@ def load_policy(path: str | os.PathLike | None = None) -> Policy:
         values["workspace_tables"] = tuple(TableRule.parse(s) for s in values["workspace_tables"])
     if "qdrant_collections" in values:
         values["qdrant_collections"] = tuple(values["qdrant_collections"])
-    for key in ("typesense_collection", *values.get("qdrant_collections", ())):
-        template = values.get(key, key) if key == "typesense_collection" else key
+    templates = [values.get("typesense_collection", Policy.typesense_collection)]
+    for template in [*templates, *values.get("qdrant_collections", ())]:
         if "{workspace}" not in str(template):
             raise ConfigError(
                 f"BACKUP_POLICY_FILE {path}: collection template {template!r} lacks {{workspace}}"

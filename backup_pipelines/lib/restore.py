@@ -304,7 +304,11 @@ def restore_qdrant(
     rebuild_from_sql: bool,
     database_url: str,
     policy: Policy,
+    target_collection: str | None = None,
 ) -> dict:
+    """`collection` names the backed-up collection; `target_collection` (default: the same)
+    the one restored into — the restore drill restores into a scratch collection."""
+    target = target_collection or collection
     if (
         rebuild_from_sql
         or QDRANT_ASSET not in located.refs
@@ -312,19 +316,17 @@ def restore_qdrant(
     ):
         with psycopg.connect(database_url) as conn:
             points = (to_qdrant_point(r) for r in iter_memory_rows(conn, located.workspace, policy))
-            added, kept = _upsert_missing_points(client, collection, points, create=True)
+            added, kept = _upsert_missing_points(client, target, points, create=True)
         return {"source": "sql", "added": added, "already_present": kept}
     ref = located.refs[QDRANT_ASSET]
-    if mode is Mode.REPLACE or not client.collection_exists(collection):
-        points = recover_qdrant_collection(client, store, ref, collection)
+    if mode is Mode.REPLACE or not client.collection_exists(target):
+        points = recover_qdrant_collection(client, store, ref, collection, target)
         return {"source": "snapshot", "recovered": points}
     # Merge: recover into a scratch collection, then copy over only the points the live one lacks.
-    scratch = f"{collection}__restore_{secrets.token_hex(4)}"
+    scratch = f"{target}__restore_{secrets.token_hex(4)}"
     try:
         recover_qdrant_collection(client, store, ref, collection, scratch)
-        added, kept = _upsert_missing_points(
-            client, collection, client.scroll(scratch), create=False
-        )
+        added, kept = _upsert_missing_points(client, target, client.scroll(scratch), create=False)
     finally:
         if client.collection_exists(scratch):
             client.delete_collection(scratch)
@@ -410,10 +412,16 @@ def restore_workspace(
     dry_run: bool = False,
     override_gate: str = "",
     log: Log | None = None,
+    index_targets: Policy | None = None,
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
-    steps as separate ops)."""
+    steps as separate ops).
+
+    `index_targets` names the collections to restore INTO (default: `policy`'s); the backed-up
+    collections are still looked up, gated and recovered by `policy`'s names. The restore
+    drill uses it to restore into scratch collections beside the live ones."""
     log = log or (lambda _m: None)
+    targets = index_targets or policy
     timings: dict[str, float] = {}
     started = time.monotonic()
     index_assets = [
@@ -437,18 +445,20 @@ def restore_workspace(
         return report
     rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
     if typesense is not None:
-        collection = policy.typesense_collection_for(workspace)
+        collection = targets.typesense_collection_for(workspace)
         report.typesense = restore_typesense(
             typesense, store, located, collection, mode, rebuild, database_url, policy
         )
         timings["typesense"] = time.monotonic() - started - sum(timings.values())
     if qdrant is not None:
         collection = policy.qdrant_collections_for(workspace)[0]
+        target = targets.qdrant_collections_for(workspace)[0]
         report.qdrant = restore_qdrant(
-            qdrant, store, located, collection, mode, rebuild, database_url, policy
+            qdrant, store, located, collection, mode, rebuild, database_url, policy, target
         )
         timings["qdrant"] = time.monotonic() - started - sum(timings.values())
-    report.verification.update(verify_restore(database_url, located, policy, typesense, qdrant))
+    # Verified where it was restored to: the targets' collections.
+    report.verification.update(verify_restore(database_url, located, targets, typesense, qdrant))
     timings["verify"] = time.monotonic() - started - sum(timings.values())
     report.seconds = timings
     if report.verification["problems"]:

@@ -409,6 +409,11 @@ class BackupStore(ABC):
         self._delete_prefix(f"{ref.folder}/{MANIFEST_NAME}")
         self._delete_prefix(f"{ref.folder}/")
 
+    def _remove_empty_folders(self, prefix: str) -> None:
+        """Drop `prefix` and its parents while empty, after deletes. Object stores have no
+        folders, so this does nothing there; the local store overrides it."""
+        return None
+
 
 def parse_artifact_folder(folder: str) -> ArtifactRef | None:
     parts = folder.split("/")
@@ -522,6 +527,17 @@ class LocalStore(BackupStore):
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+    def _remove_empty_folders(self, prefix: str) -> None:
+        path = self._path(prefix.rstrip("/"))
+        while path != self.root and self.root in path.parents:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass  # already gone: its parent may still be empty
+            except OSError:
+                return  # not empty: neither are its parents
+            path = path.parent
 
 
 # ------------------------------------------------------------------------------------------------
@@ -737,6 +753,30 @@ class S3Store(BackupStore):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full("")):
             for upload in page.get("Uploads", []):
                 yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
+
+    def upload_last_part_time(self, key: str, upload_id: str) -> float | None:
+        """When the newest part of an unfinished upload arrived (epoch seconds), None without
+        parts: an upload still receiving parts is in flight, however long ago it started."""
+        paginator = self.client.get_paginator("list_parts")
+        newest = None
+        pages = paginator.paginate(Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
+        for page in pages:
+            for part in page.get("Parts", []):
+                moment = part["LastModified"].timestamp()
+                newest = moment if newest is None else max(newest, moment)
+        return newest
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload (key relative to the store, as `_list` yields keys);
+        S3 keeps an unfinished upload's parts, and bills them, until it is aborted."""
+        self._call(
+            "abort upload of",
+            key,
+            self.client.abort_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            UploadId=upload_id,
+        )
 
 
 def make_s3_client():
