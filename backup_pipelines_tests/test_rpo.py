@@ -261,3 +261,31 @@ def test_a_policy_file_may_set_one_key_and_keep_every_other_default(tmp_path):
     path.write_text('qdrant_collections: ["agent"]\n')
     with pytest.raises(ConfigError, match="lacks"):
         load_policy(path)
+
+
+def test_rpo_check_with_no_workspace_yet_passes_and_says_so():
+    fields = rpo_defs.rpo_check_result([])
+    assert fields["passed"] is True
+    assert "all 0 workspace(s)" in fields["description"]
+
+
+def test_rpo_check_runs_on_demand_from_a_job(setting):
+    from backup_pipelines.defs.postgres import defs as postgres_defs
+
+    store, instance, resources = setting
+    commit_artifact(store, WORKSPACE_DUMP, NOW - timedelta(hours=1), "ws_fresh")
+    checks = rpo_defs.build_rpo_checks([WORKSPACE_DUMP])
+    check_keys = [key for check in checks for key in check.check_keys]
+    job = dg.define_asset_job("rpo_on_demand", selection=dg.AssetSelection.checks(*check_keys))
+    defs = dg.Definitions.merge(
+        postgres_defs,
+        dg.Definitions(
+            asset_checks=checks,
+            jobs=[job],
+            resources={**resources, "postgres_db": dg.ResourceDefinition.none_resource()},
+        ),
+    )
+    result = defs.resolve_job_def("rpo_on_demand").execute_in_process(instance=instance)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert evaluation.description.startswith("1 of 2 workspace(s) past the RPO")

@@ -83,7 +83,7 @@ def rpo_check_result(items: list[rpo.Freshness]) -> dict:
     """Arguments of the `rpo_met` evaluation of one asset: late workspaces and their ages."""
     late = sorted((i for i in items if i.late), key=lambda i: -(i.age_hours or float("inf")))
     disagreeing = [i for i in items if i.disagreement]
-    target = items[0].target_hours if items else None
+    target = items[0].target_hours if items else 0.0  # no workspace yet: nothing is late
     ages = [i.age_hours for i in items if i.age_hours is not None]
     rows = "\n".join(
         f"| {i.workspace or '(whole database)'} | {i.describe_age()} | {i.newest_date or '-'} |"
