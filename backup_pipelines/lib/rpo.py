@@ -80,14 +80,15 @@ def _dates_back(today: date, days: int) -> list[str]:
     return [(today - timedelta(days=n)).isoformat() for n in range(days + 1)]
 
 
-def _committed_workspaces(store: BackupStore, asset: str, day: str) -> set[str | None]:
-    """Workspaces with a manifest (= a committed artifact) of `asset` for `day`."""
-    found: set[str | None] = set()
-    for key, _size, _mtime in store._list(f"{asset}/date={day}/"):
+def _committed_workspaces(store: BackupStore, asset: str, day: str) -> dict[str | None, float]:
+    """Workspaces with a manifest (= a committed artifact) of `asset` for `day`, and the
+    manifest's modification time (a re-run of the partition changes it)."""
+    found: dict[str | None, float] = {}
+    for key, _size, mtime in store._list(f"{asset}/date={day}/"):
         if key.endswith("/" + MANIFEST_NAME):
             ref = parse_artifact_folder(key[: -len(MANIFEST_NAME) - 1])
             if ref is not None:
-                found.add(ref.workspace)
+                found[ref.workspace] = mtime
     return found
 
 
@@ -97,15 +98,16 @@ def newest_dates(
     workspaces: Iterable[str | None],
     today: date,
     horizon_days: int,
-) -> dict[str | None, str]:
-    """Newest date holding a committed artifact per workspace, scanning date folders from
-    today backwards only until every workspace is found (one listing per day, not per
-    workspace, so 1,000 workspaces cost a handful of listings)."""
+) -> dict[str | None, tuple[str, float]]:
+    """Newest date holding a committed artifact per workspace (with its manifest's mtime),
+    scanning date folders from today backwards only until every workspace is found: one
+    listing per day, not per workspace, so 1,000 workspaces cost a handful of listings."""
     wanted = set(workspaces)
-    newest: dict[str | None, str] = {}
+    newest: dict[str | None, tuple[str, float]] = {}
     for day in _dates_back(today, horizon_days):
-        for workspace in _committed_workspaces(store, asset, day) & wanted:
-            newest[workspace] = day
+        for workspace, mtime in _committed_workspaces(store, asset, day).items():
+            if workspace in wanted:
+                newest[workspace] = (day, mtime)
         wanted -= set(newest)
         if not wanted:
             break
@@ -122,23 +124,40 @@ def _parse_time(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# captured_at of manifests already read, by (store, asset, workspace, date, manifest mtime): a
+# sensor's code server lives across ticks, so a steady-state tick reads only the manifests
+# committed since the last one (on S3 each read is a round trip).
+_CAPTURED: dict[tuple, datetime] = {}
+_CAPTURED_MAX = 200_000
+
+
 def captured_times(
-    store: BackupStore, asset: str, dates: dict[str | None, str]
+    store: BackupStore, asset: str, found: dict[str | None, tuple[str, float]]
 ) -> dict[str | None, Newest]:
     """The moment each newest artifact represents (its manifest's captured_at), read in
-    parallel: on S3 each manifest is a round trip."""
+    parallel where not known yet."""
     from backup_pipelines.lib.store import ArtifactRef
 
-    def read(item: tuple[str | None, str]) -> tuple[str | None, Newest | None]:
-        workspace, day = item
+    where = store.describe()
+
+    def read(item: tuple[str | None, tuple[str, float]]) -> tuple[str | None, Newest | None]:
+        workspace, (day, mtime) = item
+        key = (where, asset, workspace, day, mtime)
+        if key in _CAPTURED:
+            return workspace, Newest(day, _CAPTURED[key])
         manifest = store.read_manifest(ArtifactRef(asset, day, workspace))
         if manifest is None:  # deleted between the listing and now
             return workspace, None
         moment = _parse_time(manifest.get("captured_at")) or _parse_time(manifest.get("created_at"))
-        return workspace, Newest(day, moment) if moment else None
+        if moment is None:
+            return workspace, None
+        _CAPTURED[key] = moment
+        return workspace, Newest(day, moment)
 
+    if len(_CAPTURED) > _CAPTURED_MAX:
+        _CAPTURED.clear()
     with ThreadPoolExecutor(MANIFEST_READERS) as pool:
-        return {w: n for w, n in pool.map(read, dates.items()) if n is not None}
+        return {w: n for w, n in pool.map(read, found.items()) if n is not None}
 
 
 # --------------------------------------------------------------------------------------------
