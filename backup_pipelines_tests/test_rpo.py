@@ -289,3 +289,22 @@ def test_rpo_check_runs_on_demand_from_a_job(setting):
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed
     assert evaluation.description.startswith("1 of 2 workspace(s) past the RPO")
+
+
+def test_a_rerun_of_the_same_partition_is_seen_on_the_next_tick(setting, alert_receiver):
+    store, instance, resources = setting
+    sensor = rpo_defs.build_rpo_sensor([WORKSPACE_DUMP])
+    commit_artifact(store, WORKSPACE_DUMP, NOW - timedelta(hours=2), "ws_fresh")
+    commit_artifact(store, WORKSPACE_DUMP, NOW - timedelta(hours=30), "ws_missed")
+    cursor = tick(sensor, instance, resources, None).cursor
+    # The same partition (date) re-run later: a new manifest, so captured_at is read again.
+    day = (NOW - timedelta(hours=30, days=1)).date().isoformat()
+    ref = ArtifactRef(WORKSPACE_DUMP, day, "ws_missed")
+    with store.begin(ref) as writer:
+        writer.write_bytes("rows.copy.zst", b"data")
+        writer.commit(
+            captured_at=(NOW - timedelta(hours=1)).isoformat(), counts={}, source={}, tool={}
+        )
+    result = tick(sensor, instance, resources, cursor)
+    assert [p["kind"] for p in alert_receiver.webhook] == ["rpo_breach", "rpo_recovered"]
+    assert rpo_evaluation(result).metadata["workspaces_late"].value == 0
