@@ -16,6 +16,7 @@ prints the ratio to the aim.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -119,14 +120,14 @@ def main() -> None:
     workspaces = [f"ws_{n:05d}" for n in range(args.workspaces)]
     receiver = AlertReceiver().start()
     os.environ["ALERT_WEBHOOK_URL"] = f"{receiver.url}/hook"
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-rpo-") as tmp,
-        dg.instance_for_test(temp_dir=tmp) as instance,
-    ):
+    with contextlib.ExitStack() as stack:  # every server started is stopped, whatever happens
+        stack.callback(receiver.stop)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rpo-"))
+        instance = stack.enter_context(dg.instance_for_test(temp_dir=tmp))
         if args.store == "s3":
             from backup_pipelines.devstack.s3_server import S3Server
 
-            s3 = S3Server(bucket="bench-rpo").start()
+            s3 = stack.enter_context(S3Server(bucket="bench-rpo"))
             os.environ.update(s3.env)
             url = "s3://bench-rpo/backups"
         else:
@@ -158,9 +159,6 @@ def main() -> None:
                 f"{name}: {seconds:.2f} s = {seconds / AIM_SECONDS:.3f} x the {AIM_SECONDS:.0f} s "
                 f"aim ({verdict})"
             )
-        if args.store == "s3":
-            s3.stop()
-    receiver.stop()
 
 
 if __name__ == "__main__":
