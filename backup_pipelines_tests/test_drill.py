@@ -72,8 +72,8 @@ def test_drill_restores_newest_complete_backup_into_scratch_and_removes_it(
     back_up(store, indexed_source, "ws_acme")
     newer = (date.fromisoformat(DATE) + timedelta(days=1)).isoformat()
     back_up(store, indexed_source, "ws_acme", indexes=(), date=newer)  # SQL only: incomplete
-    assert drill.newest_backup_date(store, "ws_acme") == newer
-    newest = drill.newest_backup_date(store, "ws_acme", ALL_ASSETS)
+    assert drill.newest_backup_dates(store)["ws_acme"] == newer
+    newest = drill.newest_backup_dates(store, ALL_ASSETS)["ws_acme"]
     assert newest == DATE
     before = live_state(indexed_source)
     logs: list[str] = []

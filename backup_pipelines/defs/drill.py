@@ -21,7 +21,7 @@ import dagster as dg
 from backup_pipelines.defs.partitions import workspaces as workspaces_partitions
 from backup_pipelines.defs.run_alerts import ALERT_SENT_TAG
 from backup_pipelines.lib import drill, restore
-from backup_pipelines.lib.alerts import Alert, channels_from_env, deliver, ui_url
+from backup_pipelines.lib.alerts import Alert, configured_channels, deliver, ui_url
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 DRILL_ASSET = dg.AssetKey(["monitoring", "restore_drill"])
@@ -129,11 +129,8 @@ def drill_alerts(results: list[drill.DrillResult], run_url: str | None) -> list[
 def send_alerts(context: dg.AssetExecutionContext, alerts: list[Alert]) -> None:
     """Deliver; when every failure alert reached every channel, tag the run so the generic
     failed-run alert does not page a second time for the same failure."""
-    try:
-        channels = channels_from_env()
-    except ValueError as exc:  # a broken alert setting must not hide the drill's own result
-        context.log.error(f"alert channels misconfigured, alerts only logged: {exc}")
-        channels = []
+    # A broken alert setting is logged and must not hide the drill's own result.
+    channels = configured_channels(context.log.error)
     undelivered = deliver(alerts, channels, log=context.log.warning)
     failures = [a for a in alerts if a.kind == "drill_failed"]
     if failures and channels and not any(a.kind == "drill_failed" for _, a in undelivered):
@@ -164,7 +161,7 @@ def build_drill_defs(index_stores: set[str]) -> dg.Definitions:
             else contextlib.nullcontext() as qdrant,
         ):
             dates = drill.newest_backup_dates(
-                store, [restore.SQL_ASSET, *drill.index_assets(typesense, qdrant)]
+                store, [restore.SQL_ASSET, *restore.index_assets(typesense, qdrant)]
             )
             chosen = requested_workspaces(context, config) or sample(context, dates, policy)
             results = []

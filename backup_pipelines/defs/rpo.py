@@ -120,9 +120,10 @@ def rpo_check_result(items: list[rpo.Freshness]) -> dict:
 
 def rpo_check_evaluations(evaluation: rpo.Evaluation) -> list[dg.AssetCheckEvaluation]:
     return [
-        dg.AssetCheckEvaluation(asset_key=_asset_key(asset), check_name=RPO_CHECK, **fields)
+        dg.AssetCheckEvaluation(
+            asset_key=_asset_key(asset), check_name=RPO_CHECK, **rpo_check_result(items)
+        )
         for asset, items in evaluation.by_asset().items()
-        for fields in [rpo_check_result(items)]
     ]
 
 

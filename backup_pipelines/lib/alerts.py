@@ -212,6 +212,8 @@ def send_keeping_pending(new_alerts: list[Alert], pending: list[dict], log: Log)
     """Deliver new alerts and retry earlier undelivered ones; what still fails comes back as
     JSON for a sensor cursor (bounded), so a down channel neither crashes a sensor nor loses
     a message."""
+    if not new_alerts and not pending:  # the usual tick: nothing to build a client for
+        return []
     channels = configured_channels(log)
     still = redeliver(pending_from_json(pending), channels, log)
     still += deliver(new_alerts, channels, log)

@@ -110,21 +110,6 @@ def newest_backup_dates(
     return {workspace: max(days) for workspace, days in (common or {}).items() if days}
 
 
-def newest_backup_date(
-    store: BackupStore, workspace: str, assets: Iterable[str] = (restore.SQL_ASSET,)
-) -> str | None:
-    return newest_backup_dates(store, assets).get(workspace)
-
-
-def index_assets(typesense=None, qdrant=None) -> list[str]:
-    """The artifacts a drill with these clients restores besides the SQL dump."""
-    return [
-        asset
-        for asset, client in ((restore.TYPESENSE_ASSET, typesense), (restore.QDRANT_ASSET, qdrant))
-        if client is not None
-    ]
-
-
 # ---------------------------------------------------------------------------------------------
 # Scratch places
 

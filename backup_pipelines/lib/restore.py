@@ -109,6 +109,12 @@ class RestoreReport:
         return dict(self.__dict__)
 
 
+def index_assets(typesense=None, qdrant=None) -> list[str]:
+    """The index artifacts a restore with these clients reads besides the SQL dump."""
+    pairs = ((TYPESENSE_ASSET, typesense), (QDRANT_ASSET, qdrant))
+    return [asset for asset, client in pairs if client is not None]
+
+
 def locate_and_verify(
     store: BackupStore, date: str, workspace: str, index_assets: list[str]
 ) -> Located:
@@ -424,10 +430,7 @@ def restore_workspace(
     targets = index_targets or policy
     timings: dict[str, float] = {}
     started = time.monotonic()
-    index_assets = [
-        a for a, c in ((TYPESENSE_ASSET, typesense), (QDRANT_ASSET, qdrant)) if c is not None
-    ]
-    located = locate_and_verify(store, date, workspace, index_assets)
+    located = locate_and_verify(store, date, workspace, index_assets(typesense, qdrant))
     timings["locate_and_verify"] = time.monotonic() - started
     verdict = consistency_gate(store, located, policy)
     timings["consistency_gate"] = time.monotonic() - started - sum(timings.values())

@@ -16,7 +16,12 @@ from datetime import UTC, date, datetime, timedelta
 
 from backup_pipelines.lib.alerts import Alert
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.store import MANIFEST_NAME, BackupStore, parse_artifact_folder
+from backup_pipelines.lib.store import (
+    MANIFEST_NAME,
+    ArtifactRef,
+    BackupStore,
+    parse_artifact_folder,
+)
 
 MANIFEST_READERS = 16
 # More breaches than this in one tick (an outage, a first deployment) make one summary message.
@@ -136,8 +141,6 @@ def captured_times(
 ) -> dict[str | None, Newest]:
     """The moment each newest artifact represents (its manifest's captured_at), read in
     parallel where not known yet."""
-    from backup_pipelines.lib.store import ArtifactRef
-
     where = store.describe()
 
     def read(item: tuple[str | None, tuple[str, float]]) -> tuple[str | None, Newest | None]:
@@ -290,22 +293,19 @@ def alerts_for(items: list[Freshness], kind: str, asset_url) -> list[Alert]:
 
 def _workspace_alert(group: list[Freshness], kind: str, asset_url) -> Alert:
     first = group[0]
+    ages = [item.age_hours for item in group]
     who = f"workspace {first.workspace}" if first.workspace else "the whole database"
     assets = ", ".join(item.asset for item in group)
-    ages = "; ".join(f"{item.asset} {item.describe_age()}" for item in group)
-    if kind == "rpo_breach":
-        title = f"RPO missed for {who}: {ages} (target {first.target_hours:g} h)"
-    else:
-        title = f"RPO recovered for {who}: {ages} (target {first.target_hours:g} h)"
+    described = "; ".join(f"{item.asset} {item.describe_age()}" for item in group)
+    verb = "missed" if kind == "rpo_breach" else "recovered"
+    title = f"RPO {verb} for {who}: {described} (target {first.target_hours:g} h)"
     return Alert(
         kind=kind,
         title=title,
         workspace=first.workspace,
         asset=assets,
         details={
-            "age_hours": max((i.age_hours or 0.0) for i in group)
-            if all(i.age_hours is not None for i in group)
-            else None,
+            "age_hours": None if None in ages else max(ages),  # None: some never backed up
             "target_hours": first.target_hours,
             "grace_minutes": first.grace_minutes,
             "newest_date": min((i.newest_date or "") for i in group) or None,
