@@ -1,0 +1,5 @@
+"""SQL Server stand-in (placeholder docstring, replaced below)."""
+
+from .process import MssqlStandinProcess
+
+__all__ = ["MssqlStandinProcess"]
