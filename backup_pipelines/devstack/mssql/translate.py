@@ -335,7 +335,12 @@ def _output(cur: Cursor) -> list[Tok]:
     return names
 
 
+RESERVED = NOT_ALIAS | {"SELECT", "WHERE", "FROM", "INTO", "NULL", "NOT", "AND", "OR", "IS", "IN"}
+
+
 def _table_ref(cur: Cursor, ctx: Context, out: Translated) -> list[Tok]:
+    if cur.peek().kind == "word" and cur.peek().up in RESERVED:
+        raise syntax_error(cur.peek().text)
     parts = cur.dotted()
     sql, info, default_alias = ctx.resolve_table(parts)
     if info is not None:

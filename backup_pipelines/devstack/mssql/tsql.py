@@ -161,7 +161,7 @@ def _starts_statement(current: list[Tok], tokens: list[Tok], i: int) -> bool:
     first = current[0].up
     if first == "IF" and len(current) >= 2 and _if_needs_body(current):
         return False
-    if prev.is_kw("ON", "FOR", "INSTEAD", "OF", "NOT", "AFTER") or prev.kind == "dot":
+    if prev.is_kw("ON", "FOR", "INSTEAD", "OF", "NOT", "AFTER", "WITH") or prev.kind == "dot":
         return False
     if word in _STARTERS:
         if word == "BEGIN" and not _next_is(tokens, i, "TRAN", "TRANSACTION", "DISTRIBUTED"):
