@@ -12,9 +12,11 @@ Storage layout under ``--storage DIR``::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,14 @@ from .errors import SqlError
 from .tsql import Cursor, lex
 
 SYSTEM_DATABASES = ["master", "tempdb", "model", "msdb"]
+_generations = itertools.count(time.time_ns())
+
+
+def next_generation() -> int:
+    """Unique across databases and restarts: sessions re-attach a file whose generation changed."""
+    return next(_generations)
+
+
 MSDB_TABLES = [
     """backupmediaset (media_set_id int NOT NULL PRIMARY KEY, media_uuid uniqueidentifier,
     media_family_count tinyint, name nvarchar(128), description nvarchar(255), software_name nvarchar(128),
@@ -85,7 +95,9 @@ class Database:
     chain_established: bool = False  # BACKUP LOG allowed
     diff_base: dict | None = None  # {"checkpoint_lsn", "guid"} of the differential base
     restore: dict | None = None  # restore sequence: redo_lsn, base, stop facts
-    generation: int = 0  # bumped whenever the file is replaced
+    generation: int = field(
+        default_factory=lambda: next_generation()
+    )  # new on every file replacement
     single_user_spid: int | None = None
     system: bool = False
     logical_data: str = ""

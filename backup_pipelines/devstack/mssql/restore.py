@@ -9,20 +9,19 @@ RECOVERY brings the database ONLINE on a new recovery fork.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 from . import dbfile
-from .backup import PAGE, Command, Progress, check_device, parse_command, summary
+from .backup import Command, Progress, check_device, parse_command, summary
 from .backup_file import BackupDamaged, BackupFormatError, read_payload, read_sets
-from .engine import Database, write_log_placeholder
-from .errors import SqlError, backup_failure, not_supported
+from .engine import Database, next_generation, write_log_placeholder
+from .errors import SqlError, backup_failure
 from .headers import FILELISTONLY, HEADERONLY, LABELONLY, filelist_rows, headeronly_row
+from .restore_common import check_exclusive, damaged, record_history, stopat_of
 from .sqltypes import parse_datetime
 from .statements import Output, Params
 from .tsql import Cursor
@@ -48,6 +47,8 @@ def run_restore(session, cur: Cursor, out: Output, params: Params | None = None)
             verb, 3021, "Cannot perform a backup or restore operation within a transaction."
         )
     if cmd.verb == "DATABASE" and not cmd.devices:
+        from .restore_log import recover_only
+
         recover_only(session, cmd, out)
         return
     path = check_device(verb, cmd.devices, must_exist=True)
@@ -109,6 +110,8 @@ def run_restore(session, cur: Cursor, out: Output, params: Params | None = None)
     else:
         if header["type"] != "L":
             raise _wrong_type(verb, path, header)
+        from .restore_log import restore_log
+
         restore_log(session, cmd, path, header, out)
 
 
@@ -121,18 +124,6 @@ def _wrong_type(verb: str, path: Path, header: dict) -> SqlError:
     )
 
 
-def _damaged(verb: str, header: dict, exc: BackupDamaged) -> SqlError:
-    if verb == "VERIFY DATABASE":
-        return backup_failure(verb, 3189, "Damage to the backup set was detected.")
-    page = exc.offset // PAGE
-    return backup_failure(
-        verb,
-        3183,
-        f"RESTORE detected an error on page (1:{page}) in database "
-        f'"{header["database_name"]}" as read from the backup set.',
-    )
-
-
 def _verify(path: Path, header: dict, verb: str, progress: Progress) -> None:
     total = max(header["_end"] - header["_start"], 1)
     done = 0
@@ -142,36 +133,7 @@ def _verify(path: Path, header: dict, verb: str, progress: Progress) -> None:
             progress.update(min(done / max(header.get("backup_size", total), 1), 0.99))
         progress.update(1.0)
     except BackupDamaged as exc:
-        raise _damaged(verb, header, exc) from None
-
-
-def _stopat(cmd: Command) -> datetime | None:
-    value = cmd.options.get("STOPAT")
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=None)
-    try:
-        return parse_datetime(str(value)).replace(tzinfo=None)
-    except ValueError:
-        raise SqlError(
-            241, "Conversion failed when converting date and/or time from character string.", 16, 1
-        ) from None
-
-
-def _check_exclusive(session, db: Database, verb: str) -> None:
-    if session.current_db.lower() == db.name.lower():
-        raise backup_failure(
-            verb,
-            3102,
-            f"{verb} cannot process database '{db.name}' because it is in use by this "
-            "session. It is recommended that the master database be used when performing this "
-            "operation.",
-        )
-    if session.engine.users_of(db, except_spid=session.spid):
-        raise backup_failure(
-            verb, 3101, "Exclusive access could not be obtained because the database is in use."
-        )
+        raise damaged(verb, header, exc) from None
 
 
 def _plan_files(
@@ -231,7 +193,7 @@ def restore_data(session, cmd: Command, path: Path, header: dict, out: Output) -
     verb = "RESTORE DATABASE"
     engine = session.engine
     name = cmd.name
-    stopat = _stopat(cmd)
+    stopat = stopat_of(cmd)
     if stopat is not None and parse_datetime(header["backup_finish_date"]) > stopat:
         raise backup_failure(
             verb,
@@ -249,7 +211,7 @@ def restore_data(session, cmd: Command, path: Path, header: dict, out: Output) -
                 f'The database "{name}" does not exist. RESTORE can only create a database '
                 "when restoring either a full backup or a file backup of the primary file.",
             )
-        _check_exclusive(session, db, verb)
+        check_exclusive(session, db, verb)
         seq = db.restore or {}
         if db.state != "RESTORING":
             raise backup_failure(
@@ -271,7 +233,7 @@ def restore_data(session, cmd: Command, path: Path, header: dict, out: Output) -
         paths = {"D": (db.logical_names[0], db.data_path), "L": (db.logical_names[1], db.log_path)}
     else:
         if db is not None:
-            _check_exclusive(session, db, verb)
+            check_exclusive(session, db, verb)
             if not cmd.flag("REPLACE") and db.state == "ONLINE":
                 if db.family_guid != header["family_guid"]:
                     raise backup_failure(
@@ -323,7 +285,7 @@ def restore_data(session, cmd: Command, path: Path, header: dict, out: Output) -
     with engine.lock:
         db.data_path, db.log_path = str(data_path), paths["L"][1]
         db.logical_data, db.logical_log = paths["D"][0], paths["L"][0]
-        db.generation += 1
+        db.generation = next_generation()
         db.family_guid = header["family_guid"]
         db.database_guid = str(uuid.uuid4()).upper()
         db.fork_guid = header["last_recovery_fork_guid"]
@@ -369,8 +331,10 @@ def restore_data(session, cmd: Command, path: Path, header: dict, out: Output) -
         (db.name, db.logical_names[0], data_pages),
         (db.name, db.logical_names[1], log_pages),
     ]
-    _record_history(engine, session, db, header, cmd)
+    record_history(engine, session, db, header, cmd)
     if not cmd.flag("NORECOVERY"):
+        from .restore_log import recover
+
         recover(session, db)
     summary(out, verb, summary_files, header["Position"], started)
     out.done(None)
@@ -408,7 +372,7 @@ def _install_payload(
                     written += len(chunk)
                     progress.update(min(written / total, 0.99))
             except BackupDamaged as exc:
-                raise _damaged(verb, header, exc) from None
+                raise damaged(verb, header, exc) from None
             tmp.flush()
             os.fsync(tmp.fileno())
         progress.update(1.0)
@@ -416,203 +380,3 @@ def _install_payload(
         os.replace(tmp_name, data_path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-
-
-def restore_log(session, cmd: Command, path: Path, header: dict, out: Output) -> None:
-    verb = "RESTORE LOG"
-    engine = session.engine
-    db = engine.get(cmd.name)
-    if db is None:
-        raise backup_failure(
-            verb,
-            3118,
-            f'The database "{cmd.name}" does not exist. RESTORE can only create a database '
-            "when restoring either a full backup or a file backup of the primary file.",
-        )
-    _check_exclusive(session, db, verb)
-    if db.state != "RESTORING" or not db.restore:
-        raise backup_failure(
-            verb,
-            3117,
-            "The log or differential backup cannot be restored because no files are ready "
-            "to rollforward.",
-        )
-    if db.family_guid != header["family_guid"]:
-        raise backup_failure(
-            verb,
-            3154,
-            f"The backup set holds a backup of a database other than the existing '{db.name}' database.",
-        )
-    seq = db.restore
-    if seq.get("stopped"):
-        raise backup_failure(
-            verb,
-            4332,
-            f"RESTORE LOG has been halted. To use the database in its current state, run "
-            f"RESTORE DATABASE {db.name} WITH RECOVERY.",
-        )
-    redo = int(seq["redo_lsn"])
-    if header["first_lsn"] > redo:
-        raise backup_failure(
-            verb,
-            4305,
-            f"The log in this backup set begins at LSN {header['first_lsn']}, which is too "
-            f"recent to apply to the database. An earlier log backup that includes LSN {redo} can be restored.",
-        )
-    if header["last_lsn"] <= redo:
-        raise backup_failure(
-            verb,
-            4326,
-            f"The log in this backup set terminates at LSN {header['last_lsn']}, which is "
-            f"too early to apply to the database. A more recent log backup that includes LSN {redo} "
-            "can be restored.",
-        )
-    stopat = _stopat(cmd)
-    if stopat is not None and stopat < parse_datetime(seq["point_time"]):
-        raise backup_failure(
-            verb,
-            4335,
-            "The specified STOPAT time is too early. All or part of the database is "
-            "already rolled forward beyond that point.",
-        )
-    started = time.monotonic()
-    progress = Progress(out, cmd.stats)
-    records = _read_log_payload(path, header, verb, progress)
-    stop_lsn, last_time = _apply_records(db, records, redo, header["last_lsn"], stopat)
-    beyond = (
-        stopat is not None
-        and stop_lsn is None
-        and parse_datetime(header["backup_finish_date"]) < stopat
-    )
-    with engine.lock:
-        seq = dict(db.restore)
-        seq["redo_lsn"] = stop_lsn if stop_lsn is not None else header["last_lsn"]
-        seq["stopped"] = stop_lsn is not None
-        seq["stopat_used"] = seq.get("stopat_used") or stopat is not None
-        if last_time:
-            seq["point_time"] = last_time
-        db.restore = seq
-        engine.save()
-    pages = header["files"][0]["pages"] if header["files"] else 1
-    _record_history(engine, session, db, header, cmd)
-    if beyond:
-        out.info(
-            4322,
-            "This backup set contains records that were logged before the designated point in time. The "
-            "database is being left in the restoring state so that more roll forward can be performed.",
-        )
-    elif not cmd.flag("NORECOVERY"):
-        recover(session, db)
-    summary(out, verb, [(db.name, db.logical_names[1], pages)], header["Position"], started)
-    out.done(None)
-
-
-def _read_log_payload(path: Path, header: dict, verb: str, progress: Progress) -> list[dict]:
-    """All records of the set, read only after the whole set matched its digest."""
-    buffer = bytearray()
-    try:
-        for chunk in read_payload(path, header):
-            buffer.extend(chunk)
-            progress.update(min(len(buffer) / max(header["backup_size"], 1), 0.99))
-    except BackupDamaged as exc:
-        raise _damaged(verb, header, exc) from None
-    progress.update(1.0)
-    return [json.loads(line) for line in buffer.decode().splitlines() if line]
-
-
-def _apply_records(
-    db: Database, records: list[dict], redo: int, last_lsn: int, stopat: datetime | None
-):
-    """Redo records from the redo point; returns (LSN where STOPAT stopped or None, last commit time)."""
-    stop_lsn, last_time = None, None
-    with dbfile.write_locked(db.path) as conn:
-        for rec in records:
-            if rec["lsn"] < redo or rec["lsn"] >= last_lsn:
-                continue
-            if rec["kind"] != "xact":
-                continue
-            if stopat is not None and dbfile.parse_time(rec["time"]) > stopat:
-                stop_lsn = rec["lsn"]
-                break
-            dbfile.apply_body(conn, json.loads(rec["body"]))
-            last_time = rec["time"]
-        dbfile.set_meta(conn, None, "next_lsn", stop_lsn if stop_lsn is not None else last_lsn)
-        if last_time:
-            dbfile.set_meta(conn, None, "last_commit_time", last_time)
-        conn.execute("DELETE FROM __standin_log")
-    return stop_lsn, last_time
-
-
-def recover(session, db: Database) -> None:
-    """RESTORING -> ONLINE, on a new recovery fork starting at the redo point."""
-    engine = session.engine
-    redo = int(db.restore["redo_lsn"]) if db.restore else None
-    with dbfile.write_locked(db.path) as conn:
-        if redo is not None:
-            dbfile.set_meta(conn, None, "next_lsn", redo)
-            dbfile.set_meta(conn, None, "log_chain_start", redo)
-        conn.execute("DELETE FROM __standin_log")
-        conn.execute("DELETE FROM __standin_dirty")
-    with engine.lock:
-        db.previous_fork_guid = db.fork_guid
-        db.fork_guid = str(uuid.uuid4()).upper()
-        db.fork_point_lsn = redo
-        db.state = "ONLINE"
-        db.restore = None
-        db.generation += 1
-        engine.save()
-
-
-def recover_only(session, cmd: Command, out: Output) -> None:
-    verb = "RESTORE DATABASE"
-    db = session.engine.get(cmd.name)
-    if db is None:
-        raise backup_failure(
-            verb,
-            3118,
-            f'The database "{cmd.name}" does not exist. RESTORE can only create a database '
-            "when restoring either a full backup or a file backup of the primary file.",
-        )
-    if cmd.flag("NORECOVERY") or cmd.flag("STANDBY"):
-        raise not_supported("RESTORE DATABASE ... WITH NORECOVERY without a backup device")
-    if db.state != "RESTORING":
-        raise backup_failure(verb, 3153, "The database is already fully recovered.")
-    started = time.monotonic()
-    recover(session, db)
-    summary(out, verb, [], 0, started)
-    out.done(None)
-
-
-def _record_history(engine, session, db: Database, header: dict, cmd: Command) -> None:
-    def build(next_id):
-        return {
-            "restorehistory": [
-                {
-                    "restore_history_id": next_id("restorehistory", "restore_history_id"),
-                    "restore_date": dbfile.fmt_time(dbfile.utcnow()),
-                    "destination_database_name": db.name,
-                    "user_name": session.user,
-                    "backup_set_id": _backup_set_id(engine, header["backup_set_guid"]),
-                    "restore_type": header["type"],
-                    "replace": int(cmd.flag("REPLACE")),
-                    "recovery": int(not cmd.flag("NORECOVERY")),
-                    "restart": 0,
-                    "stop_at": dbfile.fmt_time(_stopat(cmd)) if _stopat(cmd) else None,
-                    "device_count": 1,
-                    "stop_before": 0,
-                }
-            ]
-        }
-
-    engine.msdb_write(build)
-
-
-def _backup_set_id(engine, guid: str) -> int:
-    conn = dbfile.connect(engine.get("msdb").path)
-    try:
-        row = conn.execute(
-            "SELECT backup_set_id FROM backupset WHERE backup_set_uuid = ? COLLATE NOCASE", (guid,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        conn.close()
