@@ -319,3 +319,28 @@ def test_mssql_restore_over_live_database_needs_tail_or_replace(
             )
         run(conn, f"RESTORE DATABASE [{db}] FROM DISK = N'{backups}/full.bak' WITH REPLACE")
         assert _ids(conn, db) == []
+
+
+def test_mssql_tail_log_backup_then_restore_in_place(
+    mssql_connection_string, mssql_databases, mssql_dirs
+):
+    backups, _ = mssql_dirs
+    db = mssql_databases.create("tail_inplace")
+    with connect(mssql_connection_string) as conn:
+        _seed(conn, db)
+        _insert(conn, db, 1)
+        run(conn, f"BACKUP DATABASE [{db}] TO DISK = N'{backups}/full.bak' {OPTS}")
+        _insert(conn, db, 2)
+        run(conn, f"BACKUP LOG [{db}] TO DISK = N'{backups}/log1.bak' {OPTS}")
+        _insert(conn, db, 3)
+        run(conn, f"BACKUP LOG [{db}] TO DISK = N'{backups}/tail.bak' {OPTS}, NORECOVERY")
+        tail = header(conn, backups / "tail.bak")
+        assert tail.IsForceOffline and tail.FirstLSN == header(conn, backups / "log1.bak").LastLSN
+        assert (
+            conn.execute("SELECT state_desc FROM sys.databases WHERE name = ?", db).fetchone()[0]
+            == "RESTORING"
+        )
+        run(conn, f"RESTORE DATABASE [{db}] FROM DISK = N'{backups}/full.bak' WITH NORECOVERY")
+        run(conn, f"RESTORE LOG [{db}] FROM DISK = N'{backups}/log1.bak' WITH NORECOVERY")
+        run(conn, f"RESTORE LOG [{db}] FROM DISK = N'{backups}/tail.bak' WITH RECOVERY")
+        assert _ids(conn, db) == [1, 2, 3]

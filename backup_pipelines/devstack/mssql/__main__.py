@@ -24,9 +24,12 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("MSSQL_STANDIN_PASSWORD", DEFAULT_PASSWORD),
         help="the sa password (default: $MSSQL_STANDIN_PASSWORD or a fixed development one)",
     )
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
+    verbose = args.verbose or bool(os.environ.get("MSSQL_STANDIN_VERBOSE"))
     logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     server = StandinServer(args.port, args.storage, args.password)
 

@@ -25,6 +25,7 @@ from .backup_command import (
     summary,
 )
 from .backup_file import BackupWriter, read_sets
+from .engine import next_generation
 from .errors import backup_failure, not_supported
 from .headers import msdb_rows
 from .statements import Output, Params
@@ -62,8 +63,13 @@ def run_backup(session, cur: Cursor, out: Output, params: Params | None = None) 
         raise backup_failure(
             verb, 3147, "Backup and restore operations are not allowed on database tempdb."
         )
-    if cmd.flag("NORECOVERY") or cmd.flag("STANDBY"):
-        raise not_supported("tail-log backups WITH NORECOVERY/STANDBY")
+    tail = log and cmd.flag("NORECOVERY")
+    if cmd.flag("STANDBY") or (cmd.flag("NORECOVERY") and not log):
+        raise not_supported("BACKUP ... WITH STANDBY (or NORECOVERY on BACKUP DATABASE)")
+    if tail:
+        from .restore_common import check_exclusive
+
+        check_exclusive(session, db, verb)
     path = check_device(verb, cmd.devices, must_exist=False)
     if log:
         if db.name.lower() == "master":
@@ -109,6 +115,19 @@ def run_backup(session, cur: Cursor, out: Output, params: Params | None = None) 
     except BaseException:
         writer.abort()
         raise
+    if tail:  # tail-log backup: the database is left RESTORING at the end of this log
+        with engine.lock:
+            db.state = "RESTORING"
+            db.restore = {
+                "redo_lsn": header["last_lsn"],
+                "base_checkpoint": None,
+                "base_guid": None,
+                "point_time": header["backup_finish_date"],
+                "stopped": False,
+            }
+            db.generation = next_generation()
+            engine.save()
+        session.release_database(db.name)
     label = "BACKUP DATABASE WITH DIFFERENTIAL" if diff else verb
     summary(out, label, files, header["Position"], started)
     out.done(None)
@@ -136,6 +155,7 @@ def _base_header(session, db, cmd: Command, kind: str, writer: BackupWriter) -> 
         "recovery_model": db.recovery_model,
         "backup_set_guid": str(uuid.uuid4()).upper(),
         "media_guid": str(uuid.uuid4()).upper(),
+        "is_force_offline": cmd.verb == "LOG" and cmd.flag("NORECOVERY"),
         "begins_log_chain": False,
         "first_recovery_fork_guid": db.fork_guid,
         "last_recovery_fork_guid": db.fork_guid,

@@ -231,6 +231,20 @@ def _text(value) -> str:
     return str(value)
 
 
+class ChecksumAgg:
+    """CHECKSUM_AGG: an order-independent XOR of the CHECKSUM values of a group."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def step(self, value) -> None:
+        if value is not None:
+            self.value ^= int(value)
+
+    def finalize(self) -> int:
+        return self.value
+
+
 def register_functions(conn: sqlite3.Connection, context) -> None:
     def ctx(name: str, *args):
         if context is None:
@@ -292,6 +306,7 @@ def register_functions(conn: sqlite3.Connection, context) -> None:
     ]
     for name, nargs, fn in fns:
         conn.create_function(name, nargs, fn)
+    conn.create_aggregate("CHECKSUM_AGG", 1, ChecksumAgg)
 
 
 # Result types of expressions the stand-in can type statically (select lists).

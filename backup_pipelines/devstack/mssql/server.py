@@ -133,6 +133,9 @@ class Handler(socketserver.BaseRequestHandler):
                     return
                 ptype, payload = item
                 if ptype == tds.ATTENTION:
+                    log.debug(
+                        "spid %d: attention (pending: %s)", session.spid, session.cancel.is_set()
+                    )
                     if session.cancel.is_set():
                         session.cancel.clear()
                         Response(stream, session).acknowledge_attention()
@@ -209,7 +212,9 @@ class Handler(socketserver.BaseRequestHandler):
         try:
             if ptype == tds.SQL_BATCH:
                 start, _ = tds.skip_all_headers(payload)
-                execute_batch(session, payload[start:].decode("utf-16-le"), response)
+                sql = payload[start:].decode("utf-16-le")
+                log.debug("spid %d: batch %r", session.spid, sql[:500])
+                execute_batch(session, sql, response)
             elif ptype == tds.RPC:
                 for call in tds.parse_rpc(payload):
                     self._rpc(session, call, response)
@@ -228,6 +233,7 @@ class Handler(socketserver.BaseRequestHandler):
                 raise Cancelled
             response.finish()
         except Cancelled:
+            log.debug("spid %d: request cancelled", session.spid)
             session.rollback_sqlite() if session.trancount == 0 else None
             session.cancel.clear()
             response.acknowledge_attention()
@@ -240,6 +246,7 @@ class Handler(socketserver.BaseRequestHandler):
 
     def _rpc(self, session: Session, call: tds.RpcCall, response: Response) -> None:
         proc = call.proc.lower().split(".")[-1]
+        log.debug("spid %d: RPC %s (%d parameters)", session.spid, proc, len(call.params))
         values = call.params
         if proc == "sp_executesql":
             sql = str(values[0].value)
@@ -267,6 +274,8 @@ class Handler(socketserver.BaseRequestHandler):
             execute_batch(session, sql, response, _params(decl, values[1:]))
         elif proc == "sp_unprepare":
             session.prepared.pop(int(values[0].value), None)
+        elif proc == "sp_describe_undeclared_parameters":
+            _describe_parameters(str(values[0].value), response)
         else:
             response.error(
                 SqlError(2812, f"Could not find stored procedure '{call.proc}'.", 16, 62)
@@ -301,6 +310,37 @@ class Handler(socketserver.BaseRequestHandler):
         except SqlError as err:
             response.error(err)
             response.done(None, error=True)
+
+
+_DESCRIBE = [
+    ("parameter_ordinal", SqlType("int")),
+    ("name", SqlType("nvarchar", 128)),
+    ("suggested_system_type_id", SqlType("int")),
+    ("suggested_system_type_name", SqlType("nvarchar", 256)),
+    ("suggested_max_length", SqlType("smallint")),
+    ("suggested_precision", SqlType("tinyint")),
+    ("suggested_scale", SqlType("tinyint")),
+    ("suggested_user_type_id", SqlType("int")),
+    ("suggested_is_input", SqlType("bit")),
+    ("suggested_is_output", SqlType("bit")),
+    ("formal_parameter_name", SqlType("nvarchar", 128)),
+    ("suggested_tds_type_id", SqlType("int")),
+    ("suggested_tds_length", SqlType("int")),
+]
+
+
+def _describe_parameters(sql: str, response: Response) -> None:
+    """sp_describe_undeclared_parameters (newer FreeTDS asks it for SQLDescribeParam): every
+    parameter is suggested as nvarchar(4000), which SQL Server converts implicitly."""
+    import re
+
+    names = list(dict.fromkeys(re.findall(r"@\w+", sql)))
+    rows = [
+        (i, n, 231, "nvarchar(4000)", 8000, 0, 0, 231, True, False, None, 231, 8000)
+        for i, n in enumerate(names, 1)
+    ]
+    response.result(_DESCRIBE, rows)
+    response.done(len(rows), 0xC1)
 
 
 def _params(declaration: str, values: list[tds.RpcParam]) -> Params:

@@ -134,6 +134,7 @@ def translate(
     out = Translated(kind.lower(), "")
     if kind == "SELECT":
         _check_select_into(tokens)
+        tokens = _expand_checksum_star(tokens, ctx)
     body = _rewrite(tokens, ctx, out, returning_ok=kind in ("UPDATE", "DELETE"))
     out.sql = body
     if kind == "SELECT":
@@ -142,6 +143,39 @@ def translate(
         _check_identity_update(tokens, out.tables[0])
     if kind in ("UPDATE", "DELETE") and out.tables:
         out.target = out.tables[0]
+    return out
+
+
+def _expand_checksum_star(tokens: list[Tok], ctx: Context) -> list[Tok]:
+    """CHECKSUM(*) / BINARY_CHECKSUM(*) over the single table of the FROM clause."""
+    stars = [
+        i
+        for i in range(len(tokens) - 3)
+        if tokens[i].up in ("CHECKSUM", "BINARY_CHECKSUM")
+        and tokens[i + 1].kind == "lp"
+        and tokens[i + 2].text == "*"
+        and tokens[i + 3].kind == "rp"
+    ]
+    if not stars:
+        return tokens
+    depth, start = 0, None
+    for i, tok in enumerate(tokens):
+        depth += tok.kind == "lp"
+        depth -= tok.kind == "rp"
+        if depth == 0 and tok.is_kw("FROM"):
+            start = i + 1
+    if start is None:
+        raise not_supported("CHECKSUM(*) without FROM")
+    cur = Cursor(tokens, start)
+    _, info, _ = ctx.resolve_table(cur.dotted())
+    if info is None or (cur.peek() is not None and cur.peek().kind == "comma"):
+        raise not_supported("CHECKSUM(*) over more than one user table")
+    columns: list[Tok] = []
+    for name, *_ in info.columns:
+        columns += [Tok("comma", ","), Tok("qid", name)] if columns else [Tok("qid", name)]
+    out = list(tokens)
+    for i in reversed(stars):
+        out[i + 2 : i + 3] = columns
     return out
 
 
