@@ -178,3 +178,66 @@ def test_mssql_standin_process_stops_and_frees_its_port():
     assert not storage.exists()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.skipif(
+    bool(REAL), reason="a real SQL Server speaks HTTPS only to S3; the local endpoint is plain HTTP"
+)
+def test_mssql_backup_to_url_on_s3_and_restore_from_it(
+    mssql_connection_string, mssql_databases, mssql_dirs, s3_server
+):
+    from backup_pipelines.devstack.s3_server import ACCESS_KEY, SECRET_KEY
+
+    _, data = mssql_dirs
+    db = mssql_databases.create("s3")
+    copy = mssql_databases.name("s3_copy")
+    prefix = f"s3://127.0.0.1:{s3_server.port}/{s3_server.bucket}"
+    folder = f"{prefix}/mssql/{db}"
+    with connect(mssql_connection_string) as conn:
+        if conn.execute("SELECT 1 FROM sys.credentials WHERE name = ?", prefix).fetchone() is None:
+            run(
+                conn,
+                f"CREATE CREDENTIAL [{prefix}] WITH IDENTITY = 'S3 Access Key', SECRET = '{ACCESS_KEY}:{SECRET_KEY}'",
+            )
+        run(conn, f"CREATE TABLE [{db}].dbo.t (id INT PRIMARY KEY, body NVARCHAR(MAX))")
+        conn.execute(f"INSERT INTO [{db}].dbo.t VALUES (1, ?)", "s3 " * 1000)
+        run(
+            conn,
+            f"BACKUP DATABASE [{db}] TO URL = N'{folder}/full.bak' WITH FORMAT, COMPRESSION, CHECKSUM, MAXTRANSFERSIZE = 5242880",
+        )
+        conn.execute(f"INSERT INTO [{db}].dbo.t VALUES (2, N'after')")
+        run(
+            conn,
+            f"BACKUP LOG [{db}] TO URL = N'{folder}/log.trn' WITH FORMAT, COMPRESSION, CHECKSUM",
+        )
+        assert 3201 in _fails(
+            conn, f"BACKUP DATABASE [{db}] TO URL = N'{folder}/full.bak' WITH COMPRESSION"
+        )
+        full = conn.execute(f"RESTORE HEADERONLY FROM URL = N'{folder}/full.bak'").fetchone()
+        assert full.DatabaseName == db and full.BackupType == 1
+        device = conn.execute(
+            "SELECT f.physical_device_name, f.device_type FROM msdb.dbo.backupset b JOIN msdb.dbo.backupmediafamily f "
+            "ON f.media_set_id = b.media_set_id WHERE b.backup_set_uuid = ?",
+            full.BackupSetGUID,
+        ).fetchone()
+        assert tuple(device) == (f"{folder}/full.bak", 9)
+        logical = {
+            r.Type: r.LogicalName
+            for r in conn.execute(f"RESTORE FILELISTONLY FROM URL = N'{folder}/full.bak'")
+        }
+        move = f"MOVE N'{logical['D']}' TO N'{data}/{copy}.mdf', MOVE N'{logical['L']}' TO N'{data}/{copy}_log.ldf'"
+        run(
+            conn,
+            f"RESTORE DATABASE [{copy}] FROM URL = N'{folder}/full.bak' WITH NORECOVERY, {move}",
+        )
+        run(conn, f"RESTORE LOG [{copy}] FROM URL = N'{folder}/log.trn' WITH RECOVERY")
+        assert [
+            r[0] for r in conn.execute(f"SELECT id FROM [{copy}].dbo.t ORDER BY id").fetchall()
+        ] == [1, 2]
+    keys = [
+        o["Key"]
+        for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"mssql/{db}/")[
+            "Contents"
+        ]
+    ]
+    assert sorted(keys) == [f"mssql/{db}/full.bak", f"mssql/{db}/log.trn"]

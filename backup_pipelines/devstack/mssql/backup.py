@@ -15,16 +15,15 @@ import uuid
 
 from . import dbfile
 from .backup_command import (
-    DEVICE_TYPES,
     MB,
     PAGE,
     Command,
     Progress,
-    check_device,
     parse_command,
     summary,
 )
 from .backup_file import BackupWriter, read_sets
+from .devices import URL, Device, open_device
 from .engine import next_generation
 from .errors import backup_failure, not_supported
 from .headers import msdb_rows
@@ -70,7 +69,7 @@ def run_backup(session, cur: Cursor, out: Output, params: Params | None = None) 
         from .restore_common import check_exclusive
 
         check_exclusive(session, db, verb)
-    path = check_device(verb, cmd.devices, must_exist=False)
+    device = open_device(engine, verb, cmd.devices, write=True, options=cmd.options)
     if log:
         if db.name.lower() == "master":
             raise backup_failure(
@@ -102,19 +101,21 @@ def run_backup(session, cur: Cursor, out: Output, params: Params | None = None) 
     started = time.monotonic()
     progress = Progress(out, cmd.stats)
     writer = BackupWriter(
-        path,
-        init=cmd.flag("INIT") or cmd.flag("FORMAT"),
+        device.path,
+        init=cmd.flag("INIT") or cmd.flag("FORMAT") or device.device_type == URL,
         compressed=cmd.flag("COMPRESSION"),
         checksum=cmd.flag("CHECKSUM"),
     )
     try:
         if log:
-            header, files = _log_backup(session, db, cmd, writer, progress)
+            header, files = _log_backup(session, db, cmd, writer, progress, device)
         else:
-            header, files = _data_backup(session, db, cmd, diff, writer, progress)
+            header, files = _data_backup(session, db, cmd, diff, writer, progress, device)
     except BaseException:
         writer.abort()
         raise
+    finally:
+        device.close()
     if tail:  # tail-log backup: the database is left RESTORING at the end of this log
         with engine.lock:
             db.state = "RESTORING"
@@ -193,7 +194,9 @@ def _files(db, data_pages: int, log_pages: int, data_bytes: int, log_bytes: int)
     ]
 
 
-def _data_backup(session, db, cmd: Command, diff: bool, writer: BackupWriter, progress: Progress):
+def _data_backup(
+    session, db, cmd: Command, diff: bool, writer: BackupWriter, progress: Progress, device: Device
+):
     engine = session.engine
     copy_only = cmd.flag("COPY_ONLY") and not diff
     start_date = dbfile.fmt_time(dbfile.utcnow())
@@ -240,7 +243,9 @@ def _data_backup(session, db, cmd: Command, diff: bool, writer: BackupWriter, pr
     if diff:
         header["differential_base_lsn"] = db.diff_base["checkpoint_lsn"]
         header["differential_base_guid"] = db.diff_base["guid"]
-    _finish(engine, writer, header, cmd)
+    _finish(
+        engine, writer, header, device, "BACKUP LOG" if header["type"] == "L" else "BACKUP DATABASE"
+    )
     with engine.lock:
         if not diff and not copy_only:
             db.diff_base = {"checkpoint_lsn": ckpt, "guid": header["backup_set_guid"]}
@@ -255,7 +260,9 @@ def _data_backup(session, db, cmd: Command, diff: bool, writer: BackupWriter, pr
     ]
 
 
-def _log_backup(session, db, cmd: Command, writer: BackupWriter, progress: Progress):
+def _log_backup(
+    session, db, cmd: Command, writer: BackupWriter, progress: Progress, device: Device
+):
     engine = session.engine
     copy_only = cmd.flag("COPY_ONLY")
     start_date = dbfile.fmt_time(dbfile.utcnow())
@@ -301,7 +308,13 @@ def _log_backup(session, db, cmd: Command, writer: BackupWriter, progress: Progr
         )
         if fork_point is not None and db.previous_fork_guid:
             header["first_recovery_fork_guid"] = db.previous_fork_guid
-        _finish(engine, writer, header, cmd)
+        _finish(
+            engine,
+            writer,
+            header,
+            device,
+            "BACKUP LOG" if header["type"] == "L" else "BACKUP DATABASE",
+        )
         if not copy_only:
             conn.execute("DELETE FROM __standin_log WHERE lsn < ?", (last_lsn,))
             dbfile.set_meta(conn, None, "log_chain_start", last_lsn)
@@ -312,20 +325,22 @@ def _log_backup(session, db, cmd: Command, writer: BackupWriter, progress: Progr
     return header, [(db.name, db.logical_names[1], pages)]
 
 
-def _finish(engine, writer: BackupWriter, header: dict, cmd: Command) -> None:
+def _finish(engine, writer: BackupWriter, header: dict, device: Device, verb: str) -> None:
     header["compressed_backup_size"] = (
         writer.stored_bytes + 3 * 8 * 1024 if header["compressed"] else header["backup_size"]
     )
+    header["device_type"] = device.device_type
     writer.finish(header)
-    device = str(writer.path)
+    device.commit(verb)
+    name = device.name
 
     def build(next_id):
         return msdb_rows(
             header,
             next_id("backupmediaset", "media_set_id"),
             next_id("backupset", "backup_set_id"),
-            device,
-            DEVICE_TYPES["DISK"],
+            name,
+            device.device_type,
         )
 
     engine.msdb_write(build)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .errors import Cancelled, SqlError, backup_failure, not_supported
+from .errors import Cancelled, SqlError, not_supported
 from .statements import Output, Params
 from .tsql import Cursor
 
 PAGE = 8192
 MB = 1048576
-DEVICE_TYPES = {"DISK": 2, "URL": 9}
 
 
 @dataclass
@@ -120,44 +118,3 @@ def summary(
         3014,
         f"{verb} successfully processed {total} pages in {seconds:.3f} seconds ({rate:.3f} MB/sec).",
     )
-
-
-def check_device(verb: str, devices: list[tuple[str, str]], must_exist: bool) -> Path:
-    if not devices:
-        raise backup_failure(
-            verb,
-            3207,
-            "Backup or restore requires at least one backup device. Rerun your "
-            "statement specifying a backup device.",
-        )
-    if len(devices) > 1:
-        raise backup_failure(
-            verb,
-            3205,
-            "Too many backup devices specified for backup or restore; only 1 are "
-            "allowed. (The SQL Server stand-in does not stripe backups.)",
-        )
-    kind, target = devices[0]
-    if kind != "DISK":
-        raise backup_failure(
-            verb,
-            3206,
-            f"Backup device '{target}' does not exist. (The SQL Server stand-in "
-            "supports DISK devices only.)",
-        )
-    path = Path(target)
-    if must_exist and not path.is_file():
-        raise backup_failure(
-            verb,
-            3201,
-            f"Cannot open backup device '{target}'. Operating system error "
-            "2(The system cannot find the file specified.).",
-        )
-    if not must_exist and (not path.parent.is_dir() or path.is_dir()):
-        raise backup_failure(
-            verb,
-            3201,
-            f"Cannot open backup device '{target}'. Operating system error "
-            "3(The system cannot find the path specified.).",
-        )
-    return path

@@ -16,8 +16,9 @@ import uuid
 from pathlib import Path
 
 from . import dbfile
-from .backup import Command, Progress, check_device, parse_command, summary
+from .backup_command import Command, Progress, parse_command, summary
 from .backup_file import BackupDamaged, BackupFormatError, read_payload, read_sets
+from .devices import open_device
 from .engine import Database, next_generation, write_log_placeholder
 from .errors import SqlError, backup_failure
 from .headers import FILELISTONLY, HEADERONLY, LABELONLY, filelist_rows, headeronly_row
@@ -51,14 +52,21 @@ def run_restore(session, cur: Cursor, out: Output, params: Params | None = None)
 
         recover_only(session, cmd, out)
         return
-    path = check_device(verb, cmd.devices, must_exist=True)
+    device = open_device(session.engine, verb, cmd.devices, write=False, options=cmd.options)
+    try:
+        _restore_from(session, cmd, verb, device.path, device.name, out)
+    finally:
+        device.close()
+
+
+def _restore_from(session, cmd: Command, verb: str, path: Path, name: str, out: Output) -> None:
     try:
         sets = read_sets(path)
     except BackupFormatError:
         raise backup_failure(
             verb,
             3241,
-            f"The media family on device '{path}' is incorrectly formed. SQL Server "
+            f"The media family on device '{name}' is incorrectly formed. SQL Server "
             "cannot process this media family.",
         ) from None
     if cmd.verb == "HEADERONLY":
@@ -91,7 +99,7 @@ def run_restore(session, cur: Cursor, out: Output, params: Params | None = None)
         return
     position = int(cmd.options.get("FILE", 1))
     if not 1 <= position <= len(sets):
-        raise backup_failure(verb, 4038, f"Cannot find file ID {position} on device '{path}'.")
+        raise backup_failure(verb, 4038, f"Cannot find file ID {position} on device '{name}'.")
     header = sets[position - 1]
     if cmd.verb == "FILELISTONLY":
         rows = filelist_rows(header)
@@ -105,17 +113,17 @@ def run_restore(session, cur: Cursor, out: Output, params: Params | None = None)
         return
     if cmd.verb == "DATABASE":
         if header["type"] == "L":
-            raise _wrong_type(verb, path, header)
+            raise _wrong_type(verb, name, header)
         restore_data(session, cmd, path, header, out)
     else:
         if header["type"] != "L":
-            raise _wrong_type(verb, path, header)
+            raise _wrong_type(verb, name, header)
         from .restore_log import restore_log
 
         restore_log(session, cmd, path, header, out)
 
 
-def _wrong_type(verb: str, path: Path, header: dict) -> SqlError:
+def _wrong_type(verb: str, path: str, header: dict) -> SqlError:
     return backup_failure(
         verb,
         3135,

@@ -341,17 +341,23 @@ class Session:
         return (self.spid << 32 | self._tx_counter).to_bytes(8, "little")
 
     def begin_write(self, db: Database) -> None:
-        """Make sure this session holds a write transaction covering `db`."""
+        """Make sure this session's transaction holds the write lock of `db` (and only of the
+        databases it writes: reads of other databases take no lock beyond their statement)."""
         key = db.name.lower()
+        alias = self.alias(db)
         if not self.sqlite_txn:
-            self.alias(db)
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise lock_timeout() from None
-                raise
+            self.conn.execute("BEGIN")
             self.sqlite_txn = True
+        if key in self.txn_dbs:
+            return
+        try:  # a no-op write takes the file's RESERVED lock now, waiting up to LOCK_TIMEOUT
+            self.conn.execute(f"DELETE FROM {quote_ident(alias)}.__standin_dirty WHERE 0")
+        except sqlite3.OperationalError as exc:
+            if not self.txn_dbs:
+                self.rollback_sqlite()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise lock_timeout() from None
+            raise
         self.txn_dbs.add(key)
 
     def commit_sqlite(self) -> None:
