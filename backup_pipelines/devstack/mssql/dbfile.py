@@ -228,7 +228,7 @@ def log_records(conn: sqlite3.Connection, start: int, end: int) -> Iterator[tupl
 
 
 @contextlib.contextmanager
-def write_locked(path: Path, timeout: float = 30.0) -> Iterator[sqlite3.Connection]:
+def write_locked(path: Path, timeout: float = 120.0) -> Iterator[sqlite3.Connection]:
     """A connection holding the database's write lock (BEGIN IMMEDIATE); commits on success."""
     conn = connect(path, timeout)
     try:
@@ -244,7 +244,7 @@ def write_locked(path: Path, timeout: float = 30.0) -> Iterator[sqlite3.Connecti
 
 
 @contextlib.contextmanager
-def read_locked(path: Path, timeout: float = 30.0) -> Iterator[sqlite3.Connection]:
+def read_locked(path: Path, timeout: float = 120.0) -> Iterator[sqlite3.Connection]:
     """A connection holding a SHARED lock: no writer can commit, so the file is consistent."""
     conn = connect(path, timeout)
     try:

@@ -18,13 +18,14 @@ from collections import OrderedDict
 from . import dbfile
 from .catalog import SERVER_LEVEL, VIEWS, Meta, db_rows, materialize
 from .engine import Database, Engine
-from .errors import SqlError, db_missing, db_restoring, invalid_object, lock_timeout
+from .errors import SqlError, db_missing, db_restoring, deadlock, invalid_object, lock_timeout
 from .functions import register_functions
 from .sqltypes import parse_type, register_decltype
 from .translate import TableInfo
 from .tsql import Tok, quote_ident, quote_str, split_name
 
 MAX_ATTACHED = 9
+DEFAULT_WAIT_MS = 60_000
 
 
 class Session:
@@ -329,8 +330,13 @@ class Session:
 
     # ---- transactions ------------------------------------------------------------------------
     def _set_busy_timeout(self) -> None:
-        ms = 600_000 if self.lock_timeout_ms < 0 else max(self.lock_timeout_ms, 1)
+        ms = DEFAULT_WAIT_MS if self.lock_timeout_ms < 0 else max(self.lock_timeout_ms, 1)
         self.conn.execute(f"PRAGMA busy_timeout = {ms}")
+
+    def lock_error(self) -> SqlError:
+        """Waiting for a lock ended: 1222 under SET LOCK_TIMEOUT, else reported as a deadlock
+        (SQL Server would wait forever or pick a deadlock victim; the stand-in waits 60 s)."""
+        return lock_timeout() if self.lock_timeout_ms >= 0 else deadlock(self.spid)
 
     def set_lock_timeout(self, ms: int) -> None:
         self.lock_timeout_ms = ms
@@ -356,7 +362,7 @@ class Session:
             if not self.txn_dbs:
                 self.rollback_sqlite()
             if "locked" in str(exc) or "busy" in str(exc):
-                raise lock_timeout() from None
+                raise self.lock_error() from None
             raise
         self.txn_dbs.add(key)
 
@@ -376,7 +382,7 @@ class Session:
         except sqlite3.OperationalError as exc:
             self.rollback_sqlite()
             if "locked" in str(exc):
-                raise lock_timeout() from None
+                raise self.lock_error() from None
             raise
         finally:
             self.sqlite_txn = False

@@ -251,7 +251,7 @@ def map_sqlite_error(session, exc: Exception, tr: Translated | None) -> SqlError
     if m:
         return SqlError(209, f"Ambiguous column name '{m.group(1)}'.", 16, 1, batch_abort=True)
     if "locked" in msg or "busy" in msg:
-        return lock_timeout()
+        return session.lock_error() if session is not None else lock_timeout()
     if "user-defined function raised exception" in msg:
         return _then_terminated(
             SqlError(
