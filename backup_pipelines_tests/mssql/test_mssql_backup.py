@@ -344,3 +344,70 @@ def test_mssql_tail_log_backup_then_restore_in_place(
         run(conn, f"RESTORE LOG [{db}] FROM DISK = N'{backups}/log1.bak' WITH NORECOVERY")
         run(conn, f"RESTORE LOG [{db}] FROM DISK = N'{backups}/tail.bak' WITH RECOVERY")
         assert _ids(conn, db) == [1, 2, 3]
+
+
+def test_mssql_log_restore_replays_schema_changes_updates_and_deletes(
+    mssql_connection_string, mssql_databases, mssql_dirs
+):
+    backups, data = mssql_dirs
+    db = mssql_databases.create("replay")
+    copy = mssql_databases.name("replay_copy")
+    with connect(mssql_connection_string, database=db) as conn:
+        run(
+            conn,
+            "CREATE TABLE dbo.a (id INT IDENTITY(1,1) PRIMARY KEY, v NVARCHAR(10) NOT NULL, b VARBINARY(10) NULL, f FLOAT NULL)",
+        )
+        conn.execute(
+            "INSERT INTO dbo.a (v, b, f) VALUES (?, ?, ?), (?, ?, ?)",
+            "one",
+            b"\x01",
+            0.1,
+            "two",
+            None,
+            1e300,
+        )
+        run(conn, f"BACKUP DATABASE [{db}] TO DISK = N'{backups}/full.bak' {OPTS}")
+        run(
+            conn,
+            "CREATE TABLE dbo.n (id INT PRIMARY KEY, a_id INT NOT NULL REFERENCES dbo.a (id), note NVARCHAR(20) NOT NULL DEFAULT N'dflt')",
+        )
+        run(conn, "CREATE INDEX ix_n_a ON dbo.n (a_id)")
+        conn.execute("INSERT INTO dbo.a (v) VALUES (?)", "three")
+        conn.execute("INSERT INTO dbo.n (id, a_id) VALUES (?, ?)", 1, 3)
+        conn.execute("UPDATE dbo.a SET v = ?, b = ? WHERE id = ?", "ONE", b"\xff\xee", 1)
+        conn.execute("DELETE FROM dbo.a WHERE id = ?", 2)
+        run(conn, "BEGIN TRANSACTION; INSERT INTO dbo.a (v) VALUES (N'rolled back'); ROLLBACK")
+        run(conn, "ALTER TABLE dbo.a ADD extra INT NULL")
+        conn.execute("UPDATE dbo.a SET extra = ?", 7)
+        run(conn, f"BACKUP LOG [{db}] TO DISK = N'{backups}/log.bak' {OPTS}")
+        run(conn, "USE master")
+        logical = {
+            r.Type: r.LogicalName
+            for r in conn.execute(f"RESTORE FILELISTONLY FROM DISK = N'{backups}/full.bak'")
+        }
+        move = f"MOVE N'{logical['D']}' TO N'{data}/{copy}.mdf', MOVE N'{logical['L']}' TO N'{data}/{copy}_log.ldf'"
+        run(
+            conn,
+            f"RESTORE DATABASE [{copy}] FROM DISK = N'{backups}/full.bak' WITH NORECOVERY, {move}",
+        )
+        run(conn, f"RESTORE LOG [{copy}] FROM DISK = N'{backups}/log.bak' WITH RECOVERY")
+        for name in (db, copy):
+            rows = conn.execute(
+                f"SELECT id, v, b, f, extra FROM [{name}].dbo.a ORDER BY id"
+            ).fetchall()
+            assert [tuple(r) for r in rows] == [
+                (1, "ONE", b"\xff\xee", 0.1, 7),
+                (3, "three", None, None, 7),
+            ]
+            assert [
+                tuple(r)
+                for r in conn.execute(f"SELECT id, a_id, note FROM [{name}].dbo.n").fetchall()
+            ] == [(1, 3, "dflt")]
+            tables = conn.execute(
+                f"SELECT TABLE_NAME FROM [{name}].INFORMATION_SCHEMA.TABLES ORDER BY TABLE_NAME"
+            ).fetchall()
+            assert [r[0] for r in tables] == ["a", "n"]
+        conn.execute(f"INSERT INTO [{copy}].dbo.n (id, a_id) VALUES (?, ?)", 2, 1)
+        with pytest.raises(pyodbc.Error) as failure:
+            conn.execute(f"INSERT INTO [{copy}].dbo.n (id, a_id) VALUES (?, ?)", 3, 99)
+        assert 547 in error_number(failure.value)

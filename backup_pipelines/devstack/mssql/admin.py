@@ -192,63 +192,40 @@ def set_option(session, cur: Cursor, out: Output) -> None:
     raise syntax_error(option)
 
 
+IF_BODY_STARTERS = {"COMMIT", "ROLLBACK", "BEGIN", "SELECT", "INSERT", "UPDATE", "DELETE", "DROP",
+                    "CREATE", "EXEC", "EXECUTE", "SET", "ALTER", "PRINT", "USE", "BACKUP", "RESTORE",
+                    "TRUNCATE"}  # fmt: skip
+
+
 def if_statement(session, stmt: list[Tok], out: Output, params: Params | None) -> None:
-    """IF <condition> <statement>: the condition is evaluated by SQLite (through the translator)."""
-    from .statements import execute_batch  # noqa: F401  (same dispatch for the body)
+    """IF <condition> <statement>: SQLite evaluates the (translated) condition."""
+    from .statements import _is_select_without_from, bind_values
     from .translate import Translated, _rewrite
 
-    cur = Cursor(stmt, 1)
     depth, split = 0, None
-    starters = {
-        "COMMIT",
-        "ROLLBACK",
-        "BEGIN",
-        "SELECT",
-        "INSERT",
-        "UPDATE",
-        "DELETE",
-        "DROP",
-        "CREATE",
-        "EXEC",
-        "EXECUTE",
-        "SET",
-        "ALTER",
-        "PRINT",
-        "USE",
-        "BACKUP",
-        "RESTORE",
-        "TRUNCATE",
-    }
-    for i in range(1, len(stmt)):
-        tok = stmt[i]
-        depth += tok.kind == "lp"
-        depth -= tok.kind == "rp"
-        if depth == 0 and tok.up in starters and i > 1:
+    for i in range(2, len(stmt)):
+        depth += stmt[i].kind == "lp"
+        depth -= stmt[i].kind == "rp"
+        if depth == 0 and stmt[i].up in IF_BODY_STARTERS:
             split = i
             break
     if split is None:
         raise syntax_error(stmt[-1].text)
     condition, body = stmt[1:split], stmt[split:]
-    holder = Translated("select", "")
-    sql = "SELECT CASE WHEN " + _rewrite(condition, session, holder) + " THEN 1 ELSE 0 END"
-    from .statements import bind_values
-
-    value = session.conn.execute(sql, bind_values(params)).fetchone()[0]
-    del cur
-    if value:
-        from .statements import _is_select_without_from
-
-        head = body[0].up
-        if head in ("SELECT", "INSERT", "UPDATE", "DELETE"):
-            run_data(
-                session,
-                body,
-                out,
-                params,
-                no_tables=head == "SELECT" and _is_select_without_from(body),
-            )
-        else:
-            execute_other(session, body, out, params)
+    sql = (
+        "SELECT CASE WHEN "
+        + _rewrite(condition, session, Translated("select", ""))
+        + " THEN 1 ELSE 0 END"
+    )
+    if not session.conn.execute(sql, bind_values(params)).fetchone()[0]:
+        return
+    head = body[0].up
+    if head in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+        run_data(
+            session, body, out, params, no_tables=head == "SELECT" and _is_select_without_from(body)
+        )
+    else:
+        execute_other(session, body, out, params)
 
 
 def waitfor(cur: Cursor, out: Output) -> None:

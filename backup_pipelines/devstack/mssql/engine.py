@@ -314,10 +314,3 @@ def write_log_placeholder(path: Path, name: str) -> None:
         path.write_text(
             f"log file of database {name}: the SQL Server stand-in keeps its log in the data file\n"
         )
-
-
-@dataclass
-class Prepared:
-    sql: str
-    params: str
-    extra: dict = field(default_factory=dict)

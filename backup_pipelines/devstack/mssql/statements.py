@@ -344,8 +344,8 @@ def _fk_error(session, table: TableInfo, verb: str) -> SqlError:
         f"JOIN {a}.__standin_objects t ON t.object_id = k.ref_table_id WHERE k.kind = 'F' AND k.table_id = ?",
         (table.object_id,),
     ).fetchone()
-    if row is None:  # the table is a parent whose key was updated
-        return _fk_error(session, table, "DELETE").__class__(
+    if row is None:  # the table is a parent whose referenced key was updated
+        return SqlError(
             547,
             f'The {verb} statement conflicted with a REFERENCE constraint in database "{table.db}".',
             16,
