@@ -74,6 +74,8 @@ def plan_restore(
     except ChainBroken as exc:
         raise ChainBroken("; ".join([str(exc), *notes])) from None
     notes += catalog.foreign_fulls(full, reached)
+    if catalog.gap:
+        notes.insert(0, f"LATEST IS NOT THE NEWEST BACKUP: {catalog.gap}")
     return RestorePlan(catalog.database, reached, full, diff, logs, stop_at, notes)
 
 
@@ -111,6 +113,7 @@ class _Catalog:
         self.diffs = [b for b in mine if b.kind is Kind.DIFF]
         self.logs = sorted((b for b in mine if b.kind is Kind.LOG), key=lambda b: b.last_lsn)
         self._log_last_lsns = [b.last_lsn for b in self.logs]
+        self.gap = ""  # set when "latest" stops short of newer logs
         self._logs_by_first: dict[int, list[BackupSet]] = defaultdict(list)
         for log in self.logs:
             self._logs_by_first[log.first_lsn].append(log)
@@ -165,6 +168,8 @@ class _Catalog:
             current = self._next_log(expected, fork)
         reached = chain[-1].finished_at if chain else anchor.finished_at
         if target is None:
+            if any(log.first_lsn > expected for log in self.logs):
+                self.gap = self._gap_message(expected, reached, self.logs[-1].finished_at)
             return chain, None, reached
         raise ChainBroken(self._gap_message(expected, reached, target))
 
