@@ -1,6 +1,7 @@
 """The code location: one Definitions built from defs/, with only the stores this deployment
 configures (a store whose variables are unset is not part of it: no assets, no alerts)."""
 
+
 import dagster as dg
 
 from backup_pipelines.defs import lifecycle, postgres, qdrant, typesense
@@ -19,7 +20,13 @@ def build_definitions() -> dg.Definitions:
     stores = configured_stores()
     engines = index_engines(stores)
     parts = [dg.Definitions(resources=build_resources()), lifecycle.defs]
-    parts += [INDEX_DEFS[engine.name] for engine in engines]
+    for engine in engines:
+        index_defs = INDEX_DEFS[engine.name]
+        if "postgres" not in stores:  # nothing to follow: no SQL dump of the same partition
+            index_defs = index_defs.map_asset_specs(
+                func=lambda spec: spec.replace_attributes(deps=[])
+            )
+        parts.append(index_defs)
     index_stores = {engine.name for engine in engines}
     monitored: list[str] = []
     if "mssql" in stores:
@@ -29,6 +36,11 @@ def build_definitions() -> dg.Definitions:
             build_mssql_defs(),
             dg.Definitions(jobs=mssql_restore.build_mssql_restore_jobs(index_stores)),
         ]
+        if "postgres" not in stores and engines:
+            # The agents' vectors: per agent (workspace) and day, agents found in SQL Server.
+            agent_assets = [engine.asset for engine in engines]
+            monitored += agent_assets
+            parts.append(build_backup_defs(agent_assets, source="mssql"))
     if "postgres" in stores:
         # SQL is the truth the indexes are checked against and restored with.
         index_assets = [engine.asset for engine in engines]
