@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs when they are missing (Debian/Ubuntu):
-# the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack.
+# the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack,
+# pgBackRest (physical backups and WAL archiving) and stunnel (a TLS terminator in front of the
+# local S3 endpoint: pgBackRest speaks HTTPS only).
 set -euo pipefail
 
 have_postgres_server() {
@@ -10,6 +12,8 @@ have_postgres_server() {
 missing=()
 have_postgres_server || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
+command -v pgbackrest >/dev/null || missing+=(pgbackrest)
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
