@@ -530,6 +530,7 @@ class Stanza:
         target_action: str = "promote",
         archive_mode: str = "off",
         delta: bool = False,
+        backup_set: str | None = None,
         log: Log | None = None,
         timeout: float | None = None,
     ) -> None:
@@ -545,6 +546,10 @@ class Stanza:
             ]
         if delta:
             args.append("--delta")
+        if backup_set:
+            # Chosen by the caller: pgBackRest's own choice parses the target with less
+            # precision than PostgreSQL's microseconds.
+            args.append(f"--set={backup_set}")
         self.run("restore", *args, timeout=timeout, log=log)
 
 
