@@ -55,7 +55,8 @@ from backup_pipelines.lib.postgres import describe_database, pg_bin
 Log = Callable[[str], None]
 
 PENDING_SLACK_BYTES = 8192  # an idle server's last WAL page (standby snapshots) is not data at risk
-WALDUMP_SEGMENTS = 8  # how far back to look for the newest archived commit
+WALDUMP_SEGMENTS = 8
+REPO_LAG_TOLERANCE_SECONDS = 60  # how far back to look for the newest archived commit
 DEFAULT_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 
@@ -387,6 +388,9 @@ def wal_rpo(
         and server_newest
         and server_newest[:8] == (result.repo_archive_max or "")[:8]
         and (result.repo_archive_max or "") < server_newest
+        # info is read before the server: only a segment archived a while ago must be there
+        and last_time is not None
+        and (db_now - last_time).total_seconds() > REPO_LAG_TOLERANCE_SECONDS
     ):
         result.problems.append(
             f"the repository's newest WAL segment {result.repo_archive_max} is older than the "
