@@ -113,6 +113,7 @@ class ManagedRestoreConfig(dg.Config):
     to: str = ""  # ISO 8601 with a zone; else the run tag managed/to
     name: str = ""  # the new cluster's name (default <source>-pitr-<stamp>)
     wait_minutes: float = 30.0
+    poll_seconds: float = 10.0
     recreate_pools: bool = True
 
 
@@ -131,6 +132,7 @@ def managed_pitr_restore(
         parse_target(text),
         name=config.name or None,
         wait_timeout=config.wait_minutes * 60,
+        poll_seconds=config.poll_seconds,
         recreate_pools=config.recreate_pools,
     )
     summary = restored.to_dict()
