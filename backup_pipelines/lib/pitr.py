@@ -694,10 +694,12 @@ def restore_to_time(
 
     Default: a NEW data directory (`target_dir`, default `<BACKUP_WORK_DIR or tmp>/pitr_<stamp>`)
     and a free port (or `port`), archiving off so the copy never pushes WAL into the live
-    repository; the live cluster is not touched. `overwrite_live=True` stops the live cluster
-    and restores over its data directory (delta) instead, keeping its port and archiving.
+    repository; the live cluster is not touched. `overwrite_live=True` makes the verified copy
+    the live cluster (its port, options and archiving).
 
-    A target outside `reachable_window` is refused before anything is written."""
+    A target outside `reachable_window` is refused before anything is written. Over live it is
+    a verified swap: the copy is restored beside live, started and verified first, then
+    renamed into live's place (live's previous directory is kept beside it)."""
     if target.tzinfo is None:
         raise ConfigError(f"target time {target.isoformat()} has no time zone: add +00 or Z")
     started = time.monotonic()
@@ -707,48 +709,35 @@ def restore_to_time(
     reason = window.refuse_reason(target)
     if reason:
         raise PitrTargetUnreachable(reason)
-    backup = max(
-        (b for b in info.usable_backups if b.stopped_at < target), key=lambda b: b.stopped_at
-    )
+    backup = choose_backup(info, target)
     log(
         f"restoring to {format_target(target)} from backup {backup.label} ({backup.type}) and WAL "
         f"up to {window.newest_segment}"
     )
-    live = conninfo_to_dict(config.database_url)
+    live_dir = Path(config.pg_data or _pg1_path(stanza)) if overwrite_live else None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     if overwrite_live:
-        data_dir = Path(config.pg_data or _pg1_path(stanza))
-        port = int(live.get("port") or 5432)
-        options = _postmaster_options(data_dir)
-        log(f"stopping the live cluster ({data_dir}) to restore over it")
-        _pg_ctl(["stop", "-D", str(data_dir), "-m", "fast", "-w", "-t", "300"], stanza.os_user, 320)
-        stanza.restore(
-            data_dir,
-            target_time=target,
-            archive_mode="preserve",
-            delta=True,
-            backup_set=backup.label,
-            log=log,
-        )
-        start_options = options
+        # Beside the live directory (same file system: the swap is a rename).
+        data_dir = live_dir.parent / f"{live_dir.name}.pitr-{stamp}"
+        listen, port = "127.0.0.1", None
     else:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         data_dir = Path(
             target_dir
             or Path(os.environ.get("BACKUP_WORK_DIR") or tempfile.gettempdir()) / f"pitr_{stamp}"
         )
-        if data_dir.exists() and any(data_dir.iterdir()):
-            raise ConfigError(f"target directory {data_dir} is not empty")
-        if config.pg_data and data_dir.resolve() == Path(config.pg_data).resolve():
-            raise ConfigError(f"{data_dir} is the live data directory: use overwrite_live")
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if stanza.os_user:
-            shutil.chown(data_dir, stanza.os_user, stanza.os_user)
-        port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
-        stanza.restore(
-            data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
-        )
-        _ensure_config_files(data_dir, stanza.os_user)
-        start_options = ["-p", str(port), "-c", f"listen_addresses={listen}", "-k", str(data_dir)]
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ConfigError(f"target directory {data_dir} is not empty")
+    if config.pg_data and data_dir.resolve() == Path(config.pg_data).resolve():
+        raise ConfigError(f"{data_dir} is the live data directory: use overwrite_live")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stanza.os_user:
+        shutil.chown(data_dir, stanza.os_user, stanza.os_user)
+    port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
+    stanza.restore(
+        data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
+    )
+    _ensure_config_files(data_dir, stanza.os_user)
+    start_options = ["-p", str(port), "-c", f"listen_addresses={listen}", "-k", str(data_dir)]
     log_file = data_dir / "pitr-restore.log"
     _pg_ctl(
         ["start", "-D", str(data_dir), "-l", str(log_file), "-W", "-o", shlex.join(start_options)],
@@ -756,26 +745,16 @@ def restore_to_time(
         60,
     )
     host = "127.0.0.1" if listen in ("*", "0.0.0.0", "") else listen.split(",")[0].strip()
-    if overwrite_live:
-        url = config.database_url
-    else:
-        url = make_conninfo(config.database_url, host=host, port=str(port))
-    restored = RestoredCluster(
-        data_dir,
-        port,
-        url,
-        target,
-        backup.label,
-        overwrote_live=overwrite_live,
-        os_user=stanza.os_user,
-    )
+    url = make_conninfo(config.database_url, host=host, port=str(port))
+    restored = RestoredCluster(data_dir, port, url, target, backup.label, os_user=stanza.os_user)
     try:
         _wait_promoted(restored, log_file, recovery_timeout, log)
         _verify(restored, log_file)
     except BaseException:
-        if not overwrite_live:
-            restored.stop()
+        restored.stop()
         raise
+    if overwrite_live:
+        _swap_into_live(config, restored, live_dir, stamp, log)
     restored.seconds = time.monotonic() - started
     log(
         f"restored to {format_target(target)} in {restored.seconds:.1f} s: timeline "
@@ -783,6 +762,62 @@ def restore_to_time(
     )
     log(f"point the platform at it: DATABASE_URL={restored.display_url}")
     return restored
+
+
+def _swap_into_live(
+    config: PitrConfig, restored: RestoredCluster, live_dir: Path, stamp: str, log: Log
+) -> None:
+    """The verified copy becomes the live cluster: stop the copy, stop live, rename live's
+    directory aside (kept: `<dir>.before-pitr-<stamp>`), rename the copy into its place, start
+    it with live's own options (postmaster.opts) and archiving back on. Until the renames,
+    live is untouched; if the copy then fails to start, live's directory is put back."""
+    os_user = config.stanza.os_user
+    options = _postmaster_options(live_dir)
+    restored.stop()
+    auto = restored.data_dir / "postgresql.auto.conf"
+    if auto.exists():  # pgBackRest's archive-mode=off line: the new primary archives again
+        kept = [
+            line
+            for line in auto.read_text().splitlines()
+            if not line.strip().startswith("archive_mode")
+        ]
+        auto.write_text("\n".join(kept) + "\n")
+    (restored.data_dir / "pitr-restore.log").replace(
+        restored.data_dir.parent / f"{live_dir.name}.pitr-{stamp}.log"
+    )
+    log(f"stopping the live cluster ({live_dir}) to swap the restored copy in")
+    _pg_ctl(["stop", "-D", str(live_dir), "-m", "fast", "-w", "-t", "300"], os_user, 320)
+    aside = live_dir.parent / f"{live_dir.name}.before-pitr-{stamp}"
+    live_dir.rename(aside)
+    restored.data_dir.rename(live_dir)
+    log_file = live_dir.parent / f"{live_dir.name}.pitr-{stamp}.start.log"
+    argv = ["start", "-D", str(live_dir), "-l", str(log_file), "-w", "-t", "300"]
+    if options:
+        argv += ["-o", shlex.join(options)]
+    try:
+        _pg_ctl(argv, os_user, 320)
+    except PitrRestoreError as exc:
+        log(
+            f"the restored copy did not start in live's place, putting live back: {exc}\n{_log_tail(log_file)}"
+        )
+        live_dir.rename(restored.data_dir)
+        aside.rename(live_dir)
+        _pg_ctl(argv, os_user, 320, check=False)
+        raise
+    restored.data_dir, restored.url = live_dir, config.database_url
+    params = conninfo_to_dict(config.database_url)
+    restored.port = int(params.get("port") or 5432)
+    restored.overwrote_live = True
+    log(f"the live cluster now runs the restored data; the previous data directory is {aside}")
+
+
+def choose_backup(info: StanzaInfo, target: datetime):
+    """The newest backup that surely ended before the target (info's stop times are whole
+    seconds: one second of margin), else the oldest (the window check proved it reaches)."""
+    ended = [b for b in info.usable_backups if b.stopped_at + timedelta(seconds=1) <= target]
+    if ended:
+        return max(ended, key=lambda b: b.stopped_at)
+    return info.oldest_backup
 
 
 def _pg1_path(stanza: Stanza) -> str:
@@ -807,6 +842,10 @@ def _ensure_config_files(data_dir: Path, os_user: str | None) -> None:
         "pg_hba.conf": "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
         "pg_ident.conf": "",
     }
+    for stale in data_dir.glob(
+        ".s.PGSQL.*"
+    ):  # socket lock files copied with a data dir used as socket dir
+        stale.unlink(missing_ok=True)
     for name, text in defaults.items():
         path = data_dir / name
         if not path.exists():

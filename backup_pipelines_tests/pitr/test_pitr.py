@@ -283,3 +283,37 @@ def test_pgbackrest_s3_repository_behind_stunnel_backs_up_and_restores():
             if restored:
                 restored.remove()
             archiving.cluster.stop()
+
+
+def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes():
+    archiving = start_archiving_cluster()
+    try:
+        url = archiving.url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text NOT NULL)")
+            conn.execute("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 200) g")
+        archiving.stanza.backup("full")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items SELECT g, 'kept' FROM generate_series(201, 250) g")
+        target = _mark(url)
+        expected = checksum(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE id > 20")  # the incident
+        archive_now(url)
+        live_dir = archiving.cluster.data_dir
+        lines = []
+        restored = pitr.restore_to_time(
+            archiving.pitr_config(), target, overwrite_live=True, log=lines.append
+        )
+        assert restored.overwrote_live and restored.data_dir == live_dir
+        assert restored.port == archiving.cluster.port
+        assert checksum(url) == expected  # the live URL now serves the data at T
+        asides = list(live_dir.parent.glob(f"{live_dir.name}.before-pitr-*"))
+        assert len(asides) == 1 and (asides[0] / "PG_VERSION").exists()
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SHOW archive_mode").fetchone()[0] == "on"
+        archive_now(url)  # the new primary archives into the same stanza
+        with pytest.raises(pitr.BackupError):
+            restored.remove()  # never deletes the live directory
+    finally:
+        archiving.cluster.stop()
