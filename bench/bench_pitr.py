@@ -54,7 +54,10 @@ def measure_rpo(url: str, seconds: float, interval: float = 0.5) -> list[float]:
             conn.execute("CREATE TABLE IF NOT EXISTS rpo_probe (id serial, at timestamptz)")
             while not stop.is_set():
                 conn.execute("INSERT INTO rpo_probe (at) VALUES (clock_timestamp())")
-                segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+                # the insert position: the commit's end (the write position may lag behind)
+                segment = conn.execute(
+                    "SELECT pg_walfile_name(pg_current_wal_insert_lsn())"
+                ).fetchone()[0]
                 commits.append((time.monotonic(), segment))
                 time.sleep(interval)
 
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive-timeout", type=int, default=60)
     parser.add_argument("--load-seconds", type=float, default=150)
     parser.add_argument("--work-dir", default=str(ROOT / ".bench"))
+    parser.add_argument("--rpo-only", action="store_true", help="only the WAL RPO part")
     args = parser.parse_args(argv)
 
     from backup_pipelines.devstack.sample_data import Scale, seed
@@ -133,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         lags = measure_rpo(cluster.url(), args.load_seconds)
         results["rpo"] = lags
+        if args.rpo_only:
+            report(results, args)
+            return 0
 
         url = cluster.create_database("bench_memory")
         per = args.memories // 3
@@ -205,8 +212,7 @@ def pitr_wait_archive(url: str) -> None:
             "CREATE TABLE IF NOT EXISTS pitr_tick (at timestamptz DEFAULT clock_timestamp())"
         )
         conn.execute("INSERT INTO pitr_tick DEFAULT VALUES")
-        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]

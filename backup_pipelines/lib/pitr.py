@@ -326,8 +326,8 @@ def wal_rpo(
     with _connect(database_url) as conn:
         row = conn.execute(
             "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
-            "last_failed_wal, last_failed_time, now(), pg_current_wal_lsn()::text, "
-            "pg_walfile_name(pg_current_wal_lsn()), "
+            "last_failed_wal, last_failed_time, now(), pg_current_wal_insert_lsn()::text, "
+            "pg_walfile_name(pg_current_wal_insert_lsn()), "
             "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
             "current_setting('archive_mode'), "
             "(SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout'), "

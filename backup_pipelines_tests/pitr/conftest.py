@@ -102,8 +102,9 @@ def archive_now(url: str, timeout: float = 60) -> str:
             "CREATE TABLE IF NOT EXISTS pitr_ticks (at timestamptz DEFAULT clock_timestamp())"
         )
         conn.execute("INSERT INTO pitr_ticks DEFAULT VALUES")
-        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
+        # The segment the switch completes holds that commit (pg_current_wal_lsn() is the
+        # WRITE position: with synchronous_commit=off the commit may not be written yet).
+        segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             last = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
