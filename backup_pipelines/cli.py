@@ -33,20 +33,16 @@ def _store():
     return store_from_url(os.environ.get("BACKUP_STORE_URL"))
 
 
-def _typesense():
-    if os.environ.get("TYPESENSE_URL") and os.environ.get("TYPESENSE_API_KEY"):
-        from backup_pipelines.lib.typesense_client import TypesenseClient
+def _index_clients() -> dict:
+    """A client for every index engine the environment configures (engine name -> client)."""
+    from backup_pipelines.lib.engines import configured_engines
 
-        return TypesenseClient(os.environ["TYPESENSE_URL"], os.environ["TYPESENSE_API_KEY"])
-    return None
+    return {engine.name: engine.client_from_env(os.environ) for engine in configured_engines()}
 
 
-def _qdrant():
-    if os.environ.get("QDRANT_URL"):
-        from backup_pipelines.lib.qdrant_client import QdrantHttp
-
-        return QdrantHttp(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY") or None)
-    return None
+def _close_all(clients: dict) -> None:
+    for client in clients.values():
+        client.close()
 
 
 def _selected(store, args):
@@ -59,7 +55,8 @@ def _selected(store, args):
 
 
 def cmd_doctor(args) -> int:
-    from backup_pipelines.lib import postgres
+    from backup_pipelines.lib.engines import index_engines
+    from backup_pipelines.lib.postgres import connection as postgres
 
     failures = 0
 
@@ -88,16 +85,15 @@ def cmd_doctor(args) -> int:
             report("postgres", False, str(exc))
     else:
         print("--   postgres     DATABASE_URL not set: not part of this deployment")
-    for name, make in (("typesense", _typesense), ("qdrant", _qdrant)):
-        client = make()
-        if client is None:
-            print(f"--   {name:<12} not configured: not part of this deployment")
+    for engine in index_engines():
+        if not engine.configured(os.environ):
+            print(f"--   {engine.name:<12} not configured: not part of this deployment")
             continue
         try:
-            with client:
-                report(name, True, f"version {client.server_version()}")
+            with engine.client_from_env(os.environ) as client:
+                report(engine.name, True, f"version {client.server_version()}")
         except BackupError as exc:
-            report(name, False, str(exc))
+            report(engine.name, False, str(exc))
     return 1 if failures else 0
 
 
@@ -121,14 +117,15 @@ def cmd_list(args) -> int:
 
 def _verdict(store, ref, manifest) -> str:
     """The consistency gate's verdict of the partition (SQL against its index artifacts)."""
-    from backup_pipelines.lib.consistency import evaluate_partition
+    from backup_pipelines.lib.engines import index_engines
+    from backup_pipelines.lib.recovery.consistency import evaluate_partition
 
     refs, manifests = {ref.asset: ref}, {ref.asset: manifest}
-    for asset in ("typesense/collection_export", "qdrant/collection_snapshot"):
-        other = ArtifactRef(asset, ref.date, ref.workspace)
+    for engine in index_engines():
+        other = ArtifactRef(engine.asset, ref.date, ref.workspace)
         found = store.read_manifest(other)
         if found is not None:
-            refs[asset], manifests[asset] = other, found
+            refs[engine.asset], manifests[engine.asset] = other, found
     return evaluate_partition(store, refs, manifests, load_policy()).summary()
 
 
@@ -149,7 +146,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_restore_workspace(args) -> int:
-    from backup_pipelines.lib.restore import Mode, restore_workspace
+    from backup_pipelines.lib.engines import Mode
+    from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
@@ -158,10 +156,10 @@ def cmd_restore_workspace(args) -> int:
     store, policy = _store(), load_policy()
     failed = 0
     for workspace in args.workspace:
-        typesense, qdrant = _typesense(), _qdrant()
+        indexes = _index_clients()
         try:
             report = restore_workspace(
-                store, args.date, workspace, database_url, policy, typesense, qdrant,
+                store, args.date, workspace, database_url, policy, indexes,
                 mode=Mode(args.mode), dry_run=args.dry_run, override_gate=args.override_gate or "", log=print,
             )  # fmt: skip
             print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -169,14 +167,12 @@ def cmd_restore_workspace(args) -> int:
             failed += 1
             print(f"restore of {args.date}|{workspace} FAILED: {exc}", file=sys.stderr)
         finally:
-            for client in (typesense, qdrant):
-                if client is not None:
-                    client.close()
+            _close_all(indexes)
     return 1 if failed else 0
 
 
 def cmd_restore_full(args) -> int:
-    from backup_pipelines.lib.restore import restore_full_database
+    from backup_pipelines.lib.postgres.full_restore import restore_full_database
 
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
@@ -213,7 +209,7 @@ def _partition_label(date: str, workspace: str | None) -> str:
 
 
 def cmd_keep(args) -> int:
-    from backup_pipelines.lib.retention import mark_kept
+    from backup_pipelines.lib.lifecycle.markers import mark_kept
 
     try:
         mark_kept(_store(), args.date, args.workspace, args.reason, created_by=_who())
@@ -225,7 +221,7 @@ def cmd_keep(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from backup_pipelines.lib.retention import release
+    from backup_pipelines.lib.lifecycle.markers import release
 
     try:
         marker = release(_store(), args.date, args.workspace)
@@ -240,7 +236,7 @@ def cmd_release(args) -> int:
 
 
 def cmd_kept(args) -> int:
-    from backup_pipelines.lib.retention import list_kept
+    from backup_pipelines.lib.lifecycle.markers import list_kept
 
     markers = list_kept(_store())
     print(f"{'date':<11} {'workspace':<20} {'since':<25} {'by':<24} reason")
@@ -255,7 +251,7 @@ def cmd_kept(args) -> int:
 def cmd_retention(args) -> int:
     from datetime import UTC, date, datetime
 
-    from backup_pipelines.lib.retention import run_retention
+    from backup_pipelines.lib.lifecycle.retention import run_retention
 
     try:
         today = date.fromisoformat(args.today) if args.today else datetime.now(UTC).date()

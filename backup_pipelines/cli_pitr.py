@@ -16,7 +16,7 @@ from backup_pipelines.lib.policy import load_policy
 
 
 def _config():
-    from backup_pipelines.lib import pitr
+    from backup_pipelines.lib.postgres import pitr
 
     return pitr.PitrConfig.from_env(load_policy().pgbackrest_stanza)
 
@@ -28,7 +28,7 @@ def _target(text: str):
 
 
 def cmd_pitr_setup(args) -> int:
-    from backup_pipelines.lib import pitr
+    from backup_pipelines.lib.postgres import pitr
 
     policy = load_policy()
     config = _config()
@@ -43,7 +43,7 @@ def cmd_pitr_setup(args) -> int:
 
 
 def cmd_pitr_info(args) -> int:
-    from backup_pipelines.lib import pitr
+    from backup_pipelines.lib.postgres import pitr
 
     policy = load_policy()
     config = _config()
@@ -83,7 +83,7 @@ def _now():
 
 
 def cmd_restore_pitr(args) -> int:
-    from backup_pipelines.lib import pitr
+    from backup_pipelines.lib.postgres import pitr
 
     restored = pitr.restore_to_time(
         _config(),
@@ -100,7 +100,7 @@ def cmd_restore_pitr(args) -> int:
 
 
 def cmd_restore_managed(args) -> int:
-    from backup_pipelines.lib.digitalocean import ManagedDatabases
+    from backup_pipelines.lib.postgres.digitalocean import ManagedDatabases
 
     api = ManagedDatabases.from_env(log=print)
     restored = api.restore_to_time(

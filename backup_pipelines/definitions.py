@@ -3,48 +3,37 @@ configures (a store whose variables are unset is not part of it: no assets, no a
 
 import dagster as dg
 
-from backup_pipelines.defs import (
-    consistency,
-    drill,
-    health,
-    monitoring,
-    postgres,
-    qdrant,
-    restore,
-    retention,
-    rpo,
-    run_alerts,
-    typesense,
-)
+from backup_pipelines.defs import lifecycle, postgres, qdrant, typesense
+from backup_pipelines.defs.backups import build_backup_defs
+from backup_pipelines.defs.monitoring import health, rpo, run_alerts
+from backup_pipelines.defs.recovery import consistency, drill, restore
 from backup_pipelines.defs.resources import build_resources, configured_stores
+from backup_pipelines.lib.engines import index_engines
 
-INDEX_ASSETS = {"typesense": "typesense/collection_export", "qdrant": "qdrant/collection_snapshot"}
+# Each index engine's backup assets and checks (lib.engines names the engines).
+INDEX_DEFS = {"typesense": typesense.defs, "qdrant": qdrant.defs}
 
 
 def build_definitions() -> dg.Definitions:
     stores = configured_stores()
-    parts = [dg.Definitions(resources=build_resources()), retention.defs]
-    if "typesense" in stores:
-        parts.append(typesense.defs)
-    if "qdrant" in stores:
-        parts.append(qdrant.defs)
+    engines = index_engines(stores)
+    parts = [dg.Definitions(resources=build_resources()), lifecycle.defs]
+    parts += [INDEX_DEFS[engine.name] for engine in engines]
     if "postgres" in stores:
         # SQL is the truth the indexes are checked against and restored with.
-        index_stores = stores & set(INDEX_ASSETS)
-        backup_assets = ["postgres/full_dump", "postgres/workspace_dump"]
-        backup_assets += [INDEX_ASSETS[s] for s in sorted(index_stores)]
+        index_stores = {engine.name for engine in engines}
+        index_assets = [engine.asset for engine in engines]
+        backup_assets = ["postgres/full_dump", "postgres/workspace_dump", *index_assets]
         parts += [
             postgres.defs,
-            monitoring.build_monitoring_defs(backup_assets),
-            consistency.build_defs([INDEX_ASSETS[s] for s in sorted(index_stores)]),
+            build_backup_defs(backup_assets),
+            consistency.build_defs(index_assets),
             dg.Definitions(
                 jobs=[
                     restore.build_restore_job(index_stores),
                     restore.build_full_restore_job(index_stores),
                 ]
             ),
-        ]
-        parts += [
             rpo.build_rpo_defs(backup_assets),
             health.build_health_defs(backup_assets),
             drill.build_drill_defs(index_stores),
@@ -63,8 +52,8 @@ def optional_tiers() -> list[dg.Definitions]:
     DIGITALOCEAN_DATABASE_ID)."""
     import os
 
-    from backup_pipelines.lib import digitalocean as do_lib
-    from backup_pipelines.lib import pitr as pitr_lib
+    from backup_pipelines.lib.postgres import digitalocean as do_lib
+    from backup_pipelines.lib.postgres import pitr as pitr_lib
 
     tiers = []
     if pitr_lib.configured():

@@ -88,7 +88,7 @@ def qdrant_url():
     if os.environ.get("QDRANT_URL"):
         yield os.environ["QDRANT_URL"]
         return
-    from backup_pipelines.devstack.stack import QdrantStandinProcess
+    from backup_pipelines.devstack.qdrant import QdrantStandinProcess
 
     with QdrantStandinProcess() as standin:
         yield standin.url
@@ -98,28 +98,27 @@ def qdrant_url():
 def indexed_source(source_db, typesense_server, qdrant_url):
     """The seeded database with every workspace's memories indexed in Typesense and Qdrant,
     as the platform would; collections are dropped afterwards."""
-    from backup_pipelines.lib import memory_index
     from backup_pipelines.lib.policy import Policy
-    from backup_pipelines.lib.qdrant_client import QdrantHttp
-    from backup_pipelines.lib.typesense_client import TypesenseClient
+    from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows
+    from backup_pipelines.lib.qdrant.client import QdrantHttp
+    from backup_pipelines.lib.qdrant.points import index_into_qdrant
+    from backup_pipelines.lib.typesense.client import TypesenseClient
+    from backup_pipelines.lib.typesense.documents import index_into_typesense
 
     policy = Policy()
     typesense = TypesenseClient(typesense_server.url, typesense_server.api_key)
     qdrant = QdrantHttp(qdrant_url, os.environ.get("QDRANT_API_KEY"))
     with psycopg.connect(source_db) as conn:
         for workspace in WORKSPACES:
-            rows = memory_index.iter_memory_rows(conn, workspace, policy)
-            memory_index.index_into_typesense(
-                typesense, policy.typesense_collection_for(workspace), rows
-            )
-            rows = memory_index.iter_memory_rows(conn, workspace, policy)
-            memory_index.index_into_qdrant(
-                qdrant, policy.qdrant_collections_for(workspace)[0], rows
-            )
+            rows = iter_memory_rows(conn, workspace, policy)
+            index_into_typesense(typesense, policy.typesense_collection_for(workspace), rows)
+            rows = iter_memory_rows(conn, workspace, policy)
+            index_into_qdrant(qdrant, policy.qdrant_collections_for(workspace)[0], rows)
     yield {
         "db": source_db,
         "typesense": typesense,
         "qdrant": qdrant,
+        "indexes": {"typesense": typesense, "qdrant": qdrant},  # engine name -> client
         "policy": policy,
         "typesense_url": typesense_server.url,
         "typesense_api_key": typesense_server.api_key,

@@ -1,7 +1,9 @@
 """Small helpers shared by tests (no fakes of project code here)."""
 
-from backup_pipelines.lib import index_backup, postgres
+from backup_pipelines.lib.postgres import dump as postgres
+from backup_pipelines.lib.qdrant.snapshot import snapshot_qdrant_collections
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.typesense.export import export_typesense_collection
 
 DATE = "2026-11-21"
 
@@ -32,15 +34,13 @@ def back_up(store, indexed, workspace, sql=True, indexes=("typesense", "qdrant")
         collection = policy.typesense_collection_for(workspace)
         with store.begin(ref) as writer:
             writer.commit(
-                **index_backup.export_typesense_collection(
-                    client, client.http.base_url, collection, writer
-                )
+                **export_typesense_collection(client, client.http.base_url, collection, writer)
             )
     if "qdrant" in indexes:
         client = indexed["qdrant"]
         ref = ArtifactRef("qdrant/collection_snapshot", date, workspace)
         with store.begin(ref) as writer:
-            fields = index_backup.snapshot_qdrant_collections(
+            fields = snapshot_qdrant_collections(
                 client, client.http.base_url, policy.qdrant_collections_for(workspace), writer
             )
             writer.commit(**fields)

@@ -210,8 +210,8 @@ def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(
 ):
     import psycopg
 
-    from backup_pipelines.lib import postgres
     from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.postgres import dump as postgres
 
     source_db = indexed_source["db"]
     with psycopg.connect(source_db, autocommit=True) as conn:

@@ -229,8 +229,11 @@ def run_child(*args: str) -> str:
 
 def evaluate_in_this_process(root: Path) -> None:
     """The measured part: what the gate does for one partition."""
-    from backup_pipelines.lib import consistency
     from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.postgres.ids import sql_ids_from_workspace_dump
+    from backup_pipelines.lib.qdrant.ids import ids_from_qdrant_artifact
+    from backup_pipelines.lib.recovery import consistency
+    from backup_pipelines.lib.typesense.ids import ids_from_typesense_export
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     store = LocalStore(root)
@@ -245,21 +248,21 @@ def evaluate_in_this_process(root: Path) -> None:
 
     sql = timed(
         "sql",
-        consistency.sql_ids_from_workspace_dump,
+        sql_ids_from_workspace_dump,
         store,
         SQL_REF,
         store.require_manifest(SQL_REF),
     )
     typesense = timed(
         "typesense",
-        consistency.ids_from_typesense_export,
+        ids_from_typesense_export,
         store,
         TS_REF,
         store.require_manifest(TS_REF),
     )
     qdrant = timed(
         "qdrant",
-        consistency.ids_from_qdrant_artifact,
+        ids_from_qdrant_artifact,
         store,
         QD_REF,
         store.require_manifest(QD_REF),

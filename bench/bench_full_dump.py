@@ -109,7 +109,7 @@ def child_dagster(result_path: str) -> int:
 
 def child_library(result_path: str) -> int:
     marks = {"script_start": time.time()}
-    from backup_pipelines.lib.postgres import dump_full_database
+    from backup_pipelines.lib.postgres.dump import dump_full_database
     from backup_pipelines.lib.store import ArtifactRef, store_from_url
 
     marks["imported"] = time.time()
@@ -236,7 +236,7 @@ def run_child(mode: str, env: dict, work: Path, label: str) -> dict:
 def timed_pg_dump(database_url: str, flags: list[str], target: Path) -> dict:
     import subprocess
 
-    from backup_pipelines.lib.postgres import client_env, pg_bin
+    from backup_pipelines.lib.postgres.connection import client_env, pg_bin
 
     target.unlink(missing_ok=True)
     argv = [pg_bin("pg_dump"), "--no-password", *flags, "-f", str(target)]
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from backup_pipelines.devstack.postgres_cluster import PostgresCluster
     from backup_pipelines.devstack.s3_server import S3Server
-    from backup_pipelines.lib.postgres import pg_bin, tool_version
+    from backup_pipelines.lib.postgres.connection import pg_bin, tool_version
 
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="full-dump-", dir=args.work_dir))
@@ -617,7 +617,7 @@ def report(results: dict, gen_seconds: float, db_size: int, args) -> None:
         print("  runbook ratios: not measured (--skip-runbook); this run cannot be reported")
     d = results.get("dagster_s3")
     if d:
-        from backup_pipelines.lib.store import S3_PART_SIZE
+        from backup_pipelines.lib.store.s3 import S3_PART_SIZE
 
         part_mb = os.environ.get("BACKUP_S3_PART_MB", f"{S3_PART_SIZE >> 20} (default)")
         print(f"  (S3 part size BACKUP_S3_PART_MB = {part_mb})")

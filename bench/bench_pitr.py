@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster  # noqa: E402
-from backup_pipelines.lib import pgbackrest, pitr  # noqa: E402
+from backup_pipelines.lib.postgres import pgbackrest, pitr  # noqa: E402
 
 STANZA = "bench"
 
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from backup_pipelines.devstack.sample_data import Scale, seed
-    from backup_pipelines.lib.postgres import dump_full_database
-    from backup_pipelines.lib.restore import restore_full_database
+    from backup_pipelines.lib.postgres.dump import dump_full_database
+    from backup_pipelines.lib.postgres.full_restore import restore_full_database
     from backup_pipelines.lib.store import ArtifactRef, LocalStore
 
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)

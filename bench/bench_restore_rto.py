@@ -7,14 +7,14 @@ process) and filled:
 * generation: `devstack.sample_data` seeds the workspace inside PostgreSQL (384-dim `real[]`
   embeddings, sessions, turns, knowledge-graph nodes with embeddings and edges) plus a small
   neighbour workspace that must stay untouched, then `VACUUM (ANALYZE)`;
-* indexing, the platform's own mapping (`lib.memory_index.to_typesense_document` /
+* indexing, the platform's own mapping (`lib.typesense.documents.to_typesense_document` /
   `to_qdrant_point`'s payload), but faster than `LocalStack.seed`: Typesense gets 10,000
   documents a request; the Qdrant collection is written with Qdrant's engine (qdrant-edge,
   as the stand-in does) straight into the stand-in's storage before it starts, with the
   embeddings read from PostgreSQL by a binary COPY into numpy (no JSON of 384 floats a point);
 * backup: the daily artifacts of the partition, as the tests and the Dagster assets make them
-  (`postgres.dump_workspace`, `index_backup.export_typesense_collection`,
-  `index_backup.snapshot_qdrant_collections`) into a LocalStore under the work folder.
+  (`postgres.dump.dump_workspace`, `typesense.export.export_typesense_collection`,
+  `qdrant.snapshot.snapshot_qdrant_collections`) into a LocalStore under the work folder.
 
 All of that is timed and printed separately and excluded. Then the incident: the workspace's
 rows deleted children-first (with `session_replication_role = replica`, so that deleting
@@ -63,21 +63,23 @@ from psycopg import sql
 
 from backup_pipelines.devstack import sample_data
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster
-from backup_pipelines.devstack.qdrant_standin import Collection, collection_config_from_request
-from backup_pipelines.devstack.stack import DATABASE_NAME, QdrantStandinProcess
+from backup_pipelines.devstack.qdrant import QdrantStandinProcess
+from backup_pipelines.devstack.qdrant.models import collection_config_from_request
+from backup_pipelines.devstack.qdrant.storage import Collection
+from backup_pipelines.devstack.stack import DATABASE_NAME
 from backup_pipelines.devstack.typesense_server import TypesenseServer
-from backup_pipelines.lib import index_backup, postgres
-from backup_pipelines.lib.memory_index import (
-    MemoryRow,
-    to_qdrant_point,
-    to_typesense_document,
-    typesense_schema,
-)
+from backup_pipelines.lib.engines import Mode
+from backup_pipelines.lib.mapping import MemoryRow
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.qdrant_client import QdrantHttp
-from backup_pipelines.lib.restore import Mode, restore_workspace
+from backup_pipelines.lib.postgres import dump as postgres
+from backup_pipelines.lib.qdrant.client import QdrantHttp
+from backup_pipelines.lib.qdrant.points import to_qdrant_point
+from backup_pipelines.lib.qdrant.snapshot import snapshot_qdrant_collections
+from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
-from backup_pipelines.lib.typesense_client import TypesenseClient
+from backup_pipelines.lib.typesense.client import TypesenseClient
+from backup_pipelines.lib.typesense.documents import to_typesense_document, typesense_schema
+from backup_pipelines.lib.typesense.export import export_typesense_collection
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATE = "2026-11-21"
@@ -377,7 +379,7 @@ def back_up(store, database_url, typesense, qdrant, policy, workspace) -> dict[s
     started = time.monotonic()
     with store.begin(ArtifactRef(ASSETS[1], DATE, workspace)) as writer:
         writer.commit(
-            **index_backup.export_typesense_collection(
+            **export_typesense_collection(
                 typesense,
                 typesense.http.base_url,
                 policy.typesense_collection_for(workspace),
@@ -388,7 +390,7 @@ def back_up(store, database_url, typesense, qdrant, policy, workspace) -> dict[s
     started = time.monotonic()
     with store.begin(ArtifactRef(ASSETS[2], DATE, workspace)) as writer:
         writer.commit(
-            **index_backup.snapshot_qdrant_collections(
+            **snapshot_qdrant_collections(
                 qdrant, qdrant.http.base_url, policy.qdrant_collections_for(workspace), writer
             )
         )
@@ -521,7 +523,14 @@ def run_size(memories: int, work: Path, neighbour: int) -> dict:
         with CpuSampler(groups) as sampler, PgActivitySampler(url) as activity:
             started = time.monotonic()
             report = restore_workspace(
-                store, DATE, WORKSPACE, url, policy, typesense, qdrant, mode=Mode.MERGE, log=log
+                store,
+                DATE,
+                WORKSPACE,
+                url,
+                policy,
+                {"typesense": typesense, "qdrant": qdrant},
+                mode=Mode.MERGE,
+                log=log,
             )
             wall = time.monotonic() - started
         seconds = {s: report.seconds.get(s, 0.0) for s in STEPS}
@@ -562,7 +571,7 @@ def run_size(memories: int, work: Path, neighbour: int) -> dict:
             cpu=cpu,
             sql_tables=sql_tables,
             pg_statements=dict(sorted(activity.seconds.items(), key=lambda kv: -kv[1])),
-            restored={"sql": report.sql, "typesense": report.typesense, "qdrant": report.qdrant},
+            restored={"sql": report.sql, **report.indexes},
             checks={"sql_rows": after, "typesense": ts_count, "qdrant": qd_count},
             problems=problems,
         )

@@ -29,7 +29,7 @@ import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backup_pipelines.defs import rpo as rpo_defs
+from backup_pipelines.defs.monitoring import rpo as rpo_defs
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, store_from_url
 from backup_pipelines_tests.alert_receiver import AlertReceiver

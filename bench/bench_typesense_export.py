@@ -1,7 +1,7 @@
 """Benchmark of the typesense/collection_export backup against the runbook's curl export.
 
 Starts a real typesense-server (0.24.1, loopback, throwaway data dir), fills one collection
-with realistic memory documents (the shape of memory_index.to_typesense_document: id,
+with realistic memory documents (the shape of typesense.documents.to_typesense_document: id,
 workspace_id, session_id, kind, content of 8-48 words, importance, created_at, updated_at),
 then exports that same collection, alternately:
 
@@ -9,7 +9,7 @@ then exports that same collection, alternately:
       curl -H "X-TYPESENSE-API-KEY: $KEY" "$URL/collections/$C/documents/export" > file
   timed by this process from launch to exit;
 * ours: a child process (the venv python) that builds a TypesenseClient and a LocalStore and
-  runs index_backup.export_typesense_collection + commit, timing the export call itself;
+  runs typesense.export.export_typesense_collection + commit, timing the export call itself;
   its peak RSS is the max of ru_maxrss in the child and psutil polling from this process.
 
 Each side runs --rounds times (default 2, alternating) and the best of each is compared.
@@ -188,7 +188,8 @@ def generate_jsonl(count: int, seed: int = 20261121, batch: int = 5000):
     import random
     from datetime import UTC, datetime, timedelta
 
-    from backup_pipelines.lib.memory_index import MemoryRow, to_typesense_document
+    from backup_pipelines.lib.mapping import MemoryRow
+    from backup_pipelines.lib.typesense.documents import to_typesense_document
 
     rng = random.Random(seed)
     words, cumulative = make_vocabulary(rng)
@@ -246,12 +247,12 @@ def _vm_hwm() -> int:
 def child_export(result_path: str, store_dir: str) -> int:
     """Ours, as a backup run does it: client + LocalStore, export, commit."""
     marks = {"started": time.monotonic()}
-    from backup_pipelines.lib.index_backup import (
+    from backup_pipelines.lib.store import ArtifactRef, LocalStore
+    from backup_pipelines.lib.typesense.client import TypesenseClient
+    from backup_pipelines.lib.typesense.export import (
         TYPESENSE_DOCUMENTS_FILE,
         export_typesense_collection,
     )
-    from backup_pipelines.lib.store import ArtifactRef, LocalStore
-    from backup_pipelines.lib.typesense_client import TypesenseClient
 
     url, key = os.environ[URL_ENV], os.environ[KEY_ENV]
     client = TypesenseClient(url, key)
@@ -290,7 +291,7 @@ def child_probe(result_path: str, variant: str, scratch: str) -> int:
     import requests
     import zstandard
 
-    from backup_pipelines.lib.typesense_client import API_KEY_HEADER, TypesenseClient
+    from backup_pipelines.lib.typesense.client import API_KEY_HEADER, TypesenseClient
 
     url, key = os.environ[URL_ENV], os.environ[KEY_ENV]
     export_url = f"{url}/collections/{COLLECTION}/documents/export"
@@ -522,8 +523,8 @@ def run_ours(work: Path, env: dict, server_cpu: ServerCpu, index: int) -> dict:
 
 
 def generate(server, docs: int) -> tuple[float, int]:
-    from backup_pipelines.lib.memory_index import typesense_schema
-    from backup_pipelines.lib.typesense_client import TypesenseClient
+    from backup_pipelines.lib.typesense.client import TypesenseClient
+    from backup_pipelines.lib.typesense.documents import typesense_schema
 
     t0 = time.perf_counter()
     with TypesenseClient(server.url, server.api_key) as client:

@@ -10,9 +10,10 @@ import dagster as dg
 
 from backup_pipelines.defs.pitr import parse_target
 from backup_pipelines.defs.resources import PolicyResource
-from backup_pipelines.lib import alerts, digitalocean, rpo
 from backup_pipelines.lib.errors import ConfigError
+from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres import digitalocean
 
 MANAGED_BACKUPS = dg.AssetKey(["postgres", "managed_backups"])
 MANAGED_ASSET = "postgres/managed_backups"

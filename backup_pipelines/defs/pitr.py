@@ -3,7 +3,7 @@
 through the existing channels, recorded as the `wal_rpo_met` check), and `pitr_restore_job`.
 
 Part of the deployment only when DATABASE_URL and PGBACKREST_CONFIG or PGBACKREST_REPO_URL are
-set (`lib.pitr.configured`)."""
+set (`lib.postgres.pitr.configured`)."""
 
 import os
 from datetime import UTC, datetime
@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from backup_pipelines.defs.resources import PolicyResource
-from backup_pipelines.lib import alerts, pitr, rpo
 from backup_pipelines.lib.errors import ConfigError
+from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres import pitr
 
 PHYSICAL_BACKUP = dg.AssetKey(["postgres", "physical_backup"])
 WAL_ARCHIVE = "postgres/wal_archive"  # the subject of the WAL RPO in alerts and the report

@@ -5,7 +5,7 @@ import dagster as dg
 from backup_pipelines.defs.artifacts import backup_freshness, build_verify_check, write_artifact
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, PostgresResource
-from backup_pipelines.lib import postgres
+from backup_pipelines.lib.postgres import dump
 from backup_pipelines.lib.store import ArtifactRef
 
 FULL_DUMP = dg.AssetKey(["postgres", "full_dump"])
@@ -32,7 +32,7 @@ def full_dump(
         context,
         backup_store.get_store(),
         ref,
-        lambda writer: postgres.dump_full_database(
+        lambda writer: dump.dump_full_database(
             postgres_db.database_url, writer, level, context.log.info
         ),
     )
@@ -62,7 +62,7 @@ def workspace_dump(
         context,
         backup_store.get_store(),
         ref,
-        lambda writer: postgres.dump_workspace(
+        lambda writer: dump.dump_workspace(
             postgres_db.database_url, workspace, rules, writer, context.log.info
         ),
     )

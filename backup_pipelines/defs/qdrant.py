@@ -6,7 +6,10 @@ from backup_pipelines.defs.artifacts import backup_freshness, verify_artifact_ch
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.postgres import WORKSPACE_DUMP
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, QdrantResource
-from backup_pipelines.lib.index_backup import snapshot_qdrant_collections, verify_snapshots_offline
+from backup_pipelines.lib.qdrant.snapshot import (
+    snapshot_qdrant_collections,
+    verify_snapshots_offline,
+)
 from backup_pipelines.lib.store import ArtifactRef
 
 COLLECTION_SNAPSHOT = dg.AssetKey(["qdrant", "collection_snapshot"])

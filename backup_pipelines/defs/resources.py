@@ -3,10 +3,14 @@ UI and run config show the variable's name, never its value."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import dagster as dg
 
+from backup_pipelines.lib.engines import configured_engines
 from backup_pipelines.lib.policy import Policy, load_policy
 from backup_pipelines.lib.store import BackupStore, store_from_url
 
@@ -33,7 +37,7 @@ class TypesenseResource(dg.ConfigurableResource):
     api_key: str
 
     def client(self):
-        from backup_pipelines.lib.typesense_client import TypesenseClient
+        from backup_pipelines.lib.typesense.client import TypesenseClient
 
         return TypesenseClient(self.url, self.api_key)
 
@@ -45,7 +49,7 @@ class QdrantResource(dg.ConfigurableResource):
     api_key: str = ""
 
     def client(self):
-        from backup_pipelines.lib.qdrant_client import QdrantHttp
+        from backup_pipelines.lib.qdrant.client import QdrantHttp
 
         return QdrantHttp(self.url, self.api_key or None)
 
@@ -65,10 +69,7 @@ def configured_stores(env: dict[str, str] | None = None) -> set[str]:
     stores = set()
     if env.get("DATABASE_URL"):
         stores.add("postgres")
-    if env.get("TYPESENSE_URL") and env.get("TYPESENSE_API_KEY"):
-        stores.add("typesense")
-    if env.get("QDRANT_URL"):
-        stores.add("qdrant")
+    stores.update(engine.name for engine in configured_engines(env))
     return stores
 
 
@@ -89,3 +90,11 @@ def build_resources(env: dict[str, str] | None = None) -> dict[str, dg.Configura
         api_key = dg.EnvVar("QDRANT_API_KEY") if env.get("QDRANT_API_KEY") else ""
         resources["qdrant"] = QdrantResource(url=env["QDRANT_URL"], api_key=api_key)
     return resources
+
+
+@contextlib.contextmanager
+def index_clients(resources, names: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """A client for each named index engine, from its resource (named like the engine);
+    all closed on exit."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(getattr(resources, name).client()) for name in names}

@@ -6,8 +6,8 @@ from backup_pipelines.defs.artifacts import backup_freshness, build_verify_check
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.postgres import WORKSPACE_DUMP
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, TypesenseResource
-from backup_pipelines.lib.index_backup import export_typesense_collection
 from backup_pipelines.lib.store import ArtifactRef
+from backup_pipelines.lib.typesense.export import export_typesense_collection
 
 COLLECTION_EXPORT = dg.AssetKey(["typesense", "collection_export"])
 

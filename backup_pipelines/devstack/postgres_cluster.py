@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from backup_pipelines.devstack.ports import LOOPBACK, free_port
-from backup_pipelines.lib.postgres import pg_bin
+from backup_pipelines.lib.postgres.connection import pg_bin
 
 
 def _as_server_user(argv: list[str]) -> list[str]:

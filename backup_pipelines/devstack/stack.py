@@ -15,59 +15,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from backup_pipelines.devstack import sample_data
-from backup_pipelines.devstack.ports import LOOPBACK, free_port, wait_for_port
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster
+from backup_pipelines.devstack.qdrant import QdrantStandinProcess
 from backup_pipelines.devstack.s3_server import S3Server
 from backup_pipelines.devstack.typesense_server import TypesenseServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_WORKSPACES = ["ws_acme", "ws_globex", "ws_initech"]
 DATABASE_NAME = "agent_memory"
-
-
-class QdrantStandinProcess:
-    """The Qdrant stand-in in a process of its own, spoken to over real HTTP."""
-
-    def __init__(self, api_key: str | None = None) -> None:
-        self.port = free_port()
-        self.api_key = api_key
-        self._dir = Path(tempfile.mkdtemp(prefix="qdrant-standin-"))
-        self._process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def start(self) -> QdrantStandinProcess:
-        argv = [sys.executable, "-m", "backup_pipelines.devstack.qdrant_standin"]
-        argv += ["--port", str(self.port), "--storage", str(self._dir)]
-        if self.api_key:
-            argv += ["--api-key", self.api_key]
-        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, timeout=30)
-        return self
-
-    def stop(self) -> None:
-        if self._process:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> QdrantStandinProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class LocalStack:
@@ -131,10 +90,12 @@ def index_workspaces(stack: LocalStack, workspaces: list[str]) -> dict[str, int]
     """Index every memory entry of each workspace, as the platform itself would."""
     import psycopg
 
-    from backup_pipelines.lib import memory_index
     from backup_pipelines.lib.policy import Policy
-    from backup_pipelines.lib.qdrant_client import QdrantHttp
-    from backup_pipelines.lib.typesense_client import TypesenseClient
+    from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows
+    from backup_pipelines.lib.qdrant.client import QdrantHttp
+    from backup_pipelines.lib.qdrant.points import index_into_qdrant
+    from backup_pipelines.lib.typesense.client import TypesenseClient
+    from backup_pipelines.lib.typesense.documents import index_into_typesense
 
     policy = Policy()
     counts = {"typesense_documents": 0, "qdrant_points": 0}
@@ -144,12 +105,12 @@ def index_workspaces(stack: LocalStack, workspaces: list[str]) -> dict[str, int]
         QdrantHttp(stack.qdrant.url) as qdrant,
     ):
         for workspace in workspaces:
-            rows = memory_index.iter_memory_rows(conn, workspace, policy)
-            counts["typesense_documents"] += memory_index.index_into_typesense(
+            rows = iter_memory_rows(conn, workspace, policy)
+            counts["typesense_documents"] += index_into_typesense(
                 typesense, policy.typesense_collection_for(workspace), rows
             )
-            rows = memory_index.iter_memory_rows(conn, workspace, policy)
-            counts["qdrant_points"] += memory_index.index_into_qdrant(
+            rows = iter_memory_rows(conn, workspace, policy)
+            counts["qdrant_points"] += index_into_qdrant(
                 qdrant, policy.qdrant_collections_for(workspace)[0], rows
             )
     return counts

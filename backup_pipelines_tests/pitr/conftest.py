@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster
-from backup_pipelines.lib import pgbackrest, pitr
+from backup_pipelines.lib.postgres import pgbackrest, pitr
 
 STANZA = "agent"
 

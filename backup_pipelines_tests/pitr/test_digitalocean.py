@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from backup_pipelines.devstack.digitalocean_standin import DigitalOceanStandin
-from backup_pipelines.lib.digitalocean import DigitalOceanError, ManagedDatabases
+from backup_pipelines.lib.postgres.digitalocean import DigitalOceanError, ManagedDatabases
 
 POOLS = [
     {"name": "agent-pool", "mode": "transaction", "size": 10, "db": "defaultdb"},

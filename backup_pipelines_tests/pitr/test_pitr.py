@@ -11,7 +11,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from backup_pipelines.lib import pgbackrest, pitr
+from backup_pipelines.lib.postgres import pgbackrest, pitr
 from backup_pipelines_tests.pitr.conftest import archive_now, checksum, start_archiving_cluster
 
 

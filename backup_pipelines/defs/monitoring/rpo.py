@@ -1,0 +1,189 @@
+"""The RPO sensor: per asset x workspace, recorded as the `rpo_met` asset check, alerted once
+per breach and once per recovery."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from backup_pipelines.defs.partitions import workspaces as workspaces_partitions
+from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+from backup_pipelines.lib.monitoring import alerts, rpo
+from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.store import BackupStore
+
+RPO_CHECK = "rpo_met"
+FULL_DATABASE_ASSETS = {"postgres/full_dump"}
+MAX_ROWS_SHOWN = 50
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _asset_key(asset: str) -> dg.AssetKey:
+    return dg.AssetKey(asset.split("/"))
+
+
+def asset_url(asset: str) -> str | None:
+    return alerts.ui_url(f"/assets/{asset}")
+
+
+# --------------------------------------------------------------------------------------------
+# RPO
+
+
+def rpo_subjects(instance: dg.DagsterInstance, assets: list[str]) -> dict[str, list]:
+    workspaces = sorted(instance.get_dynamic_partitions(workspaces_partitions.name))
+    return {a: [None] if a in FULL_DATABASE_ASSETS else list(workspaces) for a in assets}
+
+
+def run_history(
+    instance: dg.DagsterInstance, assets: list[str], since: datetime
+) -> dict[str, dict[str | None, str]]:
+    """Newest materialized date per asset and workspace since `since`, from the event log."""
+    history: dict[str, dict[str | None, str]] = {}
+    for asset in assets:
+        newest: dict[str | None, str] = {}
+        cursor = None
+        while True:
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=_asset_key(asset), after_timestamp=since.timestamp()
+                ),
+                limit=1000,
+                cursor=cursor,
+            )
+            for record in result.records:
+                day, _, workspace = (record.partition_key or "").partition("|")
+                workspace = workspace or None
+                if day and day > newest.get(workspace, ""):
+                    newest[workspace] = day
+            if not result.has_more:
+                break
+            cursor = result.cursor
+        history[asset] = newest
+    return history
+
+
+def evaluate_rpo(
+    instance: dg.DagsterInstance,
+    store: BackupStore,
+    policy: Policy,
+    assets: list[str],
+    now: datetime,
+    horizon_days: int | None = None,
+) -> rpo.Evaluation:
+    since = now - timedelta(days=rpo.rpo_window_days(policy))
+    history = run_history(instance, assets, since)
+    subjects = rpo_subjects(instance, assets)
+    return rpo.evaluate(store, subjects, history, policy, now, horizon_days)
+
+
+def rpo_check_result(items: list[rpo.Freshness]) -> dict:
+    """Arguments of the `rpo_met` evaluation of one asset: late workspaces and their ages."""
+    late = sorted((i for i in items if i.late), key=lambda i: -(i.age_hours or float("inf")))
+    disagreeing = [i for i in items if i.disagreement]
+    target = items[0].target_hours if items else 0.0  # no workspace yet: nothing is late
+    ages = [i.age_hours for i in items if i.age_hours is not None]
+    rows = "\n".join(
+        f"| {i.workspace or '(whole database)'} | {i.describe_age()} | {i.newest_date or '-'} |"
+        for i in late[:MAX_ROWS_SHOWN]
+    )
+    table = "| workspace | age | newest backup |\n|---|---|---|\n" + rows if late else "none"
+    if len(late) > MAX_ROWS_SHOWN:
+        table += f"\n\n… and {len(late) - MAX_ROWS_SHOWN} more"
+    return {
+        "passed": not late and not disagreeing,
+        # Late is a missed RPO (error); a disagreement alone is a warning to look into.
+        "severity": dg.AssetCheckSeverity.ERROR if late else dg.AssetCheckSeverity.WARN,
+        "description": (
+            f"{len(late)} of {len(items)} workspace(s) past the RPO of {target:g} h"
+            if late
+            else f"all {len(items)} workspace(s) within the RPO of {target:g} h"
+        )
+        + (f"; {len(disagreeing)} disagree with run history" if disagreeing else ""),
+        "metadata": {
+            "workspaces_checked": dg.MetadataValue.int(len(items)),
+            "workspaces_late": dg.MetadataValue.int(len(late)),
+            "target_hours": dg.MetadataValue.float(float(target or 0)),
+            "oldest_age_hours": dg.MetadataValue.float(round(max(ages), 2) if ages else -1.0),
+            "late": dg.MetadataValue.md(table),
+            "late_workspaces": dg.MetadataValue.json(
+                [i.to_row() for i in late[: MAX_ROWS_SHOWN * 10]]
+            ),
+            "history_disagreements": dg.MetadataValue.json(
+                [i.to_row() for i in disagreeing[:MAX_ROWS_SHOWN]]
+            ),
+        },
+    }
+
+
+def rpo_check_evaluations(evaluation: rpo.Evaluation) -> list[dg.AssetCheckEvaluation]:
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=_asset_key(asset), check_name=RPO_CHECK, **rpo_check_result(items)
+        )
+        for asset, items in evaluation.by_asset().items()
+    ]
+
+
+def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
+    """The `rpo_met` check of each backup asset: the sensor records it every tick; running it
+    from the UI evaluates it on demand (without alerting)."""
+
+    def build(asset: str) -> dg.AssetChecksDefinition:
+        @dg.asset_check(
+            asset=_asset_key(asset),
+            name=RPO_CHECK,
+            description="Newest committed backup of every workspace younger than the RPO.",
+        )
+        def rpo_met(
+            context: dg.AssetCheckExecutionContext,
+            backup_store: BackupStoreResource,
+            policy: PolicyResource,
+        ) -> dg.AssetCheckResult:
+            evaluation = evaluate_rpo(
+                context.instance, backup_store.get_store(), policy.load(), [asset], utc_now()
+            )
+            return dg.AssetCheckResult(**rpo_check_result(evaluation.items))
+
+        return rpo_met
+
+    return [build(asset) for asset in assets]
+
+
+def build_rpo_sensor(assets: list[str]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="rpo_sensor",
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Age of the newest backup of every asset x workspace against the RPO; "
+        "records the rpo_met checks and alerts once per breach and once per recovery.",
+    )
+    def rpo_sensor(
+        context: dg.SensorEvaluationContext,
+        backup_store: BackupStoreResource,
+        policy: PolicyResource,
+    ) -> dg.SensorResult:
+        log = context.log.warning
+        evaluation = evaluate_rpo(
+            context.instance, backup_store.get_store(), policy.load(), assets, utc_now()
+        )
+        state = rpo.BreachState.from_cursor(context.cursor)
+        breached, recovered, state = rpo.transitions(state, evaluation)
+        new_alerts = rpo.alerts_for(breached, "rpo_breach", asset_url)
+        new_alerts += rpo.alerts_for(recovered, "rpo_recovered", asset_url)
+        state.pending = alerts.send_keeping_pending(new_alerts, state.pending, log)
+        context.log.info(
+            f"{len(evaluation.items)} asset x workspace evaluated, {len(evaluation.late())} late, "
+            f"{len(breached)} new breach(es), {len(recovered)} recovered"
+        )
+        return dg.SensorResult(
+            asset_events=rpo_check_evaluations(evaluation), cursor=state.to_cursor()
+        )
+
+    return rpo_sensor
+
+
+def build_rpo_defs(assets: list[str]) -> dg.Definitions:
+    return dg.Definitions(asset_checks=build_rpo_checks(assets), sensors=[build_rpo_sensor(assets)])

@@ -1,0 +1,1 @@
+"""Recovery wiring: the consistency checks on index artifacts, the restore jobs, the drill."""

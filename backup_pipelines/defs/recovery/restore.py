@@ -1,0 +1,237 @@
+"""Restore jobs. The workspace restore is partitioned like the backups (date x workspace), so
+an on-call engineer restores N workspaces to a date by launching a backfill in the UI.
+
+Per-backfill options come from run tags, because the UI's backfill dialog passes tags and
+not config; config keeps safe defaults:
+    restore/mode            merge (default: add what is missing, never overwrite) | replace
+    restore/dry_run         true: locate, verify, gate and stage the SQL, then roll back
+    restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
+"""
+
+import time
+
+import dagster as dg
+
+from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
+from backup_pipelines.defs.resources import index_clients
+from backup_pipelines.lib.engines import Mode, index_engines
+from backup_pipelines.lib.postgres.full_restore import restore_full_database
+from backup_pipelines.lib.recovery import full_restore
+from backup_pipelines.lib.recovery import workspace_restore as restore
+from backup_pipelines.lib.recovery.consistency import Outcome
+
+MODE_TAG = "restore/mode"
+DRY_RUN_TAG = "restore/dry_run"
+OVERRIDE_TAG = "restore/override_gate"
+
+
+class RestoreOptions(dg.Config):
+    mode: str = "merge"
+    dry_run: bool = False
+    override_gate: str = ""
+
+
+def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> RestoreOptions:
+    """Run tags (set per backfill in the UI) win over config; both default to the safe choice."""
+    tags = context.run.tags
+    mode = tags.get(MODE_TAG, config.mode)
+    if mode not in {m.value for m in Mode}:
+        raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not one of merge, replace")
+    dry_run = tags.get(DRY_RUN_TAG, str(config.dry_run)).lower() in {"1", "true", "yes"}
+    return RestoreOptions(
+        mode=mode, dry_run=dry_run, override_gate=tags.get(OVERRIDE_TAG, config.override_gate)
+    )
+
+
+def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
+    """The workspace restore job over the index stores this deployment has."""
+    engines = index_engines(index_stores)
+    index_assets = [engine.asset for engine in engines]
+    index_keys = {engine.name for engine in engines}
+
+    @dg.op(required_resource_keys={"backup_store"})
+    def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
+        date, workspace = date_and_workspace(context.partition_key)
+        store = context.resources.backup_store.get_store()
+        located = restore.locate_and_verify(store, date, workspace, index_assets)
+        context.add_output_metadata(
+            {
+                "artifacts": dg.MetadataValue.json(
+                    {a: store.location(r) for a, r in located.refs.items()}
+                ),
+                "bytes_verified": dg.MetadataValue.int(located.verified_bytes),
+            }
+        )
+        return located
+
+    @dg.op(required_resource_keys={"backup_store", "policy"})
+    def consistency_gate(
+        context: dg.OpExecutionContext, config: RestoreOptions, located: restore.Located
+    ) -> str:
+        options = options_of(context, config)
+        store = context.resources.backup_store.get_store()
+        verdict = restore.consistency_gate(store, located, context.resources.policy.load())
+        evidence = {
+            "verdict": dg.MetadataValue.text(str(verdict.outcome)),
+            "evidence": dg.MetadataValue.json(verdict.to_dict()),
+        }
+        if verdict.outcome == Outcome.FAIL:
+            if not options.override_gate:
+                raise dg.Failure(
+                    description=f"restore refused, nothing written: {verdict.summary()}",
+                    metadata=evidence,
+                    allow_retries=False,
+                )
+            context.log.warning(
+                f"GATE OVERRIDDEN ({options.override_gate!r}) despite: {verdict.summary()}"
+            )
+            evidence["gate_overridden"] = dg.MetadataValue.text(options.override_gate)
+        context.add_output_metadata(evidence)
+        return str(verdict.outcome)
+
+    @dg.op(required_resource_keys={"backup_store", "postgres_db"})
+    def restore_sql_rows(
+        context: dg.OpExecutionContext,
+        config: RestoreOptions,
+        located: restore.Located,
+        verdict: str,
+    ) -> dict:
+        options = options_of(context, config)
+        started = time.monotonic()
+        report = restore.merge_sql(
+            context.resources.postgres_db.database_url,
+            context.resources.backup_store.get_store(),
+            located,
+            dry_run=options.dry_run,
+            log=context.log.info,
+        )
+        inserted = sum(t["inserted"] for t in report.values())
+        context.add_output_metadata(
+            {
+                "tables": dg.MetadataValue.json(report),
+                "rows_inserted": dg.MetadataValue.int(inserted),
+                "rows_already_present": dg.MetadataValue.int(
+                    sum(t["already_present"] for t in report.values())
+                ),
+                "dry_run": dg.MetadataValue.bool(options.dry_run),
+                "seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
+            }
+        )
+        return report
+
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
+    def restore_indexes(
+        context: dg.OpExecutionContext,
+        config: RestoreOptions,
+        located: restore.Located,
+        verdict: str,
+        sql_report: dict,
+    ) -> dict:
+        options = options_of(context, config)
+        if options.dry_run:
+            return {"dry_run": True}
+        store = context.resources.backup_store.get_store()
+        policy = context.resources.policy.load()
+        database_url = context.resources.postgres_db.database_url
+        rebuild = verdict == Outcome.REBUILD_INDEX
+        mode = Mode(options.mode)
+        with index_clients(context.resources, index_keys) as clients:
+            done = restore.restore_indexes(
+                clients, store, located, policy, mode, rebuild, database_url
+            )
+        context.add_output_metadata(
+            {name: dg.MetadataValue.json(report) for name, report in done.items()}
+        )
+        return done
+
+    @dg.op(required_resource_keys={"postgres_db", "policy", *index_keys})
+    def verify_restored(
+        context: dg.OpExecutionContext, located: restore.Located, index_report: dict
+    ) -> None:
+        if index_report.get("dry_run"):
+            context.log.info("dry run: nothing was written, nothing to verify")
+            return
+        policy = context.resources.policy.load()
+        with index_clients(context.resources, index_keys) as clients:
+            result = restore.verify_restore(
+                context.resources.postgres_db.database_url, located, policy, clients
+            )
+        context.add_output_metadata({"verification": dg.MetadataValue.json(result)})
+        if result["problems"]:
+            raise dg.Failure(
+                description="; ".join(result["problems"]),
+                metadata={"verification": dg.MetadataValue.json(result)},
+            )
+
+    @dg.job(
+        name="workspace_restore_job",
+        partitions_def=daily_by_workspace,
+        description="Restore one workspace (SQL rows, Typesense, Qdrant) to a date; refuses when SQL and index disagree.",
+        tags={"restore": "workspace"},
+    )
+    def workspace_restore_job():
+        located = locate_and_verify_artifacts()
+        verdict = consistency_gate(located)
+        sql_report = restore_sql_rows(located, verdict)
+        verify_restored(located, restore_indexes(located, verdict, sql_report))
+
+    return workspace_restore_job
+
+
+class FullRestoreOptions(dg.Config):
+    target_database: str = ""  # default: <live>_restored_<date>, a new database
+    overwrite_live: bool = False  # restore over the live database itself: explicit only
+    jobs: int = 2  # parallel pg_restore jobs
+    commands_before: list[str] = []  # e.g. stop the agent gateway
+    commands_after: list[str] = []  # e.g. run migrations, restart the gateway
+    restore_indexes: bool = True
+
+
+def build_full_restore_job(index_stores: set[str]) -> dg.JobDefinition:
+    """The whole database from `postgres/full_dump`, then every missing index collection of
+    that date from its artifacts, with the runbooks' before/after steps and a final health check."""
+    index_keys = {engine.name for engine in index_engines(index_stores)}
+
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
+    def restore_full(context: dg.OpExecutionContext, config: FullRestoreOptions) -> dict:
+        date = context.partition_key
+        log = context.log.info
+        full_restore.run_commands(config.commands_before, log, "before restore")
+        store = context.resources.backup_store.get_store()
+        database = restore_full_database(
+            store,
+            date,
+            context.resources.postgres_db.database_url,
+            config.target_database or None,
+            config.overwrite_live,
+            config.jobs,
+            log=log,
+        )
+        with index_clients(context.resources, index_keys) as clients:
+            indexes = {}
+            if config.restore_indexes:
+                policy = context.resources.policy.load()
+                indexes = full_restore.restore_missing_indexes(store, date, policy, clients, log)
+            full_restore.run_commands(config.commands_after, log, "after restore")
+            health = full_restore.health_check(context.resources.postgres_db.database_url, clients)
+        context.add_output_metadata(
+            {
+                "database": dg.MetadataValue.text(database["database"]),
+                "rows": dg.MetadataValue.json(database["rows"]),
+                "restore_seconds": dg.MetadataValue.float(database["seconds"]),
+                "indexes_restored": dg.MetadataValue.json(indexes),
+                "health": dg.MetadataValue.json(health),
+            }
+        )
+        return database
+
+    @dg.job(
+        name="full_restore_job",
+        partitions_def=daily,
+        description="The whole database into a new database (default), then every missing index; health check at the end.",
+        tags={"restore": "full"},
+    )
+    def full_restore_job():
+        restore_full()
+
+    return full_restore_job

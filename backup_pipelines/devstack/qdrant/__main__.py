@@ -1,0 +1,3 @@
+from backup_pipelines.devstack.qdrant.server import main
+
+main()

@@ -1,0 +1,215 @@
+"""HTTP calls to the index stores (Typesense, Qdrant) with bounded retries.
+
+Transient failures (connection refused or reset, timeouts, HTTP 429 and 5xx) are retried with
+exponential backoff; anything else fails at once. Errors name the store, the operation and the
+URL path, never the API key: the key travels in a header only, and every message is scrubbed
+of it anyway in case a server echoes it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from backup_pipelines.lib.errors import BackupError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Enough of a server's error body to explain it, not enough to flood a log.
+MAX_DETAIL_CHARS = 500
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a transient failure."""
+
+    attempts: int = 5
+    first_delay: float = 0.2
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    # Jitter spreads the retries of parallel workers so they do not hammer a store in step.
+    jitter: float = 0.1
+    connect_timeout: float = 5.0
+    read_timeout: float = 120.0
+
+    def delay_before(self, retry_number: int) -> float:
+        """Seconds to sleep before retry 1, 2, ... (exponential, capped, jittered)."""
+        base = min(self.max_delay, self.first_delay * self.multiplier ** (retry_number - 1))
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+
+class IndexStoreError(BackupError):
+    """A call to an index store failed for good (after retries, or not retryable)."""
+
+    def __init__(
+        self,
+        store: str,
+        operation: str,
+        path: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.store = store
+        self.operation = operation
+        self.path = path
+        self.status = status
+        self.attempts = attempts
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"{store} {operation} failed{tries} ({path}): {reason}")
+
+
+class StoreHttp:
+    """A requests.Session bound to one store's base URL and secret headers, with retries."""
+
+    def __init__(
+        self,
+        store: str,
+        base_url: str,
+        secret_headers: Mapping[str, str] | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy or RetryPolicy()
+        self._secrets = [value for value in (secret_headers or {}).values() if value]
+        self._sleep = sleep
+        self.session = requests.Session()
+        self.session.headers.update(secret_headers or {})
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        accept_statuses: Collection[int] = (200, 201),
+        retry: bool = True,
+        body_factory: Callable[[], Any] | None = None,
+        read_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send method to base_url + path, retrying transient failures.
+
+        Returns the response when its status is in accept_statuses; raises IndexStoreError
+        otherwise. A body that can be sent once only (a generator) must come from
+        body_factory, which builds a fresh one per attempt; pass retry=False when even that
+        is unsafe (a non-idempotent write).
+        """
+        attempts = self.policy.attempts if retry else 1
+        timeout = (self.policy.connect_timeout, read_timeout or self.policy.read_timeout)
+        last_reason, last_status = "not attempted", None
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self._pause_before_retry(attempt - 1, method, path, operation, last_reason)
+            if body_factory is not None:
+                kwargs["data"] = body_factory()
+            try:
+                response = self.session.request(
+                    method, self.base_url + path, timeout=timeout, **kwargs
+                )
+            except (requests.ConnectionError, requests.Timeout) as error:
+                last_reason = f"{type(error).__name__}: {self.redact(str(error))}"
+                last_status = None
+                continue
+            if response.status_code in accept_statuses:
+                return response
+            last_reason, last_status = self._describe_status(response), response.status_code
+            response.close()
+            if last_status not in RETRYABLE_STATUSES:
+                raise self.error(operation, path, last_reason, last_status, attempt)
+        raise self.error(operation, path, last_reason, last_status, attempts)
+
+    def json(self, method: str, path: str, operation: str, **kwargs: Any) -> Any:
+        """request() and decode the JSON body."""
+        response = self.request(method, path, operation, **kwargs)
+        try:
+            return response.json()
+        except ValueError as error:
+            raise self.error(operation, path, f"response is not JSON: {error}") from error
+
+    def stream_chunks(
+        self, response: requests.Response, operation: str, path: str, chunk_size: int
+    ) -> Iterator[bytes]:
+        """The body of a streamed response in chunks; a broken connection becomes our error."""
+        try:
+            yield from response.iter_content(chunk_size=chunk_size)
+        except (requests.RequestException, OSError) as error:
+            reason = f"body cut off: {type(error).__name__}: {self.redact(str(error))}"
+            raise self.error(operation, path, reason) from error
+        finally:
+            response.close()
+
+    def error(
+        self,
+        operation: str,
+        path: str,
+        reason: str,
+        status: int | None = None,
+        attempts: int = 1,
+    ) -> IndexStoreError:
+        return IndexStoreError(
+            self.store,
+            operation,
+            _without_query(path),
+            self.redact(reason),
+            status=status,
+            attempts=attempts,
+        )
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _pause_before_retry(
+        self, retry_number: int, method: str, path: str, operation: str, reason: str
+    ) -> None:
+        delay = self.policy.delay_before(retry_number)
+        log.warning(
+            "%s %s: %s %s failed (%s); retry %d/%d in %.2f s",
+            self.store,
+            operation,
+            method,
+            _without_query(path),
+            reason,
+            retry_number,
+            self.policy.attempts - 1,
+            delay,
+        )
+        self._sleep(delay)
+
+    def _describe_status(self, response: requests.Response) -> str:
+        # Read only the head of the body: an error on a streamed call could be large.
+        head = next(response.iter_content(MAX_DETAIL_CHARS), b"")
+        detail = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+        return f"HTTP {response.status_code} {response.reason or ''}: {detail}".strip()
+
+
+def _without_query(path: str) -> str:
+    # Query strings may carry checksums or filters; the path alone is enough to locate a call.
+    return urlsplit(path).path or path
+
+
+def public_host(url: str) -> str:
+    """scheme://host:port of a store URL: no path, query or credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")

@@ -1,0 +1,172 @@
+"""What the store holds, from one listing: every artifact folder (committed or not), and the
+debris of crashed runs — generation folders no manifest refers to, stray local `.tmp` files,
+and S3 multipart uploads never completed — once older than `incomplete_max_age_hours`
+(younger ones may belong to a run in flight). A generation folder's age is that of its newest
+file; an S3 upload's, the time since it started or since its newest part arrived, whichever
+is later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from backup_pipelines.lib.errors import StoreError
+from backup_pipelines.lib.lifecycle.markers import DATE_PATTERN, KEEP_PREFIX
+from backup_pipelines.lib.store import (
+    GENERATION_PREFIX,
+    MANIFEST_NAME,
+    ArtifactRef,
+    BackupStore,
+    S3Store,
+    parse_artifact_folder,
+)
+
+RESERVED_PREFIXES = (KEEP_PREFIX, "_health/")
+
+
+@dataclass
+class Generation:
+    bytes: int = 0
+    newest_mtime: float = 0.0
+
+
+@dataclass
+class Folder:
+    """An artifact folder as listed: manifest or not, generation folders, loose files."""
+
+    ref: ArtifactRef
+    has_manifest: bool = False
+    bytes: int = 0
+    generations: dict[str, Generation] = field(default_factory=dict)
+    loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
+
+    def add(self, key: str, size: int, mtime: float, generation: str | None) -> None:
+        self.bytes += size
+        if generation is not None:
+            entry = self.generations.setdefault(generation, Generation())
+            entry.bytes += size
+            entry.newest_mtime = max(entry.newest_mtime, mtime)
+        elif key.endswith("/" + MANIFEST_NAME):
+            self.has_manifest = True
+        else:
+            self.loose.append((key, size, mtime))
+
+
+def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
+    """Every artifact folder, committed or not, from a single listing of the store."""
+    folders: dict[ArtifactRef, Folder] = {}
+    for key, size, mtime in store._list(""):
+        if key.startswith(RESERVED_PREFIXES):
+            continue
+        parent = key.rpartition("/")[0]
+        ref, generation = parse_artifact_folder(parent), None
+        if ref is None:  # maybe <artifact folder>/<generation>/<file>
+            grandparent, _, generation = parent.rpartition("/")
+            if not generation.startswith(GENERATION_PREFIX):
+                continue
+            ref = parse_artifact_folder(grandparent)
+            if ref is None:
+                continue
+        if not DATE_PATTERN.fullmatch(ref.date):
+            continue  # e.g. date=2026-3-1: not written by this project, never touched
+        folders.setdefault(ref, Folder(ref)).add(key, size, mtime, generation)
+    return folders
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Debris of a crashed run: never part of a committed artifact."""
+
+    kind: str  # "orphan generation" | "temp file" | "multipart upload"
+    key: str  # relative to the store; a generation folder ends with "/"
+    bytes: int
+    age_hours: float
+    upload_id: str | None = None
+
+
+def find_leftovers(
+    store: BackupStore,
+    folders: dict[ArtifactRef, Folder],
+    doomed: set[ArtifactRef],
+    now: float,
+    max_age_hours: float,
+) -> list[Leftover]:
+    found: list[Leftover] = []
+    for ref, folder in sorted(folders.items(), key=lambda item: item[0].folder):
+        if ref in doomed:
+            continue  # goes with its partition
+        found += _orphan_generations(store, folder, now, max_age_hours)
+        found += _stray_temp_files(folder, now, max_age_hours)
+    if isinstance(store, S3Store):
+        found += _stale_uploads(store, now, max_age_hours)
+    return found
+
+
+def _age_hours(now: float, mtime: float) -> float:
+    return (now - mtime) / 3600
+
+
+def _orphan_generations(
+    store: BackupStore, folder: Folder, now: float, max_age_hours: float
+) -> list[Leftover]:
+    old = {
+        name: gen
+        for name, gen in folder.generations.items()
+        if _age_hours(now, gen.newest_mtime) > max_age_hours
+    }
+    if not old:
+        return []
+    try:
+        current = _current_generation(store, folder)
+    except StoreError:
+        return []  # an unreadable manifest: which generation it names is unknown, keep all
+    return [
+        Leftover(
+            "orphan generation",
+            f"{folder.ref.folder}/{name}/",
+            gen.bytes,
+            _age_hours(now, gen.newest_mtime),
+        )
+        for name, gen in sorted(old.items())
+        if name != current
+    ]
+
+
+def _current_generation(store: BackupStore, folder: Folder) -> str | None:
+    """The generation the manifest refers to. A committed folder with a single generation
+    folder is taken to be that manifest's (a commit writes files, then the manifest, then
+    drops the previous generation; a crash leaves a second one), so manifests are read only
+    where two or more generations meet — if the guess is ever wrong, an orphan survives,
+    never an artifact's data."""
+    if not folder.has_manifest:
+        return None
+    if len(folder.generations) == 1:
+        return next(iter(folder.generations))
+    manifest = store.read_manifest(folder.ref)
+    return None if manifest is None else manifest.get("generation")
+
+
+def _stray_temp_files(folder: Folder, now: float, max_age_hours: float) -> list[Leftover]:
+    # The local store stages a manifest as `.manifest.json.<hex>.tmp` before its rename.
+    return [
+        Leftover("temp file", key, size, _age_hours(now, mtime))
+        for key, size, mtime in folder.loose
+        if key.rpartition("/")[2].startswith(".")
+        and key.endswith(".tmp")
+        and _age_hours(now, mtime) > max_age_hours
+    ]
+
+
+def _stale_uploads(store: S3Store, now: float, max_age_hours: float) -> list[Leftover]:
+    """Unfinished multipart uploads idle for longer than the limit: started that long ago
+    and no part since (a long upload still receiving parts belongs to a run in flight)."""
+    base = store._full("")
+    stale = []
+    for full_key, upload_id, started in store.incomplete_uploads():
+        if _age_hours(now, started) <= max_age_hours:
+            continue
+        key = full_key[len(base) :]
+        last_part = store.upload_last_part_time(key, upload_id)
+        idle_hours = _age_hours(now, max(started, last_part or started))
+        if idle_hours > max_age_hours:
+            stale.append(Leftover("multipart upload", key, 0, idle_hours, upload_id))
+    return stale

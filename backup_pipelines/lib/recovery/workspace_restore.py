@@ -1,0 +1,274 @@
+"""Workspace restore, step by step, each step gating the next (DESIGN "Restores"):
+
+1. locate the partition's artifacts and verify every checksum;
+2. the consistency gate: SQL and index artifacts of the same point in time must agree;
+3. SQL: the backed-up rows merged into the live tables (postgres.merge: one transaction,
+   insert-missing-only, parents first);
+4. indexes: each engine restores its collection from its artifact, or rebuilds it from the SQL
+   rows when the verdict is REBUILD_INDEX — in `merge` mode only what is missing is added, so
+   newer data is never overwritten; `replace` puts the backup's state back as it was;
+5. verify: every backed-up row is present, and a search in each index finds a restored memory.
+
+Plain Python reading only the store and the live systems, so the Dagster job and the command
+line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
+through backup_pipelines.lib.engines only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
+from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows, newest_memory
+from backup_pipelines.lib.postgres.merge import merge_sql_rows
+from backup_pipelines.lib.recovery import consistency
+from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.streams import Log
+from backup_pipelines.lib.workspaces import validate_workspace_id
+
+SQL_ASSET = "postgres/workspace_dump"
+
+
+class GateRefused(BackupError):
+    """The consistency gate said FAIL: nothing was written."""
+
+    def __init__(self, verdict) -> None:
+        self.verdict = verdict
+        super().__init__(
+            "restore refused by the consistency gate: "
+            + verdict.summary()
+            + " — nothing was written; pick another date, or override the gate explicitly"
+        )
+
+
+@dataclass
+class Located:
+    """The artifacts of one partition, verified."""
+
+    date: str
+    workspace: str
+    refs: dict[str, ArtifactRef]
+    manifests: dict[str, dict]
+    verified_bytes: int
+
+    @property
+    def sql(self) -> tuple[ArtifactRef, dict]:
+        return self.refs[SQL_ASSET], self.manifests[SQL_ASSET]
+
+
+@dataclass
+class RestoreReport:
+    workspace: str
+    date: str
+    mode: str
+    verdict: str
+    sql: dict = field(default_factory=dict)
+    indexes: dict[str, dict] = field(default_factory=dict)  # engine name -> what it did
+    verification: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def index_assets(indexes: Mapping[str, Any]) -> list[str]:
+    """The index artifacts a restore with these clients (engine name -> client) reads besides
+    the SQL dump."""
+    return [engine.asset for engine in index_engines(indexes)]
+
+
+def locate_and_verify(
+    store: BackupStore, date: str, workspace: str, index_assets: list[str]
+) -> Located:
+    """Every artifact of the partition, each file checked against its manifest's sha256."""
+    workspace = validate_workspace_id(workspace)
+    refs, manifests, problems, verified = {}, {}, [], 0
+    for asset in [SQL_ASSET, *index_assets]:
+        ref = ArtifactRef(asset, date, workspace)
+        manifest = store.read_manifest(ref)
+        if manifest is None:
+            problems.append(f"no complete {asset} artifact at {store.location(ref)}")
+            continue
+        result = store.verify(ref)
+        problems.extend(result.problems)
+        verified += result.bytes
+        refs[asset], manifests[asset] = ref, manifest
+    if problems:
+        raise BackupError(f"cannot restore {date}|{workspace}: " + "; ".join(problems))
+    return Located(date, workspace, refs, manifests, verified)
+
+
+def consistency_gate(store: BackupStore, located: Located, policy: Policy):
+    """The verdict of the partition's SQL artifact against each of its index artifacts."""
+    return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
+
+
+def merge_sql(
+    database_url: str,
+    store: BackupStore,
+    located: Located,
+    dry_run: bool = False,
+    log: Log | None = None,
+) -> dict:
+    ref, manifest = located.sql
+    return merge_sql_rows(database_url, store, ref, manifest, dry_run=dry_run, log=log)
+
+
+def restore_index(
+    engine: IndexEngine,
+    client,
+    store: BackupStore,
+    located: Located,
+    policy: Policy,
+    mode: Mode,
+    rebuild: bool,
+    database_url: str,
+    target: str | None = None,
+) -> dict:
+    """One engine's collection of the workspace back, into `target` (default: its own name):
+    from the artifact, or rebuilt from the SQL rows when the gate says the index is stale or
+    the artifact does not hold the collection."""
+    collection = engine.memory_collection(policy, located.workspace)
+    target = target or collection
+    manifest = located.manifests.get(engine.asset)
+    if rebuild or manifest is None or not engine.holds(manifest, collection):
+        with psycopg.connect(database_url) as conn:
+            rows = iter_memory_rows(conn, located.workspace, policy)
+            return engine.rebuild(client, target, rows, mode)
+    ref = located.refs[engine.asset]
+    return engine.restore(client, store, ref, manifest, collection, target, mode)
+
+
+def restore_indexes(
+    indexes: Mapping[str, Any],
+    store: BackupStore,
+    located: Located,
+    policy: Policy,
+    mode: Mode,
+    rebuild: bool,
+    database_url: str,
+    targets: Mapping[str, str] | None = None,
+    lap=None,
+) -> dict[str, dict]:
+    """Every engine's collection of the workspace back (engine name -> what it did)."""
+    done: dict[str, dict] = {}
+    for engine in index_engines(indexes):
+        done[engine.name] = restore_index(
+            engine,
+            indexes[engine.name],
+            store,
+            located,
+            policy,
+            mode,
+            rebuild,
+            database_url,
+            (targets or {}).get(engine.name),
+        )
+        if lap is not None:
+            lap(engine.name)
+    return done
+
+
+def verify_restore(
+    database_url: str,
+    located: Located,
+    policy: Policy,
+    indexes: Mapping[str, Any] | None = None,
+    targets: Mapping[str, str] | None = None,
+) -> dict:
+    """Counts at least the backup's, and a restored memory found by search in every index
+    (in `targets`' collections where given: where it was restored to)."""
+    indexes, targets = indexes or {}, targets or {}
+    _ref, manifest = located.sql
+    problems: list[str] = []
+    result: dict = {"sql_rows": {}}
+    with psycopg.connect(database_url) as conn:
+        for entry in manifest["tables"]:
+            schema, name = entry["table"].split(".", 1)
+            live = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                    sql.Identifier(schema, name), sql.Identifier(entry["workspace_column"])
+                ),
+                (located.workspace,),
+            ).fetchone()[0]
+            result["sql_rows"][entry["table"]] = live
+            if live < entry["rows"]:
+                problems.append(
+                    f"{entry['table']}: {live} rows live, {entry['rows']} in the backup"
+                )
+        probe = newest_memory(conn, located.workspace, policy)
+    for engine in index_engines(indexes) if probe is not None else []:
+        collection = targets.get(engine.name) or engine.memory_collection(policy, located.workspace)
+        found = engine.finds(indexes[engine.name], collection, probe)
+        result[f"{engine.name}_search_found_memory"] = found
+        if not found:
+            problems.append(f"{engine.label} search did not return restored memory {probe.id}")
+    result["problems"] = problems
+    return result
+
+
+def restore_workspace(
+    store: BackupStore,
+    date: str,
+    workspace: str,
+    database_url: str,
+    policy: Policy,
+    indexes: Mapping[str, Any] | None = None,
+    mode: Mode = Mode.MERGE,
+    dry_run: bool = False,
+    override_gate: str = "",
+    log: Log | None = None,
+    index_targets: Mapping[str, str] | None = None,
+) -> RestoreReport:
+    """The whole restore in-process (the command line's path; the Dagster job runs the same
+    steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
+
+    `index_targets` (engine name -> collection) names the collections to restore INTO
+    (default: the policy's); the backed-up collections are still looked up, gated and
+    recovered by the policy's names. The restore drill uses it to restore into scratch
+    collections beside the live ones."""
+    log = log or (lambda _m: None)
+    indexes, targets = indexes or {}, index_targets or {}
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    def lap(step: str) -> None:
+        timings[step] = time.monotonic() - started - sum(timings.values())
+
+    located = locate_and_verify(store, date, workspace, index_assets(indexes))
+    lap("locate_and_verify")
+    verdict = consistency_gate(store, located, policy)
+    lap("consistency_gate")
+    log(f"consistency gate: {verdict.summary()}")
+    if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
+        raise GateRefused(verdict)
+    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome))
+    if override_gate and verdict.outcome == consistency.Outcome.FAIL:
+        log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
+        report.verification["gate_overridden"] = override_gate
+    report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
+    lap("sql")
+    if dry_run:
+        report.seconds = timings
+        return report
+    rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
+    report.indexes = restore_indexes(
+        indexes, store, located, policy, mode, rebuild, database_url, targets, lap
+    )
+    report.verification.update(verify_restore(database_url, located, policy, indexes, targets))
+    lap("verify")
+    report.seconds = timings
+    if report.verification["problems"]:
+        raise BackupError(
+            f"restore of {date}|{workspace} did not verify: "
+            + "; ".join(report.verification["problems"])
+        )
+    return report

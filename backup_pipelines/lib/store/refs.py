@@ -1,0 +1,60 @@
+"""Which artifact: an asset key path and a partition, and the folder that holds it.
+
+<root>/<asset key path>/date=<YYYY-MM-DD>[/workspace=<id>]/manifest.json
+<root>/<asset key path>/date=<YYYY-MM-DD>[/workspace=<id>]/<generation>/<file>
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from backup_pipelines.lib.workspaces import validate_workspace_id
+
+
+@dataclass(frozen=True, order=True)
+class ArtifactRef:
+    """Which artifact: an asset key path and a partition (workspace is None for whole-database)."""
+
+    asset: str  # "postgres/workspace_dump"
+    date: str  # "YYYY-MM-DD"
+    workspace: str | None = None
+
+    def __post_init__(self) -> None:
+        datetime.strptime(self.date, "%Y-%m-%d")  # refuses anything but a real date
+        if self.workspace is not None:
+            validate_workspace_id(self.workspace)
+        if not all(part and part.replace("_", "").isalnum() for part in self.asset.split("/")):
+            raise ValueError(f"invalid asset key path {self.asset!r}")
+
+    @property
+    def folder(self) -> str:
+        folder = f"{self.asset}/date={self.date}"
+        if self.workspace is not None:
+            folder += f"/workspace={self.workspace}"
+        return folder
+
+    @property
+    def partition(self) -> dict:
+        return {"date": self.date, "workspace": self.workspace}
+
+    def __str__(self) -> str:
+        return self.folder
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_artifact_folder(folder: str) -> ArtifactRef | None:
+    parts = folder.split("/")
+    workspace = None
+    if parts and parts[-1].startswith("workspace="):
+        workspace = parts.pop()[len("workspace=") :]
+    if not parts or not parts[-1].startswith("date="):
+        return None
+    date = parts.pop()[len("date=") :]
+    try:
+        return ArtifactRef("/".join(parts), date, workspace)
+    except ValueError:
+        return None
