@@ -194,6 +194,11 @@ def test_pitr_wal_rpo_alert_fires_once_and_recovers_once(
     assert tick().passed
     tick()
     assert [a["kind"] for a in alert_receiver.webhook] == ["rpo_breach", "rpo_recovered"]
+    # The health report's row of the WAL archive
+    from backup_pipelines.lib.policy import load_policy
+
+    (row,) = pitr_defs.health_rows(load_policy())
+    assert row["workspace"] == "(WAL archive)" and row["rpo"] == "OK"
 
 
 def test_pitr_cli_info_and_restore(archiving, monkeypatch, capsys):
@@ -317,3 +322,45 @@ def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes():
             restored.remove()  # never deletes the live directory
     finally:
         archiving.cluster.stop()
+
+
+def test_pgbackrest_cli_setup_writes_config_creates_stanza_or_names_missing_settings(
+    pg_cluster, monkeypatch, capsys
+):
+    from backup_pipelines import cli
+    from backup_pipelines.devstack.postgres_cluster import PostgresCluster
+
+    # A cluster without WAL archiving: setup names what postgresql.conf still needs.
+    scratch = pg_cluster.work_dir("pitr_setup_plain")
+    monkeypatch.setenv("DATABASE_URL", pg_cluster.url())
+    monkeypatch.setenv("PGBACKREST_REPO_URL", f"file://{scratch}/repo")
+    monkeypatch.setenv("PGBACKREST_CONFIG", str(scratch / "pgbackrest.conf"))
+    monkeypatch.setenv("PGBACKREST_PG_DATA", str(pg_cluster.data_dir))
+    monkeypatch.setenv("PGBACKREST_PG_SOCKET", str(pg_cluster.data_dir))
+    assert cli.main(["pitr", "setup"]) == 1
+    out = capsys.readouterr().out
+    assert "archive_mode = on (now off; needs a restart)" in out  # wal_level is replica by default
+    assert f"--config={scratch / 'pgbackrest.conf'} --stanza=main archive-push %p" in out
+
+    # A cluster whose archive_command points at the configuration setup writes.
+    cluster = PostgresCluster()
+    state = cluster.work_dir("pgbackrest")
+    config_path = state / "pgbackrest.conf"
+    cluster.settings = {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": pgbackrest.archive_command(config_path, "main"),
+    }
+    with cluster:
+        monkeypatch.setenv("DATABASE_URL", cluster.url())
+        monkeypatch.setenv("PGBACKREST_REPO_URL", f"file://{state}/repo")
+        monkeypatch.setenv("PGBACKREST_CONFIG", str(config_path))
+        monkeypatch.setenv("PGBACKREST_PG_DATA", str(cluster.data_dir))
+        monkeypatch.setenv("PGBACKREST_PG_SOCKET", str(cluster.data_dir))
+        assert cli.main(["pitr", "setup"]) == 0
+        assert "created and checked" in capsys.readouterr().out
+        text = config_path.read_text()
+        assert "repo1-retention-full-type=time" in text and "repo1-retention-full=7" in text
+        assert f"pg1-port={cluster.port}" in text
+        assert cli.main(["pitr", "backup"]) == 0  # no full yet: auto makes a full one
+        assert '"type": "full"' in capsys.readouterr().out
