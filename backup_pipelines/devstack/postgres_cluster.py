@@ -111,6 +111,10 @@ class PostgresCluster:
                 "start",
             ]
         )
+        if "archive_timeout" in self.settings:
+            # Seen here: a checkpointer that started its first sleep during startup ignores
+            # archive_timeout until checkpoint_timeout (5 min); a reload wakes it.
+            self._run([pg_ctl, "-D", str(self.data_dir), "reload"])
         return self
 
     def _run(self, argv: list[str]) -> None:

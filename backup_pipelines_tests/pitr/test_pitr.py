@@ -277,10 +277,12 @@ def test_pgbackrest_s3_repository_behind_stunnel_backs_up_and_restores():
             archive_now(url)
             objects = s3.client().list_objects_v2(Bucket="pgbackrest-test", Prefix="cluster-a/")
             assert objects.get("KeyCount", 0) > 0  # the repository really is in the bucket
-            restored = pitr.restore_to_time(
+            with pitr.scratch_cluster_at(
                 archiving.pitr_config(), target, target_dir=archiving.cluster.work_dir("r_s3")
-            )
-            assert checksum(restored.url) == expected
+            ) as restored:
+                assert checksum(restored.url) == expected
+            assert not restored.data_dir.exists()  # stopped and removed after the block
+            restored = None
             config_text = archiving.config_path.read_text()
             assert (archiving.config_path.stat().st_mode & 0o777) == 0o600  # it holds the S3 keys
             assert "repo1-type=s3" in config_text

@@ -764,6 +764,20 @@ def restore_to_time(
     return restored
 
 
+@contextlib.contextmanager
+def scratch_cluster_at(config: PitrConfig, target: datetime, **kwargs):
+    """The cluster as it was at `target`, running in a new data directory and port for the
+    duration of the block (e.g. to read one workspace's rows at T), then stopped and deleted.
+    Keyword arguments as restore_to_time (never overwrite_live)."""
+    if kwargs.get("overwrite_live"):
+        raise ConfigError("scratch_cluster_at never restores over the live cluster")
+    restored = restore_to_time(config, target, **kwargs)
+    try:
+        yield restored
+    finally:
+        restored.remove()
+
+
 def _swap_into_live(
     config: PitrConfig, restored: RestoredCluster, live_dir: Path, stamp: str, log: Log
 ) -> None:
@@ -804,6 +818,8 @@ def _swap_into_live(
         aside.rename(live_dir)
         _pg_ctl(argv, os_user, 320, check=False)
         raise
+    # A fresh checkpointer may ignore archive_timeout until checkpoint_timeout; a reload wakes it.
+    _pg_ctl(["reload", "-D", str(live_dir)], os_user, 30, check=False)
     restored.data_dir, restored.url = live_dir, config.database_url
     params = conninfo_to_dict(config.database_url)
     restored.port = int(params.get("port") or 5432)
