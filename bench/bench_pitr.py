@@ -235,6 +235,8 @@ def report(results: dict, args) -> None:
     print(
         f"  commit -> segment in repository: median {statistics.median(lags):.1f} s, p95 {p95:.1f} s, max {lags[-1]:.1f} s"
     )
+    if "db_size" not in results:  # --rpo-only
+        return
     print(
         f"database {results['db_size'] / 1e9:.2f} GB (cluster {results['cluster_size'] / 1e9:.2f} GB)"
     )
