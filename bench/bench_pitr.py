@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import threading
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if restored:
             restored.remove()
         cluster.stop()
+        shutil.rmtree(Path(args.work_dir) / f"pitr-store-{os.getpid()}", ignore_errors=True)
     report(results, args)
     return 0
 
