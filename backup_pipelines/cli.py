@@ -11,6 +11,9 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
+    backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
+    backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 
+from backup_pipelines import cli_pitr
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -400,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--dry-run", action="store_true")
     agent.add_argument("--override-gate", metavar="REASON")
     agent.set_defaults(run=cmd_restore_agent)
+    cli_pitr.add_restore_parsers(restore)  # restore pitr, restore managed
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )
@@ -418,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     prune.add_argument("--today", help="plan as of this UTC date (default: today)")
     prune.set_defaults(run=cmd_retention)
+    cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
 
 
