@@ -12,6 +12,7 @@ from .helpers import (
     message_numbers,
     run,
     server_time,
+    wait_until_no_sessions_use,
     wait_until_server_time_passes,
 )
 
@@ -317,6 +318,7 @@ def test_mssql_restore_over_live_database_needs_tail_or_replace(
             assert 3101 in _fails(
                 conn, f"RESTORE DATABASE [{db}] FROM DISK = N'{backups}/full.bak' WITH REPLACE"
             )
+        wait_until_no_sessions_use(conn, db)
         run(conn, f"RESTORE DATABASE [{db}] FROM DISK = N'{backups}/full.bak' WITH REPLACE")
         assert _ids(conn, db) == []
 
