@@ -159,6 +159,7 @@ def test_mssql_point_in_time_restore_into_new_database(
         )
         assert _ids(conn, copy) == [1, 2, 3, 4]
         assert _ids(conn, db) == [1, 2, 3, 4, 5]
+        run(conn, f"DBCC CHECKDB ([{copy}]) WITH NO_INFOMSGS")
         files = conn.execute(
             "SELECT type_desc, physical_name FROM sys.master_files WHERE database_id = DB_ID(?) ORDER BY file_id",
             copy,
