@@ -238,13 +238,17 @@ def _prepare_target(
             swap.create_database_like(conn, target, like)
         except psycopg.Error as exc:
             raise SourceError(
-                f"cannot create database {target!r}: {str(exc).strip().splitlines()[0]}"
+                f"cannot create database {target!r}: {swap.server_message(exc)}"
             ) from exc
-        conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(target), sql.Literal(marker_text(date, State.CREATED))
+        try:
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(target), sql.Literal(marker_text(date, State.CREATED))
+                )
             )
-        )
+        except BaseException:
+            swap.drop_database(conn, target)  # unmarked, it would never be ours again
+            raise
     log(f"created database {target!r} (like {live!r}: encoding, locale)")
     return None
 
