@@ -154,9 +154,10 @@ def cmd_list(args) -> int:
     store = _store()
     refs = list(_selected(store, args))
     unreadable = 0
-    print(f"{'asset':<30} {'date':<11} {'workspace':<20} {'bytes':>14}  counts")
+    print(f"{'asset':<30} {'date':<16} {'workspace':<20} {'bytes':>14}  counts")
     for ref in refs:
-        head = f"{ref.asset:<30} {ref.date:<11} {ref.workspace or '-':<20}"
+        when = f"{ref.date} {ref.window}" if ref.window else ref.date  # HHMM: a sub-daily window
+        head = f"{ref.asset:<30} {when:<16} {ref.workspace or '-':<20}"
         try:
             print(f"{head} {_list_columns(store, ref, args.verdicts)}")
         except UNREADABLE as exc:

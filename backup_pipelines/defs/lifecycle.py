@@ -52,7 +52,7 @@ def _decisions_table(plan: retention.RetentionPlan) -> str:
     rows = [
         {
             "asset": a.asset,
-            "partition": a.partition,
+            "partition": a.where,
             "decision": a.decision,
             "reason": a.why,
             "size": retention.human_bytes(a.bytes),

@@ -717,3 +717,26 @@ def test_retention_dry_run_cli_prints_asset_partition_decision_and_reason(
     )
     lines = out.splitlines()
     assert "dry run: nothing deleted" in lines
+
+
+def test_retention_orders_sub_daily_windows_within_their_date(tmp_path):
+    """Artifacts of sub-daily windows (SQL Server differentials and logs): the newest window
+    of a date is the newest of the series, and the week's newest window is its weekly one."""
+    store = LocalStore(tmp_path / "store")
+    log = "mssql/log_backup"
+    for day, windows in (("2026-03-07", ("0000", "2345")), ("2025-12-01", ("0100", "0115"))):
+        for window in windows:
+            ref = ArtifactRef(log, day, "agent_a", window)
+            with store.begin(ref) as writer:
+                writer.write_bytes("data.bin", PAYLOAD)
+                writer.commit(captured_at=f"{day}T00:30:00Z", counts={}, source={}, tool={})
+    plan = plan_retention(store, Policy(keep_daily_days=7, keep_weekly_days=90), TODAY)
+    decisions = {(a.ref.date, a.ref.window): a.why for a in plan.artifacts}
+    assert decisions[("2026-03-07", "2345")] == "weekly, newest verified"
+    assert decisions[("2026-03-07", "0000")].startswith("age 24 d: older than keep_daily_days (7)")
+    assert decisions[("2025-12-01", "0115")].endswith("newer verified: 2026-03-07 2345")
+    assert {a.where for a in plan.to_delete} == {
+        "2026-03-07|agent_a 0000", "2025-12-01|agent_a 0100", "2025-12-01|agent_a 0115",
+    }  # fmt: skip
+    result = retention.apply_plan(store, plan, log=lambda _m: None)
+    assert result.errors == [] and {r.window for r in store.list_artifacts()} == {"2345"}

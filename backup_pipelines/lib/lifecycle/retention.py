@@ -122,7 +122,13 @@ class Artifact:
 
     @property
     def partition(self) -> Partition:
+        """What a keep marker holds: the date x workspace (every window of the date)."""
         return Partition(self.ref.date, self.ref.workspace)
+
+    @property
+    def where(self) -> str:
+        """`date|workspace`, and the window of a sub-daily artifact: `date|workspace HHMM`."""
+        return f"{self.partition} {self.ref.window}" if self.ref.window else str(self.partition)
 
     @property
     def series(self) -> SeriesKey:
@@ -153,8 +159,15 @@ class Artifact:
 
 
 def label(ref: ArtifactRef) -> str:
-    """`asset date|workspace` (or `asset date` for a whole-database artifact)."""
-    return f"{ref.asset} {Partition(ref.date, ref.workspace)}"
+    """`asset date|workspace` (or `asset date` for a whole-database artifact), and ` window
+    HHMM` for an artifact of a sub-daily window."""
+    text = f"{ref.asset} {Partition(ref.date, ref.workspace)}"
+    return f"{text} window {ref.window}" if ref.window else text
+
+
+def _when(ref: ArtifactRef) -> tuple[str, str]:
+    """Order within a series: date, then the window of a sub-daily artifact."""
+    return ref.date, ref.window or ""
 
 
 @dataclass
@@ -251,7 +264,7 @@ class RetentionPlan:
 
     def decisions(self) -> list[Artifact]:
         """Every artifact, in the order a person reads a plan: by asset, workspace, date."""
-        return sorted(self.artifacts, key=lambda a: (a.asset, a.ref.workspace or "", a.ref.date))
+        return sorted(self.artifacts, key=lambda a: (a.asset, a.ref.workspace or "", _when(a.ref)))
 
 
 def _reason_group(reason: str) -> str:
@@ -321,7 +334,7 @@ def plan_retention(
         _explain_deletions(one, today, windows)
     doomed = {a.ref for a in artifacts if not a.keep}
     leftovers = find_leftovers(store, folders, doomed, now, windows.incomplete_max_age_hours)
-    artifacts.sort(key=lambda a: (a.ref.date, a.ref.workspace or "", a.asset))
+    artifacts.sort(key=lambda a: (a.ref.date, a.ref.workspace or "", a.asset, a.ref.window or ""))
     return RetentionPlan(today, windows, artifacts, leftovers, markers, failed, verifier.calls)
 
 
@@ -345,7 +358,7 @@ def _series_of(folders: dict[ArtifactRef, Folder]) -> dict[SeriesKey, Series]:
         if folder.has_manifest:
             grouped[(ref.asset, ref.workspace)].append(Artifact(folder))
     return {
-        key: Series(key[0], key[1], sorted(items, key=lambda a: a.ref.date, reverse=True))
+        key: Series(key[0], key[1], sorted(items, key=lambda a: _when(a.ref), reverse=True))
         for key, items in sorted(grouped.items(), key=lambda item: (item[0][0], item[0][1] or ""))
     }
 
@@ -382,7 +395,7 @@ def _protect_newest_verified(
     for artifact in newest_first[: doomed_positions[-1] + 1 if doomed_positions else 0]:
         if is_verified(artifact):
             artifact.keep_for(NEWEST_VERIFIED)
-            log(f"newest verified {series.name}: {artifact.ref.date}")
+            log(f"newest verified {series.name}: {artifact}")
             return failed
         log(f"{artifact} failed verification; trying the next older one of {series.name}")
         failed.append(artifact.ref)
@@ -404,10 +417,11 @@ def _explain_deletions(series: Series, today: date, windows: Windows) -> None:
             why += f" and keep_weekly_days ({windows.weekly_days})"
         else:
             why += ", not the newest of its ISO week"
-        if newest is not None and newest.ref.date > artifact.ref.date:
-            why += f"; newer verified: {newest.ref.date}"
+        kept_instead = " ".join(_when(newest.ref)).strip() if newest is not None else ""
+        if newest is not None and _when(newest.ref) > _when(artifact.ref):
+            why += f"; newer verified: {kept_instead}"
         elif newest is not None:
-            why += f"; failed verification (kept instead: {newest.ref.date})"
+            why += f"; failed verification (kept instead: {kept_instead})"
         artifact.deletion_reason = why
 
 
@@ -462,13 +476,9 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     return result
 
 
-def _deletion_order(artifact: Artifact) -> tuple[str, str, bool, str]:
-    return (
-        artifact.ref.date,
-        artifact.ref.workspace or "",
-        artifact.asset in SQL_ASSETS,
-        artifact.asset,
-    )
+def _deletion_order(artifact: Artifact) -> tuple:
+    ref = artifact.ref
+    return ref.date, ref.workspace or "", ref.asset in SQL_ASSETS, ref.asset, ref.window or ""
 
 
 def delete_artifact(store: BackupStore, folder: Folder) -> None:
@@ -519,7 +529,7 @@ def plan_lines(plan: RetentionPlan) -> list[str]:
     """One line per artifact: decision, asset, partition, size and why."""
     width = max((len(a.asset) for a in plan.artifacts), default=0)
     return [
-        f"{'would delete' if not a.keep else 'keep':<12} {a.asset:<{width}} {a.partition!s:<32} "
+        f"{'would delete' if not a.keep else 'keep':<12} {a.asset:<{width}} {a.where:<32} "
         f"{human_bytes(a.bytes):>10}  {a.why}"
         for a in plan.decisions()
     ]
