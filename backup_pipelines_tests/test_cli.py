@@ -31,6 +31,7 @@ WITH_DATE = {
     "verify": ["verify", "--date", "{}"],
     "restore workspace": ["restore", "workspace", "--date", "{}", "--workspace", "ws_acme"],
     "restore full": ["restore", "full", "--date", "{}"],
+    "restore agent": ["restore", "agent", "--date", "{}", "--agent", "agent_a"],
     "keep": ["keep", "--date", "{}", "--workspace", "ws_acme", "--reason", "audit"],
     "release": ["release", "--date", "{}"],
     "retention --today": ["retention", "--dry-run", "--today", "{}"],

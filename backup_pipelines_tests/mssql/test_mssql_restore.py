@@ -290,3 +290,30 @@ def test_mssql_agent_restore_at_the_qdrant_snapshot_instant(platform, qdrant):
         assert not query(
             conn, "SELECT name FROM sys.databases WHERE name = ?", report.scratch_database
         )
+
+
+def test_mssql_cli_restore_plans_from_the_store_alone(platform, monkeypatch, capsys):
+    from backup_pipelines import cli
+
+    cs, db, store = platform["cs"], platform["db"], platform["store"]
+    add_episodes(cs, db, "a1", 2)
+    take(platform, Kind.FULL)
+    add_episodes(cs, db, "a1", 1)
+    take(platform, Kind.LOG)
+    expected = rows(cs, db)
+    monkeypatch.setenv("MSSQL_CONNECTION_STRING", cs.replace("DATABASE=master", f"DATABASE={db}"))
+    monkeypatch.setenv("MSSQL_BACKUP_DIR", platform["folders"].server)
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{store.root}")
+    printed = []
+    assert cli.main(["restore", "mssql", "--dry-run"]) == 0
+    printed.append(capsys.readouterr())
+    assert "WITH NORECOVERY" in printed[-1].out and '"dry_run": true' in printed[-1].out
+    name = platform["names"].name("cli")
+    assert cli.main(["restore", "mssql", "--to", "latest", "--target-database", name]) == 0
+    printed.append(capsys.readouterr())
+    assert rows(cs, name) == expected
+    assert cli.main(["restore", "mssql", "--to", "2026-12-01 13:05"]) == 1
+    printed.append(capsys.readouterr())
+    assert "has no time zone" in printed[-1].err
+    password = re.search(r"PWD=\{([^}]*)\}", cs).group(1)
+    assert all(password not in p.out + p.err for p in printed)  # never printed

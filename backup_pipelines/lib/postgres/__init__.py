@@ -11,4 +11,7 @@ workspace with COPY in one snapshot) and putting them back.
     database_swap.py a restored database renamed into live's place (and back), names, release
     memory_rows.py   the memory rows the indexes are derived from
     ids.py           the memory-entry ids of a workspace dump (for the consistency gate)
+    pgbackrest.py    pgBackRest: stanza configuration, commands, `info` as typed records
+    pitr.py          WAL RPO, the reachable window, restore the cluster to an instant
+    digitalocean.py  DigitalOcean Managed PostgreSQL: backups and point-in-time restore (pydo)
 """
