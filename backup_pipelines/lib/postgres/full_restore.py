@@ -134,6 +134,7 @@ def restore_into_new_database(
     manifest = store.require_manifest(ref)
     expected = _expected_rows(manifest, store.location(ref))
     target_url = make_conninfo(database_url, dbname=target)
+    _refuse_taken_target(database_url, target, date, resume)  # before a long decompression
     with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
         # pg_restore -j needs a seekable file; the checksum is proved before anything is created.
         local = _decompress_verified(store, ref, manifest, f"{scratch}/database.dump")
@@ -251,6 +252,12 @@ def _prepare_target(
             raise
     log(f"created database {target!r} (like {live!r}: encoding, locale)")
     return None
+
+
+def _refuse_taken_target(database_url: str, target: str, date: str, resume: bool) -> None:
+    with swap.admin_connection(database_url, avoid=(target,)) as conn:
+        if swap.database_exists(conn, target):
+            _resumable(conn, target, date, resume)
 
 
 def _resumable(conn: psycopg.Connection, target: str, date: str, resume: bool) -> State:

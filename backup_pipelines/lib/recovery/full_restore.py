@@ -19,10 +19,11 @@ restoring again). The previous live database stays until `backup-pipelines relea
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -141,29 +142,20 @@ def _overwrite_live(store, request, database_url, policy, indexes, log, now) -> 
     }
 
 
-class _keeping:
+@contextlib.contextmanager
+def _keeping(staging: str, step: str, writers_stopped: bool = False) -> Iterator[None]:
     """A failure before the swap completed: the live database was not touched; the verified
     restored database is kept so a rerun with resume swaps it in without restoring again."""
-
-    def __init__(self, staging: str, step: str, writers_stopped: bool = False) -> None:
-        self.staging, self.step, self.writers_stopped = staging, step, writers_stopped
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, _tb) -> bool:
-        if exc is None:
-            return False
-        if isinstance(exc, psycopg.Error):
-            exc = BackupError(str(exc).strip().splitlines()[0])
-        if not isinstance(exc, BackupError):
-            return False
+    try:
+        yield
+    except (BackupError, psycopg.Error) as exc:
+        reason = str(exc).strip().splitlines()[0] if isinstance(exc, psycopg.Error) else exc
         message = (
-            f"{exc} — failed at {self.step}; the live database was not changed. The restored, "
-            f"verified database {self.staging!r} is kept: rerun with resume (--resume) to swap "
-            "it in without restoring again, or drop it"
+            f"{reason} — failed at {step}; the live database was not changed. The restored, "
+            f"verified database {staging!r} is kept: rerun with resume (--resume) to swap it "
+            "in without restoring again, or drop it"
         )
-        if self.writers_stopped:
+        if writers_stopped:
             message += (
                 "; the before-commands ran (or started), so the platform's writers may be "
                 "stopped: start them again (the after-commands were not run)"
