@@ -723,7 +723,7 @@ def test_retention_orders_sub_daily_windows_within_their_date(tmp_path):
     """Artifacts of sub-daily windows (SQL Server differentials and logs): the newest window
     of a date is the newest of the series, and the week's newest window is its weekly one."""
     store = LocalStore(tmp_path / "store")
-    log = "mssql/log_backup"
+    log = "mssql/diff_backup"  # (logs follow their own point-in-time rule, not these windows)
     for day, windows in (("2026-03-07", ("0000", "2345")), ("2025-12-01", ("0100", "0115"))):
         for window in windows:
             ref = ArtifactRef(log, day, "agent_a", window)

@@ -199,6 +199,7 @@ class RuleContext:
     series: Mapping[SeriesKey, Series]
     store: BackupStore
     log: Log
+    policy: Policy | None = None
 
 
 class AssetRule(Protocol):
@@ -208,9 +209,30 @@ class AssetRule(Protocol):
     def __call__(self, series: Series, context: RuleContext) -> None: ...
 
 
-# asset key -> its extra rules. SQL Server registers its log-chain rule here, e.g.
-#     ASSET_RULES["mssql/log_backup"] = [keep_logs_needed_by_kept_full_or_differential]
-ASSET_RULES: dict[str, list[AssetRule]] = {}
+# asset key -> its extra rules, as "module:function" so this concern never imports an engine
+# package: an engine registers its rules here (SQL Server: its chain rules).
+RULE_MODULES: dict[str, list[str]] = {
+    "mssql/full_backup": ["backup_pipelines.lib.mssql.retention:keep_base_fulls"],
+    "mssql/log_backup": ["backup_pipelines.lib.mssql.retention:keep_log_chain"],
+}
+# Assets whose rules replace the daily/weekly windows (their own rule says what to keep;
+# markers and the newest verified artifact still hold): SQL Server logs follow the
+# point-in-time window.
+OWN_AGE_RULES = {"mssql/log_backup"}
+
+
+def _load_rules() -> dict[str, list[AssetRule]]:
+    import importlib
+
+    rules: dict[str, list[AssetRule]] = {}
+    for asset, names in RULE_MODULES.items():
+        for name in names:
+            module, _, function = name.partition(":")
+            rules.setdefault(asset, []).append(getattr(importlib.import_module(module), function))
+    return rules
+
+
+ASSET_RULES: dict[str, list[AssetRule]] = {}  # rules added at run time (tests, plug-ins)
 
 
 @dataclass
@@ -321,13 +343,17 @@ def plan_retention(
     series = _series_of(folders)
     failed: list[ArtifactRef] = []
     for one in series.values():
-        _apply_age_rules(one, today, windows)
+        if one.asset not in OWN_AGE_RULES:
+            _apply_age_rules(one, today, windows)
         _apply_markers(one, held)
         failed += _protect_newest_verified(one, verifier, log)
-    context = RuleContext(today, windows, series, store, log)
-    rules = ASSET_RULES if asset_rules is None else asset_rules
+    context = RuleContext(today, windows, series, store, log, policy)
+    if asset_rules is None:
+        asset_rules = _load_rules()
+        for asset, extra in ASSET_RULES.items():
+            asset_rules.setdefault(asset, []).extend(extra)
     for one in series.values():
-        for rule in rules.get(one.asset, []):
+        for rule in asset_rules.get(one.asset, []):
             rule(one, context)
     artifacts = [a for one in series.values() for a in one.artifacts]
     for one in series.values():
@@ -412,6 +438,11 @@ def _explain_deletions(series: Series, today: date, windows: Windows) -> None:
         if artifact.keep:
             continue
         age_days = (today - artifact.partition.day).days
+        if series.asset in OWN_AGE_RULES:
+            artifact.deletion_reason = (
+                f"age {age_days} d: not needed by its asset's own rule (see the kept ones' reasons)"
+            )
+            continue
         why = f"age {age_days} d: older than keep_daily_days ({windows.daily_days})"
         if age_days >= windows.weekly_days:
             why += f" and keep_weekly_days ({windows.weekly_days})"
