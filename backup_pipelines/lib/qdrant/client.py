@@ -65,8 +65,9 @@ UNSETTLED_STATUSES = frozenset({502, 503, 504})
 ACCESS_HINTS = {
     401: "the API key is missing or wrong: check QDRANT_API_KEY",
     403: (
-        "the API key may not do this: snapshots, recoveries and collection changes need the "
-        "read-write key (service.api_key); a read-only or collection-scoped key can only read"
+        "the API key may not do this: a read-only key can only read; taking or deleting a "
+        "snapshot needs write access to the collection, and recovering one needs the global "
+        "read-write key (service.api_key)"
     ),
 }
 T = TypeVar("T")

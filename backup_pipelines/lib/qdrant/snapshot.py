@@ -95,10 +95,9 @@ def check_whole_collections_here(client, base_url: str, collections: list[str]) 
     replica of some shard of these collections: its snapshots would miss those points."""
     try:
         mode = client.cluster_status().get("status")
-    except IndexStoreError as error:
-        if error.status != 403:
-            raise
-        mode = "unknown"  # a collection-scoped key may not read /cluster: look per collection
+    except IndexStoreError:
+        # A collection-scoped key may not read /cluster (403): look at each collection.
+        mode = "unknown"
     if mode == "disabled":
         return  # a single node holds every shard of every collection
     for collection in collections:
