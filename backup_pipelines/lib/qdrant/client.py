@@ -497,7 +497,9 @@ class QdrantHttp:
     def _settle(self, operation: str, path: str, target: RecoveryTarget, reason: str) -> None:
         """The request went out but its answer was lost: the server may still be recovering.
         Watch the collection (never resend) until it holds the snapshot's points with every
-        local shard active, or until recovery_wait has passed."""
+        local shard active, or until recovery_wait has passed. (A collection that already held
+        exactly that before the recovery started counts as done: the end state is the same,
+        and the restore's own verification follows.)"""
         log.warning(
             "Qdrant %s (%s): %s; the snapshot is NOT sent again (the server goes on recovering "
             "without us); watching %s for up to %.0f s",

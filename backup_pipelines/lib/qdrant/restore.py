@@ -268,8 +268,8 @@ def check_recoverable_into(live: dict, backup: dict, target: str, source: str) -
     or shard numbers (the server would); return the other settings that differ."""
     live_params, backup_params = live.get("params") or {}, backup.get("params") or {}
     for key, default in (("vectors", None), ("shard_number", 1)):
-        ours = without_nulls(live_params.get(key, default))
-        theirs = without_nulls(backup_params.get(key, default))
+        ours = without_nulls(_or_default(live_params.get(key), default))
+        theirs = without_nulls(_or_default(backup_params.get(key), default))
         if ours != theirs:
             raise IncompatibleCollection(
                 f"collection {target} has {key} {json.dumps(ours, sort_keys=True)} but the "
@@ -292,6 +292,10 @@ def check_same_vectors(client, source: str, target: str) -> None:
             f"into {target}, so nothing was written. Restore in `replace` mode after deleting "
             f"{target}, or into a collection of another name."
         )
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def without_nulls(value: Any) -> Any:
