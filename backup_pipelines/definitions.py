@@ -4,6 +4,7 @@ configures (a store whose variables are unset is not part of it: no assets, no a
 import dagster as dg
 
 from backup_pipelines.defs import (
+    automation,
     consistency,
     drill,
     health,
@@ -50,10 +51,18 @@ def build_definitions() -> dg.Definitions:
             drill.build_drill_defs(index_stores),
         ]
     merged = dg.Definitions.merge(*parts)
-    # Every job of this code location alerts when it fails or gets stuck.
+    # Every job of this code location alerts when it fails or gets stuck, and so does a run of
+    # its assets launched as `__ASSET_JOB` ("Materialize" in the UI, `dagster asset materialize`).
     job_names = sorted(job.name for job in merged.jobs or [])
-    sensor = run_alerts.build_run_alert_sensor(job_names)
-    return dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
+    sensor = run_alerts.build_run_alert_sensor(job_names, asset_keys=asset_keys_of(merged))
+    # BACKUP_AUTOMATION_OFF / BACKUP_AUTOMATION_ON (defs/automation.py): staged roll-outs, tests.
+    return automation.apply_automation_switch(
+        dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
+    )
+
+
+def asset_keys_of(defs: dg.Definitions) -> set[dg.AssetKey]:
+    return {key for assets_def in defs.assets or [] for key in assets_def.keys}
 
 
 defs = build_definitions()
