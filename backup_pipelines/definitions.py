@@ -24,7 +24,10 @@ INDEX_ASSETS = {"typesense": "typesense/collection_export", "qdrant": "qdrant/co
 
 def build_definitions() -> dg.Definitions:
     stores = configured_stores()
-    parts = [dg.Definitions(resources=build_resources()), retention.defs]
+    parts = [
+        dg.Definitions(resources=build_resources(), executor=automation.run_executor()),
+        retention.defs,
+    ]
     if "typesense" in stores:
         parts.append(typesense.defs)
     if "qdrant" in stores:
