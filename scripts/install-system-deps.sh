@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs when they are missing (Debian/Ubuntu):
-# the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack.
+# the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack, and
+# Debian's chromium for the browser tests (Playwright drives it; no browser download).
 set -euo pipefail
 
 have_postgres_server() {
@@ -10,6 +11,7 @@ have_postgres_server() {
 missing=()
 have_postgres_server || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -53,6 +53,9 @@ def describe_job(run: dg.DagsterRun) -> str:
     if run.job_name != ASSET_JOB:
         return run.job_name
     keys = sorted(k.to_user_string() for k in run.asset_selection or ())
+    keys = keys or sorted(
+        f"{c.asset_key.to_user_string()}:{c.name}" for c in run.asset_check_selection or ()
+    )
     shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5})" if len(keys) > 5 else "")
     return f"{ASSET_JOB} ({shown})" if shown else ASSET_JOB
 
