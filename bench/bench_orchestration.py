@@ -66,8 +66,15 @@ def dagster_cpu(deployment: Deployment) -> dict[str, float]:
 
 
 def run_workers_alive(deployment: Deployment) -> bool:
+    """A run worker (`dagster api execute_run`, and step processes under it) still running."""
     code = psutil.Process(deployment.procs["code-server"].pid)
-    return bool(code.children(recursive=True))
+    for child in code.children(recursive=True):
+        try:
+            if "execute_run" in " ".join(child.cmdline()) and child.status() != "zombie":
+                return True
+        except psutil.NoSuchProcess:
+            pass
+    return False
 
 
 def index_workspace(database_url, typesense, qdrant_url):

@@ -16,6 +16,9 @@ from backup_pipelines.lib.policy import Policy
 ALERT_SENT_TAG = "backup_pipelines/alert_sent"
 USUAL_DURATION_SAMPLE = 20
 MAX_FAILURES_PER_TICK = 100
+# Failed runs already alerted, kept in the cursor: a failed run is updated again later (run
+# retries tag it when they launch its retry), which would bring it back past the high-water mark.
+ALERTED_RUNS_KEPT = 1000
 # The job Dagster runs for "Materialize" in the UI and `dagster asset materialize`.
 ASSET_JOB = "__ASSET_JOB"
 
@@ -78,6 +81,7 @@ def failed_run_alerts(
     jobs: set[str],
     after: datetime,
     asset_keys: set[dg.AssetKey] = frozenset(),
+    already_alerted: set[str] = frozenset(),
 ) -> tuple[list[alerts.Alert], datetime]:
     """Failed runs of our jobs updated after `after`, and the new high-water mark."""
     records = instance.get_run_records(
@@ -91,6 +95,8 @@ def failed_run_alerts(
         after = max(after, record.update_timestamp.astimezone(UTC))
         run = record.dagster_run
         if not is_ours(run, jobs, asset_keys) or run.tags.get(ALERT_SENT_TAG) == "true":
+            continue
+        if run.run_id in already_alerted:
             continue
         where = f" {_partition(run)}" if _partition(run) else ""
         found.append(
@@ -207,14 +213,23 @@ def build_run_alert_sensor(
         state = json.loads(context.cursor) if context.cursor else {}
         # First tick: look back a day, not at the whole history of a long-lived instance.
         after = datetime.fromisoformat(state.get("after") or (now - timedelta(days=1)).isoformat())
-        failed, after = failed_run_alerts(context.instance, jobs, after, our_assets)
+        alerted = list(state.get("alerted", []))
+        failed, after = failed_run_alerts(
+            context.instance, jobs, after, our_assets, already_alerted=set(alerted)
+        )
+        alerted = (alerted + [a.details["run_id"] for a in failed])[-ALERTED_RUNS_KEPT:]
         stuck, in_flight = stuck_run_alerts(
             context.instance, jobs, policy.load(), now, set(state.get("stuck", [])), our_assets
         )
         pending = alerts.send_keeping_pending(
             failed + stuck, state.get("pending", []), context.log.warning
         )
-        cursor = {"after": after.isoformat(), "stuck": sorted(in_flight), "pending": pending}
+        cursor = {
+            "after": after.isoformat(),
+            "stuck": sorted(in_flight),
+            "pending": pending,
+            "alerted": alerted,
+        }
         return dg.SensorResult(cursor=json.dumps(cursor, sort_keys=True))
 
     return run_alert_sensor

@@ -118,3 +118,24 @@ def test_a_failed_materialization_of_our_asset_alerts_once(alert_receiver):
     assert payload["details"]["job"] == "__ASSET_JOB"
     assert "postgres/workspace_dump" in payload["title"]
     assert "connection to the source database refused" in payload["details"]["error"]
+
+
+def test_a_failed_run_updated_later_is_not_alerted_again(alert_receiver):
+    """Run retries tag the failed run when they launch its retry, which moves its update time
+    past the sensor's high-water mark: the cursor remembers what was already alerted."""
+    defs = dg.Definitions(assets=[ours])
+    asset_job = defs.resolve_implicit_global_asset_job_def()
+    sensor = run_alerts.build_run_alert_sensor([], asset_keys={ours.key})
+    with dg.instance_for_test() as instance:
+        failed = asset_job.execute_in_process(
+            instance=instance, asset_selection=[ours.key], raise_on_error=False
+        )
+        cursor = None
+        for tick in range(3):
+            if tick == 1:
+                instance.add_run_tags(failed.run_id, {"dagster/will_retry": "true"})
+            with dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"policy": PolicyResource()}
+            ) as context:
+                cursor = sensor(context).cursor
+    assert [a["details"]["run_id"] for a in alert_receiver.webhook] == [failed.run_id]

@@ -85,7 +85,7 @@ def test_browser_launches_a_dry_run_restore_backfill(deployment, backed_up, page
     dialog.wait_for()
     # Every status filter on: the partition counts whatever ran before.
     for box in dialog.locator("input[type=checkbox]").all():
-        box.check()
+        box.check(force=True)  # styled checkboxes: the input itself is not "visible"
     selection = dialog.get_by_placeholder(re.compile("^ex: "))
     selection.fill(f'"{key}"')
     selection.press("Enter")
