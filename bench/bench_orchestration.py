@@ -6,10 +6,10 @@ happen), one workspace of a few dozen rows, then N runs of `workspace_backup_job
 through GraphQL into the queue, one after the other, for each executor:
 
 - wall: run created (queued) -> run finished, and run start -> end, from the run records;
-- CPU seconds of the Dagster processes over each run: code server, daemon and webserver
-  (self + reaped children: the run worker is a child of the code server, the multiprocess
-  executor's step processes children of the run worker), measured with psutil; the idle CPU
-  of the same processes over a quiet interval is measured too and subtracted;
+- CPU seconds of the Dagster processes over each run, with psutil: the code server, daemon
+  and webserver themselves, and the run worker the code server starts for the run (with the
+  multiprocess executor's step processes under it); the idle CPU of the long-lived processes
+  over a quiet interval is measured too and subtracted;
 - what 1,000 workspaces a day cost at that rate, against a 2-core machine's day.
 
     .venv/bin/python bench/bench_orchestration.py [--runs 3] [--executors in_process,multiprocess]
@@ -18,7 +18,10 @@ through GraphQL into the queue, one after the other, for each executor:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -44,36 +47,80 @@ TINY = sample_data.Scale(
 DAY_CPU_SECONDS_2_CORES = 2 * 24 * 3600
 
 
-def tree_cpu(process: psutil.Process) -> float:
-    """CPU seconds of a process, its reaped children, and its live descendants."""
-    total = 0.0
+def own_cpu(pid: int) -> float:
+    """CPU seconds of one process itself (no children)."""
     try:
-        times = process.cpu_times()
-        total += times.user + times.system + times.children_user + times.children_system
-        for child in process.children(recursive=True):
-            try:
-                t = child.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
     except psutil.NoSuchProcess:
-        pass
-    return total
+        return 0.0
 
 
 def dagster_cpu(deployment: Deployment) -> dict[str, float]:
-    return {name: tree_cpu(psutil.Process(p.pid)) for name, p in deployment.procs.items()}
+    return {name: own_cpu(p.pid) for name, p in deployment.procs.items()}
+
+
+def run_workers(code_server: psutil.Process) -> list[psutil.Process]:
+    """The code server's run workers: its children (multiprocessing spawns), bar Python's
+    multiprocessing resource tracker."""
+    found = []
+    for child in code_server.children():
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                found.append(child)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+class RunWorkerMeter:
+    """Samples the run workers (children of the code server) every
+    0.1 s: a worker's own CPU + its reaped children's + its live descendants', at one instant
+    (so a step process reaped between samples is counted once); the last sample of each worker
+    is its figure (what it spends after that sample, in its last 0.1 s, is missed)."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        import threading
+
+        self.code_server = psutil.Process(deployment.procs["code-server"].pid)
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for child in run_workers(self.code_server):
+                try:
+                    with child.oneshot():
+                        t = child.cpu_times()
+                        total = t.user + t.system + t.children_user + t.children_system
+                    for grandchild in child.children(recursive=True):
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            g = grandchild.cpu_times()
+                            total += g.user + g.system
+                    self.seen[child.pid] = max(total, self.seen.get(child.pid, 0.0))
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    pass
+            self._stop.wait(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def total(self) -> float:
+        return sum(self.seen.values())
 
 
 def run_workers_alive(deployment: Deployment) -> bool:
-    """A run worker (`dagster api execute_run`, and step processes under it) still running."""
     code = psutil.Process(deployment.procs["code-server"].pid)
-    for child in code.children(recursive=True):
-        try:
-            if "execute_run" in " ".join(child.cmdline()) and child.status() != "zombie":
+    for worker in run_workers(code):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if worker.status() != psutil.STATUS_ZOMBIE:
                 return True
-        except psutil.NoSuchProcess:
-            pass
     return False
 
 
@@ -124,12 +171,14 @@ def measure(executor: str, runs: int, pg, typesense, qdrant_url, source, base: P
         for i in range(runs):
             date = f"2026-11-{10 + i:02d}"
             before, started = dagster_cpu(deployment), time.monotonic()
-            run_id = deployment.launch_run("workspace_backup_job", f"{date}|{WORKSPACE}")
-            run = deployment.wait_runs_done([run_id], 900)[run_id]
-            wait_for(lambda: not run_workers_alive(deployment), 120, "the run worker to exit")
+            with RunWorkerMeter(deployment) as meter:
+                run_id = deployment.launch_run("workspace_backup_job", f"{date}|{WORKSPACE}")
+                run = deployment.wait_runs_done([run_id], 900)[run_id]
+                wait_for(lambda: not run_workers_alive(deployment), 300, "the run worker to exit")
             elapsed = time.monotonic() - started
             after = dagster_cpu(deployment)
             cpu = {k: after[k] - before[k] for k in after}
+            cpu["run worker"] = meter.total()
             results.append(
                 {
                     "status": run["status"],
@@ -156,6 +205,8 @@ def main(argv=None) -> None:
     parser.add_argument("--executors", default="in_process,multiprocess")
     parser.add_argument("--workspaces-per-day", type=int, default=1000)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server and Dagster process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
@@ -163,10 +214,12 @@ def main(argv=None) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     summary = {}
     with (
+        contextlib.ExitStack() as cleanup,
         PostgresCluster() as pg,
         TypesenseServer(api_key=uuid.uuid4().hex) as typesense,
         QdrantStandinProcess() as qdrant,
     ):
+        cleanup.callback(shutil.rmtree, base, ignore_errors=True)
         source = pg.create_database("bench_source")
         sample_data.seed(source, [WORKSPACE], TINY)
         index_workspace(source, typesense, qdrant.url)

@@ -193,6 +193,12 @@ def test_helm_values_match_the_production_instance():
     assert not secret_names & {e["name"] for e in deployment["env"]}
     # The chart renders its own dagster.yaml: the same run queue policy as deploy/dagster.yaml.
     instance = load_yaml(DEPLOY / "dagster.yaml")["run_coordinator"]["config"]
+    retries = load_yaml(DEPLOY / "dagster.yaml")["run_retries"]
+    assert values["dagsterDaemon"]["runRetries"] == {
+        "enabled": retries["enabled"],
+        "maxRetries": retries["max_retries"],
+        "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"],
+    }
     queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert queued["maxConcurrentRuns"] == instance["max_concurrent_runs"]
     assert queued["tagConcurrencyLimits"] == [
