@@ -36,7 +36,7 @@ sys.path.insert(0, str(PROJECT))
 
 from backup_pipelines.devstack import sample_data  # noqa: E402
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster  # noqa: E402
-from backup_pipelines.devstack.stack import QdrantStandinProcess  # noqa: E402
+from backup_pipelines.devstack.qdrant import QdrantStandinProcess  # noqa: E402
 from backup_pipelines.devstack.typesense_server import TypesenseServer  # noqa: E402
 from backup_pipelines_tests.deploy.deployment import Deployment, wait_for  # noqa: E402
 
@@ -126,11 +126,11 @@ def run_workers_alive(deployment: Deployment) -> bool:
 
 def index_workspace(database_url, typesense, qdrant_url):
     import psycopg
-    from backup_pipelines.lib.qdrant_client import QdrantHttp
-    from backup_pipelines.lib.typesense_client import TypesenseClient
 
     from backup_pipelines.lib import memory_index
     from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.qdrant.client import QdrantHttp
+    from backup_pipelines.lib.typesense.client import TypesenseClient
 
     policy = Policy()
     ts = TypesenseClient(typesense.url, typesense.api_key)

@@ -54,10 +54,9 @@ def index_workspaces(indexed: dict, workspaces: list[str]) -> None:
 
 @pytest.fixture(scope="package")
 def deployed_stack(pg_cluster, typesense_server, qdrant_url):
-    from backup_pipelines.lib.qdrant_client import QdrantHttp
-    from backup_pipelines.lib.typesense_client import TypesenseClient
-
     from backup_pipelines.lib.policy import load_policy
+    from backup_pipelines.lib.qdrant.client import QdrantHttp
+    from backup_pipelines.lib.typesense.client import TypesenseClient
 
     base = Path(tempfile.mkdtemp(prefix="backup-pipelines-deployed-"))
     (base / "policy.yaml").write_text(POLICY)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from backup_pipelines.defs import automation, run_alerts
+from backup_pipelines.defs import automation
+from backup_pipelines.defs.monitoring import run_alerts
 from backup_pipelines.defs.resources import PolicyResource
 
 SENSORS = {"workspace_discovery_sensor", "rpo_sensor", "run_alert_sensor"}

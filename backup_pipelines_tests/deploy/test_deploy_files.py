@@ -81,7 +81,7 @@ def test_compose_wires_code_server_webserver_and_daemon():
 
 def variables_read_by_the_code() -> set[str]:
     pattern = re.compile(
-        r"\"((?:DATABASE|TYPESENSE|QDRANT|BACKUP|AWS|PG|ALERT|SLACK|DRILL|DAGSTER|MSSQL)"
+        r"\"((?:DATABASE|TYPESENSE|QDRANT|BACKUP|AWS|PG|PGBACKREST|DIGITALOCEAN|ALERT|SLACK|DRILL|DAGSTER|MSSQL)"
         r"_[A-Z0-9_]+|DATABASE_URL)\""
     )
     found = set()

@@ -16,7 +16,7 @@ from backup_pipelines.lib.store import ArtifactRef
 from backup_pipelines_tests.deploy.conftest import WORKSPACES
 from backup_pipelines_tests.deploy.deployment import wait_for
 from backup_pipelines_tests.pg_checks import fingerprint
-from backup_pipelines_tests.test_restore import index_state, lose_workspace_memory
+from backup_pipelines_tests.recovery.test_restore import index_state, lose_workspace_memory
 
 # The package fixture (Dagster start, first backups) counts towards the first test's time.
 pytestmark = pytest.mark.timeout(1800)
