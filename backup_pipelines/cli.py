@@ -3,6 +3,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
 
     backup-pipelines doctor
     backup-pipelines list [--asset A] [--date D] [--workspace W] [--verdicts]
+    backup-pipelines list --restorable [--workspace W]   # restorable dates per workspace
+    backup-pipelines workspaces list | remove W [W ...] [--force]   # Dagster's partitions
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
@@ -27,7 +29,7 @@ import re
 import sys
 from datetime import date as Date
 
-from backup_pipelines import cli_pitr
+from backup_pipelines import cli_pitr, cli_workspaces
 from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -155,6 +157,8 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_list(args) -> int:
+    if args.restorable:
+        return cli_workspaces.cmd_list_restorable(args, _store())
     store = _store()
     refs = list(_selected(store, args))
     unreadable = 0
@@ -481,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--verdicts", action="store_true", help="each partition's consistency verdict"
             )
+            sub.add_argument(
+                "--restorable",
+                action="store_true",
+                help="per workspace, the dates a restore can use and what each holds",
+            )
         sub.set_defaults(run=run)
     restore = commands.add_parser("restore", help="restore without Dagster").add_subparsers(
         dest="what", required=True
@@ -598,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.set_defaults(run=cmd_retention)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
+    cli_workspaces.add_commands(commands, workspace_argument)  # workspaces list | remove
     return parser
 
 

@@ -55,12 +55,18 @@ def build_definitions() -> dg.Definitions:
             dg.Definitions(
                 jobs=[
                     restore.build_restore_job(index_stores),
+                    restore.build_dry_run_job(index_stores),
                     restore.build_full_restore_job(index_stores),
                 ]
             ),
         ]
     if monitored:
-        parts += [rpo.build_rpo_defs(monitored), health.build_health_defs(monitored)]
+        # Workspaces come from SQL: only those the registry lists are held to the RPO.
+        registry = bool(stores & {"postgres", "mssql"})
+        parts += [
+            rpo.build_rpo_defs(monitored, with_registry=registry, health_report=True),
+            health.build_health_defs(monitored, with_registry=registry),
+        ]
     sql_stores = stores & {"postgres", "mssql"}
     if sql_stores:
         parts.append(drill.build_drill_defs(index_stores, sql_stores))

@@ -1,12 +1,37 @@
-"""The one home of every PartitionsDefinition (DESIGN "Contracts": renaming one orphans history)."""
+"""The one home of every PartitionsDefinition (DESIGN "Contracts": renaming one orphans history).
 
-from datetime import UTC, datetime, timedelta
+Every time dimension starts at `partitions_start` (policy): a date, or by default the first day
+of the month retention's longest window (`keep_weekly_days`) reaches back to. A new deployment
+then sees a few months of "missing" partitions instead of a year of them, and every backup
+retention can still hold has a partition to restore it from in the UI (the command line
+restores any date). Set the key to reach further back, e.g. for artifacts held by keep markers.
+"""
+
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
-BACKUPS_START_DATE = "2026-01-01"
+
+def partitions_start(today: date | None = None) -> str:
+    """The first date of every time dimension: the policy's `partitions_start`, else the first
+    day of the month `keep_weekly_days` before today. Read when the code location loads; a
+    policy that does not load falls back to the built-in defaults here (its runs name the key)."""
+    from backup_pipelines.lib.errors import ConfigError
+    from backup_pipelines.lib.policy import Policy, load_policy
+
+    try:
+        policy = load_policy()
+    except ConfigError:
+        policy = Policy()
+    if policy.partitions_start:
+        return policy.partitions_start
+    reach = (today or datetime.now(UTC).date()) - timedelta(days=policy.keep_weekly_days)
+    return reach.replace(day=1).isoformat()
+
+
+BACKUPS_START_DATE = partitions_start()
 
 daily = dg.DailyPartitionsDefinition(start_date=BACKUPS_START_DATE, timezone="UTC")
 workspaces = dg.DynamicPartitionsDefinition(name="workspaces")

@@ -4,7 +4,12 @@ import dagster as dg
 
 from backup_pipelines.defs.artifacts import backup_freshness, build_verify_check, write_artifact
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, PostgresResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    PostgresResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.postgres import dump
 from backup_pipelines.lib.store import ArtifactRef
 
@@ -56,6 +61,9 @@ def workspace_dump(
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
     date, workspace = date_and_workspace(context.partition_key)
+    WorkspaceRegistryResource(
+        source="postgres", database_url=postgres_db.database_url, policy_file=policy.policy_file
+    ).refuse_unknown(workspace)
     ref = ArtifactRef("postgres/workspace_dump", date, workspace)
     rules = policy.load()
     return write_artifact(

@@ -5,7 +5,12 @@ import dagster as dg
 from backup_pipelines.defs.artifacts import backup_freshness, verify_artifact_check, write_artifact
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.postgres import WORKSPACE_DUMP
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, QdrantResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    QdrantResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.qdrant.snapshot import (
     snapshot_qdrant_collections,
     verify_snapshots_offline,
@@ -29,8 +34,10 @@ def collection_snapshot(
     qdrant: QdrantResource,
     backup_store: BackupStoreResource,
     policy: PolicyResource,
+    workspace_registry: WorkspaceRegistryResource,
 ) -> dg.MaterializeResult:
     date, workspace = date_and_workspace(context.partition_key)
+    workspace_registry.refuse_unknown(workspace)
     collections = policy.load().qdrant_collections_for(workspace)
     ref = ArtifactRef("qdrant/collection_snapshot", date, workspace)
     with qdrant.client() as client:

@@ -86,6 +86,64 @@ class PolicyResource(dg.ConfigurableResource):
         return load_policy(self.policy_file or None)
 
 
+class WorkspaceRegistryResource(dg.ConfigurableResource):
+    """Which workspaces exist: the platform's SQL truth. `postgres`: the policy's
+    workspace_registry_table (DATABASE_URL); `mssql`: the agents table
+    (MSSQL_CONNECTION_STRING); empty: no SQL source in this deployment (nothing to check)."""
+
+    source: str = ""
+    database_url: str = ""
+    connection_string: str = ""
+    policy_file: str = ""
+
+    def workspaces(self) -> set[str]:
+        """Every valid workspace id the registry lists now (one query)."""
+        if self.source == "postgres":
+            from backup_pipelines.lib.postgres.catalog import list_workspaces
+
+            valid, _invalid = list_workspaces(
+                self.database_url, load_policy(self.policy_file or None)
+            )
+            return set(valid)
+        if self.source == "mssql":
+            from backup_pipelines.lib.mssql.agent import AgentSchema, agents_in
+            from backup_pipelines.lib.mssql.connection import database_of
+            from backup_pipelines.lib.workspaces import is_valid_workspace_id
+
+            ids = agents_in(
+                self.connection_string, database_of(self.connection_string), AgentSchema()
+            )
+            return {i for i in ids if is_valid_workspace_id(i)}
+        raise ConfigError(
+            "no workspace registry: neither DATABASE_URL nor MSSQL_CONNECTION_STRING is set"
+        )
+
+    def refuse_unknown(self, workspace: str) -> None:
+        """Fail a backup of a workspace the registry does not list, at once and writing nothing
+        (the UI's "Add a partition" accepts any name; a typo must not become a green, empty
+        backup). Nothing to check without a SQL source."""
+        if not self.source or workspace in self.workspaces():
+            return
+        raise dg.Failure(
+            description=(
+                f"workspace {workspace} is not in {self.describe()}: nothing backed up, nothing "
+                "written. A partition added by hand stays until removed (`backup-pipelines "
+                f"workspaces remove {workspace}`); a workspace deleted from SQL keeps its "
+                "backups, and workspace_restore_job restores it."
+            ),
+            allow_retries=False,
+        )
+
+    def describe(self) -> str:
+        """Where the registry is, for messages (no secret: the table or the agents table)."""
+        if self.source == "postgres":
+            policy = load_policy(self.policy_file or None)
+            return f"the workspace registry table {policy.schema}.{policy.workspace_registry_table}"
+        if self.source == "mssql":
+            return "the SQL Server agents table"
+        return "no workspace registry"
+
+
 def configured_stores(env: dict[str, str] | None = None) -> set[str]:
     """Which source stores this deployment backs up: those whose variables are set."""
     env = os.environ if env is None else env
@@ -105,6 +163,7 @@ def build_resources(env: dict[str, str] | None = None) -> dict[str, dg.Configura
         "policy": PolicyResource(policy_file=env.get("BACKUP_POLICY_FILE", "")),
     }
     stores = configured_stores(env)
+    resources["workspace_registry"] = registry_resource(stores, env)
     if "postgres" in stores:
         resources["postgres_db"] = PostgresResource(database_url=dg.EnvVar("DATABASE_URL"))
     if "mssql" in stores:
@@ -127,6 +186,21 @@ def build_resources(env: dict[str, str] | None = None) -> dict[str, dg.Configura
         api_key = dg.EnvVar("QDRANT_API_KEY") if env.get("QDRANT_API_KEY") else ""
         resources["qdrant"] = QdrantResource(url=env["QDRANT_URL"], api_key=api_key)
     return resources
+
+
+def registry_resource(stores: set[str], env) -> WorkspaceRegistryResource:
+    """The registry the workspaces come from: PostgreSQL when it is the source of truth, else
+    the SQL Server agents table (agents are the workspaces there)."""
+    policy_file = env.get("BACKUP_POLICY_FILE", "")
+    if "postgres" in stores:
+        return WorkspaceRegistryResource(
+            source="postgres", database_url=dg.EnvVar("DATABASE_URL"), policy_file=policy_file
+        )
+    if "mssql" in stores:
+        return WorkspaceRegistryResource(
+            source="mssql", connection_string=dg.EnvVar("MSSQL_CONNECTION_STRING")
+        )
+    return WorkspaceRegistryResource()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,12 @@ import dagster as dg
 from backup_pipelines.defs.artifacts import backup_freshness, build_verify_check, write_artifact
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.postgres import WORKSPACE_DUMP
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, TypesenseResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    TypesenseResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.store import ArtifactRef
 from backup_pipelines.lib.typesense.export import export_typesense_collection
 
@@ -27,8 +32,10 @@ def collection_export(
     typesense: TypesenseResource,
     backup_store: BackupStoreResource,
     policy: PolicyResource,
+    workspace_registry: WorkspaceRegistryResource,
 ) -> dg.MaterializeResult:
     date, workspace = date_and_workspace(context.partition_key)
+    workspace_registry.refuse_unknown(workspace)
     collection = policy.load().typesense_collection_for(workspace)
     ref = ArtifactRef("typesense/collection_export", date, workspace)
     with typesense.client() as client:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import yaml
@@ -107,6 +108,9 @@ class Policy:
     pitr_window_days: int = 7
     physical_full_weekday: str = "sunday"
     pgbackrest_stanza: str = "main"
+    # First date of the partitions (YYYY-MM-DD); empty: the first day of the month
+    # keep_weekly_days before today (defs/partitions.py).
+    partitions_start: str = ""
     extra: dict = field(default_factory=dict)
 
     def rpo_for(self, asset: str) -> tuple[float, float]:
@@ -122,6 +126,18 @@ class Policy:
     def qdrant_collections_for(self, workspace: str) -> list[str]:
         workspace = validate_workspace_id(workspace)
         return [template.format(workspace=workspace) for template in self.qdrant_collections]
+
+
+def _calendar_date(path, key: str, value) -> str:
+    """A YAML date (unquoted 2026-11-01) or the same text quoted; nothing else."""
+    text = value.isoformat() if isinstance(value, date) else value
+    if not isinstance(text, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ConfigError(f"BACKUP_POLICY_FILE {path}: {key} {value!r} is not a date YYYY-MM-DD")
+    try:
+        date.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"BACKUP_POLICY_FILE {path}: {key} {value!r}: {exc}") from None
+    return text
 
 
 KNOWN_KEYS = {f.name for f in dataclasses.fields(Policy)} - {"extra"}
@@ -161,6 +177,10 @@ def load_policy(path: str | os.PathLike | None = None) -> Policy:
             raise ConfigError(
                 f"BACKUP_POLICY_FILE {path}: {key} {values[key]!r} is not an identifier"
             )
+    if values.get("partitions_start"):
+        values["partitions_start"] = _calendar_date(
+            path, "partitions_start", values["partitions_start"]
+        )
     try:
         return Policy(**values)
     except TypeError as exc:

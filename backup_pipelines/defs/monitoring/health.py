@@ -1,11 +1,18 @@
 """The backup health report: per workspace, the age of its last backup against the RPO and its
-last restore drill against the RTO, as one table an operator reads in the UI."""
+last restore drill against the RTO, as one table an operator reads in the UI.
+
+The RPO sensor materializes it at every tick from the evaluation it just made (no run, no
+second look at the store), so it exists from the first tick and is never older than five
+minutes; "Materialize" in the UI computes it in a run, searching the store as far back as
+retention keeps anything (real ages for long-late workspaces instead of "none in 3 days").
+Whole-database backups (the full dump, SQL Server, the WAL archive) are a table of their own;
+workspaces the SQL registry no longer lists are rows saying so. Empty cells mean "none".
+"""
 
 import dagster as dg
 
 from backup_pipelines.defs import pitr as pitr_defs
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
 from backup_pipelines.lib.monitoring import rpo
 from backup_pipelines.lib.policy import Policy
 
@@ -13,17 +20,24 @@ HEALTH_REPORT = dg.AssetKey(["monitoring", "backup_health_report"])
 RESTORE_DRILL = dg.AssetKey(["monitoring", "restore_drill"])
 # Weekly drills: a quarter of history finds the last drill of every sampled workspace.
 DRILL_EVENTS_READ = 13
-WHOLE_DATABASE = "(whole database)"
+GONE_FROM_SQL = "GONE FROM SQL"
+MAX_ROWS = 2000  # the table stays loadable; the counts cover every workspace
 
-COLUMNS = [
+WORKSPACE_COLUMNS = [
     dg.TableColumn("workspace", "string"),
-    dg.TableColumn("rpo", "string", description="OK, or LATE past RPO + grace"),
-    dg.TableColumn("oldest_backup_age_hours", "float", description="worst asset; -1 if none"),
-    dg.TableColumn("late_assets", "string"),
-    dg.TableColumn("last_drill", "string", description="date restored by the last drill"),
-    dg.TableColumn("drill_seconds", "float", description="measured RTO; -1 if never drilled"),
-    dg.TableColumn("rto_target_seconds", "float"),
+    dg.TableColumn("rpo", "string", description="OK, LATE (past RPO + grace), GONE FROM SQL"),
+    dg.TableColumn("age_hours", "float", description="its oldest-lagging backup; empty: none"),
+    dg.TableColumn("newest_backup", "string", description="date of that backup"),
+    dg.TableColumn("late", "string", description="the late assets"),
     dg.TableColumn("drill", "string", description="OK, FAILED, RTO MISSED or NEVER"),
+    dg.TableColumn("drill_date", "string", description="date restored by the last drill"),
+    dg.TableColumn("drill_seconds", "float", description="measured RTO"),
+]
+WHOLE_DATABASE_COLUMNS = [
+    dg.TableColumn("backup", "string"),
+    dg.TableColumn("rpo", "string", description="OK or LATE"),
+    dg.TableColumn("age_hours", "float", description="empty: none"),
+    dg.TableColumn("newest_backup", "string"),
 ]
 
 
@@ -51,78 +65,182 @@ def drill_state(result: dict | None) -> str:
     return "OK" if result.get("met_rto") else "RTO MISSED"
 
 
-def health_rows(evaluation: rpo.Evaluation, drills: dict[str, dict], policy: Policy) -> list:
+def _age(items: list[rpo.Freshness]) -> tuple[float | None, str | None]:
+    """The oldest-lagging backup's age and date; (None, None) when one has none at all."""
+    if any(i.age_hours is None for i in items):
+        return None, None
+    worst = max(items, key=lambda i: i.age_hours)
+    return round(worst.age_hours, 2), worst.newest_date
+
+
+def _late(items: list[rpo.Freshness]) -> str | None:
+    late = [
+        i.asset if i.age_hours is not None else f"{i.asset} (none in {i.searched_days} days)"
+        for i in items
+        if i.late
+    ]
+    return ", ".join(late) or None
+
+
+def workspace_rows(
+    evaluation: rpo.Evaluation, drills: dict[str, dict], gone: list[str] = ()
+) -> list[dict]:
+    """A row per workspace the RPO was evaluated for, then one per workspace gone from SQL."""
     by_workspace: dict[str, list[rpo.Freshness]] = {}
     for item in evaluation.items:
-        by_workspace.setdefault(item.workspace or WHOLE_DATABASE, []).append(item)
+        if item.workspace is not None:
+            by_workspace.setdefault(item.workspace, []).append(item)
     rows = []
     for workspace, items in sorted(by_workspace.items()):
-        late = [i.asset for i in items if i.late]
-        ages = [i.age_hours for i in items]
+        age, newest = _age(items)
         drill = drills.get(workspace)
+        late = _late(items)
         rows.append(
             {
                 "workspace": workspace,
                 "rpo": "LATE" if late else "OK",
-                "oldest_backup_age_hours": -1.0
-                if any(a is None for a in ages)
-                else round(max(ages), 2),
-                "late_assets": ", ".join(late),
-                "last_drill": (drill or {}).get("date") or "",
-                "drill_seconds": round(float((drill or {}).get("seconds", -1.0)), 2),
-                "rto_target_seconds": policy.rto_minutes * 60,
-                "drill": drill_state(drill) if workspace != WHOLE_DATABASE else "",
+                "age_hours": age,
+                "newest_backup": newest,
+                "late": late,
+                "drill": drill_state(drill),
+                "drill_date": (drill or {}).get("date") or None,
+                "drill_seconds": (
+                    round(float(drill["seconds"]), 2) if drill and "seconds" in drill else None
+                ),
+            }
+        )
+    for workspace in sorted(gone):
+        drill = drills.get(workspace)
+        rows.append(
+            {
+                "workspace": workspace,
+                "rpo": GONE_FROM_SQL,
+                "age_hours": None,
+                "newest_backup": None,
+                "late": None,
+                "drill": drill_state(drill) if drill else None,
+                "drill_date": (drill or {}).get("date") or None,
+                "drill_seconds": None,
             }
         )
     return rows
 
 
-def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
+def whole_database_rows(evaluation: rpo.Evaluation, policy: Policy) -> list[dict]:
+    """A row per whole-database backup asset, and the WAL archive's when PITR is configured."""
+    rows = []
+    for item in evaluation.items:
+        if item.workspace is None:
+            age, newest = _age([item])
+            rows.append(
+                {
+                    "backup": item.asset,
+                    "rpo": "LATE" if item.late else "OK",
+                    "age_hours": age,
+                    "newest_backup": newest,
+                }
+            )
+    for wal in pitr_defs.health_rows(policy):
+        age = wal["oldest_backup_age_hours"]
+        rows.append(
+            {
+                "backup": wal["workspace"],
+                "rpo": wal["rpo"],
+                "age_hours": age if age is not None and age >= 0 else None,
+                "newest_backup": None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["backup"])
+
+
+def _table(rows: list[dict], columns: list[dg.TableColumn]) -> dg.MetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in rows[:MAX_ROWS]],
+        schema=dg.TableSchema(columns=columns),
+    )
+
+
+def report_metadata(
+    evaluation: rpo.Evaluation,
+    drills: dict[str, dict],
+    policy: Policy,
+    gone: list[str] = (),
+    horizon_days: int | None = None,
+) -> dict:
+    rows = workspace_rows(evaluation, drills, gone)
+    whole = whole_database_rows(evaluation, policy)
+    watched = [r for r in rows if r["rpo"] != GONE_FROM_SQL]
+    return {
+        "workspaces": dg.MetadataValue.int(len(watched)),
+        "workspaces_late": dg.MetadataValue.int(sum(r["rpo"] == "LATE" for r in watched)),
+        "workspaces_gone_from_sql": dg.MetadataValue.int(len(rows) - len(watched)),
+        "never_drilled": dg.MetadataValue.int(sum(r["drill"] == "NEVER" for r in watched)),
+        "drill_problems": dg.MetadataValue.int(
+            sum(r["drill"] in ("FAILED", "RTO MISSED") for r in watched)
+        ),
+        "whole_database_late": dg.MetadataValue.int(sum(r["rpo"] == "LATE" for r in whole)),
+        "rto_target_seconds": dg.MetadataValue.float(float(policy.rto_minutes * 60)),
+        "searched_days": dg.MetadataValue.int(
+            horizon_days if horizon_days is not None else rpo.rpo_window_days(policy) + 1
+        ),
+        "report": _table(rows, WORKSPACE_COLUMNS),
+        "whole_database": _table(whole, WHOLE_DATABASE_COLUMNS),
+    }
+
+
+def sensor_report(
+    instance: dg.DagsterInstance,
+    evaluation: rpo.Evaluation,
+    policy: Policy,
+    gone: list[str],
+) -> dg.AssetMaterialization:
+    """The report from an RPO tick's evaluation: what the sensor records every tick."""
+    return dg.AssetMaterialization(
+        asset_key=HEALTH_REPORT,
+        description="Recorded by rpo_sensor",
+        metadata=report_metadata(evaluation, last_drills(instance), policy, gone),
+    )
+
+
+def build_health_defs(backup_assets: list[str], with_registry: bool = False) -> dg.Definitions:
+    """The report asset (the RPO sensor records it every tick; "Materialize" computes it with
+    the full search depth) and its job."""
+
     @dg.asset(
         key=HEALTH_REPORT,
         group_name="monitoring",
-        description="Per workspace: last backup age vs RPO, last restore drill vs RTO.",
+        required_resource_keys={"backup_store", "policy"}
+        | ({"workspace_registry"} if with_registry else set()),
+        description="Per workspace: last backup age vs RPO, last restore drill vs RTO; "
+        "whole-database backups apart. Recorded by rpo_sensor every tick.",
     )
-    def backup_health_report(
-        context: dg.AssetExecutionContext,
-        backup_store: BackupStoreResource,
-        policy: PolicyResource,
-    ) -> dg.MaterializeResult:
-        loaded = policy.load()
+    def backup_health_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        loaded = context.resources.policy.load()
+        registry = context.resources.workspace_registry if with_registry else None
+        in_sql, gone = rpo_defs.workspaces_in_sql(context.instance, registry, context.log)
         # Deeper than the sensor: the report gives real ages, as far back as retention keeps.
         evaluation = rpo_defs.evaluate_rpo(
             context.instance,
-            backup_store.get_store(),
+            context.resources.backup_store.get_store(),
             loaded,
             backup_assets,
             rpo_defs.utc_now(),
             horizon_days=loaded.keep_weekly_days,
+            in_sql=in_sql,
         )
-        rows = health_rows(evaluation, last_drills(context.instance), loaded)
-        rows += pitr_defs.health_rows(loaded)  # the WAL archive's RPO, when PITR is configured
-        late = [r for r in rows if r["rpo"] == "LATE"]
-        drill_problems = [r for r in rows if r["drill"] in ("FAILED", "RTO MISSED")]
+        metadata = report_metadata(
+            evaluation, last_drills(context.instance), loaded, gone, loaded.keep_weekly_days
+        )
         context.log.info(
-            f"{len(rows)} workspaces, {len(late)} late, {len(drill_problems)} drill problems"
+            f"{metadata['workspaces'].value} workspaces, {metadata['workspaces_late'].value} "
+            f"late, {metadata['drill_problems'].value} drill problems"
         )
-        return dg.MaterializeResult(
-            metadata={
-                "workspaces": dg.MetadataValue.int(len(rows)),
-                "workspaces_late": dg.MetadataValue.int(len(late)),
-                "never_drilled": dg.MetadataValue.int(sum(r["drill"] == "NEVER" for r in rows)),
-                "drill_problems": dg.MetadataValue.int(len(drill_problems)),
-                "report": dg.MetadataValue.table(
-                    records=[dg.TableRecord(row) for row in rows],
-                    schema=dg.TableSchema(columns=COLUMNS),
-                ),
-            }
-        )
+        return dg.MaterializeResult(metadata=metadata)
 
-    job = dg.define_asset_job("backup_health_report_job", selection=[HEALTH_REPORT])
-    schedule = dg.ScheduleDefinition(
-        name="backup_health_report_hourly",
-        job=job,
-        cron_schedule="5 * * * *",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+    job = dg.define_asset_job(
+        "backup_health_report_job",
+        selection=[HEALTH_REPORT],
+        description="The backup health report with the full search depth (rpo_sensor records "
+        "the quick one every tick).",
     )
-    return dg.Definitions(assets=[backup_health_report], jobs=[job], schedules=[schedule])
+    return dg.Definitions(assets=[backup_health_report], jobs=[job])

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from backup_pipelines.defs.partitions import workspaces as workspaces_partitions
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import BackupStore
@@ -38,8 +38,28 @@ def asset_url(asset: str) -> str | None:
 # RPO
 
 
-def rpo_subjects(instance: dg.DagsterInstance, assets: list[str]) -> dict[str, list]:
+def workspaces_in_sql(instance: dg.DagsterInstance, registry, log) -> tuple[set | None, list]:
+    """(the workspaces the SQL registry lists, the known ones it no longer lists). Workspaces
+    come from SQL: a partition SQL does not list (vanished, or added by hand) has nothing to
+    back up, so no RPO. Without a registry, or when it cannot be read (logged), (None, []):
+    every known workspace is held to its RPO."""
+    if registry is None or not registry.source:
+        return None, []
+    try:
+        in_sql = registry.workspaces()
+    except BackupError as exc:
+        log.warning(f"workspace registry unreadable, every known workspace is checked: {exc}")
+        return None, []
+    known = set(instance.get_dynamic_partitions(workspaces_partitions.name))
+    return in_sql, sorted(known - in_sql)
+
+
+def rpo_subjects(
+    instance: dg.DagsterInstance, assets: list[str], in_sql: set | None = None
+) -> dict[str, list]:
     workspaces = sorted(instance.get_dynamic_partitions(workspaces_partitions.name))
+    if in_sql is not None:
+        workspaces = [w for w in workspaces if w in in_sql]
     return {a: [None] if a in FULL_DATABASE_ASSETS else list(workspaces) for a in assets}
 
 
@@ -78,10 +98,11 @@ def evaluate_rpo(
     assets: list[str],
     now: datetime,
     horizon_days: int | None = None,
+    in_sql: set | None = None,
 ) -> rpo.Evaluation:
     since = now - timedelta(days=rpo.rpo_window_days(policy))
     history = run_history(instance, assets, since)
-    subjects = rpo_subjects(instance, assets)
+    subjects = rpo_subjects(instance, assets, in_sql)
     return rpo.evaluate(store, subjects, history, policy, now, horizon_days)
 
 
@@ -133,23 +154,31 @@ def rpo_check_evaluations(evaluation: rpo.Evaluation) -> list[dg.AssetCheckEvalu
     ]
 
 
-def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
+def build_rpo_checks(
+    assets: list[str], with_registry: bool = False
+) -> list[dg.AssetChecksDefinition]:
     """The `rpo_met` check of each backup asset: the sensor records it every tick; running it
     from the UI evaluates it on demand (without alerting)."""
+    keys = {"backup_store", "policy"} | ({"workspace_registry"} if with_registry else set())
 
     def build(asset: str) -> dg.AssetChecksDefinition:
         @dg.asset_check(
             asset=_asset_key(asset),
             name=RPO_CHECK,
-            description="Newest committed backup of every workspace younger than the RPO.",
+            required_resource_keys=keys,
+            description="Newest committed backup of every workspace in SQL younger than the "
+            "RPO (rpo_sensor records it every tick).",
         )
-        def rpo_met(
-            context: dg.AssetCheckExecutionContext,
-            backup_store: BackupStoreResource,
-            policy: PolicyResource,
-        ) -> dg.AssetCheckResult:
+        def rpo_met(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+            registry = context.resources.workspace_registry if with_registry else None
+            in_sql, _gone = workspaces_in_sql(context.instance, registry, context.log)
             evaluation = evaluate_rpo(
-                context.instance, backup_store.get_store(), policy.load(), [asset], utc_now()
+                context.instance,
+                context.resources.backup_store.get_store(),
+                context.resources.policy.load(),
+                [asset],
+                utc_now(),
+                in_sql=in_sql,
             )
             return dg.AssetCheckResult(**rpo_check_result(evaluation.items))
 
@@ -158,22 +187,50 @@ def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
     return [build(asset) for asset in assets]
 
 
-def build_rpo_sensor(assets: list[str]) -> dg.SensorDefinition:
+def tick_summary(evaluation: rpo.Evaluation, gone: list[str], assets: list[str]) -> str:
+    """What the tick list in the UI shows for a tick: the late count, and where the rpo_met
+    checks are (the tick requests no runs, so this is its skip reason)."""
+    late = sorted({i.workspace or "(whole database)" for i in evaluation.late()})
+    workspaces = {i.workspace for i in evaluation.items if i.workspace is not None}
+    checks = "; ".join(
+        alerts.ui_url(f"/assets/{a}?view=checks") or f"/assets/{a}?view=checks" for a in assets
+    )
+    return (
+        f"{len(late)} late of {len(workspaces)} workspace(s)"
+        + (f" ({', '.join(late[:10])}{' …' if len(late) > 10 else ''})" if late else "")
+        + (f", {len(gone)} gone from SQL not checked" if gone else "")
+        + f" — rpo_met checks: {checks}"
+    )
+
+
+def build_rpo_sensor(
+    assets: list[str], with_registry: bool = False, health_report: bool = False
+) -> dg.SensorDefinition:
+    """`with_registry`: only workspaces the SQL registry lists are held to the RPO;
+    `health_report`: the tick also records monitoring/backup_health_report."""
+
     @dg.sensor(
         name="rpo_sensor",
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Age of the newest backup of every asset x workspace against the RPO; "
-        "records the rpo_met checks and alerts once per breach and once per recovery.",
+        required_resource_keys={"backup_store", "policy"}
+        | ({"workspace_registry"} if with_registry else set()),
+        description="Age of the newest backup of every asset x workspace in SQL against the "
+        "RPO; records the rpo_met checks and the backup health report, alerts once per breach "
+        "and once per recovery.",
     )
-    def rpo_sensor(
-        context: dg.SensorEvaluationContext,
-        backup_store: BackupStoreResource,
-        policy: PolicyResource,
-    ) -> dg.SensorResult:
+    def rpo_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         log = context.log.warning
+        policy = context.resources.policy.load()
+        registry = context.resources.workspace_registry if with_registry else None
+        in_sql, gone = workspaces_in_sql(context.instance, registry, context.log)
         evaluation = evaluate_rpo(
-            context.instance, backup_store.get_store(), policy.load(), assets, utc_now()
+            context.instance,
+            context.resources.backup_store.get_store(),
+            policy,
+            assets,
+            utc_now(),
+            in_sql=in_sql,
         )
         state = rpo.BreachState.from_cursor(context.cursor)
         breached, recovered, state = rpo.transitions(state, evaluation)
@@ -184,12 +241,24 @@ def build_rpo_sensor(assets: list[str]) -> dg.SensorDefinition:
             f"{len(evaluation.items)} asset x workspace evaluated, {len(evaluation.late())} late, "
             f"{len(breached)} new breach(es), {len(recovered)} recovered"
         )
+        events: list = rpo_check_evaluations(evaluation)
+        if health_report:
+            from backup_pipelines.defs.monitoring.health import sensor_report
+
+            events.append(sensor_report(context.instance, evaluation, policy, gone))
         return dg.SensorResult(
-            asset_events=rpo_check_evaluations(evaluation), cursor=state.to_cursor()
+            asset_events=events,
+            cursor=state.to_cursor(),
+            skip_reason=tick_summary(evaluation, gone, assets),
         )
 
     return rpo_sensor
 
 
-def build_rpo_defs(assets: list[str]) -> dg.Definitions:
-    return dg.Definitions(asset_checks=build_rpo_checks(assets), sensors=[build_rpo_sensor(assets)])
+def build_rpo_defs(
+    assets: list[str], with_registry: bool = False, health_report: bool = False
+) -> dg.Definitions:
+    return dg.Definitions(
+        asset_checks=build_rpo_checks(assets, with_registry),
+        sensors=[build_rpo_sensor(assets, with_registry, health_report)],
+    )

@@ -1,33 +1,41 @@
 """Restore jobs. The workspace restore is partitioned like the backups (date x workspace), so
-an on-call engineer restores N workspaces to a date by launching a backfill in the UI.
+an on-call engineer restores N workspaces to a date by launching a backfill in the UI; the dry
+run is a job of its own, partitioned the same way, that writes nothing and reports the plan.
 
 Per-backfill options come from run tags, because the UI's backfill dialog passes tags and
 not config; config keeps safe defaults:
     restore/mode            merge (default: add what is missing, never overwrite) | replace
-    restore/dry_run         true: locate, verify, gate and stage the SQL, then roll back
     restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
+A gate refusal is a decision, not a crash: the run fails with the verdict and its evidence,
+alerts once as `restore_refused`, and nothing is written.
 """
 
+import functools
 import time
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from backup_pipelines.defs.monitoring.run_alerts import ALERT_SENT_TAG
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
-from backup_pipelines.defs.resources import index_clients
+from backup_pipelines.defs.resources import WorkspaceRegistryResource, index_clients
 from backup_pipelines.lib.engines import Mode, index_engines
-from backup_pipelines.lib.errors import ConfigError
-from backup_pipelines.lib.recovery import full_restore
+from backup_pipelines.lib.errors import BackupError, ConfigError
+from backup_pipelines.lib.monitoring.alerts import Alert, configured_channels, deliver, ui_url
+from backup_pipelines.lib.recovery import catalog, full_restore, restore_plan
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.recovery.consistency import Outcome
 
 MODE_TAG = "restore/mode"
 DRY_RUN_TAG = "restore/dry_run"
 OVERRIDE_TAG = "restore/override_gate"
+RESTORE_JOB = "workspace_restore_job"
+DRY_RUN_JOB = "workspace_restore_dry_run_job"
+OTHER_DATES_SHOWN = 5
 
 
 class RestoreOptions(dg.Config):
     mode: str = "merge"
-    dry_run: bool = False
     override_gate: str = ""
 
 
@@ -37,10 +45,121 @@ def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> Restor
     mode = tags.get(MODE_TAG, config.mode)
     if mode not in {m.value for m in Mode}:
         raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not one of merge, replace")
-    dry_run = tags.get(DRY_RUN_TAG, str(config.dry_run)).lower() in {"1", "true", "yes"}
-    return RestoreOptions(
-        mode=mode, dry_run=dry_run, override_gate=tags.get(OVERRIDE_TAG, config.override_gate)
+    return RestoreOptions(mode=mode, override_gate=tags.get(OVERRIDE_TAG, config.override_gate))
+
+
+def refuse_dry_run_tag(context: dg.OpExecutionContext) -> None:
+    """The dry run is its own job: a run of the restore job restores, so that a partition of it
+    is "completed" only when it was really restored."""
+    if context.run.tags.get(DRY_RUN_TAG, "").strip().lower() in {"1", "true", "yes"}:
+        raise dg.Failure(
+            description=f"run tag {DRY_RUN_TAG}=true on {RESTORE_JOB}: nothing done. A dry run "
+            f"is its own job now: launch {DRY_RUN_JOB} for the same partitions (it writes "
+            f"nothing and reports the plan); {RESTORE_JOB} always restores.",
+            allow_retries=False,
+        )
+
+
+def other_dates(store, workspace: str, assets: list[str], policy, before: str = "") -> list[str]:
+    """Dates with every artifact a restore of `workspace` needs, newest first (within what
+    retention keeps), for messages that say what else could be restored."""
+    today = datetime.now(UTC).date()
+    points = catalog.points_of(store, workspace, assets, today, policy.keep_weekly_days)
+    return [p.date for p in points if p.restorable(assets) and p.date != before]
+
+
+@functools.cache  # one op definition per set of index assets: both restore jobs share it
+def build_locate_op(index_assets: tuple[str, ...]) -> dg.OpDefinition:
+    @dg.op(
+        name="locate_and_verify_artifacts",
+        required_resource_keys={"backup_store", "postgres_db", "policy"},
+        description="Find the partition's artifacts (SQL dump and every index) and re-check "
+        "every file's sha256; a workspace with nothing to restore fails here, writing nothing.",
     )
+    def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
+        date, workspace = date_and_workspace(context.partition_key)
+        store = context.resources.backup_store.get_store()
+        policy = context.resources.policy.load()
+        registry = WorkspaceRegistryResource(
+            source="postgres",
+            database_url=context.resources.postgres_db.database_url,
+            policy_file=context.resources.policy.policy_file,
+        )
+        registered = workspace in registry.workspaces()
+        try:
+            located = restore.locate_and_verify(store, date, workspace, index_assets)
+        except BackupError as exc:
+            failure = nothing_to_restore(store, policy, date, workspace, registered, registry, exc)
+            raise failure from None  # a decision with its reason, not a crash to debug
+        if not registered:
+            context.log.warning(
+                f"workspace {workspace} is not in {registry.describe()} (deleted?): restoring "
+                "it brings its registry row back with its rows, and discovery picks it up again"
+            )
+        context.add_output_metadata(
+            {
+                "artifacts": dg.MetadataValue.json(
+                    {a: store.location(r) for a, r in located.refs.items()}
+                ),
+                "bytes_verified": dg.MetadataValue.int(located.verified_bytes),
+                "in_registry": dg.MetadataValue.bool(registered),
+            }
+        )
+        return located
+
+    def nothing_to_restore(store, policy, date, workspace, registered, registry, exc):
+        dates = other_dates(store, workspace, [restore.SQL_ASSET, *index_assets], policy, date)
+        if not registered and not dates:
+            text = (
+                f"workspace {workspace} is not in {registry.describe()} and the store holds no "
+                "backup of it: nothing to restore, nothing written (a partition added by hand? "
+                f"`backup-pipelines workspaces remove {workspace}`)"
+            )
+        else:
+            shown = ", ".join(dates[:OTHER_DATES_SHOWN]) or "none"
+            text = f"nothing written: {exc}. Dates of {workspace} with a complete backup: {shown}"
+        return dg.Failure(description=text, allow_retries=False)
+
+    return locate_and_verify_artifacts
+
+
+def refusal_text(located: restore.Located, verdict, dates: list[str]) -> str:
+    """The gate's refusal as a decision: what was decided, on what evidence, what to do."""
+    shown = ", ".join(dates[:OTHER_DATES_SHOWN]) or "none within retention"
+    return (
+        f"Restore refused: the consistency gate's verdict for {located.date}|{located.workspace} "
+        f"is FAIL ({'; '.join(verdict.reasons) or verdict.summary()}). Nothing was written. "
+        f"Other dates with a complete backup: {shown} (a dry run, {DRY_RUN_JOB}, shows a date's "
+        f"verdict); to restore this one anyway, set the run tag {OVERRIDE_TAG}=<reason>."
+    )
+
+
+def refusal_alert(context, located: restore.Located, verdict, text: str) -> Alert:
+    return Alert(
+        kind="restore_refused",
+        title=f"Restore of {located.workspace} to {located.date} refused by the consistency gate "
+        f"(FAIL): nothing written",
+        workspace=located.workspace,
+        asset=restore.SQL_ASSET,
+        details={
+            "partition": f"{located.date}|{located.workspace}",
+            "verdict": str(verdict.outcome),
+            "gate": verdict.summary(),
+            "decision": text,
+            "run_id": context.run_id,
+            "evidence": verdict.to_dict(),
+        },
+        url=ui_url(f"/runs/{context.run_id}"),
+    )
+
+
+def send_own_alert(context, alert: Alert) -> None:
+    """Deliver; when every channel took it, tag the run so the generic failed-run alert does
+    not page a second time (if one failed, run_alert_sensor's alert is the fallback)."""
+    channels = configured_channels(context.log.error)
+    undelivered = deliver([alert], channels, log=context.log.warning)
+    if channels and not undelivered:
+        context.instance.add_run_tags(context.run_id, {ALERT_SENT_TAG: "true"})
 
 
 def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
@@ -48,40 +167,34 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     engines = index_engines(index_stores)
     index_assets = [engine.asset for engine in engines]
     index_keys = {engine.name for engine in engines}
+    locate_and_verify_artifacts = build_locate_op(tuple(index_assets))
 
-    @dg.op(required_resource_keys={"backup_store"})
-    def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
-        date, workspace = date_and_workspace(context.partition_key)
-        store = context.resources.backup_store.get_store()
-        located = restore.locate_and_verify(store, date, workspace, index_assets)
-        context.add_output_metadata(
-            {
-                "artifacts": dg.MetadataValue.json(
-                    {a: store.location(r) for a, r in located.refs.items()}
-                ),
-                "bytes_verified": dg.MetadataValue.int(located.verified_bytes),
-            }
-        )
-        return located
-
-    @dg.op(required_resource_keys={"backup_store", "policy"})
+    @dg.op(
+        required_resource_keys={"backup_store", "policy"},
+        description="The consistency gate: SQL and index artifacts of the partition must agree. "
+        "FAIL refuses the restore before anything is written (unless overridden by a tag).",
+    )
     def consistency_gate(
         context: dg.OpExecutionContext, config: RestoreOptions, located: restore.Located
     ) -> str:
+        refuse_dry_run_tag(context)
         options = options_of(context, config)
         store = context.resources.backup_store.get_store()
-        verdict = restore.consistency_gate(store, located, context.resources.policy.load())
+        policy = context.resources.policy.load()
+        verdict = restore.consistency_gate(store, located, policy)
         evidence = {
             "verdict": dg.MetadataValue.text(str(verdict.outcome)),
+            "gate": dg.MetadataValue.text(verdict.summary()),
             "evidence": dg.MetadataValue.json(verdict.to_dict()),
         }
         if verdict.outcome == Outcome.FAIL:
             if not options.override_gate:
-                raise dg.Failure(
-                    description=f"restore refused, nothing written: {verdict.summary()}",
-                    metadata=evidence,
-                    allow_retries=False,
-                )
+                assets = list(located.refs)
+                dates = other_dates(store, located.workspace, assets, policy, located.date)
+                text = refusal_text(located, verdict, dates)
+                context.log.error(text)
+                send_own_alert(context, refusal_alert(context, located, verdict, text))
+                raise dg.Failure(description=text, metadata=evidence, allow_retries=False)
             context.log.warning(
                 f"GATE OVERRIDDEN ({options.override_gate!r}) despite: {verdict.summary()}"
             )
@@ -89,37 +202,38 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         context.add_output_metadata(evidence)
         return str(verdict.outcome)
 
-    @dg.op(required_resource_keys={"backup_store", "postgres_db"})
+    @dg.op(
+        required_resource_keys={"backup_store", "postgres_db"},
+        description="Insert the backed-up rows the live tables lack, parents first, in one "
+        "transaction (never overwrites, never touches another workspace).",
+    )
     def restore_sql_rows(
-        context: dg.OpExecutionContext,
-        config: RestoreOptions,
-        located: restore.Located,
-        verdict: str,
+        context: dg.OpExecutionContext, located: restore.Located, verdict: str
     ) -> dict:
-        options = options_of(context, config)
         started = time.monotonic()
         report = restore.merge_sql(
             context.resources.postgres_db.database_url,
             context.resources.backup_store.get_store(),
             located,
-            dry_run=options.dry_run,
             log=context.log.info,
         )
-        inserted = sum(t["inserted"] for t in report.values())
         context.add_output_metadata(
             {
-                "tables": dg.MetadataValue.json(report),
-                "rows_inserted": dg.MetadataValue.int(inserted),
+                "tables": sql_table(report),
+                "rows_inserted": dg.MetadataValue.int(sum(t["inserted"] for t in report.values())),
                 "rows_already_present": dg.MetadataValue.int(
                     sum(t["already_present"] for t in report.values())
                 ),
-                "dry_run": dg.MetadataValue.bool(options.dry_run),
                 "seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
             }
         )
         return report
 
-    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
+    @dg.op(
+        required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
+        description="Each index back from its artifact (merge: only what is missing), or "
+        "rebuilt from the restored SQL rows when the gate says REBUILD_INDEX.",
+    )
     def restore_indexes(
         context: dg.OpExecutionContext,
         config: RestoreOptions,
@@ -128,8 +242,6 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         sql_report: dict,
     ) -> dict:
         options = options_of(context, config)
-        if options.dry_run:
-            return {"dry_run": True}
         store = context.resources.backup_store.get_store()
         policy = context.resources.policy.load()
         database_url = context.resources.postgres_db.database_url
@@ -144,13 +256,14 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         )
         return done
 
-    @dg.op(required_resource_keys={"postgres_db", "policy", *index_keys})
+    @dg.op(
+        required_resource_keys={"postgres_db", "policy", *index_keys},
+        description="Every backed-up row present again, and a search in each index finds a "
+        "restored memory.",
+    )
     def verify_restored(
         context: dg.OpExecutionContext, located: restore.Located, index_report: dict
     ) -> None:
-        if index_report.get("dry_run"):
-            context.log.info("dry run: nothing was written, nothing to verify")
-            return
         policy = context.resources.policy.load()
         with index_clients(context.resources, index_keys) as clients:
             result = restore.verify_restore(
@@ -164,9 +277,10 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
             )
 
     @dg.job(
-        name="workspace_restore_job",
+        name=RESTORE_JOB,
         partitions_def=daily_by_workspace,
-        description="Restore one workspace (SQL rows, Typesense, Qdrant) to a date; refuses when SQL and index disagree.",
+        description="Restore one workspace (SQL rows, Typesense, Qdrant) to a date; refuses "
+        f"when SQL and index disagree. A plan without writing: {DRY_RUN_JOB}.",
         tags={"restore": "workspace"},
     )
     def workspace_restore_job():
@@ -176,6 +290,100 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         verify_restored(located, restore_indexes(located, verdict, sql_report))
 
     return workspace_restore_job
+
+
+def sql_table(report: dict) -> dg.MetadataValue:
+    columns = [
+        dg.TableColumn("table", "string"),
+        dg.TableColumn("in_backup", "int"),
+        dg.TableColumn("inserted", "int", description="rows the live table lacked"),
+        dg.TableColumn("already_present", "int"),
+    ]
+    records = [
+        dg.TableRecord(
+            {
+                "table": name,
+                "in_backup": row["in_backup"],
+                "inserted": row["inserted"],
+                "already_present": row["already_present"],
+            }
+        )
+        for name, row in report.items()
+    ]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
+
+
+def index_table(plans: dict[str, dict]) -> dg.MetadataValue:
+    columns = [
+        dg.TableColumn("index", "string"),
+        dg.TableColumn("collection", "string"),
+        dg.TableColumn("action", "string"),
+        dg.TableColumn("entries_from_backup", "int"),
+        dg.TableColumn("entries_live_now", "int", description="empty: the collection is missing"),
+        dg.TableColumn("effect", "string"),
+    ]
+    records = [dg.TableRecord({"index": name, **plan}) for name, plan in plans.items()]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
+
+
+def build_dry_run_job(index_stores: set[str]) -> dg.JobDefinition:
+    """The dry run: the restore's plan for a partition, with nothing written. Its own job, so a
+    partition of the restore job is "completed" only when really restored."""
+    engines = index_engines(index_stores)
+    index_keys = {engine.name for engine in engines}
+    locate_and_verify_artifacts = build_locate_op(tuple(engine.asset for engine in engines))
+
+    @dg.op(
+        required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
+        description="The gate's verdict, the rows each table would gain (staged, then rolled "
+        "back), and per index whether it would be restored or rebuilt and how many entries.",
+    )
+    def plan_workspace_restore(
+        context: dg.OpExecutionContext, config: RestoreOptions, located: restore.Located
+    ) -> dict:
+        options = options_of(context, config)
+        store = context.resources.backup_store.get_store()
+        policy = context.resources.policy.load()
+        verdict = restore.consistency_gate(store, located, policy)
+        with index_clients(context.resources, index_keys) as clients:
+            plan = restore_plan.plan_restore(
+                store,
+                located,
+                verdict,
+                context.resources.postgres_db.database_url,
+                policy,
+                clients,
+                Mode(options.mode),
+                options.override_gate,
+                log=context.log.info,
+            )
+        context.log.info(f"dry run of {plan['partition']}: {plan['decision']}")
+        context.add_output_metadata(
+            {
+                "decision": dg.MetadataValue.text(plan["decision"]),
+                "verdict": dg.MetadataValue.text(plan["verdict"]),
+                "gate": dg.MetadataValue.text(plan["gate"]),
+                "rows_to_insert": dg.MetadataValue.int(plan["rows_to_insert"]),
+                "sql_rows": sql_table(plan["sql"]),
+                "indexes": index_table(plan["indexes"]),
+                "artifacts": dg.MetadataValue.json(plan["artifacts"]),
+                "evidence": dg.MetadataValue.json(verdict.to_dict()),
+                "mode": dg.MetadataValue.text(plan["mode"]),
+            }
+        )
+        return plan
+
+    @dg.job(
+        name=DRY_RUN_JOB,
+        partitions_def=daily_by_workspace,
+        description="What workspace_restore_job would do for a date x workspace, writing "
+        "nothing: artifacts verified, the gate's verdict, rows per table, index entries.",
+        tags={"restore": "dry_run"},
+    )
+    def workspace_restore_dry_run_job():
+        plan_workspace_restore(locate_and_verify_artifacts())
+
+    return workspace_restore_dry_run_job
 
 
 class FullRestoreOptions(dg.Config):

@@ -26,6 +26,11 @@ KINDS = (
     "run_stuck",
     "drill_failed",
     "drill_rto_missed",
+    # A workspace gone from the SQL registry (an accidental deletion?): once, with how to
+    # restore it.
+    "workspace_vanished",
+    # The consistency gate refused a restore: the verdict and its evidence.
+    "restore_refused",
 )
 ATTEMPTS = 3
 FIRST_DELAY_SECONDS = 0.5
