@@ -61,11 +61,11 @@ def build_definitions() -> dg.Definitions:
             ),
         ]
     if monitored:
-        # Workspaces come from SQL: only those the registry lists are held to the RPO.
-        registry = bool(stores & {"postgres", "mssql"})
+        # Workspaces come from SQL (the workspace_registry resource): only those the registry
+        # lists are held to the RPO; each RPO tick records the health report too.
         parts += [
-            rpo.build_rpo_defs(monitored, with_registry=registry, health_report=True),
-            health.build_health_defs(monitored, with_registry=registry),
+            rpo.build_rpo_defs(monitored, health_report=True),
+            health.build_health_defs(monitored),
         ]
     sql_stores = stores & {"postgres", "mssql"}
     if sql_stores:

@@ -15,6 +15,7 @@ from backup_pipelines.lib.store import ArtifactRef, store_from_url
 # Renaming any of these orphans its history in the UI (DESIGN "Contracts"): change on purpose only.
 EXPECTED_ASSET_KEYS = [
     "monitoring/backup_health_report",
+    "monitoring/restore_catalog",
     "monitoring/restore_drill",
     "postgres/full_dump",
     "postgres/workspace_dump",
@@ -45,15 +46,16 @@ EXPECTED_JOBS = {
     "postgres_full_backup_job",
     "workspace_backup_job",
     "workspace_restore_job",
+    "workspace_restore_dry_run_job",
     "full_restore_job",
     "backup_health_report_job",
+    "restore_catalog_job",
     "restore_drill_job",
     "retention_job",
 }
 EXPECTED_SCHEDULES = {
     "postgres_full_backup_daily",
     "workspace_backup_daily",
-    "backup_health_report_hourly",
     "restore_drill_weekly",
     "retention_daily",
 }
@@ -127,6 +129,7 @@ def test_a_store_not_configured_is_not_part_of_the_deployment(monkeypatch):
     graph = build_definitions().resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
         "monitoring/backup_health_report",
+        "monitoring/restore_catalog",
         "monitoring/restore_drill",
         "postgres/full_dump",
         "postgres/workspace_dump",
@@ -233,15 +236,24 @@ def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(
             result = sensor(context)
         [request] = result.dynamic_partitions_requests
         assert sorted(request.partition_keys) == ["ws_globex", "ws_initech", "ws_new"]
-        assert sorted(r.partition_key for r in result.run_requests) == sorted(
+        backups = [r for r in result.run_requests if r.job_name == "workspace_backup_job"]
+        assert sorted(r.partition_key for r in backups) == sorted(
             f"{last_completed_date()}|{w}" for w in ["ws_globex", "ws_new"]
         )
+        # The first tick also refreshes the restore catalog.
+        assert [r.job_name for r in result.run_requests if r not in backups] == [
+            "restore_catalog_job"
+        ]
         instance.add_dynamic_partitions("workspaces", list(request.partition_keys))
         with dg.build_sensor_context(
-            instance=instance, definitions=definitions, resources=definitions.resources
+            instance=instance,
+            definitions=definitions,
+            resources=definitions.resources,
+            cursor=result.cursor,
         ) as context:
             again = sensor(context)
         assert not again.dynamic_partitions_requests and not again.run_requests
+        assert "4 workspace(s) in SQL, 0 new, 0 gone from SQL" in again.skip_reason.skip_message
 
 
 def test_workspace_schedule_requests_last_completed_day_for_every_workspace(definitions):
@@ -249,9 +261,15 @@ def test_workspace_schedule_requests_last_completed_day_for_every_workspace(defi
 
     schedule = definitions.resolve_schedule_def("workspace_backup_daily")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("workspaces", ["ws_acme", "ws_globex"])
+        # ws_typo was added by hand ("Add a partition"): SQL does not list it, nothing to back up.
+        instance.add_dynamic_partitions("workspaces", ["ws_acme", "ws_globex", "ws_typo"])
         when = datetime(2026, 11, 22, 1, 15, tzinfo=UTC)
-        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=when,
+            resources=definitions.resources,
+            repository_def=definitions.get_repository_def(),
+        ) as context:
             data = schedule.evaluate_tick(context)
     assert sorted(r.partition_key for r in data.run_requests) == [
         "2026-11-21|ws_acme",

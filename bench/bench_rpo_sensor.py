@@ -30,7 +30,11 @@ import dagster as dg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, store_from_url
 from backup_pipelines_tests.alert_receiver import AlertReceiver
 
@@ -144,6 +148,8 @@ def main() -> None:
         resources = {
             "backup_store": BackupStoreResource(url=url),
             "policy": PolicyResource(),
+            # No SQL source: every known workspace is held to the RPO.
+            "workspace_registry": WorkspaceRegistryResource(),
         }
         sensor = rpo_defs.build_rpo_sensor(ASSETS)
         first, result = timed_tick(sensor, instance, resources, None)

@@ -89,10 +89,9 @@ def build_workspace_schedule(workspace_backup_job) -> dg.ScheduleDefinition:
             )
         if not chosen:
             return dg.SkipReason(f"no workspace to back up for {day}")
+        # The daemon adds the partition's tags (dagster/partition/workspace among them).
         return [
-            workspace_backup_job.run_request_for_partition(
-                partition_key=multi_key(day, w), run_key=multi_key(day, w)
-            )
+            dg.RunRequest(partition_key=multi_key(day, w), run_key=multi_key(day, w))
             for w in sorted(chosen)
         ]
 

@@ -14,7 +14,6 @@ SENSORS = {"workspace_discovery_sensor", "rpo_sensor", "run_alert_sensor"}
 SCHEDULES = {
     "postgres_full_backup_daily",
     "workspace_backup_daily",
-    "backup_health_report_hourly",
     "restore_drill_weekly",
     "retention_daily",
 }

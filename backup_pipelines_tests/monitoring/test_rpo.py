@@ -9,7 +9,11 @@ import dagster as dg
 import pytest
 
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.monitoring import alerts
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 
@@ -38,6 +42,8 @@ def setting(tmp_path, monkeypatch):
         resources = {
             "backup_store": BackupStoreResource(url=f"file://{store.root}"),
             "policy": PolicyResource(),
+            # No SQL source: every known workspace is held to the RPO.
+            "workspace_registry": WorkspaceRegistryResource(),
         }
         yield store, instance, resources
 
@@ -241,10 +247,10 @@ def test_health_report_table_shows_rpo_and_last_drill_per_workspace(setting):
     (materialization,) = result.asset_materializations_for_node(report_asset.op.name)
     rows = {r.data["workspace"]: r.data for r in materialization.metadata["report"].value.records}
     assert rows["ws_fresh"]["rpo"] == "OK"
-    assert rows["ws_fresh"]["oldest_backup_age_hours"] == pytest.approx(3.0)
+    assert rows["ws_fresh"]["age_hours"] == pytest.approx(3.0)
     assert rows["ws_fresh"]["drill"] == "OK" and rows["ws_fresh"]["drill_seconds"] == 42.5
     assert rows["ws_missed"]["rpo"] == "LATE"
-    assert rows["ws_missed"]["oldest_backup_age_hours"] == pytest.approx(240.0)
+    assert rows["ws_missed"]["age_hours"] == pytest.approx(240.0)
     assert rows["ws_missed"]["drill"] == "RTO MISSED"
     assert materialization.metadata["workspaces_late"].value == 1
 

@@ -16,6 +16,7 @@ from backup_pipelines_tests.mssql.test_mssql_restore import index_episodes
 
 EXPECTED_ASSET_KEYS = [
     "monitoring/backup_health_report",
+    "monitoring/restore_catalog",
     "monitoring/restore_drill",
     "mssql/diff_backup",
     "mssql/full_backup",
@@ -30,6 +31,7 @@ EXPECTED_JOBS = {
     "agent_restore_job",
     "workspace_backup_job",
     "backup_health_report_job",
+    "restore_catalog_job",
     "restore_drill_job",
     "retention_job",
 }
@@ -38,7 +40,6 @@ EXPECTED_SCHEDULES = {
     "mssql_diff_backup",
     "mssql_log_backup",
     "workspace_backup_daily",
-    "backup_health_report_hourly",
     "restore_drill_weekly",
     "retention_daily",
 }

@@ -13,6 +13,11 @@ import dagster as dg
 
 from backup_pipelines.defs import pitr as pitr_defs
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.monitoring import rpo
 from backup_pipelines.lib.policy import Policy
 
@@ -202,26 +207,28 @@ def sensor_report(
     )
 
 
-def build_health_defs(backup_assets: list[str], with_registry: bool = False) -> dg.Definitions:
+def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
     """The report asset (the RPO sensor records it every tick; "Materialize" computes it with
     the full search depth) and its job."""
 
     @dg.asset(
         key=HEALTH_REPORT,
         group_name="monitoring",
-        required_resource_keys={"backup_store", "policy"}
-        | ({"workspace_registry"} if with_registry else set()),
         description="Per workspace: last backup age vs RPO, last restore drill vs RTO; "
         "whole-database backups apart. Recorded by rpo_sensor every tick.",
     )
-    def backup_health_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        loaded = context.resources.policy.load()
-        registry = context.resources.workspace_registry if with_registry else None
-        in_sql, gone = rpo_defs.workspaces_in_sql(context.instance, registry, context.log)
+    def backup_health_report(
+        context: dg.AssetExecutionContext,
+        backup_store: BackupStoreResource,
+        policy: PolicyResource,
+        workspace_registry: WorkspaceRegistryResource,
+    ) -> dg.MaterializeResult:
+        loaded = policy.load()
+        in_sql, gone = rpo_defs.workspaces_in_sql(context.instance, workspace_registry, context.log)
         # Deeper than the sensor: the report gives real ages, as far back as retention keeps.
         evaluation = rpo_defs.evaluate_rpo(
             context.instance,
-            context.resources.backup_store.get_store(),
+            backup_store.get_store(),
             loaded,
             backup_assets,
             rpo_defs.utc_now(),

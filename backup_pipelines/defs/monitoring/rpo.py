@@ -6,6 +6,11 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from backup_pipelines.defs.partitions import workspaces as workspaces_partitions
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.policy import Policy
@@ -154,28 +159,28 @@ def rpo_check_evaluations(evaluation: rpo.Evaluation) -> list[dg.AssetCheckEvalu
     ]
 
 
-def build_rpo_checks(
-    assets: list[str], with_registry: bool = False
-) -> list[dg.AssetChecksDefinition]:
+def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
     """The `rpo_met` check of each backup asset: the sensor records it every tick; running it
     from the UI evaluates it on demand (without alerting)."""
-    keys = {"backup_store", "policy"} | ({"workspace_registry"} if with_registry else set())
 
     def build(asset: str) -> dg.AssetChecksDefinition:
         @dg.asset_check(
             asset=_asset_key(asset),
             name=RPO_CHECK,
-            required_resource_keys=keys,
             description="Newest committed backup of every workspace in SQL younger than the "
             "RPO (rpo_sensor records it every tick).",
         )
-        def rpo_met(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-            registry = context.resources.workspace_registry if with_registry else None
-            in_sql, _gone = workspaces_in_sql(context.instance, registry, context.log)
+        def rpo_met(
+            context: dg.AssetCheckExecutionContext,
+            backup_store: BackupStoreResource,
+            policy: PolicyResource,
+            workspace_registry: WorkspaceRegistryResource,
+        ) -> dg.AssetCheckResult:
+            in_sql, _gone = workspaces_in_sql(context.instance, workspace_registry, context.log)
             evaluation = evaluate_rpo(
                 context.instance,
-                context.resources.backup_store.get_store(),
-                context.resources.policy.load(),
+                backup_store.get_store(),
+                policy.load(),
                 [asset],
                 utc_now(),
                 in_sql=in_sql,
@@ -203,31 +208,32 @@ def tick_summary(evaluation: rpo.Evaluation, gone: list[str], assets: list[str])
     )
 
 
-def build_rpo_sensor(
-    assets: list[str], with_registry: bool = False, health_report: bool = False
-) -> dg.SensorDefinition:
-    """`with_registry`: only workspaces the SQL registry lists are held to the RPO;
-    `health_report`: the tick also records monitoring/backup_health_report."""
+def build_rpo_sensor(assets: list[str], health_report: bool = False) -> dg.SensorDefinition:
+    """Only workspaces the SQL registry lists are held to the RPO (workspace_registry; without
+    a SQL source, every known one); `health_report`: each tick also records
+    monitoring/backup_health_report."""
 
     @dg.sensor(
         name="rpo_sensor",
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"backup_store", "policy"}
-        | ({"workspace_registry"} if with_registry else set()),
         description="Age of the newest backup of every asset x workspace in SQL against the "
         "RPO; records the rpo_met checks and the backup health report, alerts once per breach "
         "and once per recovery.",
     )
-    def rpo_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def rpo_sensor(
+        context: dg.SensorEvaluationContext,
+        backup_store: BackupStoreResource,
+        policy: PolicyResource,
+        workspace_registry: WorkspaceRegistryResource,
+    ) -> dg.SensorResult:
         log = context.log.warning
-        policy = context.resources.policy.load()
-        registry = context.resources.workspace_registry if with_registry else None
-        in_sql, gone = workspaces_in_sql(context.instance, registry, context.log)
+        loaded = policy.load()
+        in_sql, gone = workspaces_in_sql(context.instance, workspace_registry, context.log)
         evaluation = evaluate_rpo(
             context.instance,
-            context.resources.backup_store.get_store(),
-            policy,
+            backup_store.get_store(),
+            loaded,
             assets,
             utc_now(),
             in_sql=in_sql,
@@ -245,7 +251,7 @@ def build_rpo_sensor(
         if health_report:
             from backup_pipelines.defs.monitoring.health import sensor_report
 
-            events.append(sensor_report(context.instance, evaluation, policy, gone))
+            events.append(sensor_report(context.instance, evaluation, loaded, gone))
         return dg.SensorResult(
             asset_events=events,
             cursor=state.to_cursor(),
@@ -255,10 +261,8 @@ def build_rpo_sensor(
     return rpo_sensor
 
 
-def build_rpo_defs(
-    assets: list[str], with_registry: bool = False, health_report: bool = False
-) -> dg.Definitions:
+def build_rpo_defs(assets: list[str], health_report: bool = False) -> dg.Definitions:
     return dg.Definitions(
-        asset_checks=build_rpo_checks(assets, with_registry),
-        sensors=[build_rpo_sensor(assets, with_registry, health_report)],
+        asset_checks=build_rpo_checks(assets),
+        sensors=[build_rpo_sensor(assets, health_report)],
     )
