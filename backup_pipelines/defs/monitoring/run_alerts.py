@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from backup_pipelines.defs.resources import PolicyResource
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.monitoring import alerts
 from backup_pipelines.lib.policy import Policy
 
@@ -170,8 +171,13 @@ def build_run_alert_sensor(job_names: list[str]) -> dg.SensorDefinition:
         # First tick: look back a day, not at the whole history of a long-lived instance.
         after = datetime.fromisoformat(state.get("after") or (now - timedelta(days=1)).isoformat())
         failed, after = failed_run_alerts(context.instance, jobs, after)
+        try:
+            loaded = policy.load()
+        except ConfigError as exc:  # failed runs are alerted all the same (they carry it)
+            context.log.error(f"{exc} — stuck-run limits use the built-in defaults")
+            loaded = Policy()
         stuck, in_flight = stuck_run_alerts(
-            context.instance, jobs, policy.load(), now, set(state.get("stuck", []))
+            context.instance, jobs, loaded, now, set(state.get("stuck", []))
         )
         pending = alerts.send_keeping_pending(
             failed + stuck, state.get("pending", []), context.log.warning
