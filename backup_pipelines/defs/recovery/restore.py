@@ -15,6 +15,7 @@ import dagster as dg
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import index_clients
 from backup_pipelines.lib.engines import Mode, index_engines
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.postgres.full_restore import restore_full_database
 from backup_pipelines.lib.recovery import full_restore
 from backup_pipelines.lib.recovery import workspace_restore as restore
@@ -89,7 +90,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         context.add_output_metadata(evidence)
         return str(verdict.outcome)
 
-    @dg.op(required_resource_keys={"backup_store", "postgres_db"})
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy"})
     def restore_sql_rows(
         context: dg.OpExecutionContext,
         config: RestoreOptions,
@@ -98,6 +99,14 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     ) -> dict:
         options = options_of(context, config)
         started = time.monotonic()
+        try:  # the index mapping must fit the database before any row is written
+            restore.check_before_writing(
+                context.resources.postgres_db.database_url,
+                context.resources.policy.load(),
+                index_keys,
+            )
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         report = restore.merge_sql(
             context.resources.postgres_db.database_url,
             context.resources.backup_store.get_store(),
