@@ -628,3 +628,98 @@ def test_schema_cli_restore_refuses_a_bad_date(bad, monkeypatch, capsys, tmp_pat
     monkeypatch.setenv("BACKUP_STORE_URL", f"file://{tmp_path}")
     assert cli.main(["restore", "workspace", "--date", bad, "--workspace", "ws_acme"]) == 2
     assert f"--date {bad!r} is not a date written YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_schema_demo_defaults_reproduce_todays_documents_and_points(source_db):
+    """The default mapping is the demo schema's: the documents, points and collection schema
+    are exactly what the fixed mapping of earlier versions built (written out here)."""
+    from backup_pipelines.lib.qdrant.points import to_qdrant_point
+    from backup_pipelines.lib.typesense.documents import to_typesense_document, typesense_schema
+
+    policy = Policy()
+    documents, points = policy.index_mapping("typesense"), policy.index_mapping("qdrant")
+    with psycopg.connect(source_db) as conn:
+        old = conn.execute(
+            "SELECT id, workspace_id, session_id, kind, content, importance, embedding, "
+            "created_at, updated_at FROM memory_entries WHERE workspace_id = 'ws_acme' ORDER BY id"
+        ).fetchall()
+        rows = list(iter_index_rows(conn, "ws_acme", documents, policy.schema))
+        vector_rows = list(iter_index_rows(conn, "ws_acme", points, policy.schema))
+    # A memory without a session: left out of the document, kept as null in the payload.
+    old.append((*old[0][:2], None, *old[0][3:]))
+    rows.append({**rows[0], "session_id": None})
+    vector_rows.append({**vector_rows[0], "session_id": None})
+    for (
+        id_,
+        ws,
+        session,
+        kind,
+        content,
+        importance,
+        embedding,
+        created,
+        updated,
+    ), row, vrow in zip(old, rows, vector_rows, strict=True):
+        expected = {"id": str(id_), "workspace_id": ws, "kind": kind, "content": content,
+                    "importance": float(importance), "created_at": int(created.timestamp()),
+                    "updated_at": int(updated.timestamp())}  # fmt: skip
+        if session is not None:
+            expected["session_id"] = session
+        assert json.dumps(to_typesense_document(row, documents), sort_keys=True) == json.dumps(
+            expected, sort_keys=True
+        )
+        assert to_qdrant_point(vrow, points) == {
+            "id": id_,
+            "vector": [float(x) for x in embedding],
+            "payload": {"workspace_id": ws, "session_id": session, "kind": kind,
+                        "importance": float(importance), "created_at": created.isoformat(),
+                        "updated_at": updated.isoformat()},
+        }  # fmt: skip
+    assert typesense_schema("memory_ws_acme", documents) == {
+        "name": "memory_ws_acme",
+        "fields": [
+            {"name": "workspace_id", "type": "string", "facet": True},
+            {"name": "session_id", "type": "int64", "optional": True},
+            {"name": "kind", "type": "string", "facet": True},
+            {"name": "content", "type": "string"},
+            {"name": "importance", "type": "float"},
+            {"name": "created_at", "type": "int64"},
+            {"name": "updated_at", "type": "int64"},
+        ],
+        "default_sorting_field": "created_at",
+    }
+
+
+def test_schema_dagster_restore_job_restores_the_operator_schema(
+    tmp_path, operator_env, monkeypatch
+):
+    import dagster as dg
+
+    from backup_pipelines.definitions import build_definitions
+
+    store_dir = tmp_path / "store"
+    back_up(LocalStore(store_dir), operator_env, "ws_south")
+    before = rows_of(operator_env["db"], "ws_south"), index_state(operator_env, "ws_south")
+    lose(operator_env, "ws_south")
+    (tmp_path / "policy.yaml").write_text(OPERATOR_MAPPING)
+    for key, value in {
+        "BACKUP_POLICY_FILE": str(tmp_path / "policy.yaml"),
+        "DATABASE_URL": operator_env["db"],
+        "BACKUP_STORE_URL": f"file://{store_dir}",
+        "TYPESENSE_URL": operator_env["typesense_url"],
+        "TYPESENSE_API_KEY": operator_env["typesense_api_key"],
+        "QDRANT_URL": operator_env["qdrant_url"],
+    }.items():
+        monkeypatch.setenv(key, value)
+    job = build_definitions().resolve_job_def("workspace_restore_job")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_south"])
+        result = job.execute_in_process(
+            instance=instance, partition_key=f"{DATE}|ws_south", raise_on_error=False
+        )
+    failures = [str(e.event_specific_data) for e in result.all_events if e.is_step_failure]
+    assert result.success, failures
+    assert (
+        rows_of(operator_env["db"], "ws_south"),
+        index_state(operator_env, "ws_south"),
+    ) == before
