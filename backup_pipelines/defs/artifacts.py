@@ -104,9 +104,9 @@ def build_verify_check(
 _REPORTED: set[str] = set()
 
 
-def backup_freshness() -> dg.FreshnessPolicy:
+def backup_freshness(asset: str = "") -> dg.FreshnessPolicy:
     """The UI's coarse freshness indicator (per asset, not per workspace: the RPO sensor is the
-    per-workspace truth): warn past the RPO, fail past RPO + grace."""
+    per-workspace truth): warn past the asset's RPO, fail past RPO + grace."""
     from datetime import timedelta
 
     from backup_pipelines.lib.errors import ConfigError
@@ -122,7 +122,8 @@ def backup_freshness() -> dg.FreshnessPolicy:
             _REPORTED.add(str(exc))
             logging.getLogger("backup_pipelines").error(f"{exc} — backups fail until it is fixed")
         policy = Policy()
-    rpo = timedelta(hours=policy.rpo_hours)
+    hours, grace_minutes = policy.rpo_for(asset)
+    rpo = timedelta(hours=hours)
     return dg.FreshnessPolicy.time_window(
-        fail_window=rpo + timedelta(minutes=policy.rpo_grace_minutes), warn_window=rpo
+        fail_window=rpo + timedelta(minutes=grace_minutes), warn_window=rpo
     )

@@ -134,6 +134,10 @@ def _collection_template(value: str) -> str:
 
 
 StrictInt = Annotated[int, Strict()]
+AssetKey = Annotated[str, Strict(), Field(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)+$")]
+PositiveMinutes = Annotated[float, Strict(), Field(gt=0)]
+Minutes = Annotated[float, Strict(), Field(ge=0)]
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 StrictFloat = Annotated[float, Strict()]
 StrictBool = Annotated[bool, Strict()]
 Template = Annotated[str, Strict()]
@@ -424,6 +428,17 @@ class Policy(_Model, metaclass=_DefaultsOnTheClass):
     indexes: IndexMappings = IndexMappings()
     rpo_hours: Annotated[float, Strict(), Field(gt=0)] = 24.0
     rpo_grace_minutes: Annotated[float, Strict(), Field(ge=0)] = 60.0
+    # Assets with an RPO of their own (minutes): the SQL Server runbook's schedule.
+    asset_rpo_minutes: dict[AssetKey, PositiveMinutes] = {
+        "mssql/full_backup": 24 * 60,
+        "mssql/diff_backup": 4 * 60,
+        "mssql/log_backup": 15,
+    }
+    asset_rpo_grace_minutes: dict[AssetKey, Minutes] = {
+        "mssql/full_backup": 60,
+        "mssql/diff_backup": 30,
+        "mssql/log_backup": 10,
+    }
     keep_daily_days: Annotated[int, Strict(), Field(ge=0)] = 30
     keep_weekly_days: Annotated[int, Strict(), Field(ge=0)] = 90
     # Restore time objective of one workspace, proved weekly by the restore drill.
@@ -438,6 +453,14 @@ class Policy(_Model, metaclass=_DefaultsOnTheClass):
     incomplete_max_age_hours: Annotated[float, Strict(), Field(gt=0)] = 24.0
     max_clock_skew_seconds: Annotated[float, Strict(), Field(ge=0)] = 900.0
     zstd_level: Annotated[int, Strict(), Field(ge=1, le=22)] = 1
+    # Point-in-time tier (pgBackRest): WAL archive RPO, PITR window (repository retention),
+    # the weekday of the weekly full physical backup (differential on the other days), stanza.
+    wal_rpo_minutes: PositiveMinutes = 5.0
+    pitr_window_days: Annotated[int, Strict(), Field(ge=1)] = 7
+    physical_full_weekday: Annotated[str, Strict()] = "sunday"
+    pgbackrest_stanza: Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = (
+        "main"
+    )
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, validate_default=False
@@ -511,6 +534,20 @@ class Policy(_Model, metaclass=_DefaultsOnTheClass):
         """The workspace column of `table` by the first workspace_tables rule matching it."""
         rule = next((r for r in self.workspace_tables if r.matches(table)), None)
         return rule.workspace_column if rule else None
+
+    @field_validator("physical_full_weekday")
+    @classmethod
+    def _weekday(cls, value: str) -> str:
+        if value.strip().lower() not in WEEKDAYS:
+            raise ValueError(f"{value!r} is not a weekday; one of {', '.join(WEEKDAYS)}")
+        return value
+
+    def rpo_for(self, asset: str) -> tuple[float, float]:
+        """(RPO hours, grace minutes) of one asset: its own, else the policy-wide ones."""
+        minutes = self.asset_rpo_minutes.get(asset)
+        if minutes is None:
+            return self.rpo_hours, self.rpo_grace_minutes
+        return minutes / 60, self.asset_rpo_grace_minutes.get(asset, self.rpo_grace_minutes)
 
     def typesense_collection_for(self, workspace: str) -> str:
         return self.typesense_collection.format(workspace=validate_workspace_id(workspace))
