@@ -37,8 +37,6 @@ TYPESENSE_TYPES = frozenset(
         "string*",
     }
 )  # fmt: skip
-VECTOR_ENCODINGS = ("array", "float32le", "float64le")
-QDRANT_DISTANCES = ("Cosine", "Dot", "Euclid", "Manhattan")
 
 
 @dataclass(frozen=True)
@@ -133,14 +131,15 @@ def _collection_template(value: str) -> str:
     return value
 
 
-StrictInt = Annotated[int, Strict()]
+# Strict: a value of another type is an error, never converted ("24" is no number; a whole
+# number is accepted where a float is expected).
+Text = Annotated[str, Strict()]
+Flag = Annotated[bool, Strict()]
+Positive = Annotated[float, Strict(), Field(gt=0)]
+NonNegative = Annotated[float, Strict(), Field(ge=0)]
+Count = Annotated[int, Strict(), Field(ge=0)]
 AssetKey = Annotated[str, Strict(), Field(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)+$")]
-PositiveMinutes = Annotated[float, Strict(), Field(gt=0)]
-Minutes = Annotated[float, Strict(), Field(ge=0)]
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-StrictFloat = Annotated[float, Strict()]
-StrictBool = Annotated[bool, Strict()]
-Template = Annotated[str, Strict()]
 
 
 class _Model(BaseModel):
@@ -154,11 +153,11 @@ class _Model(BaseModel):
 class FieldMap(_Model):
     """One SQL column that becomes a document field (Typesense) or a payload key (Qdrant)."""
 
-    column: Annotated[str, Strict()]
-    name: Annotated[str, Strict()] | None = None  # default: the column's name
-    type: Annotated[str, Strict()] | None = None  # Typesense field type; converts the value
-    facet: StrictBool = False
-    optional: StrictBool = False
+    column: Text
+    name: Text | None = None  # default: the column's name
+    type: Text | None = None  # Typesense field type; converts the value
+    facet: Flag = False
+    optional: Flag = False
 
     @field_validator("column")
     @classmethod
@@ -213,17 +212,17 @@ class IndexMapping(_Model):
     (from workspace_tables)."""
 
     engine: ClassVar[str] = ""
-    table: Annotated[str, Strict()] | None = None
-    id_column: Annotated[str, Strict()] = "id"
-    workspace_column: Annotated[str, Strict()] | None = None
+    table: Text | None = None
+    id_column: Text = "id"
+    workspace_column: Text | None = None
     # The newest row by this column is the probe a search must find after a restore; None: no
     # search probe, the verification checks counts only.
-    probe_column: Annotated[str, Strict()] | None = "created_at"
+    probe_column: Text | None = "created_at"
     fields: tuple[FieldMap, ...] = ()
     # The platform's own reindexer instead of the built-in mapping, e.g.
     # ["reindex", "--workspace", "{workspace}"]; placeholders {workspace} and {collection}.
-    rebuild_command: tuple[Annotated[str, Strict()], ...] | None = None
-    rebuild_timeout_seconds: Annotated[float, Strict(), Field(gt=0)] = 3600.0
+    rebuild_command: tuple[Text, ...] | None = None
+    rebuild_timeout_seconds: Positive = 3600.0
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -292,8 +291,8 @@ class IndexMapping(_Model):
 class TypesenseMapping(IndexMapping):
     engine: ClassVar[str] = "typesense"
     # Fields searched by the probe (Typesense `query_by`): string fields of `fields`.
-    text_columns: tuple[Annotated[str, Strict()], ...] = ("content",)
-    default_sorting_field: Annotated[str, Strict()] | None = "created_at"
+    text_columns: tuple[Text, ...] = ("content",)
+    default_sorting_field: Text | None = "created_at"
     fields: tuple[FieldMap, ...] = (
         FieldMap(column="workspace_id", type="string", facet=True),
         FieldMap(column="session_id", type="int64", optional=True),
@@ -354,7 +353,7 @@ class TypesenseMapping(IndexMapping):
 
 class QdrantMapping(IndexMapping):
     engine: ClassVar[str] = "qdrant"
-    vector_column: Annotated[str, Strict()] = "embedding"
+    vector_column: Text = "embedding"
     # How the vector column is stored: a numeric array (real[], float8[], pgvector), or a
     # bytea of little-endian float32 / float64 values.
     vector_encoding: Literal["array", "float32le", "float64le"] = "array"
@@ -420,44 +419,44 @@ class Policy(_Model, metaclass=_DefaultsOnTheClass):
     schema_: Annotated[str, Strict(), Field(alias="schema")] = "public"
     # The registry row of the workspace itself comes first: every other table refers to it.
     workspace_tables: tuple[TableRule, ...] = DEFAULT_TABLES
-    workspace_registry_table: Annotated[str, Strict()] = "workspaces"
-    workspace_registry_column: Annotated[str, Strict()] = "workspace_id"
-    memory_table: Annotated[str, Strict()] = "memory_entries"  # the rows the indexes derive from
-    typesense_collection: Template = "memory_{workspace}"
-    qdrant_collections: tuple[Template, ...] = ("agent_{workspace}",)
+    workspace_registry_table: Text = "workspaces"
+    workspace_registry_column: Text = "workspace_id"
+    memory_table: Text = "memory_entries"  # the rows the indexes derive from
+    typesense_collection: Text = "memory_{workspace}"
+    qdrant_collections: tuple[Text, ...] = ("agent_{workspace}",)
     indexes: IndexMappings = IndexMappings()
-    rpo_hours: Annotated[float, Strict(), Field(gt=0)] = 24.0
-    rpo_grace_minutes: Annotated[float, Strict(), Field(ge=0)] = 60.0
+    rpo_hours: Positive = 24.0
+    rpo_grace_minutes: NonNegative = 60.0
     # Assets with an RPO of their own (minutes): the SQL Server runbook's schedule.
-    asset_rpo_minutes: dict[AssetKey, PositiveMinutes] = {
+    asset_rpo_minutes: dict[AssetKey, Positive] = {
         "mssql/full_backup": 24 * 60,
         "mssql/diff_backup": 4 * 60,
         "mssql/log_backup": 15,
     }
-    asset_rpo_grace_minutes: dict[AssetKey, Minutes] = {
+    asset_rpo_grace_minutes: dict[AssetKey, NonNegative] = {
         "mssql/full_backup": 60,
         "mssql/diff_backup": 30,
         "mssql/log_backup": 10,
     }
-    keep_daily_days: Annotated[int, Strict(), Field(ge=0)] = 30
-    keep_weekly_days: Annotated[int, Strict(), Field(ge=0)] = 90
+    keep_daily_days: Count = 30
+    keep_weekly_days: Count = 90
     # Restore time objective of one workspace, proved weekly by the restore drill.
-    rto_minutes: Annotated[float, Strict(), Field(gt=0)] = 15.0
+    rto_minutes: Positive = 15.0
     drill_sample_size: Annotated[int, Strict(), Field(ge=1)] = 3
     # A run is stuck when it runs longer than factor x its job's usual (median) duration, and
     # at least the minimum; or waits in the queue longer than queued_max_minutes.
-    stuck_run_factor: Annotated[float, Strict(), Field(gt=0)] = 3.0
-    stuck_run_min_minutes: Annotated[float, Strict(), Field(ge=0)] = 60.0
-    queued_max_minutes: Annotated[float, Strict(), Field(gt=0)] = 60.0
+    stuck_run_factor: Positive = 3.0
+    stuck_run_min_minutes: NonNegative = 60.0
+    queued_max_minutes: Positive = 60.0
     # Uploads and generation folders without a manifest older than this are crashed runs'.
-    incomplete_max_age_hours: Annotated[float, Strict(), Field(gt=0)] = 24.0
-    max_clock_skew_seconds: Annotated[float, Strict(), Field(ge=0)] = 900.0
+    incomplete_max_age_hours: Positive = 24.0
+    max_clock_skew_seconds: NonNegative = 900.0
     zstd_level: Annotated[int, Strict(), Field(ge=1, le=22)] = 1
     # Point-in-time tier (pgBackRest): WAL archive RPO, PITR window (repository retention),
     # the weekday of the weekly full physical backup (differential on the other days), stanza.
-    wal_rpo_minutes: PositiveMinutes = 5.0
+    wal_rpo_minutes: Positive = 5.0
     pitr_window_days: Annotated[int, Strict(), Field(ge=1)] = 7
-    physical_full_weekday: Annotated[str, Strict()] = "sunday"
+    physical_full_weekday: Text = "sunday"
     pgbackrest_stanza: Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = (
         "main"
     )
@@ -576,6 +575,8 @@ def _key(location: tuple) -> str:
     for part in location:
         if isinstance(part, int):
             parts.append(f"[{part}]")
+        elif part == "[key]":  # the key of a mapping, not its value
+            parts.append(" (the key)")
         else:
             parts.append(("." if parts else "") + ("schema" if part == "schema_" else str(part)))
     return "".join(parts) or "(top level)"
@@ -599,6 +600,8 @@ def describe_error(error: dict) -> str:
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "should be")
     if kind.endswith("_type") or kind in ("literal_error",):
         return f"{key}: {message}, got {type(value).__name__} {_shown(value)}"
+    if kind == "string_pattern_mismatch":
+        return f"{key}: {_shown(value)} does not match {error['ctx']['pattern']}"
     if kind.startswith(("greater", "less")):
         return f"{key}: {message}, got {_shown(value)}"
     return f"{key}: {message}"
