@@ -15,7 +15,7 @@ from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.mapping import MemoryRow, batched
 from backup_pipelines.lib.qdrant.points import to_qdrant_point
 from backup_pipelines.lib.qdrant.snapshot import restore_snapshot_file
-from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.store import ArtifactRef, BackupStore, require_plain_name
 
 
 def recover_qdrant_collection(
@@ -36,7 +36,9 @@ def recover_qdrant_collection(
     with tempfile.TemporaryDirectory(
         prefix="qdrant-recover-", dir=os.environ.get("BACKUP_WORK_DIR") or None
     ) as scratch:
-        local = Path(scratch) / f"{source_collection}.snapshot"
+        # The name may come from a manifest: a plain name only, so the file stays in scratch.
+        name = require_plain_name(source_collection, "Qdrant collection name")
+        local = Path(scratch) / f"{name}.snapshot"
         sha = restore_snapshot_file(store, ref, manifest, source_collection, local)
         if sha != described["sha256_uncompressed"]:
             raise BackupError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.http import public_host
-from backup_pipelines.lib.store import ArtifactWriter, utc_now_iso
+from backup_pipelines.lib.store import ArtifactWriter, require_plain_name, utc_now_iso
 from backup_pipelines.lib.streams import Log, Progress, iter_decompressed, zstd_compressing
 
 QDRANT_COLLECTIONS_FILE = "collections.json"
@@ -86,8 +86,9 @@ def _snapshot_one(
 
     aliases = [a.get("alias_name") for a in client.aliases_for(collection)]
     snapshot = client.create_snapshot(collection)
-    local_copy = scratch / snapshot["name"]
     try:
+        # The server names the snapshot: untrusted, so only a plain name makes a local path.
+        local_copy = scratch / require_plain_name(snapshot.get("name"), "Qdrant snapshot name")
         raw_sha = _download_tee(client, collection, snapshot["name"], writer, local_copy, log)
     finally:
         with contextlib.suppress(Exception):  # a leftover server snapshot only costs disk
