@@ -241,6 +241,9 @@ class LeaseStore(ABC):
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
 
     @abstractmethod
+    def _delete_prefix(self, prefix: str) -> None: ...
+
+    @abstractmethod
     def _create_exclusive(self, key: str, data: bytes) -> str | None:
         """Create `key` only if absent: its version, or None when it exists."""
 
@@ -385,9 +388,7 @@ class LeaseStore(ABC):
         try:
             return self._create_exclusive(key, b"2") is None
         finally:
-            current = self._read_versioned(key, 16)
-            if current is not None:
-                self._delete_if(key, current[1])
+            self._delete_prefix(key)
 
 
 def _subject(name: str) -> str:

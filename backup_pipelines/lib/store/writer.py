@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.store.manifest import (
     GENERATION_PREFIX,
     MANIFEST_FORMAT_VERSION,
@@ -179,9 +180,11 @@ class ArtifactWriter:
         self.store._put_atomic(f"{self.ref.folder}/{MANIFEST_NAME}", body)
         self.committed = manifest
         if previous and previous["generation"] != self.generation:
-            self.store._delete_prefix(
-                self.store.generation_prefix(self.ref, previous["generation"])
-            )
+            # Committed already: a failed clean-up leaves an orphan for retention, no error.
+            with contextlib.suppress(StoreError):
+                self.store._delete_prefix(
+                    self.store.generation_prefix(self.ref, previous["generation"])
+                )
         return manifest
 
     def abort(self) -> None:
