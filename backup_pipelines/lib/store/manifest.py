@@ -233,6 +233,7 @@ class FileEntry(_Model):
 class PartitionModel(_Model):
     date: Annotated[StrictStr, AfterValidator(_day)]
     workspace: Annotated[StrictStr, AfterValidator(_workspace)] | None
+    window: Annotated[StrictStr, Field(pattern=r"^([01][0-9]|2[0-3])[0-5][0-9]$")] | None = None
 
 
 class Manifest(_Model):
@@ -408,6 +409,10 @@ def _partition_mismatch(manifest: Manifest, ref) -> list[str]:
         problems.append(
             f"partition.workspace: {manifest.partition.workspace!r} but the folder is "
             f"{ref.workspace!r}"
+        )
+    if manifest.partition.window != getattr(ref, "window", None):
+        problems.append(
+            f"partition.window: {manifest.partition.window!r} but the folder is {ref.window!r}"
         )
     return problems
 
