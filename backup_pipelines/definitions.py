@@ -1,6 +1,7 @@
 """The code location: one Definitions built from defs/, with only the stores this deployment
 configures (a store whose variables are unset is not part of it: no assets, no alerts)."""
 
+
 import dagster as dg
 
 from backup_pipelines.defs import lifecycle, postgres, qdrant, typesense
