@@ -13,6 +13,9 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines retention [--dry-run] [--today D]
     backup-pipelines lease list
     backup-pipelines lease break (--workspace W | --database) [--force]
+    backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
+    backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
+    backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import sys
 
+from backup_pipelines import cli_pitr
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, ManifestInvalid, store_from_url
@@ -447,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--dry-run", action="store_true")
     agent.add_argument("--override-gate", metavar="REASON")
     agent.set_defaults(run=cmd_restore_agent)
+    cli_pitr.add_restore_parsers(restore)  # restore pitr, restore managed
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )
@@ -477,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="break it even though it has not expired yet"
     )
     breaking.set_defaults(run=cmd_lease_break)
+    cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
 
 

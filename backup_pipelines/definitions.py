@@ -1,7 +1,6 @@
 """The code location: one Definitions built from defs/, with only the stores this deployment
 configures (a store whose variables are unset is not part of it: no assets, no alerts)."""
 
-
 import dagster as dg
 
 from backup_pipelines.defs import lifecycle, postgres, qdrant, typesense
@@ -60,11 +59,33 @@ def build_definitions() -> dg.Definitions:
         ]
     if monitored:
         parts += [rpo.build_rpo_defs(monitored), health.build_health_defs(monitored)]
+    parts += optional_tiers()
     merged = dg.Definitions.merge(*parts)
     # Every job of this code location alerts when it fails or gets stuck.
     job_names = sorted(job.name for job in merged.jobs or [])
     sensor = run_alerts.build_run_alert_sensor(job_names)
     return dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
+
+
+def optional_tiers() -> list[dg.Definitions]:
+    """Point-in-time tiers, each only when its variables are set: pgBackRest (DATABASE_URL +
+    PGBACKREST_CONFIG or PGBACKREST_REPO_URL) and DigitalOcean (DIGITALOCEAN_TOKEN +
+    DIGITALOCEAN_DATABASE_ID)."""
+    import os
+
+    from backup_pipelines.lib.postgres import digitalocean as do_lib
+    from backup_pipelines.lib.postgres import pitr as pitr_lib
+
+    tiers = []
+    if pitr_lib.configured():
+        from backup_pipelines.defs.pitr import build_pitr_defs
+
+        tiers.append(build_pitr_defs())
+    if do_lib.configured():
+        from backup_pipelines.defs.managed import build_managed_defs
+
+        tiers.append(build_managed_defs(dict(os.environ)))
+    return tiers
 
 
 defs = build_definitions()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the project needs when they are missing (Debian/Ubuntu):
-# the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack, and
-# unixODBC with the FreeTDS ODBC driver (pyodbc's way to SQL Server and to its local stand-in).
+# the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack,
+# pgBackRest (physical backups and WAL archiving) and stunnel (a TLS terminator in front of the
+# local S3 endpoint: pgBackRest speaks HTTPS only), and unixODBC with the FreeTDS ODBC driver
+# (pyodbc's way to SQL Server and to its local stand-in).
 set -euo pipefail
 
 have_postgres_server() {
@@ -20,6 +22,8 @@ freetds_registered() {
 missing=()
 have_postgres_server || missing+=(postgresql)
 command -v pg_dump >/dev/null || missing+=(postgresql-client)
+command -v pgbackrest >/dev/null || missing+=(pgbackrest)
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
 have_odbc_manager || missing+=(unixodbc)
 [ -n "$(freetds_driver || true)" ] || missing+=(tdsodbc)
 

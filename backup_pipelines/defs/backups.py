@@ -10,6 +10,12 @@ from backup_pipelines.defs.partitions import (
     workspaces,
 )
 from backup_pipelines.defs.postgres import FULL_DUMP
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    MssqlResource,
+    PolicyResource,
+    PostgresResource,
+)
 from backup_pipelines.lib.postgres.catalog import list_workspaces
 from backup_pipelines.lib.store import ArtifactRef
 
@@ -56,57 +62,70 @@ def build_schedules(full_backup_job, workspace_backup_job) -> list[dg.ScheduleDe
     ]
 
 
-def discover_workspaces(context, source: str) -> tuple[list[str], list[str]]:
-    """(valid ids, invalid ids) from the platform's SQL truth: the PostgreSQL workspace
-    registry, or the SQL Server agents table (an agent is a workspace there)."""
+def split_valid(ids: list[str]) -> tuple[list[str], list[str]]:
     from backup_pipelines.lib.workspaces import is_valid_workspace_id
 
-    policy = context.resources.policy.load()
-    if source == "postgres":
-        return list_workspaces(context.resources.postgres_db.database_url, policy)
-    from backup_pipelines.lib.mssql.agent import AgentSchema, agents_in
-
-    mssql = context.resources.mssql
-    ids = agents_in(mssql.connection_string, mssql.database(), AgentSchema())
     return [i for i in ids if is_valid_workspace_id(i)], [
         i for i in ids if not is_valid_workspace_id(i)
     ]
 
 
+def discovery_tick(context, found, store, first_asset: str) -> dg.SensorResult:
+    """The sensor's decision on (valid, invalid) workspace ids found in SQL."""
+    valid, invalid = found
+    for bad in invalid:
+        # Reported, never added: an invalid id must not reach a path, URL or SQL statement.
+        context.log.warning(f"skipping workspace with invalid id {bad[:80]!r}")
+    known = set(context.instance.get_dynamic_partitions(workspaces.name))
+    new = [w for w in valid if w not in known]
+    if not new:
+        return dg.SensorResult(
+            skip_reason=f"no new workspace ({len(valid)} known, {len(invalid)} invalid skipped)"
+        )
+    context.log.info(f"discovered {len(new)} workspace(s): {', '.join(new[:20])}")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[workspaces.build_add_request(new)],
+        run_requests=first_backups(store, new, last_completed_date(), first_asset),
+    )
+
+
 def build_discovery_sensor(
     workspace_backup_job, source: str, first_asset: str
 ) -> dg.SensorDefinition:
-    @dg.sensor(
+    """Workspaces from the platform's SQL truth: the PostgreSQL workspace registry, or the SQL
+    Server agents table (an agent is a workspace there)."""
+    options = dict(
         name="workspace_discovery_sensor",
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
         job=workspace_backup_job,
-        required_resource_keys={"policy", "backup_store", SOURCE_RESOURCES[source]},
         description="Adds a `workspaces` partition for each new workspace in SQL and backs it "
         "up at once.",
     )
-    def workspace_discovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        valid, invalid = discover_workspaces(context, source)
-        for bad in invalid:
-            # Reported, never added: an invalid id must not reach a path, URL or SQL statement.
-            context.log.warning(f"skipping workspace with invalid id {bad[:80]!r}")
-        known = set(context.instance.get_dynamic_partitions(workspaces.name))
-        new = [w for w in valid if w not in known]
-        if not new:
-            return dg.SensorResult(
-                skip_reason=f"no new workspace ({len(valid)} known, {len(invalid)} invalid skipped)"
-            )
-        context.log.info(f"discovered {len(new)} workspace(s): {', '.join(new[:20])}")
-        store = context.resources.backup_store.get_store()
-        return dg.SensorResult(
-            dynamic_partitions_requests=[workspaces.build_add_request(new)],
-            run_requests=first_backups(store, new, last_completed_date(), first_asset),
-        )
+    if source == "postgres":
 
-    return workspace_discovery_sensor
+        @dg.sensor(**options)
+        def workspace_discovery_sensor(
+            context: dg.SensorEvaluationContext,
+            postgres_db: PostgresResource,
+            policy: PolicyResource,
+            backup_store: BackupStoreResource,
+        ) -> dg.SensorResult:
+            found = list_workspaces(postgres_db.database_url, policy.load())
+            return discovery_tick(context, found, backup_store.get_store(), first_asset)
 
+        return workspace_discovery_sensor
 
-SOURCE_RESOURCES = {"postgres": "postgres_db", "mssql": "mssql"}
+    @dg.sensor(**options)
+    def agent_discovery_sensor(
+        context: dg.SensorEvaluationContext, mssql: MssqlResource, backup_store: BackupStoreResource
+    ) -> dg.SensorResult:
+        from backup_pipelines.lib.mssql.agent import AgentSchema, agents_in
+
+        ids = list(agents_in(mssql.connection_string, mssql.database(), AgentSchema()))
+        return discovery_tick(context, split_valid(ids), backup_store.get_store(), first_asset)
+
+    return agent_discovery_sensor
 
 
 def first_backups(

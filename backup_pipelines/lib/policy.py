@@ -101,6 +101,12 @@ class Policy:
     incomplete_max_age_hours: float = 24.0
     max_clock_skew_seconds: float = 900.0
     zstd_level: int = 1
+    # Point-in-time tier (pgBackRest): WAL archive RPO, PITR window (repository retention),
+    # the weekday of the weekly full physical backup (differential on the other days), stanza.
+    wal_rpo_minutes: float = 5.0
+    pitr_window_days: int = 7
+    physical_full_weekday: str = "sunday"
+    pgbackrest_stanza: str = "main"
     extra: dict = field(default_factory=dict)
 
     def rpo_for(self, asset: str) -> tuple[float, float]:
