@@ -207,3 +207,28 @@ def test_store_s3_endpoint_down_during_restore_is_a_clear_error():
     for result in run_cli_commands(commands, env):
         assert result["traceback"] == "" and result["code"] == 1, result
         assert "unreachable" in result["err"] and "s3://down-store/prefix" in result["err"], result
+
+
+def test_store_s3_down_in_the_middle_of_a_read_is_a_clear_error():
+    """The endpoint goes away while a restore streams a file: a StoreError naming the file
+    and how far it got, not a botocore or urllib3 exception."""
+    big = os.urandom(1 << 20) * 32  # far more than socket buffers hold
+    with S3Server(bucket="dying-store") as server:
+        store = S3Store(server.bucket, "prefix", client=server.client())
+        with store.begin(SQL_REF) as writer:
+            writer.write_bytes("public.memory_entries.copy.zst", big)
+            manifest = writer.commit(
+                captured_at=f"{DATE}T02:00:00Z", counts={}, source={}, tool={}, tables=[]
+            )
+        reader = store.open_file(SQL_REF, manifest, "public.memory_entries.copy.zst")
+        assert len(reader.read(1 << 20)) == 1 << 20
+    # stopped: the rest of the body never comes
+    with pytest.raises(StoreError) as raised, reader:
+        while reader.read(1 << 20):
+            pass
+    message = str(raised.value)
+    assert (
+        "public.memory_entries.copy.zst" in message
+        and "reading it from the store failed" in message
+    )
+    assert "s3://dying-store/prefix" in message, message
