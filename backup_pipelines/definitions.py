@@ -55,10 +55,12 @@ def build_definitions() -> dg.Definitions:
                     restore.build_full_restore_job(index_stores),
                 ]
             ),
-            drill.build_drill_defs(index_stores),
         ]
     if monitored:
         parts += [rpo.build_rpo_defs(monitored), health.build_health_defs(monitored)]
+    sql_stores = stores & {"postgres", "mssql"}
+    if sql_stores:
+        parts.append(drill.build_drill_defs(index_stores, sql_stores))
     parts += optional_tiers()
     merged = dg.Definitions.merge(*parts)
     # Every job of this code location alerts when it fails or gets stuck.
