@@ -424,7 +424,8 @@ def _invalid(where: str, problems: list[str], committing: bool = False) -> Manif
             f"{where}: refusing to commit a manifest a reader would refuse: {'; '.join(shown)}"
         )
     return ManifestInvalid(
-        f"{where}: invalid manifest: {'; '.join(shown)}. The artifact cannot be trusted "
+        f"{where}: invalid manifest, it does not have the expected shape: {'; '.join(shown)}. "
+        "The artifact cannot be trusted "
         "(damaged or tampered with): do not restore from it — restore another date, or re-run "
         "the backup of this partition (a new backup replaces this manifest)"
     )
