@@ -15,7 +15,7 @@ from backup_pipelines import cli
 from backup_pipelines.devstack.ports import LOOPBACK, free_port, wait_for_port
 from backup_pipelines.lib.lifecycle.scan import scan_store
 from backup_pipelines.lib.store import (
-    DATABASE_LEASE,
+    WHOLE_DATABASE_LEASE,
     LeaseHeld,
     LeaseLost,
     LeaseOwner,
@@ -234,8 +234,8 @@ def test_lease_broken_while_held_is_reported_lost_at_the_end(store):
 
 def test_lease_of_the_whole_database_and_per_workspace_are_apart(store):
     with store.lease(None, "backup") as whole, store.lease("ws_acme", "restore") as one:
-        assert whole.name == DATABASE_LEASE and one.name == NAME
-        assert [lease.name for lease in store.list_leases()] == [DATABASE_LEASE, NAME]
+        assert whole.name == WHOLE_DATABASE_LEASE and one.name == NAME
+        assert [lease.name for lease in store.list_leases()] == [WHOLE_DATABASE_LEASE, NAME]
     assert store.list_leases() == []
 
 

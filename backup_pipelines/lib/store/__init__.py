@@ -19,9 +19,9 @@ same partition.
 
 from backup_pipelines.lib.store.base import BackupStore
 from backup_pipelines.lib.store.lease import (
-    DATABASE_LEASE,
     DEFAULT_LEASE_TTL,
     LEASE_PREFIX,
+    WHOLE_DATABASE_LEASE,
     HeldLease,
     Lease,
     LeaseHeld,
@@ -50,13 +50,13 @@ from backup_pipelines.lib.store.writer import ArtifactWriter, FileWriter
 
 __all__ = [
     "CHUNK",
-    "DATABASE_LEASE",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_LOCAL_STORE",
     "GENERATION_PREFIX",
     "LEASE_PREFIX",
     "MANIFEST_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "WHOLE_DATABASE_LEASE",
     "ArtifactRef",
     "ArtifactWriter",
     "BackupStore",

@@ -52,7 +52,7 @@ from backup_pipelines.lib.streams import Log
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 LEASE_PREFIX = "_leases/"
-DATABASE_LEASE = "_database"
+WHOLE_DATABASE_LEASE = "_database"
 DEFAULT_LEASE_TTL = 300.0
 MIN_LEASE_TTL, MAX_LEASE_TTL = 1.0, 86_400.0
 MAX_LEASE_BYTES = 64 << 10
@@ -79,13 +79,17 @@ class LeaseLost(StoreError):
 
 def lease_name(workspace: str | None) -> str:
     """`workspace=<id>` for one workspace's partitions, `_database` for whole-database work."""
-    return DATABASE_LEASE if workspace is None else f"workspace={validate_workspace_id(workspace)}"
+    return (
+        WHOLE_DATABASE_LEASE
+        if workspace is None
+        else f"workspace={validate_workspace_id(workspace)}"
+    )
 
 
 def lease_key(name: str) -> str:
     if not LEASE_NAME_PATTERN.fullmatch(name):
         raise ValueError(
-            f"invalid lease name {name[:80]!r}: expected workspace=<id> or {DATABASE_LEASE}"
+            f"invalid lease name {name[:80]!r}: expected workspace=<id> or {WHOLE_DATABASE_LEASE}"
         )
     return f"{LEASE_PREFIX}{name}.json"
 
@@ -394,11 +398,11 @@ class LeaseStore(ABC):
 
 
 def _subject(name: str) -> str:
-    return "the whole database" if name == DATABASE_LEASE else name.replace("=", " ", 1)
+    return "the whole database" if name == WHOLE_DATABASE_LEASE else name.replace("=", " ", 1)
 
 
 def _break_args(name: str) -> str:
-    return "--database" if name == DATABASE_LEASE else f"--workspace {name.split('=', 1)[1]}"
+    return "--database" if name == WHOLE_DATABASE_LEASE else f"--workspace {name.split('=', 1)[1]}"
 
 
 class HeldLease:
