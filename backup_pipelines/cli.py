@@ -13,6 +13,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines lease list
+    backup-pipelines lease break (--workspace W | --database) [--force]
     backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
     backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
     backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
@@ -520,6 +522,47 @@ def cmd_retention(args) -> int:
     return 1 if result.errors else 0
 
 
+def cmd_lease_list(args) -> int:
+    leases = _store().list_leases()
+    print(f"{'lease':<28} {'state':<10} {'purpose':<10} {'held by':<32} {'until'}")
+    for lease in leases:
+        if lease.record is None:
+            print(f"{lease.name:<28} {'UNREADABLE':<10} {'-':<10} {'-':<32} {lease.problem}")
+            continue
+        r = lease.record
+        who = f"{r.owner.who} ({r.owner.host} pid {r.owner.pid})"
+        state = "expired" if lease.expired() else "held"
+        print(f"{lease.name:<28} {state:<10} {r.owner.purpose:<10} {who:<32} {r.expires_at}")
+    if not leases:
+        print("(no leases: no backup or restore holds a partition)")
+    return 0
+
+
+def cmd_lease_break(args) -> int:
+    from backup_pipelines.lib.store import lease_name
+
+    try:
+        name = lease_name(None if args.database else args.workspace)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = _store()
+    lease = store.read_lease(name)
+    if lease is None:
+        print(f"no lease {name}: nothing to break")
+        return 0
+    if not lease.expired() and lease.record is not None and not args.force:
+        print(
+            f"lease {name} is live: {lease.describe()}. Break it only if that process is gone "
+            "(check the host and pid, or the Dagster run); then add --force",
+            file=sys.stderr,
+        )
+        return 2
+    broken = store.break_lease(name, lease.version)
+    print(f"broke lease {name}: {broken.describe() if broken else 'already gone'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
@@ -655,6 +698,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--today", type=date_argument, help="plan as of this UTC date, YYYY-MM-DD (default: today)"
     )
     prune.set_defaults(run=cmd_retention)
+    lease = commands.add_parser(
+        "lease", help="leases: which backup or restore holds a partition; break a stale one"
+    ).add_subparsers(dest="lease_command", required=True)
+    lease.add_parser("list", help="every lease in the store").set_defaults(run=cmd_lease_list)
+    breaking = lease.add_parser("break", help="remove a stale lease (its holder is gone)")
+    which = breaking.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--workspace", type=workspace_argument, help="the lease of this workspace's partitions"
+    )
+    which.add_argument("--database", action="store_true", help="the whole-database lease")
+    breaking.add_argument(
+        "--force", action="store_true", help="break it even though it has not expired yet"
+    )
+    breaking.set_defaults(run=cmd_lease_break)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
 
