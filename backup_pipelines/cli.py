@@ -16,9 +16,12 @@ so it works when Dagster (its daemon, webserver or database) is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import traceback
+from collections.abc import Iterator
 
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import load_policy
@@ -329,13 +332,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class _ScrubbedStream:
+    """A text stream whose every write is scrubbed of secrets (lib/secrets.py)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from backup_pipelines.lib.secrets import scrub
+
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    """Everything the command prints, its errors and tracebacks included, goes out scrubbed:
+    a library's message can quote a secret (psycopg quotes a malformed DATABASE_URL whole)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ScrubbedStream(sys.stdout), _ScrubbedStream(sys.stderr)
     try:
-        return args.run(args)
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    with _scrubbed_output():
+        args = build_parser().parse_args(argv)
+        try:
+            return args.run(args)
+        except BackupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # not ours: show where, for a bug report, but scrubbed
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def parse_database_url(database_url: str) -> dict[str, str]:
     except psycopg.ProgrammingError as exc:
         raise ConfigError(
             "the PostgreSQL connection URL is malformed "
-            f"({str(exc).strip().splitlines()[0]}); expected "
-            "postgresql://user:password@host:port/dbname or key=value pairs"
+            f"({str(exc).strip().splitlines()[0]}); expected a postgresql:// URL "
+            "(user, password, host, port and database) or libpq key=value pairs"
         ) from None
 
 
