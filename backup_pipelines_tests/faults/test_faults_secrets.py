@@ -137,14 +137,18 @@ def test_cli_never_prints_a_secret_of_a_malformed_database_url(
 
 
 def test_cli_never_prints_the_secret_of_an_s3_endpoint_url_with_user_info(planted_env, s3_env):
-    env = {
-        "BACKUP_STORE_URL": f"s3://{s3_env.bucket}/secrets",
-        "AWS_ENDPOINT_URL_S3": f"http://key:{S3_URL_SECRET}@127.0.0.1:{s3_env.port}",
-    }
-    for args in (("doctor",), ("list",), ("verify",)):
-        output = run_cli(*args, env=env)
-        assert_no_secret(output, f"`{' '.join(args)}` with an S3 endpoint URL with user info")
-        assert "AWS_ENDPOINT_URL_S3 holds user info" in output, output
+    from backup_pipelines.devstack.ports import free_port
+
+    live = f"http://key:{S3_URL_SECRET}@127.0.0.1:{s3_env.port}"
+    down = f"http://key:{S3_URL_SECRET}@127.0.0.1:{free_port()}"
+    for endpoint, works in ((live, True), (down, False)):
+        env = {"BACKUP_STORE_URL": f"s3://{s3_env.bucket}/secrets", "AWS_ENDPOINT_URL_S3": endpoint}
+        for args in (("doctor",), ("list",), ("verify",)):
+            output = run_cli(*args, env=env)
+            assert_no_secret(output, f"`{' '.join(args)}` with S3 endpoint {endpoint}")
+            assert "AWS_ENDPOINT_URL_S3 holds user info" in output, output  # the warning
+            if not works:
+                assert "could not connect" in output, output
 
 
 # Dagster: the event log, compute logs, tick errors and the alerts they cause

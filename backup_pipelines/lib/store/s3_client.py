@@ -9,21 +9,24 @@ multipart upload) let a hung endpoint hold a backup for about 18 minutes. Here:
 - a call that cannot reach the endpoint raises a StoreError naming S3, the operation, the
   bucket and key, the endpoint and how long it waited — also when a download's body stops
   in the middle, long after its call returned;
-- an endpoint URL with user info (`http://key:secret@host`) is refused: S3 credentials
-  belong in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and botocore would echo the URL in
-  every error.
+- the user info of an endpoint URL (`http://key:secret@host`) is dropped with a warning:
+  S3 never uses it (requests are signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY),
+  and botocore would echo the whole URL, secret included, in every error.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from backup_pipelines.lib import timeouts
-from backup_pipelines.lib.errors import ConfigError, StoreError
+from backup_pipelines.lib.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 S3_ATTEMPTS = 3
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -63,14 +66,18 @@ def _endpoint() -> str | None:
         if not url:
             continue
         parts = urlsplit(url)
-        if "@" in parts.netloc:
-            host = parts.netloc.rpartition("@")[2]
-            raise ConfigError(
-                f"{variable} holds user info (user:password@ before the host): S3 credentials "
-                "belong in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; set "
-                f"{variable}={parts.scheme}://{host}{parts.path}"
-            )
-        return url
+        if "@" not in parts.netloc:
+            return url
+        plain = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        log.warning(
+            "%s holds user info (user:password@ before the host), which S3 never uses: it is "
+            "ignored. Credentials belong in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; set "
+            "%s=%s",
+            variable,
+            variable,
+            plain,
+        )
+        return plain
     return None
 
 
