@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/bench_full_dump.py
 	$(PY) bench/bench_consistency.py
 	$(PY) bench/bench_rpo_sensor.py
+	$(PY) bench/bench_pitr.py
 
 clean:
 	rm -rf .demo .dagster_home .bench

@@ -11,6 +11,9 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
+    backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
+    backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 
+from backup_pipelines import cli_pitr
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -193,6 +197,79 @@ def cmd_restore_full(args) -> int:
     return 0
 
 
+def _mssql_settings():
+    """(connection string, database, backup folders) from the environment, or an error."""
+    from pathlib import Path
+
+    from backup_pipelines.lib.errors import ConfigError
+    from backup_pipelines.lib.mssql.backup import Folders
+    from backup_pipelines.lib.mssql.connection import database_of
+
+    connection_string = os.environ.get("MSSQL_CONNECTION_STRING")
+    backup_dir = os.environ.get("MSSQL_BACKUP_DIR")
+    if not connection_string or not backup_dir:
+        raise ConfigError(
+            "MSSQL_CONNECTION_STRING and MSSQL_BACKUP_DIR must be set: the server (its DATABASE= "
+            "is the database restored) and the folder it reads backup files from"
+        )
+    local = Path(os.environ.get("MSSQL_BACKUP_LOCAL_DIR") or backup_dir)
+    return connection_string, database_of(connection_string), Folders(backup_dir, local)
+
+
+def _instant(value: str | None):
+    from datetime import UTC, datetime
+
+    if not value or value == "latest":
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BackupError(
+            f"--to {value!r} is not an ISO 8601 time, e.g. '2026-12-01 13:05:00+00:00'"
+        ) from None
+    if moment.tzinfo is None:
+        raise BackupError(f"--to {value!r} has no time zone: add +00:00 (UTC) or another offset")
+    return moment.astimezone(UTC)
+
+
+def cmd_restore_mssql(args) -> int:
+    from backup_pipelines.lib.mssql.restore import restore_database
+
+    connection_string, database, folders = _mssql_settings()
+    result = restore_database(
+        connection_string, _store(), database, _instant(args.to), folders,
+        target_database=args.target_database, overwrite_live=args.overwrite_live,
+        dry_run=args.dry_run, log=print,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_restore_agent(args) -> int:
+    from backup_pipelines.lib.engines import index_engine
+    from backup_pipelines.lib.mssql.agent import restore_agent
+
+    connection_string, database, folders = _mssql_settings()
+    engine = index_engine("qdrant")
+    if not engine.configured(os.environ):
+        print("QDRANT_URL is not set: an agent's vectors are restored into it", file=sys.stderr)
+        return 2
+    failed = 0
+    with engine.client_from_env(os.environ) as client:
+        for agent in args.agent:
+            try:
+                report = restore_agent(
+                    connection_string, _store(), database, agent, args.date, folders, engine,
+                    client, load_policy(), dry_run=args.dry_run,
+                    override_gate=args.override_gate or "", log=print,
+                )  # fmt: skip
+                print(json.dumps(report.__dict__, indent=2, default=str))
+            except BackupError as exc:
+                failed += 1
+                print(f"restore of agent {agent} ({args.date}) FAILED: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _who() -> str:
     import getpass
     import socket
@@ -311,6 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     full.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs")
     full.set_defaults(run=cmd_restore_full)
+    mssql = restore.add_parser(
+        "mssql", help="SQL Server to a point in time, planned from the store's catalog alone"
+    )
+    mssql.add_argument("--to", default="latest", help="ISO 8601 time with a zone, or 'latest'")
+    mssql.add_argument("--target-database", help="default: <database>_restored_<stamp>")
+    mssql.add_argument(
+        "--overwrite-live", action="store_true", help="restore over the live database itself"
+    )
+    mssql.add_argument("--dry-run", action="store_true", help="print the plan only")
+    mssql.set_defaults(run=cmd_restore_mssql)
+    agent = restore.add_parser(
+        "agent",
+        help="one agent's SQL Server rows and Qdrant collection to its snapshot's instant",
+    )
+    agent.add_argument("--date", required=True, help="the date of the agent's Qdrant snapshot")
+    agent.add_argument("--agent", required=True, nargs="+")
+    agent.add_argument("--dry-run", action="store_true")
+    agent.add_argument("--override-gate", metavar="REASON")
+    agent.set_defaults(run=cmd_restore_agent)
+    cli_pitr.add_restore_parsers(restore)  # restore pitr, restore managed
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )
@@ -329,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     prune.add_argument("--today", help="plan as of this UTC date (default: today)")
     prune.set_defaults(run=cmd_retention)
+    cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
 
 

@@ -6,7 +6,8 @@ import dagster as dg
 from backup_pipelines.defs import lifecycle, postgres, qdrant, scrubbing, typesense
 from backup_pipelines.defs.backups import build_backup_defs
 from backup_pipelines.defs.monitoring import health, rpo, run_alerts
-from backup_pipelines.defs.recovery import consistency, drill, restore
+from backup_pipelines.defs.mssql import build_mssql_defs
+from backup_pipelines.defs.recovery import consistency, drill, mssql_restore, restore
 from backup_pipelines.defs.resources import build_resources, configured_stores
 from backup_pipelines.lib.engines import index_engines
 
@@ -20,12 +21,32 @@ def build_definitions() -> dg.Definitions:
     stores = configured_stores()
     engines = index_engines(stores)
     parts = [dg.Definitions(resources=build_resources()), lifecycle.defs]
-    parts += [INDEX_DEFS[engine.name] for engine in engines]
+    for engine in engines:
+        index_defs = INDEX_DEFS[engine.name]
+        if "postgres" not in stores:  # nothing to follow: no SQL dump of the same partition
+            index_defs = index_defs.map_asset_specs(
+                func=lambda spec: spec.replace_attributes(deps=[])
+            )
+        parts.append(index_defs)
+    index_stores = {engine.name for engine in engines}
+    monitored: list[str] = []
+    if "mssql" in stores:
+        mssql_assets = ["mssql/full_backup", "mssql/diff_backup", "mssql/log_backup"]
+        monitored += mssql_assets
+        parts += [
+            build_mssql_defs(),
+            dg.Definitions(jobs=mssql_restore.build_mssql_restore_jobs(index_stores)),
+        ]
+        if "postgres" not in stores and engines:
+            # The agents' vectors: per agent (workspace) and day, agents found in SQL Server.
+            agent_assets = [engine.asset for engine in engines]
+            monitored += agent_assets
+            parts.append(build_backup_defs(agent_assets, source="mssql"))
     if "postgres" in stores:
         # SQL is the truth the indexes are checked against and restored with.
-        index_stores = {engine.name for engine in engines}
         index_assets = [engine.asset for engine in engines]
         backup_assets = ["postgres/full_dump", "postgres/workspace_dump", *index_assets]
+        monitored = backup_assets + monitored
         parts += [
             postgres.defs,
             build_backup_defs(backup_assets),
@@ -36,15 +57,37 @@ def build_definitions() -> dg.Definitions:
                     restore.build_full_restore_job(index_stores),
                 ]
             ),
-            rpo.build_rpo_defs(backup_assets),
-            health.build_health_defs(backup_assets),
             drill.build_drill_defs(index_stores),
         ]
+    if monitored:
+        parts += [rpo.build_rpo_defs(monitored), health.build_health_defs(monitored)]
+    parts += optional_tiers()
     merged = dg.Definitions.merge(*parts)
     # Every job of this code location alerts when it fails or gets stuck.
     job_names = sorted(job.name for job in merged.jobs or [])
     sensor = run_alerts.build_run_alert_sensor(job_names)
     return dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
+
+
+def optional_tiers() -> list[dg.Definitions]:
+    """Point-in-time tiers, each only when its variables are set: pgBackRest (DATABASE_URL +
+    PGBACKREST_CONFIG or PGBACKREST_REPO_URL) and DigitalOcean (DIGITALOCEAN_TOKEN +
+    DIGITALOCEAN_DATABASE_ID)."""
+    import os
+
+    from backup_pipelines.lib.postgres import digitalocean as do_lib
+    from backup_pipelines.lib.postgres import pitr as pitr_lib
+
+    tiers = []
+    if pitr_lib.configured():
+        from backup_pipelines.defs.pitr import build_pitr_defs
+
+        tiers.append(build_pitr_defs())
+    if do_lib.configured():
+        from backup_pipelines.defs.managed import build_managed_defs
+
+        tiers.append(build_managed_defs(dict(os.environ)))
+    return tiers
 
 
 defs = build_definitions()

@@ -100,15 +100,15 @@ def build_verify_check(
     return artifact_verifies
 
 
-def backup_freshness() -> dg.FreshnessPolicy:
+def backup_freshness(asset: str = "") -> dg.FreshnessPolicy:
     """The UI's coarse freshness indicator (per asset, not per workspace: the RPO sensor is the
-    per-workspace truth): warn past the RPO, fail past RPO + grace."""
+    per-workspace truth): warn past the asset's RPO, fail past RPO + grace."""
     from datetime import timedelta
 
     from backup_pipelines.lib.policy import load_policy
 
-    policy = load_policy()
-    rpo = timedelta(hours=policy.rpo_hours)
+    hours, grace_minutes = load_policy().rpo_for(asset)
+    rpo = timedelta(hours=hours)
     return dg.FreshnessPolicy.time_window(
-        fail_window=rpo + timedelta(minutes=policy.rpo_grace_minutes), warn_window=rpo
+        fail_window=rpo + timedelta(minutes=grace_minutes), warn_window=rpo
     )

@@ -10,7 +10,12 @@ from backup_pipelines.defs.partitions import (
     workspaces,
 )
 from backup_pipelines.defs.postgres import FULL_DUMP
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource, PostgresResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    MssqlResource,
+    PolicyResource,
+    PostgresResource,
+)
 from backup_pipelines.lib.postgres.catalog import list_workspaces
 from backup_pipelines.lib.store import ArtifactRef
 
@@ -57,8 +62,39 @@ def build_schedules(full_backup_job, workspace_backup_job) -> list[dg.ScheduleDe
     ]
 
 
-def build_discovery_sensor(workspace_backup_job) -> dg.SensorDefinition:
-    @dg.sensor(
+def split_valid(ids: list[str]) -> tuple[list[str], list[str]]:
+    from backup_pipelines.lib.workspaces import is_valid_workspace_id
+
+    return [i for i in ids if is_valid_workspace_id(i)], [
+        i for i in ids if not is_valid_workspace_id(i)
+    ]
+
+
+def discovery_tick(context, found, store, first_asset: str) -> dg.SensorResult:
+    """The sensor's decision on (valid, invalid) workspace ids found in SQL."""
+    valid, invalid = found
+    for bad in invalid:
+        # Reported, never added: an invalid id must not reach a path, URL or SQL statement.
+        context.log.warning(f"skipping workspace with invalid id {bad[:80]!r}")
+    known = set(context.instance.get_dynamic_partitions(workspaces.name))
+    new = [w for w in valid if w not in known]
+    if not new:
+        return dg.SensorResult(
+            skip_reason=f"no new workspace ({len(valid)} known, {len(invalid)} invalid skipped)"
+        )
+    context.log.info(f"discovered {len(new)} workspace(s): {', '.join(new[:20])}")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[workspaces.build_add_request(new)],
+        run_requests=first_backups(store, new, last_completed_date(), first_asset),
+    )
+
+
+def build_discovery_sensor(
+    workspace_backup_job, source: str, first_asset: str
+) -> dg.SensorDefinition:
+    """Workspaces from the platform's SQL truth: the PostgreSQL workspace registry, or the SQL
+    Server agents table (an agent is a workspace there)."""
+    options = dict(
         name="workspace_discovery_sensor",
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -66,32 +102,35 @@ def build_discovery_sensor(workspace_backup_job) -> dg.SensorDefinition:
         description="Adds a `workspaces` partition for each new workspace in SQL and backs it "
         "up at once.",
     )
-    def workspace_discovery_sensor(
-        context: dg.SensorEvaluationContext,
-        postgres_db: PostgresResource,
-        policy: PolicyResource,
-        backup_store: BackupStoreResource,
+    if source == "postgres":
+
+        @dg.sensor(**options)
+        def workspace_discovery_sensor(
+            context: dg.SensorEvaluationContext,
+            postgres_db: PostgresResource,
+            policy: PolicyResource,
+            backup_store: BackupStoreResource,
+        ) -> dg.SensorResult:
+            found = list_workspaces(postgres_db.database_url, policy.load())
+            return discovery_tick(context, found, backup_store.get_store(), first_asset)
+
+        return workspace_discovery_sensor
+
+    @dg.sensor(**options)
+    def agent_discovery_sensor(
+        context: dg.SensorEvaluationContext, mssql: MssqlResource, backup_store: BackupStoreResource
     ) -> dg.SensorResult:
-        valid, invalid = list_workspaces(postgres_db.database_url, policy.load())
-        for bad in invalid:
-            # Reported, never added: an invalid id must not reach a path, URL or SQL statement.
-            context.log.warning(f"skipping workspace with invalid id {bad[:80]!r}")
-        known = set(context.instance.get_dynamic_partitions(workspaces.name))
-        new = [w for w in valid if w not in known]
-        if not new:
-            return dg.SensorResult(
-                skip_reason=f"no new workspace ({len(valid)} known, {len(invalid)} invalid skipped)"
-            )
-        context.log.info(f"discovered {len(new)} workspace(s): {', '.join(new[:20])}")
-        return dg.SensorResult(
-            dynamic_partitions_requests=[workspaces.build_add_request(new)],
-            run_requests=first_backups(backup_store.get_store(), new, last_completed_date()),
-        )
+        from backup_pipelines.lib.mssql.agent import AgentSchema, agents_in
 
-    return workspace_discovery_sensor
+        ids = list(agents_in(mssql.connection_string, mssql.database(), AgentSchema()))
+        return discovery_tick(context, split_valid(ids), backup_store.get_store(), first_asset)
+
+    return agent_discovery_sensor
 
 
-def first_backups(store, workspaces_found: list[str], date: str) -> list[dg.RunRequest]:
+def first_backups(
+    store, workspaces_found: list[str], date: str, asset: str = "postgres/workspace_dump"
+) -> list[dg.RunRequest]:
     """A backup now for each new workspace, so its RPO clock starts today — but never for one
     the store already holds for that date: a workspace new to this Dagster instance (a fresh
     instance, or one rebuilt after an incident) may have good artifacts that a backup of its
@@ -99,14 +138,23 @@ def first_backups(store, workspaces_found: list[str], date: str) -> list[dg.RunR
     return [
         dg.RunRequest(partition_key=multi_key(date, w), run_key=f"first-{multi_key(date, w)}")
         for w in workspaces_found
-        if store.read_manifest(ArtifactRef("postgres/workspace_dump", date, w)) is None
+        if store.read_manifest(ArtifactRef(asset, date, w)) is None
     ]
 
 
-def build_backup_defs(backup_assets: list[str]) -> dg.Definitions:
+def build_backup_defs(backup_assets: list[str], source: str = "postgres") -> dg.Definitions:
+    """Backup jobs and schedules of `backup_assets`; workspaces discovered from `source`'s SQL
+    (postgres: the workspace registry; mssql: the agents table)."""
     full_backup_job, workspace_backup_job = build_backup_jobs(backup_assets)
+    per_workspace = [a for a in backup_assets if a not in ("postgres/full_dump",)]
+    jobs = [workspace_backup_job]
+    schedules = build_schedules(full_backup_job, workspace_backup_job)
+    if "postgres/full_dump" not in backup_assets:
+        schedules = schedules[1:]
+    else:
+        jobs.insert(0, full_backup_job)
     return dg.Definitions(
-        jobs=[full_backup_job, workspace_backup_job],
-        schedules=build_schedules(full_backup_job, workspace_backup_job),
-        sensors=[build_discovery_sensor(workspace_backup_job)],
+        jobs=jobs,
+        schedules=schedules,
+        sensors=[build_discovery_sensor(workspace_backup_job, source, per_workspace[0])],
     )

@@ -12,6 +12,26 @@ daily = dg.DailyPartitionsDefinition(start_date=BACKUPS_START_DATE, timezone="UT
 workspaces = dg.DynamicPartitionsDefinition(name="workspaces")
 # Dimensions are ordered by name in keys: "2026-11-21|ws_acme".
 daily_by_workspace = dg.MultiPartitionsDefinition({"date": daily, "workspace": workspaces})
+# SQL Server: the database is the unit; differentials every 4 hours, logs every 15 minutes.
+WINDOW_FORMAT = "%Y-%m-%d-%H:%M"
+every_4_hours = dg.TimeWindowPartitionsDefinition(
+    cron_schedule="0 */4 * * *",
+    start=BACKUPS_START_DATE + "-00:00",
+    fmt=WINDOW_FORMAT,
+    timezone="UTC",
+)
+every_15_minutes = dg.TimeWindowPartitionsDefinition(
+    cron_schedule="*/15 * * * *",
+    start=BACKUPS_START_DATE + "-00:00",
+    fmt=WINDOW_FORMAT,
+    timezone="UTC",
+)
+
+
+def date_and_window(partition_key: str) -> tuple[str, str]:
+    """("YYYY-MM-DD", "HHMM") of a time-window key like "2026-12-01-13:15"."""
+    moment = datetime.strptime(str(partition_key), WINDOW_FORMAT)
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%H%M")
 
 
 def date_and_workspace(partition_key: str | dg.MultiPartitionKey) -> tuple[str, str]:

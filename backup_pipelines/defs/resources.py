@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 
 from backup_pipelines.lib.engines import configured_engines
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.policy import Policy, load_policy
 from backup_pipelines.lib.store import BackupStore, store_from_url
 
@@ -54,6 +55,28 @@ class QdrantResource(dg.ConfigurableResource):
         return QdrantHttp(self.url, self.api_key or None)
 
 
+class MssqlResource(dg.ConfigurableResource):
+    """The platform's SQL Server (MSSQL_CONNECTION_STRING, an ODBC string; its DATABASE= is the
+    database backed up) and the folder SQL Server writes backups to: MSSQL_BACKUP_DIR as the
+    server sees it, MSSQL_BACKUP_LOCAL_DIR as this process sees it (default: the same path)."""
+
+    connection_string: str
+    backup_dir: str
+    backup_local_dir: str = ""
+
+    def database(self) -> str:
+        from backup_pipelines.lib.mssql.connection import database_of
+
+        return database_of(self.connection_string)
+
+    def folders(self):
+        from pathlib import Path
+
+        from backup_pipelines.lib.mssql.backup import Folders
+
+        return Folders(self.backup_dir, Path(self.backup_local_dir or self.backup_dir))
+
+
 class PolicyResource(dg.ConfigurableResource):
     """RPO targets, retention, workspace tables and collection names (BACKUP_POLICY_FILE)."""
 
@@ -69,6 +92,8 @@ def configured_stores(env: dict[str, str] | None = None) -> set[str]:
     stores = set()
     if env.get("DATABASE_URL"):
         stores.add("postgres")
+    if env.get("MSSQL_CONNECTION_STRING"):
+        stores.add("mssql")
     stores.update(engine.name for engine in configured_engines(env))
     return stores
 
@@ -82,6 +107,18 @@ def build_resources(env: dict[str, str] | None = None) -> dict[str, dg.Configura
     stores = configured_stores(env)
     if "postgres" in stores:
         resources["postgres_db"] = PostgresResource(database_url=dg.EnvVar("DATABASE_URL"))
+    if "mssql" in stores:
+        if not env.get("MSSQL_BACKUP_DIR"):
+            raise ConfigError(
+                "MSSQL_CONNECTION_STRING is set but MSSQL_BACKUP_DIR is not: name the folder SQL "
+                "Server writes backups to (as the server sees it; MSSQL_BACKUP_LOCAL_DIR if this "
+                "process sees it under another path)"
+            )
+        resources["mssql"] = MssqlResource(
+            connection_string=dg.EnvVar("MSSQL_CONNECTION_STRING"),
+            backup_dir=env["MSSQL_BACKUP_DIR"],
+            backup_local_dir=env.get("MSSQL_BACKUP_LOCAL_DIR", ""),
+        )
     if "typesense" in stores:
         resources["typesense"] = TypesenseResource(
             url=env["TYPESENSE_URL"], api_key=dg.EnvVar("TYPESENSE_API_KEY")

@@ -2,6 +2,14 @@
 
 `initdb` and `postgres` refuse to run as root, so as root they run as the `postgres` user in
 a data directory that user owns; a normal user runs them directly.
+
+`settings` adds lines to postgresql.conf, e.g. WAL archiving through pgBackRest:
+
+    PostgresCluster(settings={"wal_level": "replica", "archive_mode": "on",
+                              "archive_command": "pgbackrest --config=F --stanza=S archive-push %p"})
+
+`work_dir(name)` gives a folder the server's user owns (for a pgBackRest configuration,
+repository or log that `archive_command` must reach), removed with the cluster.
 """
 
 from __future__ import annotations
@@ -24,11 +32,34 @@ def _as_server_user(argv: list[str]) -> list[str]:
 
 
 class PostgresCluster:
-    def __init__(self, port: int | None = None, user: str = "postgres") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        user: str = "postgres",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.user = user
+        self.settings = dict(settings or {})
         self.data_dir: Path | None = None
         self._base: Path | None = None
+
+    @property
+    def os_user(self) -> str | None:
+        """The operating-system user the server runs as when it is not the caller (root)."""
+        return "postgres" if os.geteuid() == 0 else None
+
+    def work_dir(self, name: str) -> Path:
+        """A folder next to the data directory that the server's user owns (mode 0700)."""
+        if self._base is None:
+            self._base = Path(tempfile.mkdtemp(prefix="backup-pipelines-pg-"))
+            if os.geteuid() == 0:
+                shutil.chown(self._base, "postgres")
+        path = self._base / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
+        return path
 
     @property
     def url_base(self) -> str:
@@ -40,12 +71,7 @@ class PostgresCluster:
     def start(self) -> PostgresCluster:
         initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
         # Not pytest's tmp_path: mode 0700 and owned by root, the postgres user cannot enter it.
-        self._base = Path(tempfile.mkdtemp(prefix="backup-pipelines-pg-"))
-        self.data_dir = self._base / "data"
-        self.data_dir.mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(self._base, "postgres")
-            shutil.chown(self.data_dir, "postgres")
+        self.data_dir = self.work_dir("data")
         self._run(
             [
                 initdb,
@@ -59,6 +85,12 @@ class PostgresCluster:
                 "--no-sync",
             ]
         )
+        if self.settings:
+            with open(self.data_dir / "postgresql.conf", "a") as conf:
+                conf.write("\n# backup_pipelines devstack settings\n")
+                for key, value in self.settings.items():
+                    quoted = str(value).replace("'", "''")
+                    conf.write(f"{key} = '{quoted}'\n")
         options = (
             f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.data_dir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -79,6 +111,10 @@ class PostgresCluster:
                 "start",
             ]
         )
+        if "archive_timeout" in self.settings:
+            # Seen here: a checkpointer that started its first sleep during startup ignores
+            # archive_timeout until checkpoint_timeout (5 min); a reload wakes it.
+            self._run([pg_ctl, "-D", str(self.data_dir), "reload"])
         return self
 
     def _run(self, argv: list[str]) -> None:

@@ -72,6 +72,21 @@ class Policy:
     qdrant_collections: tuple[str, ...] = ("agent_{workspace}",)
     rpo_hours: float = 24.0
     rpo_grace_minutes: float = 60.0
+    # Assets with an RPO of their own (minutes): the SQL Server runbook's schedule.
+    asset_rpo_minutes: dict = field(
+        default_factory=lambda: {
+            "mssql/full_backup": 24 * 60,
+            "mssql/diff_backup": 4 * 60,
+            "mssql/log_backup": 15,
+        }
+    )
+    asset_rpo_grace_minutes: dict = field(
+        default_factory=lambda: {
+            "mssql/full_backup": 60,
+            "mssql/diff_backup": 30,
+            "mssql/log_backup": 10,
+        }
+    )
     keep_daily_days: int = 30
     keep_weekly_days: int = 90
     # Restore time objective of one workspace, proved weekly by the restore drill.
@@ -86,7 +101,20 @@ class Policy:
     incomplete_max_age_hours: float = 24.0
     max_clock_skew_seconds: float = 900.0
     zstd_level: int = 1
+    # Point-in-time tier (pgBackRest): WAL archive RPO, PITR window (repository retention),
+    # the weekday of the weekly full physical backup (differential on the other days), stanza.
+    wal_rpo_minutes: float = 5.0
+    pitr_window_days: int = 7
+    physical_full_weekday: str = "sunday"
+    pgbackrest_stanza: str = "main"
     extra: dict = field(default_factory=dict)
+
+    def rpo_for(self, asset: str) -> tuple[float, float]:
+        """(RPO hours, grace minutes) of one asset: its own, else the policy-wide ones."""
+        minutes = self.asset_rpo_minutes.get(asset)
+        if minutes is None:
+            return self.rpo_hours, self.rpo_grace_minutes
+        return minutes / 60, self.asset_rpo_grace_minutes.get(asset, self.rpo_grace_minutes)
 
     def typesense_collection_for(self, workspace: str) -> str:
         return self.typesense_collection.format(workspace=validate_workspace_id(workspace))

@@ -3,6 +3,7 @@ last restore drill against the RTO, as one table an operator reads in the UI."""
 
 import dagster as dg
 
+from backup_pipelines.defs import pitr as pitr_defs
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
 from backup_pipelines.lib.monitoring import rpo
@@ -98,6 +99,7 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
             horizon_days=loaded.keep_weekly_days,
         )
         rows = health_rows(evaluation, last_drills(context.instance), loaded)
+        rows += pitr_defs.health_rows(loaded)  # the WAL archive's RPO, when PITR is configured
         late = [r for r in rows if r["rpo"] == "LATE"]
         drill_problems = [r for r in rows if r["drill"] in ("FAILED", "RTO MISSED")]
         context.log.info(

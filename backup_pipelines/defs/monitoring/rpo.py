@@ -12,7 +12,13 @@ from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import BackupStore
 
 RPO_CHECK = "rpo_met"
-FULL_DATABASE_ASSETS = {"postgres/full_dump"}
+# Assets of the whole database (no workspace dimension).
+FULL_DATABASE_ASSETS = {
+    "postgres/full_dump",
+    "mssql/full_backup",
+    "mssql/diff_backup",
+    "mssql/log_backup",
+}
 MAX_ROWS_SHOWN = 50
 
 
@@ -55,7 +61,7 @@ def run_history(
             )
             for record in result.records:
                 day, _, workspace = (record.partition_key or "").partition("|")
-                workspace = workspace or None
+                day, workspace = day[:10], workspace or None  # a time window's key: its date
                 if day and day > newest.get(workspace, ""):
                     newest[workspace] = day
             if not result.has_more:

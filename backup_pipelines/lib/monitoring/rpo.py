@@ -85,15 +85,21 @@ def _dates_back(today: date, days: int) -> list[str]:
     return [(today - timedelta(days=n)).isoformat() for n in range(days + 1)]
 
 
-def _committed_workspaces(store: BackupStore, asset: str, day: str) -> dict[str | None, float]:
-    """Workspaces with a manifest (= a committed artifact) of `asset` for `day`, and the
-    manifest's modification time (a re-run of the partition changes it)."""
-    found: dict[str | None, float] = {}
+def _committed_workspaces(
+    store: BackupStore, asset: str, day: str
+) -> dict[str | None, tuple[ArtifactRef, float]]:
+    """Workspaces with a manifest (= a committed artifact) of `asset` for `day` — the newest
+    time window's for sub-daily assets — and the manifest's modification time (a re-run of the
+    partition changes it)."""
+    found: dict[str | None, tuple[ArtifactRef, float]] = {}
     for key, _size, mtime in store._list(f"{asset}/date={day}/"):
         if key.endswith("/" + MANIFEST_NAME):
             ref = parse_artifact_folder(key[: -len(MANIFEST_NAME) - 1])
-            if ref is not None:
-                found[ref.workspace] = mtime
+            if ref is None:
+                continue
+            known = found.get(ref.workspace)
+            if known is None or (ref.window or "") > (known[0].window or ""):
+                found[ref.workspace] = (ref, mtime)
     return found
 
 
@@ -103,16 +109,16 @@ def newest_dates(
     workspaces: Iterable[str | None],
     today: date,
     horizon_days: int,
-) -> dict[str | None, tuple[str, float]]:
-    """Newest date holding a committed artifact per workspace (with its manifest's mtime),
-    scanning date folders from today backwards only until every workspace is found: one
-    listing per day, not per workspace, so 1,000 workspaces cost a handful of listings."""
+) -> dict[str | None, tuple[ArtifactRef, float]]:
+    """Newest committed artifact per workspace (with its manifest's mtime), scanning date
+    folders from today backwards only until every workspace is found: one listing per day,
+    not per workspace, so 1,000 workspaces cost a handful of listings."""
     wanted = set(workspaces)
-    newest: dict[str | None, tuple[str, float]] = {}
+    newest: dict[str | None, tuple[ArtifactRef, float]] = {}
     for day in _dates_back(today, horizon_days):
-        for workspace, mtime in _committed_workspaces(store, asset, day).items():
+        for workspace, found in _committed_workspaces(store, asset, day).items():
             if workspace in wanted:
-                newest[workspace] = (day, mtime)
+                newest[workspace] = found
         wanted -= set(newest)
         if not wanted:
             break
@@ -137,18 +143,21 @@ _CAPTURED_MAX = 200_000
 
 
 def captured_times(
-    store: BackupStore, asset: str, found: dict[str | None, tuple[str, float]]
+    store: BackupStore, asset: str, found: dict[str | None, tuple[ArtifactRef, float]]
 ) -> dict[str | None, Newest]:
     """The moment each newest artifact represents (its manifest's captured_at), read in
     parallel where not known yet."""
     where = store.describe()
 
-    def read(item: tuple[str | None, tuple[str, float]]) -> tuple[str | None, Newest | None]:
-        workspace, (day, mtime) = item
-        key = (where, asset, workspace, day, mtime)
+    def read(
+        item: tuple[str | None, tuple[ArtifactRef, float]],
+    ) -> tuple[str | None, Newest | None]:
+        workspace, (ref, mtime) = item
+        day = ref.date
+        key = (where, ref.folder, mtime)
         if key in _CAPTURED:
             return workspace, Newest(day, _CAPTURED[key])
-        manifest = store.read_manifest(ArtifactRef(asset, day, workspace))
+        manifest = store.read_manifest(ref)
         if manifest is None:  # deleted between the listing and now
             return workspace, None
         moment = _parse_time(manifest.get("captured_at")) or _parse_time(manifest.get("created_at"))
@@ -206,7 +215,7 @@ def evaluate(
         newest = captured_times(store, asset, dates)
         window_start = (today - timedelta(days=window_days)).isoformat()
         for workspace in workspaces:
-            item = Freshness(asset, workspace, policy.rpo_hours, policy.rpo_grace_minutes)
+            item = Freshness(asset, workspace, *policy.rpo_for(asset))
             item.searched_days = horizon
             found = newest.get(workspace)
             if found is not None:

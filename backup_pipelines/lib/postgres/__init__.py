@@ -9,4 +9,7 @@ workspace with COPY in one snapshot) and putting them back.
     full_restore.py  the whole database into a new database
     memory_rows.py   the memory rows the indexes are derived from
     ids.py           the memory-entry ids of a workspace dump (for the consistency gate)
+    pgbackrest.py    pgBackRest: stanza configuration, commands, `info` as typed records
+    pitr.py          WAL RPO, the reachable window, restore the cluster to an instant
+    digitalocean.py  DigitalOcean Managed PostgreSQL: backups and point-in-time restore (pydo)
 """

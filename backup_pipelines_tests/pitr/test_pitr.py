@@ -1,0 +1,368 @@
+"""Point-in-time recovery with real PostgreSQL 15 + real pgBackRest (local and S3 repository)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import psycopg
+import pytest
+
+from backup_pipelines.lib.postgres import pgbackrest, pitr
+from backup_pipelines_tests.pitr.conftest import archive_now, checksum, start_archiving_cluster
+
+
+def _mark(url: str) -> datetime:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def test_pitr_restore_to_marked_time_gives_exactly_rows_committed_then(archiving):
+    url = archiving.url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(501, 700) g")
+        conn.execute("DELETE FROM items WHERE id % 7 = 0")
+    target = _mark(url)
+    at_target = checksum(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items SELECT g, 'late' FROM generate_series(701, 900) g")
+        conn.execute("DELETE FROM items WHERE id < 100")
+        conn.execute("UPDATE items SET body = 'changed' WHERE id BETWEEN 200 AND 260")
+    live_before = checksum(url)
+    assert live_before != at_target
+    archive_now(url)
+
+    lines = []
+    restored = pitr.restore_to_time(
+        archiving.pitr_config(),
+        target,
+        target_dir=archiving.cluster.work_dir("r_marked"),
+        log=lines.append,
+    )
+    try:
+        assert checksum(restored.url) == at_target
+        assert restored.row_counts["public.items"] == at_target[0]
+        assert restored.timeline >= 2  # promoted onto a new timeline
+        assert restored.port != archiving.cluster.port
+        assert "recovery stopping before commit" in restored.recovery_stop
+        with psycopg.connect(restored.url, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+            assert conn.execute("SHOW archive_mode").fetchone()[0] == "off"  # never pushes WAL
+        assert any("DATABASE_URL=" in line for line in lines)
+        # The live cluster is untouched and still archiving.
+        assert checksum(url) == live_before
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        archive_now(url)
+    finally:
+        restored.remove()
+
+
+def test_pitr_target_outside_window_is_refused_before_anything_is_restored(archiving):
+    archive_now(archiving.url)
+    window = pitr.reachable_window(archiving.stanza)
+    assert window.newest is not None and window.oldest < window.newest
+    config = archiving.pitr_config()
+    too_early = window.oldest - timedelta(hours=1)
+    target_dir = archiving.cluster.work_dir("refused") / "never"
+    with pytest.raises(
+        pitr.PitrTargetUnreachable, match="before the oldest restorable instant"
+    ) as err:
+        pitr.restore_to_time(config, too_early, target_dir=target_dir)
+    assert window.oldest_backup in str(err.value)
+    too_late = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(
+        pitr.PitrTargetUnreachable, match="after the newest reachable instant"
+    ) as err:
+        pitr.restore_to_time(config, too_late, target_dir=target_dir)
+    # named (the archive may have moved on since `window`: archive_timeout switches WAL)
+    assert re.search(r"newest reachable instant \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", str(err.value))
+    assert not target_dir.exists()
+
+
+def test_pgbackrest_diff_and_incr_backups_and_physical_backup_asset_metadata(
+    archiving, monkeypatch
+):
+    from backup_pipelines.defs import pitr as pitr_defs
+    from backup_pipelines.defs.resources import PolicyResource
+
+    diff = archiving.stanza.backup("diff")
+    incr = archiving.stanza.backup("incr")
+    info = archiving.stanza.info()
+    full = next(b for b in info.backups if b.type == "full")
+    assert diff.type == "diff" and diff.prior == full.label
+    assert incr.type == "incr" and incr.prior == diff.label
+    assert incr.archive_start <= incr.archive_stop and incr.lsn_start and incr.lsn_stop
+    assert info.archive_min <= info.archive_max and info.ok
+
+    for key, value in archiving.env().items():
+        monkeypatch.setenv(key, value)
+    result = dg.materialize(
+        [pitr_defs.physical_backup],
+        resources={"pitr_stanza": pitr_defs.PitrResource(), "policy": PolicyResource()},
+        run_config={"ops": {"postgres__physical_backup": {"config": {"type": "diff"}}}},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("postgres__physical_backup")[0].metadata
+    assert metadata["type"].value == "diff"
+    for key in (
+        "label",
+        "size_bytes",
+        "repo_size_bytes",
+        "repository_total_bytes",
+        "wal_start",
+        "wal_stop",
+        "lsn_start",
+        "lsn_stop",
+    ):
+        assert metadata[key].value not in ("", None, 0), key
+
+
+def test_pitr_auto_backup_type_is_full_on_the_weekday_else_diff(archiving):
+    from backup_pipelines.defs.pitr import choose_backup_type
+    from backup_pipelines.lib.policy import Policy
+
+    info = archiving.stanza.info()
+    sunday, monday = datetime(2026, 12, 6, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC)
+    assert choose_backup_type("auto", Policy(), info, sunday) == "full"
+    assert choose_backup_type("auto", Policy(), info, monday) == "diff"
+    assert (
+        choose_backup_type("auto", Policy(physical_full_weekday="monday"), info, monday) == "full"
+    )
+    empty = pgbackrest.StanzaInfo("x", 0, "ok", None, None, [])
+    assert choose_backup_type("auto", Policy(), empty, monday) == "full"
+
+
+def test_pitr_wal_rpo_alert_fires_once_and_recovers_once(
+    archiving, alert_receiver, monkeypatch, tmp_path
+):
+    from backup_pipelines.defs import pitr as pitr_defs
+    from backup_pipelines.defs.resources import PolicyResource
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("wal_rpo_minutes: 0.05\n")  # 3 s, so the test need not wait 5 minutes
+    for key, value in archiving.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("BACKUP_POLICY_FILE", str(policy_file))
+    resources = {"pitr_stanza": pitr_defs.PitrResource(), "policy": PolicyResource()}
+    cursor = None
+
+    def tick():
+        nonlocal cursor
+        with dg.build_sensor_context(cursor=cursor, resources=resources) as context:
+            result = pitr_defs.wal_rpo_sensor(context)
+        cursor = result.cursor
+        return result.asset_events[0]
+
+    url = archiving.url
+    archive_now(url)
+    assert tick().passed
+    with psycopg.connect(url, autocommit=True) as conn:
+        failed_before = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0]
+        conn.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO items SELECT g, 'unarchived' FROM generate_series(5001, 5100) g"
+            )
+            conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while True:
+            state = pitr.wal_rpo(url, 3.0)
+            if state.failed_count > failed_before and state.late:
+                break
+            assert time.monotonic() < deadline, state.to_dict()
+            time.sleep(0.2)
+        assert state.failing
+        check = tick()
+        assert not check.passed and "archive_command failing" in check.description
+        tick()
+        assert [a["kind"] for a in alert_receiver.webhook] == ["rpo_breach"]
+        assert alert_receiver.webhook[0]["asset"] == "postgres/wal_archive"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET archive_command")
+            conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 90
+    while pitr.wal_rpo(url, 3.0).late:
+        assert time.monotonic() < deadline, pitr.wal_rpo(url, 3.0).to_dict()
+        time.sleep(0.2)
+    assert tick().passed
+    tick()
+    assert [a["kind"] for a in alert_receiver.webhook] == ["rpo_breach", "rpo_recovered"]
+    # The health report's row of the WAL archive
+    from backup_pipelines.lib.policy import load_policy
+
+    (row,) = pitr_defs.health_rows(load_policy())
+    assert row["workspace"] == "(WAL archive)" and row["rpo"] == "OK"
+
+
+def test_pitr_cli_info_and_restore(archiving, monkeypatch, capsys):
+    from backup_pipelines import cli
+
+    for key, value in archiving.env().items():
+        monkeypatch.setenv(key, value)
+    archive_now(archiving.url)
+    assert cli.main(["pitr", "info"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["stanza"] == "agent" and report["backups"]
+    assert report["reachable"]["newest"] and not report["wal_rpo"]["late"], json.dumps(
+        report["wal_rpo"]
+    )
+    target = _mark(archiving.url)
+    expected = checksum(archiving.url)
+    with psycopg.connect(archiving.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM items WHERE id > 300")
+    archive_now(archiving.url)
+    target_dir = archiving.cluster.work_dir("cli_restore")
+    code = cli.main(
+        ["restore", "pitr", "--to", target.isoformat(), "--target-dir", str(target_dir)]
+    )
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    restored = pitr.RestoredCluster(
+        target_dir,
+        summary["port"],
+        f"postgresql://postgres@127.0.0.1:{summary['port']}/postgres",
+        target,
+        summary["backup_label"],
+        os_user=archiving.stanza.os_user,
+    )
+    try:
+        assert code == 0
+        assert checksum(restored.url) == expected
+    finally:
+        restored.remove()
+    assert (
+        cli.main(
+            ["restore", "pitr", "--to", "2001-01-01 00:00:00+00", "--target-dir", str(target_dir)]
+        )
+        == 1
+    )
+    assert "before the oldest restorable instant" in capsys.readouterr().err
+
+
+def test_pgbackrest_s3_repository_behind_stunnel_backs_up_and_restores():
+    from backup_pipelines.devstack.s3_server import S3Server
+
+    with S3Server(bucket="pgbackrest-test", tls=True) as s3:
+        env = {
+            **s3.env,
+            "AWS_ENDPOINT_URL_S3": s3.tls_endpoint,
+            "PGBACKREST_S3_URI_STYLE": "path",
+            "PGBACKREST_S3_VERIFY_TLS": "n",
+        }
+        repo = pgbackrest.Repository.from_url("s3://pgbackrest-test/cluster-a", env)
+        assert repo.type == "s3" and repo.port == s3.tls_port
+        archiving = start_archiving_cluster(repo, repo.secrets())
+        restored = None
+        try:
+            url = archiving.url
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text NOT NULL)")
+                conn.execute(
+                    "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 300) g"
+                )
+            archiving.stanza.backup("full")
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("INSERT INTO items SELECT g, 'after' FROM generate_series(301, 400) g")
+            target = _mark(url)
+            expected = checksum(url)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("TRUNCATE items")
+            archive_now(url)
+            objects = s3.client().list_objects_v2(Bucket="pgbackrest-test", Prefix="cluster-a/")
+            assert objects.get("KeyCount", 0) > 0  # the repository really is in the bucket
+            with pitr.scratch_cluster_at(
+                archiving.pitr_config(), target, target_dir=archiving.cluster.work_dir("r_s3")
+            ) as restored:
+                assert checksum(restored.url) == expected
+            assert not restored.data_dir.exists()  # stopped and removed after the block
+            restored = None
+            config_text = archiving.config_path.read_text()
+            assert (archiving.config_path.stat().st_mode & 0o777) == 0o600  # it holds the S3 keys
+            assert "repo1-type=s3" in config_text
+        finally:
+            if restored:
+                restored.remove()
+            archiving.cluster.stop()
+
+
+def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes():
+    archiving = start_archiving_cluster()
+    try:
+        url = archiving.url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text NOT NULL)")
+            conn.execute("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 200) g")
+        archiving.stanza.backup("full")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items SELECT g, 'kept' FROM generate_series(201, 250) g")
+        target = _mark(url)
+        expected = checksum(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE id > 20")  # the incident
+        archive_now(url)
+        live_dir = archiving.cluster.data_dir
+        lines = []
+        restored = pitr.restore_to_time(
+            archiving.pitr_config(), target, overwrite_live=True, log=lines.append
+        )
+        assert restored.overwrote_live and restored.data_dir == live_dir
+        assert restored.port == archiving.cluster.port
+        assert checksum(url) == expected  # the live URL now serves the data at T
+        asides = list(live_dir.parent.glob(f"{live_dir.name}.before-pitr-*"))
+        assert len(asides) == 1 and (asides[0] / "PG_VERSION").exists()
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SHOW archive_mode").fetchone()[0] == "on"
+        archive_now(url)  # the new primary archives into the same stanza
+        with pytest.raises(pitr.BackupError):
+            restored.remove()  # never deletes the live directory
+    finally:
+        archiving.cluster.stop()
+
+
+def test_pgbackrest_cli_setup_writes_config_creates_stanza_or_names_missing_settings(
+    pg_cluster, monkeypatch, capsys
+):
+    from backup_pipelines import cli
+    from backup_pipelines.devstack.postgres_cluster import PostgresCluster
+
+    # A cluster without WAL archiving: setup names what postgresql.conf still needs.
+    scratch = pg_cluster.work_dir("pitr_setup_plain")
+    monkeypatch.setenv("DATABASE_URL", pg_cluster.url())
+    monkeypatch.setenv("PGBACKREST_REPO_URL", f"file://{scratch}/repo")
+    monkeypatch.setenv("PGBACKREST_CONFIG", str(scratch / "pgbackrest.conf"))
+    monkeypatch.setenv("PGBACKREST_PG_DATA", str(pg_cluster.data_dir))
+    monkeypatch.setenv("PGBACKREST_PG_SOCKET", str(pg_cluster.data_dir))
+    assert cli.main(["pitr", "setup"]) == 1
+    out = capsys.readouterr().out
+    assert "archive_mode = on (now off; needs a restart)" in out  # wal_level is replica by default
+    assert f"--config={scratch / 'pgbackrest.conf'} --stanza=main archive-push %p" in out
+
+    # A cluster whose archive_command points at the configuration setup writes.
+    cluster = PostgresCluster()
+    state = cluster.work_dir("pgbackrest")
+    config_path = state / "pgbackrest.conf"
+    cluster.settings = {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": pgbackrest.archive_command(config_path, "main"),
+    }
+    with cluster:
+        monkeypatch.setenv("DATABASE_URL", cluster.url())
+        monkeypatch.setenv("PGBACKREST_REPO_URL", f"file://{state}/repo")
+        monkeypatch.setenv("PGBACKREST_CONFIG", str(config_path))
+        monkeypatch.setenv("PGBACKREST_PG_DATA", str(cluster.data_dir))
+        monkeypatch.setenv("PGBACKREST_PG_SOCKET", str(cluster.data_dir))
+        assert cli.main(["pitr", "setup"]) == 0
+        assert "created and checked" in capsys.readouterr().out
+        text = config_path.read_text()
+        assert "repo1-retention-full-type=time" in text and "repo1-retention-full=7" in text
+        assert f"pg1-port={cluster.port}" in text
+        assert cli.main(["pitr", "backup"]) == 0  # no full yet: auto makes a full one
+        assert '"type": "full"' in capsys.readouterr().out
