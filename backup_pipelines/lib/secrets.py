@@ -47,6 +47,8 @@ CONNECTION_VARIABLES = (
     "TYPESENSE_URL",
     "QDRANT_URL",
     "SLACK_API_BASE_URL",
+    "PGBACKREST_REPO_URL",
+    "DIGITALOCEAN_API_URL",
 )
 # Webhook URLs carry their token in the path (Slack, Teams, PagerDuty bridges).
 WEBHOOK_VARIABLES = ("ALERT_WEBHOOK_URL",)

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows, newest_memory
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.recovery import consistency
@@ -140,7 +140,7 @@ def restore_index(
     target = target or collection
     manifest = located.manifests.get(engine.asset)
     if rebuild or manifest is None or not engine.holds(manifest, collection):
-        with psycopg.connect(database_url) as conn:
+        with connect(database_url) as conn:
             rows = iter_memory_rows(conn, located.workspace, policy)
             return engine.rebuild(client, target, rows, mode)
     ref = located.refs[engine.asset]
@@ -190,7 +190,7 @@ def verify_restore(
     _ref, manifest = located.sql
     problems: list[str] = []
     result: dict = {"sql_rows": {}}
-    with psycopg.connect(database_url) as conn:
+    with connect(database_url) as conn:
         for entry in manifest["tables"]:
             schema, name = entry["table"].split(".", 1)
             live = conn.execute(
