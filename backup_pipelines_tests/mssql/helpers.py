@@ -67,3 +67,12 @@ def header(conn: pyodbc.Connection, path) -> pyodbc.Row:
     rows = conn.execute(f"RESTORE HEADERONLY FROM DISK = N'{path}'").fetchall()
     assert len(rows) == 1
     return rows[0]
+
+
+def wait_until_no_sessions_use(conn: pyodbc.Connection, database: str) -> None:
+    """Closing a connection is noticed by the server a moment later: wait for it."""
+    deadline = time.monotonic() + 10
+    sql = "SELECT COUNT(*) FROM sys.dm_exec_sessions WHERE database_id = DB_ID(?) AND session_id <> @@SPID"
+    while conn.execute(sql, database).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sessions still use {database}")

@@ -12,6 +12,7 @@ from .helpers import (
     message_numbers,
     run,
     server_time,
+    wait_until_no_sessions_use,
     wait_until_server_time_passes,
 )
 
@@ -158,6 +159,7 @@ def test_mssql_point_in_time_restore_into_new_database(
         )
         assert _ids(conn, copy) == [1, 2, 3, 4]
         assert _ids(conn, db) == [1, 2, 3, 4, 5]
+        run(conn, f"DBCC CHECKDB ([{copy}]) WITH NO_INFOMSGS")
         files = conn.execute(
             "SELECT type_desc, physical_name FROM sys.master_files WHERE database_id = DB_ID(?) ORDER BY file_id",
             copy,
@@ -317,6 +319,7 @@ def test_mssql_restore_over_live_database_needs_tail_or_replace(
             assert 3101 in _fails(
                 conn, f"RESTORE DATABASE [{db}] FROM DISK = N'{backups}/full.bak' WITH REPLACE"
             )
+        wait_until_no_sessions_use(conn, db)
         run(conn, f"RESTORE DATABASE [{db}] FROM DISK = N'{backups}/full.bak' WITH REPLACE")
         assert _ids(conn, db) == []
 

@@ -207,11 +207,13 @@ def test_mssql_log_rpo_is_fifteen_minutes(deployment, monkeypatch):
 def test_mssql_agents_are_discovered_as_workspaces_and_backed_up_first(deployment):
     defs = deployment["defs"]
     sensor = defs.resolve_sensor_def("workspace_discovery_sensor")
-    with dg.instance_for_test() as instance:
-        with dg.build_sensor_context(
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(
             instance=instance, definitions=defs, resources=defs.resources
-        ) as context:
-            result = sensor(context)
+        ) as context,
+    ):
+        result = sensor(context)
     [request] = result.dynamic_partitions_requests
     assert sorted(request.partition_keys) == ["a1", "a2"]
     assert sorted(r.partition_key.split("|")[1] for r in result.run_requests) == ["a1", "a2"]

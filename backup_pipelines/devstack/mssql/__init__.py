@@ -29,6 +29,8 @@ Connecting (what the product should do)
   (ProgrammingError, IntegrityError, ...).
 - FreeTDS runs one statement at a time per connection: fetch a result completely (fetchall)
   before executing the next statement on another cursor of the same connection.
+- Do not use ``cursor.fast_executemany = True``: pyodbc's parameter arrays crash (segfault) the
+  client with FreeTDS 1.3 before anything is sent; plain ``executemany`` works.
 - pyodbc sends datetime parameters with millisecond precision (it reads datetime's precision,
   23, from sp_datatype_info on connect; the stand-in answers what SQL Server answers).
 - datetimeoffset columns need ``conn.add_output_converter(-155, ...)`` in pyodbc (SQL type -155),
@@ -72,7 +74,8 @@ Text comparisons are case-insensitive (like SQL_Latin1_General_CP1_CI_AS, ASCII 
 
 Catalog: INFORMATION_SCHEMA.TABLES, COLUMNS, TABLE_CONSTRAINTS, KEY_COLUMN_USAGE,
 CONSTRAINT_COLUMN_USAGE, REFERENTIAL_CONSTRAINTS, SCHEMATA (fully); sys.databases,
-sys.master_files, sys.database_files, sys.dm_exec_sessions, sys.credentials (server level);
+sys.master_files, sys.database_files, sys.dm_exec_sessions, sys.dm_exec_requests (command,
+percent_complete of a running BACKUP/RESTORE), sys.credentials (server level);
 sys.tables, sys.objects, sys.columns, sys.types, sys.identity_columns, sys.foreign_keys,
 sys.foreign_key_columns, sys.key_constraints, sys.indexes, sys.index_columns, sys.schemas (their
 common columns; see catalog_views.py). All can be three-part (``db.sys.tables``) and joined.
@@ -92,7 +95,8 @@ autocommit=False (begin, commit/rollback and begin again), ``SET IMPLICIT_TRANSA
 ``SET NOCOUNT``, ``SET XACT_ABORT`` (an error rolls back and ends the batch), ``SET LOCK_TIMEOUT n``
 (waits on another session's write lock end with 1222); other SET options are accepted. Other
 statements: ``IF <condition> <statement>`` (e.g. ``IF OBJECT_ID(N'dbo.t') IS NOT NULL DROP TABLE
-dbo.t``), ``PRINT``, ``WAITFOR DELAY``, ``CHECKPOINT``, ``CREATE/DROP CREDENTIAL``.
+dbo.t``), ``PRINT``, ``WAITFOR DELAY``, ``CHECKPOINT``, ``CREATE/DROP CREDENTIAL``, ``DBCC CHECKDB
+[(db)] [WITH NO_INFOMSGS]`` (SQLite's integrity check of the file: 8989 and 2528, or 8939 errors).
 
 Errors (number, as SQL Server): 102 syntax, 207 column, 208 object, 209 ambiguous, 515 NULL
 into NOT NULL, 544 identity insert, 547 foreign key / check conflict, 2627 primary key or unique
@@ -153,9 +157,10 @@ Known gaps and deviations from SQL Server
   LOCK_TIMEOUT). Writers serialize per database file (not per row): a second writer to the same
   database waits for the first transaction's end (up to LOCK_TIMEOUT, then 1222; without
   LOCK_TIMEOUT 60 s, then 1205 as a deadlock victim); a transaction that reads a database and
-  later writes it after another session committed to it can fail the same way. A running full or
-  differential BACKUP holds a read lock (commits to that database wait until it ends) and a log
-  backup the write lock (it waits for open write transactions on the database to end).
+  later writes it after another session committed to it can fail the same way. A BACKUP first
+  writes a checkpoint/marker record, so it waits (up to 120 s) for open write transactions on
+  that database to end; a full or differential backup then holds a read lock while it copies
+  (commits wait until it ends), a log backup the write lock.
 - A differential backup holds the whole database (not only the changed extents); "pages" in the
   messages are the file size / 8 KB. IDENTITY values are transactional (rolled back with the
   transaction). Identity columns must be listed with IDENTITY_INSERT ON to be set explicitly.

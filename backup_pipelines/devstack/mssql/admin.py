@@ -70,6 +70,8 @@ def execute_other(session, stmt: list[Tok], out: Output, params: Params | None) 
         datatype_info(stmt, out)
     elif head in ("EXEC", "EXECUTE"):
         exec_statement(session, cur, out, params)
+    elif head == "DBCC":
+        dbcc(session, cur, out)
     elif head == "CHECKPOINT":
         out.done(None)
     elif head == "WAITFOR":
@@ -226,6 +228,38 @@ def if_statement(session, stmt: list[Tok], out: Output, params: Params | None) -
         )
     else:
         execute_other(session, body, out, params)
+
+
+def dbcc(session, cur: Cursor, out: Output) -> None:
+    """DBCC CHECKDB [(db)] [WITH NO_INFOMSGS, ...]: SQLite's integrity_check of the database file."""
+    from .tsql import quote_ident
+
+    if not cur.accept("CHECKDB"):
+        raise not_supported(f"DBCC {cur.peek().text if cur.peek() else ''}")
+    name = session.current_db
+    if cur.peek() is not None and cur.peek().kind == "lp":
+        args = cur.skip_parens()
+        if args and args[0].kind in ("str", "word", "qid"):
+            name = args[0].text
+    options = {t.up for t in cur.toks[cur.pos :] if t.kind == "word"}
+    db = session.database(name)
+    problems = [
+        r[0]
+        for r in session.conn.execute(f"PRAGMA {quote_ident(session.alias(db))}.integrity_check")
+    ]
+    problems = [p for p in problems if p != "ok"]
+    for problem in problems[:20]:
+        out.error(SqlError(8939, f"Table error: database '{db.name}': {problem}", 16, 98))
+    if "NO_INFOMSGS" not in options or problems:
+        out.info(
+            8989,
+            f"CHECKDB found 0 allocation errors and {len(problems)} consistency errors in database '{db.name}'.",
+        )
+        out.info(
+            2528,
+            "DBCC execution completed. If DBCC printed error messages, contact your system administrator.",
+        )
+    out.done(None)
 
 
 def waitfor(cur: Cursor, out: Output) -> None:

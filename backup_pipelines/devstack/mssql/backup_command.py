@@ -92,6 +92,9 @@ class Progress:
     def update(self, fraction: float) -> None:
         if self.out.cancelled():
             raise Cancelled
+        session = getattr(self.out, "session", None)
+        if session is not None and session.request is not None:
+            session.request["percent"] = round(min(fraction, 1.0) * 100, 3)
         if self.step is None:
             return
         percent = int(fraction * 100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 STATES = {"ONLINE": 0, "RESTORING": 1}
@@ -101,6 +102,18 @@ def server_rows(session, view: str) -> list[tuple]:
                     s.trancount,
                 )
             )
+        return rows
+    if view == "sys.dm_exec_requests":
+        rows = []
+        for s in sessions:
+            request = s.request
+            if request is None:
+                continue
+            percent = float(request["percent"])
+            elapsed_ms = int((time.monotonic() - request["clock"]) * 1000)
+            remaining = int(elapsed_ms * (100 - percent) / percent) if percent > 0 else 0
+            rows.append((s.spid, 0, request["start"], "running" if s is session else "suspended",
+                         request["command"], request["database_id"], percent, remaining, 0, None, s.trancount))  # fmt: skip
         return rows
     if view == "sys.credentials":
         return [

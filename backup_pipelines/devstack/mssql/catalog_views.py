@@ -6,6 +6,7 @@ SERVER_LEVEL = {
     "sys.databases",
     "sys.master_files",
     "sys.dm_exec_sessions",
+    "sys.dm_exec_requests",
     "sys.credentials",
     "sys.database_files",
 }
@@ -39,6 +40,11 @@ VIEWS: dict[str, list[tuple[str, str]]] = {
         "file_id int; file_guid uniqueidentifier; type tinyint; type_desc nvarchar(60); "
         f"data_space_id int; name {SYSNAME}; physical_name nvarchar(260); state tinyint; "
         "state_desc nvarchar(60); size int; max_size int; growth int"
+    ),
+    "sys.dm_exec_requests": _cols(
+        f"session_id smallint; request_id int; start_time {DT}; status nvarchar(30); command nvarchar(32); "
+        "database_id smallint; percent_complete real; estimated_completion_time bigint; "
+        "blocking_session_id smallint; wait_type nvarchar(60); open_transaction_count int"
     ),
     "sys.dm_exec_sessions": _cols(
         f"session_id smallint; login_name {SYSNAME}; host_name {SYSNAME}; program_name {SYSNAME}; "

@@ -16,7 +16,7 @@ def _spec(text: str) -> list[tuple[str, SqlType]]:
 
 HEADERONLY = _spec(
     "BackupName nvarchar(128); BackupDescription nvarchar(255); BackupType smallint; "
-    "ExpirationDate datetime; Compressed bit; Position smallint; DeviceType tinyint; "
+    "ExpirationDate datetime; Compressed tinyint; Position smallint; DeviceType tinyint; "
     "UserName nvarchar(128); ServerName nvarchar(128); DatabaseName nvarchar(128); "
     "DatabaseVersion int; DatabaseCreationDate datetime; BackupSize numeric(20,0); "
     "FirstLSN numeric(25,0); LastLSN numeric(25,0); CheckpointLSN numeric(25,0); "
@@ -60,7 +60,7 @@ def headeronly_row(h: dict) -> tuple:
         "BackupDescription": h.get("description"),
         "BackupType": TYPE_CODES[h["type"]],
         "ExpirationDate": None,
-        "Compressed": h["compressed"],
+        "Compressed": int(h["compressed"]),
         "Position": h["Position"],
         "DeviceType": h["device_type"],
         "UserName": h["user_name"],

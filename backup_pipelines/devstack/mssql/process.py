@@ -42,6 +42,8 @@ class MssqlStandinProcess:
             str(self.port),
             "--storage",
             str(self.storage),
+            "--parent-pid",
+            str(os.getpid()),
         ]
         env = dict(os.environ, MSSQL_STANDIN_PASSWORD=self.password)
         self._process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)

@@ -57,6 +57,7 @@ class Session:
         self.prepared: dict[int, tuple[str, str]] = {}
         self.cancel = threading.Event()
         self.killed = False
+        self.request: dict | None = None  # the running statement (sys.dm_exec_requests)
         self.on_kill = None
         self.tx_descriptor = b"\x00" * 8
         self._tx_counter = 0
@@ -198,18 +199,22 @@ class Session:
         identity = next(((c[0], c[4], c[5]) for c in cols if c[3]), None)
         return TableInfo(db.name, alias, row[1], row[0], columns, identity)
 
-    def _catalog(self, db_name: str, view: str, full: str, name: str) -> tuple[str, None, str]:
+    def _catalog(self, db_name: str, view: str, full: str, name: str) -> tuple[str, TableInfo, str]:
         if view not in VIEWS:
             raise invalid_object(full)
         if view in SERVER_LEVEL:
             rows = self.server_rows(view)
+            db = db_name or self.current_db
         else:
-            db = self.database(db_name)
-            rows = db_rows(view, Meta.load(self.conn, self.alias(db), db.name))
+            found = self.database(db_name)
+            rows = db_rows(view, Meta.load(self.conn, self.alias(found), found.name))
+            db = found.name
         table = f"__cat_{self._cat_counter}"
         self._cat_counter += 1
         materialize(self.conn, view, rows, table)
-        return f"temp.{quote_ident(table)}", None, name
+        columns = [(n, parse_type(t), True, False) for n, t in VIEWS[view]]
+        info = TableInfo(db, "temp", table, 0, columns, catalog=True)
+        return f"temp.{quote_ident(table)}", info, name
 
     def server_rows(self, view: str) -> list[tuple]:
         from .catalog_server import server_rows

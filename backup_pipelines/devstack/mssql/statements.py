@@ -42,6 +42,13 @@ class Params:
 
 
 def execute_batch(session, sql: str, out: Output, params: Params | None = None) -> None:
+    try:
+        _execute_batch(session, sql, out, params)
+    finally:
+        session.request = None
+
+
+def _execute_batch(session, sql: str, out: Output, params: Params | None) -> None:
     from .admin import execute_other
 
     session.refresh_attachments()
@@ -53,6 +60,7 @@ def execute_batch(session, sql: str, out: Output, params: Params | None = None) 
         return
     for stmt in statements:
         session._cat_counter = 0
+        session.request = _request(session, stmt)
         try:
             head = stmt[0].up
             if head in ("INSERT", "UPDATE", "DELETE", "WITH"):
@@ -72,6 +80,19 @@ def execute_batch(session, sql: str, out: Output, params: Params | None = None) 
                 return
         if out.cancelled():
             return
+
+
+def _request(session, stmt: list[Tok]) -> dict:
+    """What sys.dm_exec_requests shows for the statement (command as SQL Server names it)."""
+    import time
+
+    from .dbfile import fmt_time, utcnow
+
+    words = [t.up for t in stmt[:2]]
+    command = " ".join(words) if words[0] in ("BACKUP", "RESTORE") else words[0]
+    db = session.engine.get(session.current_db)
+    return {"command": command, "start": fmt_time(utcnow()), "clock": time.monotonic(), "percent": 0.0,
+            "database_id": db.database_id if db else 1}  # fmt: skip
 
 
 def _statement_failed(session, err: SqlError, out: Output) -> None:
@@ -191,6 +212,8 @@ def _send_result(out: Output, tr: Translated, names: list[str], rows: list) -> N
     static = tr.item_types if len(tr.item_types) == len(names) else [None] * len(names)
     if tr.returning and tr.target is not None:
         static = [(tr.target.column(n) or (None, None))[1] for n in names]
+    elif tr.item_names is None and len(tr.tables) == 1 and len(tr.tables[0].columns) == len(names):
+        static = [c[1] for c in tr.tables[0].columns]  # SELECT * FROM one table: its column types
     rows = [tuple(coerce(v, static[i]) for i, v in enumerate(row)) for row in rows]
     columns = []
     for i, name in enumerate(names):

@@ -85,6 +85,7 @@ class TableInfo:
     object_id: int
     columns: list[tuple[str, SqlType, bool, bool]]  # name, type, nullable, identity
     identity: tuple[str, int, int] | None = None  # column, seed, increment
+    catalog: bool = False  # a sys.* / INFORMATION_SCHEMA view (read only)
 
     def column(self, name: str):
         for col in self.columns:
@@ -143,6 +144,8 @@ def translate(
         _check_identity_update(tokens, out.tables[0])
     if kind in ("UPDATE", "DELETE") and out.tables:
         out.target = out.tables[0]
+        if out.target.catalog:
+            raise SqlError(259, "Ad hoc updates to system catalogs are not allowed.", 16, 1)
     return out
 
 

@@ -21,7 +21,7 @@ def translate_insert(
     cur.accept("INTO")
     parts = cur.dotted()
     ref_sql, info, _ = ctx.resolve_table(parts)
-    if info is None:
+    if info is None or info.catalog:
         raise SqlError(259, "Ad hoc updates to system catalogs are not allowed.", 16, 1)
     cur.accept("WITH") and cur.skip_parens()
     columns: list[str] | None = None

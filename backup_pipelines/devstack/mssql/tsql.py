@@ -94,6 +94,7 @@ _STARTERS = {
     "EXEC",
     "EXECUTE",
     "SAVE",
+    "DBCC",
 }
 _SET_OPTIONS = {
     "NOCOUNT",
