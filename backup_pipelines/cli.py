@@ -7,6 +7,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
+                                  [--resume] [--command-before CMD ...] [--command-after CMD ...]
+    backup-pipelines release-database NAME     # drop a <live>_before_restore_<time> database
     backup-pipelines keep --date D [--workspace W] --reason TEXT
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
@@ -22,14 +24,69 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
+from datetime import date as Date
 
 from backup_pipelines import cli_pitr
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
+from backup_pipelines.lib.workspaces import is_valid_workspace_id
+
+STRICT_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+ASSET_KEY = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*")
+# What reading an untrusted manifest can raise: the store's own errors (a tampered or invalid
+# manifest is a StoreError subclass), and, for manifests of the wrong shape, the lookups
+# that fail on them. verify and list report these per artifact and go on.
+UNREADABLE = (StoreError, OSError, KeyError, TypeError, ValueError, AttributeError)
+
+
+def date_argument(text: str) -> str:
+    """A calendar date written YYYY-MM-DD, nothing else (not 20261201, not 2026-W49-2: the
+    store's folders are named date=YYYY-MM-DD, and a date that names no folder finds nothing)."""
+    if not STRICT_DATE.fullmatch(text or ""):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD")
+    try:
+        Date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a calendar date ({exc})") from exc
+    return text
+
+
+def workspace_argument(text: str) -> str:
+    if not is_valid_workspace_id(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a workspace id (letters, digits, _ and -, starting with a letter "
+            "or digit, at most 64 characters)"
+        )
+    return text
+
+
+def asset_argument(text: str) -> str:
+    if not ASSET_KEY.fullmatch(text or ""):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an asset key path such as postgres/workspace_dump"
+        )
+    return text
+
+
+def jobs_argument(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs from 1 to 64")
+    return jobs
+
+
+def text_argument(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _store():
@@ -102,20 +159,49 @@ def cmd_doctor(args) -> int:
 
 def cmd_list(args) -> int:
     store = _store()
-    print(f"{'asset':<30} {'date':<11} {'workspace':<20} {'bytes':>14}  counts")
-    for ref in _selected(store, args):
-        manifest = store.read_manifest(ref)
-        size = sum(f["bytes"] for f in manifest["files"])
-        counts = {
-            k: (sum(v.values()) if isinstance(v, dict) else v)
-            for k, v in manifest["counts"].items()
-            if k != "tables"
-        }
-        line = f"{ref.asset:<30} {ref.date:<11} {ref.workspace or '-':<20} {size:>14,}  {json.dumps(counts)}"
-        if args.verdicts and ref.asset == "postgres/workspace_dump":
+    refs = list(_selected(store, args))
+    unreadable = 0
+    print(f"{'asset':<30} {'date':<16} {'workspace':<20} {'bytes':>14}  counts")
+    for ref in refs:
+        when = f"{ref.date} {ref.window}" if ref.window else ref.date  # HHMM: a sub-daily window
+        head = f"{ref.asset:<30} {when:<16} {ref.workspace or '-':<20}"
+        try:
+            print(f"{head} {_list_columns(store, ref, args.verdicts)}")
+        except UNREADABLE as exc:
+            unreadable += 1
+            print(f"{head} UNREADABLE: {_describe_error(exc)}")
+    print(
+        f"{len(refs)} artifacts listed"
+        + (f", {unreadable} with an unreadable manifest" if unreadable else "")
+        + ("" if refs else f" (none matches in {store.describe()})")
+    )
+    return 1 if unreadable else 0
+
+
+def _list_columns(store, ref, verdicts: bool) -> str:
+    manifest = store.read_manifest(ref)
+    if manifest is None:
+        raise StoreError(f"{store.location(ref)}: the manifest disappeared while listing")
+    size = sum(f["bytes"] for f in manifest["files"])
+    counts = {
+        k: (sum(v.values()) if isinstance(v, dict) else v)
+        for k, v in manifest["counts"].items()
+        if k != "tables"
+    }
+    line = f"{size:>14,}  {json.dumps(counts)}"
+    if verdicts and ref.asset == "postgres/workspace_dump":
+        try:
             line += f"  {_verdict(store, ref, manifest)}"
-        print(line)
-    return 0
+        except BackupError as exc:
+            raise StoreError(f"no verdict: {exc}") from exc
+    return line
+
+
+def _describe_error(exc: BaseException) -> str:
+    """Our errors say what is wrong; a lookup failing on a manifest of the wrong shape does not."""
+    if isinstance(exc, BackupError | OSError):
+        return str(exc)
+    return f"the manifest does not have the expected shape ({type(exc).__name__}: {exc})"
 
 
 def _verdict(store, ref, manifest) -> str:
@@ -134,18 +220,33 @@ def _verdict(store, ref, manifest) -> str:
 
 def cmd_verify(args) -> int:
     store = _store()
-    bad = total = 0
-    for ref in _selected(store, args):
-        total += 1
-        result = store.verify(ref)
-        bad += not result.ok
+    refs = list(_selected(store, args))
+    corrupt = unreadable = 0
+    for ref in refs:
+        try:
+            result = store.verify(ref)
+        except (
+            UNREADABLE
+        ) as exc:  # e.g. a manifest that is not JSON, tampered or of the wrong shape
+            unreadable += 1
+            print(f"UNREADABLE {ref}: {_describe_error(exc)}")
+            continue
+        corrupt += not result.ok
         print(
             f"{'ok     ' if result.ok else 'CORRUPT'} {ref} ({result.files} files, {result.bytes:,} bytes)"
         )
         for problem in result.problems:
             print(f"        {problem}")
-    print(f"{total - bad} of {total} artifacts verified")
-    return 1 if bad else 0
+    verified = len(refs) - corrupt - unreadable
+    print(
+        f"{verified} of {len(refs)} artifacts verified"
+        + (f", {corrupt} corrupt" if corrupt else "")
+        + (f", {unreadable} with an unreadable manifest" if unreadable else "")
+    )
+    if not refs:
+        print(f"no artifact matches the selection in {store.describe()}", file=sys.stderr)
+        return 1
+    return 1 if corrupt or unreadable else 0
 
 
 def cmd_restore_workspace(args) -> int:
@@ -175,7 +276,7 @@ def cmd_restore_workspace(args) -> int:
 
 
 def cmd_restore_full(args) -> int:
-    from backup_pipelines.lib.postgres.full_restore import restore_full_database
+    from backup_pipelines.lib.recovery.full_restore import FullRestoreRequest, restore_full
 
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
@@ -184,16 +285,39 @@ def cmd_restore_full(args) -> int:
             file=sys.stderr,
         )
         return 2
-    result = restore_full_database(
-        _store(),
-        args.date,
-        database_url,
-        args.target_database,
-        args.overwrite_live,
-        args.jobs,
-        log=print,
+    request = FullRestoreRequest(
+        date=args.date,
+        target_database=args.target_database,
+        overwrite_live=args.overwrite_live,
+        jobs=args.jobs,
+        resume=args.resume,
+        commands_before=args.command_before,
+        commands_after=args.command_after,
     )
+    try:
+        request.check()
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = restore_full(_store(), request, database_url, log=print)
     print(json.dumps(result, indent=2))
+    if result.get("previous_database"):
+        print(
+            f"the previous live database is kept as {result['previous_database']}; drop it when "
+            f"no longer needed: backup-pipelines release-database {result['previous_database']}"
+        )
+    return 0
+
+
+def cmd_release_database(args) -> int:
+    from backup_pipelines.lib.postgres.database_swap import release_database
+
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print("DATABASE_URL is not set: it names the server of the database", file=sys.stderr)
+        return 2
+    release_database(database_url, args.name)
+    print(f"dropped {args.name}")
     return 0
 
 
@@ -325,20 +449,17 @@ def cmd_kept(args) -> int:
 
 
 def cmd_retention(args) -> int:
-    from datetime import UTC, date, datetime
+    from datetime import UTC, datetime
 
     from backup_pipelines.lib.lifecycle.retention import run_retention
 
-    try:
-        today = date.fromisoformat(args.today) if args.today else datetime.now(UTC).date()
-    except ValueError:
-        print(f"--today {args.today!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
-        return 2
+    # --today was checked by date_argument: None means not given, never an empty string.
+    today = Date.fromisoformat(args.today) if args.today is not None else datetime.now(UTC).date()
     _plan, result = run_retention(_store(), load_policy(), today, dry_run=args.dry_run, log=print)
     if result is None:
         print("dry run: nothing deleted")
         return 0
-    print(f"deleted {len(result.deleted)} backups and {result.leftovers_cleaned} leftovers")
+    print(f"deleted {len(result.deleted)} artifacts and {result.leftovers_cleaned} leftovers")
     for error in result.errors:
         print(f"FAILED {error}", file=sys.stderr)
     return 1 if result.errors else 0
@@ -356,9 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, run in (("list", cmd_list), ("verify", cmd_verify)):
         sub = commands.add_parser(name, help=f"{name} artifacts in the store")
-        sub.add_argument("--asset")
-        sub.add_argument("--date")
-        sub.add_argument("--workspace")
+        sub.add_argument("--asset", type=asset_argument)
+        sub.add_argument("--date", type=date_argument, help="YYYY-MM-DD")
+        sub.add_argument("--workspace", type=workspace_argument)
         if name == "list":
             sub.add_argument(
                 "--verdicts", action="store_true", help="each partition's consistency verdict"
@@ -370,8 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     workspace = restore.add_parser(
         "workspace", help="restore workspaces to a date (SQL rows and indexes)"
     )
-    workspace.add_argument("--date", required=True)
-    workspace.add_argument("--workspace", required=True, nargs="+")
+    workspace.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
+    workspace.add_argument("--workspace", required=True, nargs="+", type=workspace_argument)
     workspace.add_argument("--mode", choices=["merge", "replace"], default="merge")
     workspace.add_argument("--dry-run", action="store_true")
     workspace.add_argument(
@@ -379,14 +500,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workspace.set_defaults(run=cmd_restore_workspace)
     full = restore.add_parser(
-        "full", help="the whole database from postgres/full_dump into a new database"
+        "full",
+        help="the whole database from postgres/full_dump into a new database, or over the "
+        "live one by a verified swap",
     )
-    full.add_argument("--date", required=True)
-    full.add_argument("--target-database", help="default: <live>_restored_<date>")
+    full.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
     full.add_argument(
-        "--overwrite-live", action="store_true", help="restore over the live database itself"
+        "--target-database", type=text_argument, help="default: <live>_restored_<date>"
     )
-    full.add_argument("--jobs", type=int, default=2, help="parallel pg_restore jobs")
+    full.add_argument(
+        "--overwrite-live",
+        action="store_true",
+        help="restore beside live, verify, then swap it in under the live name; the previous "
+        "live database is kept as <live>_before_restore_<time>",
+    )
+    full.add_argument("--jobs", type=jobs_argument, default=2, help="parallel pg_restore jobs")
+    full.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue into the database a failed or killed run of this command left",
+    )
+    full.add_argument(
+        "--command-before",
+        action="append",
+        default=[],
+        type=text_argument,
+        metavar="CMD",
+        help="run before (over live: just before the swap), e.g. stop the platform's writers; "
+        "repeatable",
+    )
+    full.add_argument(
+        "--command-after",
+        action="append",
+        default=[],
+        type=text_argument,
+        metavar="CMD",
+        help="run after, e.g. migrations, start the writers; over live a failure swaps back; "
+        "repeatable",
+    )
     full.set_defaults(run=cmd_restore_full)
     mssql = restore.add_parser(
         "mssql", help="SQL Server to a point in time, planned from the store's catalog alone"
@@ -402,7 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
         "agent",
         help="one agent's SQL Server rows and Qdrant collection to its snapshot's instant",
     )
-    agent.add_argument("--date", required=True, help="the date of the agent's Qdrant snapshot")
+    agent.add_argument(
+        "--date",
+        required=True,
+        type=date_argument,
+        help="the date of the agent's Qdrant snapshot, YYYY-MM-DD",
+    )
     agent.add_argument("--agent", required=True, nargs="+")
     agent.add_argument("--dry-run", action="store_true")
     agent.add_argument("--override-gate", metavar="REASON")
@@ -411,20 +567,38 @@ def build_parser() -> argparse.ArgumentParser:
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )
-    keep.add_argument("--date", required=True)
-    keep.add_argument("--workspace", help="default: the whole-database backup of the date")
-    keep.add_argument("--reason", required=True, help="e.g. 'before migration 42'")
+    keep.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
+    keep.add_argument(
+        "--workspace",
+        type=workspace_argument,
+        help="default: the whole-database backup of the date",
+    )
+    keep.add_argument(
+        "--reason", required=True, type=text_argument, help="e.g. 'before migration 42'"
+    )
     keep.set_defaults(run=cmd_keep)
     release = commands.add_parser("release", help="remove a keep marker")
-    release.add_argument("--date", required=True)
-    release.add_argument("--workspace", help="default: the whole-database backup of the date")
+    release.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
+    release.add_argument(
+        "--workspace",
+        type=workspace_argument,
+        help="default: the whole-database backup of the date",
+    )
     release.set_defaults(run=cmd_release)
     commands.add_parser("kept", help="list the keep markers").set_defaults(run=cmd_kept)
+    released = commands.add_parser(
+        "release-database",
+        help="drop a database a swap kept (<live>_before_restore_<time>); refuses any other",
+    )
+    released.add_argument("name")
+    released.set_defaults(run=cmd_release_database)
     prune = commands.add_parser(
         "retention", help="delete what the retention policy no longer keeps"
     )
     prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
-    prune.add_argument("--today", help="plan as of this UTC date (default: today)")
+    prune.add_argument(
+        "--today", type=date_argument, help="plan as of this UTC date, YYYY-MM-DD (default: today)"
+    )
     prune.set_defaults(run=cmd_retention)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
@@ -460,7 +634,10 @@ def _scrubbed_output() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     with _scrubbed_output():
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
+            return exc.code if isinstance(exc.code, int) else 2
         try:
             return args.run(args)
         except BackupError as exc:

@@ -13,7 +13,7 @@ from backup_pipelines.lib.lifecycle import retention
 DRY_RUN_TAG = "retention/dry_run"
 TRUE_VALUES = {"1", "true", "yes"}
 FALSE_VALUES = {"0", "false", "no", ""}
-MAX_TABLE_ROWS = 100  # the run page stays readable; the full list is in the run's logs
+MAX_TABLE_ROWS = 100  # the run page stays readable; deletions are all in the run's logs
 # Always every key (zeros too), so the values plot alike from run to run.
 REASON_KEYS = {
     retention.DAILY: "kept_daily",
@@ -45,16 +45,23 @@ def _markdown_table(rows: list[dict], columns: list[str], total: int) -> str:
     return "\n".join(lines)
 
 
-def _deleted_table(plan: retention.RetentionPlan) -> str:
+def _decisions_table(plan: retention.RetentionPlan) -> str:
+    """Asset, partition, decision and reason of each artifact: deletions first, then what is
+    kept (the run's logs hold every line when there are more)."""
+    ordered = sorted(plan.decisions(), key=lambda a: a.keep)
     rows = [
         {
-            "partition": b.partition,
-            "assets": ", ".join(b.assets),
-            "size": retention.human_bytes(b.bytes),
+            "asset": a.asset,
+            "partition": a.where,
+            "decision": a.decision,
+            "reason": a.why,
+            "size": retention.human_bytes(a.bytes),
         }
-        for b in plan.to_delete[:MAX_TABLE_ROWS]
+        for a in ordered[:MAX_TABLE_ROWS]
     ]
-    return _markdown_table(rows, ["partition", "assets", "size"], len(plan.to_delete))
+    return _markdown_table(
+        rows, ["asset", "partition", "decision", "reason", "size"], len(plan.artifacts)
+    )
 
 
 def _leftovers_table(plan: retention.RetentionPlan) -> str:
@@ -77,9 +84,9 @@ def _metadata(
     return {
         "dry_run": dg.MetadataValue.bool(dry_run),
         "today": dg.MetadataValue.text(plan.today.isoformat()),
-        "backups_kept": dg.MetadataValue.int(len(plan.kept)),
-        "backups_to_delete": dg.MetadataValue.int(len(plan.to_delete)),
-        "backups_deleted": dg.MetadataValue.int(len(result.deleted) if result else 0),
+        "artifacts_kept": dg.MetadataValue.int(len(plan.kept)),
+        "artifacts_to_delete": dg.MetadataValue.int(len(plan.to_delete)),
+        "artifacts_deleted": dg.MetadataValue.int(len(result.deleted) if result else 0),
         **{
             key: dg.MetadataValue.int(reasons.get(reason, 0)) for reason, key in REASON_KEYS.items()
         },
@@ -87,10 +94,11 @@ def _metadata(
         "leftovers_cleaned": dg.MetadataValue.int(result.leftovers_cleaned if result else 0),
         "bytes_to_free": dg.MetadataValue.int(plan.bytes_to_free),
         "bytes_freed": dg.MetadataValue.int(result.bytes_freed if result else 0),
-        "partitions_verified": dg.MetadataValue.int(plan.verifications),
-        "failed_verification": dg.MetadataValue.json([str(p) for p in plan.failed_verification]),
+        "artifacts_verified": dg.MetadataValue.int(plan.verifications),
+        "failed_verification": dg.MetadataValue.json([str(r) for r in plan.failed_verification]),
         "keep_markers": dg.MetadataValue.int(len(plan.markers)),
-        "deletions": dg.MetadataValue.md(_deleted_table(plan)),
+        "by_asset": dg.MetadataValue.json(plan.by_asset()),
+        "decisions": dg.MetadataValue.md(_decisions_table(plan)),
         "leftovers": dg.MetadataValue.md(_leftovers_table(plan)),
     }
 
@@ -104,8 +112,8 @@ def apply_retention(context: dg.OpExecutionContext, config: RetentionConfig) -> 
     plan, result = retention.run_retention(
         store, context.resources.policy.load(), today, dry_run=dry_run, log=context.log.info
     )
-    for partition in plan.failed_verification:
-        context.log.warning(f"backup {partition} failed verification (see the log above)")
+    for ref in plan.failed_verification:
+        context.log.warning(f"artifact {ref} failed verification (see the log above)")
     context.add_output_metadata(_metadata(plan, result, dry_run))
     if result is not None and result.errors:
         raise dg.Failure(
@@ -116,8 +124,8 @@ def apply_retention(context: dg.OpExecutionContext, config: RetentionConfig) -> 
         "today": today.isoformat(),
         "dry_run": dry_run,
         "kept": len(plan.kept),
-        "to_delete": [str(b.partition) for b in plan.to_delete],
-        "deleted": [str(p) for p in result.deleted] if result else [],
+        "to_delete": [str(a) for a in plan.to_delete],
+        "deleted": [retention.label(r) for r in result.deleted] if result else [],
     }
 
 

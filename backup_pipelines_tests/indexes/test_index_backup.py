@@ -93,9 +93,11 @@ def test_qdrant_snapshot_delete_recover_gives_same_points_vectors_payloads(
     assert len(before) == 120
 
     client.delete_collection(collection)
-    assert qdrant_restore.recover_qdrant_collection(client, store, ref, collection) == 120
+    recovered = qdrant_restore.recover_qdrant_collection(client, store, ref, collection)
+    assert recovered == {"recovered": 120}
 
     assert all_points(client, collection) == before
+    assert client.list_snapshots(collection) == []  # the uploaded file was deleted
     offline = qdrant_snapshot.verify_snapshots_offline(store, ref)
     assert offline.ok and offline.points == {collection: 120}
 

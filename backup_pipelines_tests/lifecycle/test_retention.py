@@ -1,8 +1,10 @@
 """Retention against a synthetic catalog of real (tiny) artifacts, on both store backends.
 
-Expected sets are written out by date here, not computed with the planner's own rules."""
+Expected sets are written out by date here, not computed with the planner's own rules. The
+unit of retention is one artifact, judged within its asset x workspace series."""
 
 import os
+import re
 import shutil
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -63,12 +65,18 @@ def keys_in(store) -> set[str]:
     return {key for key, _size, _mtime in store._list("")}
 
 
-def kept_of(plan) -> set[tuple[str, str | None]]:
-    return {(b.partition.date, b.partition.workspace) for b in plan.kept}
+def kept_of(plan) -> set[tuple[str, str, str | None]]:
+    return {(a.asset, a.ref.date, a.ref.workspace) for a in plan.kept}
 
 
-def reasons_of(plan, day: str, workspace: str | None) -> list[str]:
-    return next(b.reasons for b in plan.backups if b.partition == Partition(day, workspace))
+def every_asset(partitions, assets=WORKSPACE_ASSETS) -> set[tuple[str, str, str | None]]:
+    """(asset, date, workspace) of each asset of each (date, workspace) backup written whole."""
+    return {(a, d, w) for d, w in partitions for a in (assets if w else (FULL,))}
+
+
+def reasons_of(plan, day: str, workspace: str | None, asset: str | None = None) -> list[str]:
+    asset = asset or (SQL if workspace else FULL)
+    return next(a.reasons for a in plan.artifacts if a.ref == ArtifactRef(asset, day, workspace))
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,8 +132,9 @@ def test_catalog_dates_are_what_the_expectations_assume():
 
 def test_plan_keeps_exactly_daily_weekly_and_newest_verified(catalog):
     plan = plan_retention(catalog, Policy(), TODAY)
-    assert kept_of(plan) == EXPECTED_KEPT
-    assert len(plan.to_delete) == len(plan.backups) - len(EXPECTED_KEPT)
+    # Every backup of this catalog holds all its assets, so per asset the same dates are kept.
+    assert kept_of(plan) == every_asset(EXPECTED_KEPT)
+    assert len(plan.to_delete) == len(plan.artifacts) - len(every_asset(EXPECTED_KEPT))
     assert reasons_of(plan, "2026-03-31", "ws_acme") == ["daily", "weekly", "newest verified"]
     assert reasons_of(plan, "2026-03-08", "ws_acme") == ["daily", "weekly"]  # a Sunday
     assert reasons_of(plan, "2026-03-02", "ws_acme") == ["daily"]  # age 29, Monday
@@ -133,13 +142,15 @@ def test_plan_keeps_exactly_daily_weekly_and_newest_verified(catalog):
     assert reasons_of(plan, "2026-01-01", "ws_initech") == ["weekly"]  # age 89
     assert reasons_of(plan, "2025-12-31", "ws_initech") == []  # age 90
     assert reasons_of(plan, "2025-09-12", "ws_gone") == ["newest verified"]
-    # Lazy verification: only the newest backup of each of the five series was read.
-    assert plan.verifications == 5 and plan.failed_verification == []
-    assert plan.reason_counts()["newest verified"] == 5
+    assert reasons_of(plan, "2025-09-12", "ws_gone", QDRANT) == ["newest verified"]
+    # Lazy verification: only the newest artifact of each of the 13 series (3 assets x 4
+    # workspaces, and the whole database) was read — the same artifacts as the 5 partitions.
+    assert plan.verifications == 13 and plan.failed_verification == []
+    assert plan.reason_counts()["newest verified"] == 13
     assert plan.leftovers == []
 
 
-def test_apply_deletes_every_artifact_of_a_doomed_partition_together(catalog):
+def test_apply_deletes_exactly_the_doomed_artifacts(catalog):
     before = sum(size for _key, size, _mtime in catalog._list(""))
     plan, result = run_retention(catalog, Policy(), TODAY, log=lambda _m: None)
     assert result is not None and result.errors == [] and result.skipped == []
@@ -150,7 +161,7 @@ def test_apply_deletes_every_artifact_of_a_doomed_partition_together(catalog):
     assert result.bytes_freed == before - after == plan.bytes_to_free
     assert not (catalog.root / SQL / "date=2025-12-02").exists()  # empty folders pruned
     again = plan_retention(catalog, Policy(), TODAY)
-    assert again.to_delete == [] and kept_of(again) == EXPECTED_KEPT
+    assert again.to_delete == [] and kept_of(again) == every_asset(EXPECTED_KEPT)
 
 
 def test_dry_run_deletes_nothing(catalog):
@@ -165,7 +176,7 @@ def test_daily_boundary_is_age_below_keep_daily_days(tmp_path):
     for day in ("2026-03-02", "2026-03-01", "2026-02-28"):
         write_backup(store, day, "ws_acme", assets=(SQL,))
     plan = plan_retention(store, Policy(keep_daily_days=30, keep_weekly_days=0), TODAY)
-    assert kept_of(plan) == {("2026-03-02", "ws_acme")}  # age 29 kept, age 30 not
+    assert kept_of(plan) == {(SQL, "2026-03-02", "ws_acme")}  # age 29 kept, age 30 not
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,9 +199,10 @@ def write_small_catalog(store) -> None:
 def test_small_catalog_on_both_backends(store):
     write_small_catalog(store)
     plan, result = run_retention(store, SMALL_POLICY, TODAY, log=lambda _m: None)
-    expected = {(d, w) for d in SMALL_EXPECTED for w in ("ws_acme", None)}
+    partitions = {(d, w) for d in SMALL_EXPECTED for w in ("ws_acme", None)}
+    expected = every_asset(partitions, (SQL, TYPESENSE))
     assert kept_of(plan) == expected
-    assert result is not None and len(result.deleted) == 2 * 40 - len(expected)
+    assert result is not None and len(result.deleted) == 3 * 40 - len(expected)
     assert partitions_in(store) == (
         {(a, d, "ws_acme") for d in SMALL_EXPECTED for a in (SQL, TYPESENSE)}
         | {(FULL, d, None) for d in SMALL_EXPECTED}
@@ -209,6 +221,7 @@ def test_keep_marker_holds_a_partition_until_released(store):
     assert marker.reason == "before migration 42"
     plan, _ = run_retention(store, SMALL_POLICY, TODAY, log=lambda _m: None)
     assert reasons_of(plan, old, "ws_acme") == ["kept: before migration 42"]
+    assert reasons_of(plan, old, "ws_acme", TYPESENSE) == ["kept: before migration 42"]
     assert {(SQL, old, "ws_acme"), (TYPESENSE, old, "ws_acme"), (FULL, old, None)} <= (
         partitions_in(store)
     )
@@ -225,7 +238,7 @@ def test_keep_marker_holds_a_partition_until_released(store):
 def test_keep_marker_on_the_big_catalog_survives_beyond_90_days(catalog):
     markers.mark_kept(catalog, "2025-12-05", "ws_globex", "audit")
     plan, _ = run_retention(catalog, Policy(), TODAY, log=lambda _m: None)
-    assert kept_of(plan) == EXPECTED_KEPT | {("2025-12-05", "ws_globex")}
+    assert kept_of(plan) == every_asset(EXPECTED_KEPT | {("2025-12-05", "ws_globex")})
     assert {(a, "2025-12-05", "ws_globex") for a in WORKSPACE_ASSETS} <= partitions_in(catalog)
 
 
@@ -234,10 +247,13 @@ def test_a_marker_placed_after_planning_still_wins(tmp_path):
     write_backup(store, "2025-12-10", "ws_acme")
     write_backup(store, "2026-03-30", "ws_acme")
     plan = plan_retention(store, Policy(), TODAY)
-    assert [b.partition for b in plan.to_delete] == [Partition("2025-12-10", "ws_acme")]
+    assert {a.partition for a in plan.to_delete} == {Partition("2025-12-10", "ws_acme")}
     markers.mark_kept(store, "2025-12-10", "ws_acme", "legal hold")
     result = retention.apply_plan(store, plan, log=lambda _m: None)
-    assert result.deleted == [] and result.skipped[0][0] == Partition("2025-12-10", "ws_acme")
+    assert result.deleted == []
+    assert {ref for ref, _why in result.skipped} == {
+        ArtifactRef(a, "2025-12-10", "ws_acme") for a in WORKSPACE_ASSETS
+    }
     assert (SQL, "2025-12-10", "ws_acme") in partitions_in(store)
 
 
@@ -246,6 +262,8 @@ def test_marker_refuses_bad_input_and_unknown_partitions(tmp_path):
     write_backup(store, "2026-03-30", "ws_acme")
     with pytest.raises(ArtifactNotFound, match="no backup of 2026-03-29"):
         markers.mark_kept(store, "2026-03-29", "ws_acme", "typo")
+    with pytest.raises(ArtifactNotFound, match="that date holds backups of: ws_acme"):
+        markers.mark_kept(store, "2026-03-30", "ws_globex", "wrong workspace")
     with pytest.raises(ValueError, match="reason"):
         markers.mark_kept(store, "2026-03-30", "ws_acme", "  ")
     with pytest.raises(ValueError, match="invalid date"):
@@ -265,20 +283,26 @@ def test_corrupt_recent_backups_keep_the_newest_verified_even_past_90_days(store
     for n in (1, 5, 40, 95):
         flip_one_byte(store, ArtifactRef(QDRANT, ago(n), "ws_rot"), "data.bin")
     plan, _ = run_retention(store, Policy(), TODAY, log=lambda _m: None)
-    assert kept_of(plan) == {(ago(1), "ws_rot"), (ago(5), "ws_rot"), (ago(40), "ws_rot")} | {
-        (ago(100), "ws_rot")
+    # Per asset (changed with the per-asset rule): SQL and Typesense verify at age 1, so their
+    # artifacts past the windows go; Qdrant's newest verified snapshot is 100 days old.
+    young = {ago(1), ago(5), ago(40)}
+    assert kept_of(plan) == {(a, d, "ws_rot") for a in (SQL, TYPESENSE) for d in young} | {
+        (QDRANT, d, "ws_rot") for d in young | {ago(100)}
     }
-    assert reasons_of(plan, ago(100), "ws_rot") == ["newest verified"]
-    assert plan.failed_verification == [Partition(ago(n), "ws_rot") for n in (1, 5, 40, 95)]
-    assert plan.verifications == 5  # stopped at the first that verified
-    assert {d for _a, d, _w in partitions_in(store)} == {ago(n) for n in (1, 5, 40, 100)}
+    assert reasons_of(plan, ago(100), "ws_rot", QDRANT) == ["newest verified"]
+    assert reasons_of(plan, ago(1), "ws_rot") == ["daily", "weekly", "newest verified"]
+    assert plan.failed_verification == [
+        ArtifactRef(QDRANT, ago(n), "ws_rot") for n in (1, 5, 40, 95)
+    ]
+    assert plan.verifications == 7  # SQL 1, Typesense 1, Qdrant 5 (up to the first that verified)
+    assert partitions_in(store) == kept_of(plan)
 
 
 def test_workspace_no_longer_backed_up_keeps_its_newest_verified_backup(store):
     for n in (200, 201, 230):
         write_backup(store, ago(n), "ws_gone", assets=(SQL,))
     plan, _ = run_retention(store, Policy(), TODAY, log=lambda _m: None)
-    assert kept_of(plan) == {(ago(200), "ws_gone")}
+    assert kept_of(plan) == {(SQL, ago(200), "ws_gone")}
     assert partitions_in(store) == {(SQL, ago(200), "ws_gone")}
 
 
@@ -386,7 +410,7 @@ def test_debris_inside_a_doomed_partition_goes_with_it(tmp_path):
     stale = time.time() - 48 * HOUR
     os.utime(store.root / orphan / "data.bin", (stale, stale))
     plan, result = run_retention(store, Policy(), TODAY, log=lambda _m: None)
-    assert plan.leftovers == [] and result.deleted == [Partition("2025-06-01", "ws_acme")]
+    assert plan.leftovers == [] and result.deleted == [doomed]
     assert not (store.root / doomed.folder).exists()
 
 
@@ -396,7 +420,7 @@ def test_folders_this_project_did_not_write_are_left_alone(tmp_path):
     store._put_atomic(f"{SQL}/date=2020-1-1/workspace=ws_acme/{MANIFEST_NAME}", b"{}")
     store._put_atomic("notes/readme.txt", b"hello")
     plan, _ = run_retention(store, Policy(), TODAY, log=lambda _m: None)
-    assert [str(b.partition) for b in plan.backups] == ["2026-03-30|ws_acme"]
+    assert [str(a) for a in plan.artifacts] == [f"{SQL} 2026-03-30|ws_acme"]
     assert (store.root / SQL / "date=2020-1-1").exists() and (store.root / "notes").exists()
 
 
@@ -482,9 +506,21 @@ def test_job_dry_run_by_tag_or_config_deletes_nothing(tmp_path, how):
     assert keys_in(store) == before
     metadata = output_metadata(result)
     assert metadata["dry_run"].value is True
-    assert metadata["backups_to_delete"].value == 1 and metadata["backups_deleted"].value == 0
-    assert f"{dates[2]}|ws_acme" in metadata["deletions"].value
-    assert result.output_for_node("apply_retention")["to_delete"] == [f"{dates[2]}|ws_acme"]
+    assert metadata["artifacts_to_delete"].value == 2 and metadata["artifacts_deleted"].value == 0
+    table = metadata["decisions"].value
+    assert "| asset | partition | decision | reason | size |" in table
+    assert (
+        f"| {SQL} | {dates[2]}|ws_acme | delete | age 5 d: older than keep_daily_days (2) and keep_weekly_days (0)"
+        in table
+    )
+    assert f"| {TYPESENSE} | {dates[0]}|ws_acme | keep | daily, newest verified |" in table
+    assert result.output_for_node("apply_retention")["to_delete"] == [
+        f"{SQL} {dates[2]}|ws_acme",
+        f"{TYPESENSE} {dates[2]}|ws_acme",
+    ]
+    assert metadata["by_asset"].value[SQL] == {
+        "daily": 2, "delete": 1, "keep": 2, "newest verified": 1,
+    }  # fmt: skip
 
 
 def test_job_applies_the_plan_and_reports_it(tmp_path):
@@ -495,8 +531,8 @@ def test_job_applies_the_plan_and_reports_it(tmp_path):
     assert result.success
     assert {d for _a, d, _w in partitions_in(store)} == set(dates[:2])
     metadata = output_metadata(result)
-    assert metadata["backups_deleted"].value == 1 and metadata["kept_daily"].value == 2
-    assert metadata["kept_newest_verified"].value == 1
+    assert metadata["artifacts_deleted"].value == 2 and metadata["kept_daily"].value == 4
+    assert metadata["kept_newest_verified"].value == 2
     assert metadata["bytes_freed"].value > 0
 
 
@@ -534,9 +570,173 @@ def test_cli_keep_kept_release_and_retention(tmp_path, monkeypatch, capsys):
     assert "delete 0" in capsys.readouterr().out
     assert cli.main(["release", "--date", "2025-01-01", "--workspace", "ws_acme"]) == 0
     assert cli.main(["retention", "--dry-run", "--today", "2026-03-31"]) == 0
-    assert "would delete 2025-01-01|ws_acme" in capsys.readouterr().out
+    assert f"would delete {SQL} 2025-01-01|ws_acme" in capsys.readouterr().out
     assert (SQL, "2025-01-01", "ws_acme") in partitions_in(store)
     assert cli.main(["retention"]) == 0
     assert (SQL, "2025-01-01", "ws_acme") not in partitions_in(store)
     assert cli.main(["release", "--date", "2025-01-01", "--workspace", "ws_acme"]) == 1
     assert cli.main(["keep", "--date", "2025-1-1", "--reason", "x"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Per asset x workspace: each series keeps its own newest verified artifact
+
+
+def test_retention_newest_date_with_only_sql_keeps_older_index_artifacts(store):
+    """The newest backup of ws_acme holds only its SQL dump (the index backups failed that
+    day): the older Typesense and Qdrant artifacts are that workspace's newest index
+    backups and stay. (Per partition, they were all deleted.)"""
+    write_backup(store, ago(100), "ws_acme", assets=(SQL,))
+    for n in (120, 130):
+        write_backup(store, ago(n), "ws_acme")
+    plan, result = run_retention(store, Policy(), TODAY, log=lambda _m: None)
+    assert kept_of(plan) == {
+        (SQL, ago(100), "ws_acme"),
+        (TYPESENSE, ago(120), "ws_acme"),
+        (QDRANT, ago(120), "ws_acme"),
+    }
+    assert reasons_of(plan, ago(120), "ws_acme", TYPESENSE) == ["newest verified"]
+    assert reasons_of(plan, ago(120), "ws_acme", QDRANT) == ["newest verified"]
+    doomed = {a.ref: a.deletion_reason for a in plan.to_delete}
+    assert doomed[ArtifactRef(SQL, ago(120), "ws_acme")].endswith(f"newer verified: {ago(100)}")
+    assert result is not None and result.errors == []
+    assert partitions_in(store) == kept_of(plan)
+    for ref in (
+        ArtifactRef(TYPESENSE, ago(120), "ws_acme"),
+        ArtifactRef(QDRANT, ago(120), "ws_acme"),
+    ):
+        assert store.verify(ref).ok
+
+
+def test_retention_corrupt_newest_qdrant_keeps_that_dates_sql_and_typesense(store):
+    """The newest Qdrant snapshot is corrupt: that date's verified SQL and Typesense artifacts
+    are still the newest verified of their series and stay; Qdrant falls back to the older
+    snapshot. (Per partition, the whole newest date was deleted.)"""
+    for n in (100, 120):
+        write_backup(store, ago(n), "ws_acme")
+    flip_one_byte(store, ArtifactRef(QDRANT, ago(100), "ws_acme"), "data.bin")
+    plan, _ = run_retention(store, Policy(), TODAY, log=lambda _m: None)
+    assert kept_of(plan) == {
+        (SQL, ago(100), "ws_acme"),
+        (TYPESENSE, ago(100), "ws_acme"),
+        (QDRANT, ago(120), "ws_acme"),
+    }
+    assert plan.failed_verification == [ArtifactRef(QDRANT, ago(100), "ws_acme")]
+    doomed = {a.ref: a.deletion_reason for a in plan.to_delete}
+    assert doomed[ArtifactRef(QDRANT, ago(100), "ws_acme")].endswith(
+        f"failed verification (kept instead: {ago(120)})"
+    )
+    assert partitions_in(store) == kept_of(plan)
+
+
+def test_retention_weekly_keeps_the_newest_of_the_week_per_asset(tmp_path):
+    """Sunday 2026-03-08 has only the SQL dump; the week's newest Typesense export is
+    Saturday's, so that one is the weekly Typesense backup."""
+    store = LocalStore(tmp_path / "store")
+    write_backup(store, "2026-03-07", "ws_acme", assets=(SQL, TYPESENSE))
+    write_backup(store, "2026-03-08", "ws_acme", assets=(SQL,))
+    write_backup(store, "2026-03-30", "ws_acme", assets=(SQL, TYPESENSE))
+    plan = plan_retention(store, Policy(keep_daily_days=7, keep_weekly_days=90), TODAY)
+    assert reasons_of(plan, "2026-03-08", "ws_acme", SQL) == ["weekly"]
+    assert reasons_of(plan, "2026-03-07", "ws_acme", SQL) == []
+    assert reasons_of(plan, "2026-03-07", "ws_acme", TYPESENSE) == ["weekly"]
+
+
+def test_retention_unreadable_manifest_counts_as_unverified(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    for n in (100, 120):
+        write_backup(store, ago(n), "ws_acme", assets=(SQL,))
+    store._put_atomic(f"{ArtifactRef(SQL, ago(100), 'ws_acme').folder}/{MANIFEST_NAME}", b"{oops")
+    plan = plan_retention(store, Policy(), TODAY)
+    assert plan.failed_verification == [ArtifactRef(SQL, ago(100), "ws_acme")]
+    assert kept_of(plan) == {(SQL, ago(120), "ws_acme")}
+
+
+def test_retention_asset_rule_hook_can_keep_for_another_assets_sake(tmp_path):
+    """The extension point: a rule registered for one asset runs after the generic rules and
+    sees every series — the shape SQL Server's log-chain rule takes ("a log is kept while a
+    kept full needs it"). Here: a `demo/log` artifact is kept when the `demo/full` of its
+    date is kept."""
+    store = LocalStore(tmp_path / "store")
+    for n in (100, 120):
+        write_artifact(store, "demo/full", ago(n), None)
+        write_artifact(store, "demo/log", ago(n), None)
+    markers.mark_kept(store, ago(120), None, "audit")
+    store._delete_prefix("_keep/")  # the marker's reason reaches the full only through the rule
+    seen = []
+
+    def keep_logs_of_kept_fulls(series, context):
+        seen.append(series.key)
+        fulls = context.series[("demo/full", series.workspace)]
+        kept_dates = {a.ref.date for a in fulls.artifacts if a.keep}
+        for artifact in series.artifacts:
+            if artifact.ref.date in kept_dates:
+                artifact.keep_for("needed by a kept full")
+
+    def keep_every_full(series, _context):
+        for artifact in series.artifacts:
+            artifact.keep_for("held by test")
+
+    rules = {"demo/full": [keep_every_full], "demo/log": [keep_logs_of_kept_fulls]}
+    plan = plan_retention(store, Policy(), TODAY, asset_rules=rules)
+    assert seen == [("demo/log", None)]
+    assert reasons_of(plan, ago(120), None, "demo/full") == ["held by test"]
+    assert reasons_of(plan, ago(100), None, "demo/log") == [
+        "newest verified",
+        "needed by a kept full",
+    ]
+    assert reasons_of(plan, ago(120), None, "demo/log") == ["needed by a kept full"]
+    assert plan.to_delete == []
+    assert retention.ASSET_RULES == {}  # the registry itself is untouched by the test
+
+
+def test_retention_dry_run_cli_prints_asset_partition_decision_and_reason(
+    tmp_path, monkeypatch, capsys
+):
+    store = LocalStore(tmp_path / "store")
+    write_backup(store, ago(100), "ws_acme", assets=(SQL,))
+    write_backup(store, ago(120), "ws_acme", assets=(SQL, TYPESENSE))
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{store.root}")
+    monkeypatch.delenv("BACKUP_POLICY_FILE", raising=False)
+    assert cli.main(["retention", "--dry-run", "--today", TODAY.isoformat()]) == 0
+    out = capsys.readouterr().out
+
+    def decision(asset: str, day: str) -> tuple[str, str]:
+        """(decision, reason) of one artifact's line: decision, asset, partition, size, why."""
+        line = re.search(
+            rf"^(keep|would delete) +{re.escape(asset)} +{day}\|ws_acme +\d+ B +(.*)$", out, re.M
+        )
+        assert line, f"no plan line for {asset} {day} in:\n{out}"
+        return line[1], line[2]
+
+    assert decision(SQL, ago(100)) == ("keep", "newest verified")
+    assert decision(TYPESENSE, ago(120)) == ("keep", "newest verified")
+    assert decision(SQL, ago(120)) == (
+        "would delete",
+        f"age 120 d: older than keep_daily_days (30) and keep_weekly_days (90); newer verified: {ago(100)}",
+    )
+    lines = out.splitlines()
+    assert "dry run: nothing deleted" in lines
+
+
+def test_retention_orders_sub_daily_windows_within_their_date(tmp_path):
+    """Artifacts of sub-daily windows (SQL Server differentials and logs): the newest window
+    of a date is the newest of the series, and the week's newest window is its weekly one."""
+    store = LocalStore(tmp_path / "store")
+    log = "mssql/diff_backup"  # (logs follow their own point-in-time rule, not these windows)
+    for day, windows in (("2026-03-07", ("0000", "2345")), ("2025-12-01", ("0100", "0115"))):
+        for window in windows:
+            ref = ArtifactRef(log, day, "agent_a", window)
+            with store.begin(ref) as writer:
+                writer.write_bytes("data.bin", PAYLOAD)
+                writer.commit(captured_at=f"{day}T00:30:00Z", counts={}, source={}, tool={})
+    plan = plan_retention(store, Policy(keep_daily_days=7, keep_weekly_days=90), TODAY)
+    decisions = {(a.ref.date, a.ref.window): a.why for a in plan.artifacts}
+    assert decisions[("2026-03-07", "2345")] == "weekly, newest verified"
+    assert decisions[("2026-03-07", "0000")].startswith("age 24 d: older than keep_daily_days (7)")
+    assert decisions[("2025-12-01", "0115")].endswith("newer verified: 2026-03-07 2345")
+    assert {a.where for a in plan.to_delete} == {
+        "2026-03-07|agent_a 0000", "2025-12-01|agent_a 0100", "2025-12-01|agent_a 0115",
+    }  # fmt: skip
+    result = retention.apply_plan(store, plan, log=lambda _m: None)
+    assert result.errors == [] and {r.window for r in store.list_artifacts()} == {"2345"}

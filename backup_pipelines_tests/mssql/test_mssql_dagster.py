@@ -16,6 +16,7 @@ from backup_pipelines_tests.mssql.test_mssql_restore import index_episodes
 
 EXPECTED_ASSET_KEYS = [
     "monitoring/backup_health_report",
+    "monitoring/restore_drill",
     "mssql/diff_backup",
     "mssql/full_backup",
     "mssql/log_backup",
@@ -29,6 +30,7 @@ EXPECTED_JOBS = {
     "agent_restore_job",
     "workspace_backup_job",
     "backup_health_report_job",
+    "restore_drill_job",
     "retention_job",
 }
 EXPECTED_SCHEDULES = {
@@ -37,6 +39,7 @@ EXPECTED_SCHEDULES = {
     "mssql_log_backup",
     "workspace_backup_daily",
     "backup_health_report_hourly",
+    "restore_drill_weekly",
     "retention_daily",
 }
 DAY = "2026-12-01"
@@ -217,3 +220,26 @@ def test_mssql_agents_are_discovered_as_workspaces_and_backed_up_first(deploymen
     [request] = result.dynamic_partitions_requests
     assert sorted(request.partition_keys) == ["a1", "a2"]
     assert sorted(r.partition_key.split("|")[1] for r in result.run_requests) == ["a1", "a2"]
+
+
+def test_mssql_weekly_drill_restores_checks_and_drops_a_scratch_database(deployment):
+    defs, cs, db = deployment["defs"], deployment["cs"], deployment["db"]
+    add_episodes(cs, db, "a1", 3)
+    with dg.instance_for_test() as instance:
+        assert materialize(defs, "mssql_full_backup_job", DAY, instance).success
+        add_episodes(cs, db, "a1", 2)
+        assert materialize(defs, "mssql_log_backup_job", f"{DAY}-07:00", instance).success
+        result = defs.resolve_job_def("restore_drill_job").execute_in_process(instance=instance)
+    assert result.success
+    [materialization] = [
+        e.materialization
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    ]
+    [row] = materialization.metadata["results"].value
+    assert row["workspace"] == f"mssql:{db}" and row["passed"] and row["met_rto"]
+    assert row["counts"]["dbo.episodes"] == 5
+    with connected(cs, "master") as conn:
+        from backup_pipelines.lib.mssql.connection import query
+
+        assert not query(conn, "SELECT name FROM sys.databases WHERE name = ?", row["scratch"])

@@ -313,5 +313,6 @@ def test_standin_still_answers_wrong_input_for_a_bad_snapshot(standin, tmp_path)
         )
     assert response.status_code == 400, response.text
     error = response.json()["status"]["error"]
-    assert error.startswith(f"Wrong input: Snapshot checksum mismatch: expected {'0' * 64}, got ")
+    # The upload handler's wording (the recover endpoint says "Snapshot checksum mismatch").
+    assert error.startswith("Checksum mismatch: expected ") and error.endswith(f"actual {'0' * 64}")
     assert "restored" not in check(requests.get(f"{standin.url}/collections"))["collections"]

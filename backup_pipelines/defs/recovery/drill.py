@@ -139,14 +139,51 @@ def send_alerts(context: dg.AssetExecutionContext, alerts: list[Alert]) -> None:
         context.instance.add_run_tags(context.run_id, {ALERT_SENT_TAG: "true"})
 
 
-def build_drill_defs(index_stores: set[str]) -> dg.Definitions:
-    """The drill asset, its job and weekly schedule, over the index stores this deployment has."""
+def mssql_drill(context, policy) -> drill.DrillResult:
+    """The SQL Server database's drill, as one row of the drill's results."""
+    from backup_pipelines.lib.mssql.drill import drill_database
+
+    mssql = context.resources.mssql
+    found = drill_database(
+        mssql.connection_string,
+        context.resources.backup_store.get_store(),
+        mssql.database(),
+        mssql.folders(),
+        log=context.log.info,
+    )
+    target = policy.rto_minutes * 60
+    return drill.DrillResult(
+        workspace=f"mssql:{mssql.database()}",
+        date=found["date"],
+        seconds=found["seconds"],
+        rto_target_seconds=target,
+        passed=found["passed"],
+        met_rto=found["passed"] and found["seconds"] <= target,
+        counts=found["counts"],
+        problems=found["problems"],
+        scratch=found["scratch"],
+    )
+
+
+def build_drill_defs(
+    index_stores: set[str], sql_stores: set[str] = frozenset({"postgres"})
+) -> dg.Definitions:
+    """The drill asset, its job and weekly schedule: PostgreSQL workspaces with the index stores
+    this deployment has, and the SQL Server database when it is part of it."""
     index_keys = {engine.name for engine in index_engines(index_stores)}
+    postgres = "postgres" in sql_stores
+    sql_keys = {"postgres_db"} if postgres else set()
+    sql_keys |= {"mssql"} if "mssql" in sql_stores else set()
 
     @dg.asset(
         key=DRILL_ASSET,
         group_name="monitoring",
-        required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
+        required_resource_keys={
+            "backup_store",
+            "policy",
+            *sql_keys,
+            *(index_keys if postgres else ()),
+        },
         description="Weekly: restore a rotating sample of workspaces into scratch places, "
         "verify, time against the RTO, clean up.",
     )
@@ -154,12 +191,18 @@ def build_drill_defs(index_stores: set[str]) -> dg.Definitions:
         resources = context.resources
         policy = resources.policy.load()
         store = resources.backup_store.get_store()
-        with index_clients(resources, index_keys) as indexes:
+        results = []
+        if "mssql" in sql_keys:
+            results.append(mssql_drill(context, policy))
+        with index_clients(resources, index_keys if postgres else ()) as indexes:
             dates = drill.newest_backup_dates(
                 store, [restore.SQL_ASSET, *restore.index_assets(indexes)]
             )
-            chosen = requested_workspaces(context, config) or sample(context, dates, policy)
-            results = []
+            chosen = (
+                (requested_workspaces(context, config) or sample(context, dates, policy))
+                if postgres
+                else []
+            )
             for number, workspace in enumerate(chosen, 1):
                 context.log.info(f"drill {number}/{len(chosen)}: {workspace}")
                 if workspace not in dates:

@@ -15,7 +15,7 @@ import dagster as dg
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import index_clients
 from backup_pipelines.lib.engines import Mode, index_engines
-from backup_pipelines.lib.postgres.full_restore import restore_full_database
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.recovery import full_restore
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.recovery.consistency import Outcome
@@ -180,58 +180,78 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
 
 class FullRestoreOptions(dg.Config):
     target_database: str = ""  # default: <live>_restored_<date>, a new database
-    overwrite_live: bool = False  # restore over the live database itself: explicit only
+    overwrite_live: bool = False  # a verified swap into the live database's name: explicit only
+    resume: bool = False  # continue into a database a killed or failed run of this job left
     jobs: int = 2  # parallel pg_restore jobs
-    commands_before: list[str] = []  # e.g. stop the agent gateway
+    commands_before: list[str] = []  # e.g. stop the agent gateway (over live: just before the swap)
     commands_after: list[str] = []  # e.g. run migrations, restart the gateway
     restore_indexes: bool = True
 
 
 def build_full_restore_job(index_stores: set[str]) -> dg.JobDefinition:
-    """The whole database from `postgres/full_dump`, then every missing index collection of
-    that date from its artifacts, with the runbooks' before/after steps and a final health check."""
+    """The whole database from `postgres/full_dump` (a new database, or over live by a verified
+    swap), every missing index collection of that date from its artifacts, the runbooks'
+    before/after steps and a final health check."""
     index_keys = {engine.name for engine in index_engines(index_stores)}
 
     @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
     def restore_full(context: dg.OpExecutionContext, config: FullRestoreOptions) -> dict:
-        date = context.partition_key
-        log = context.log.info
-        full_restore.run_commands(config.commands_before, log, "before restore")
-        store = context.resources.backup_store.get_store()
-        database = restore_full_database(
-            store,
-            date,
-            context.resources.postgres_db.database_url,
-            config.target_database or None,
-            config.overwrite_live,
-            config.jobs,
-            log=log,
+        request = full_restore.FullRestoreRequest(
+            date=context.partition_key,
+            target_database=config.target_database or None,
+            overwrite_live=config.overwrite_live,
+            jobs=config.jobs,
+            resume=config.resume,
+            commands_before=config.commands_before,
+            commands_after=config.commands_after,
         )
+        try:
+            request.check()
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        database_url = context.resources.postgres_db.database_url
         with index_clients(context.resources, index_keys) as clients:
-            indexes = {}
-            if config.restore_indexes:
-                policy = context.resources.policy.load()
-                indexes = full_restore.restore_missing_indexes(store, date, policy, clients, log)
-            full_restore.run_commands(config.commands_after, log, "after restore")
-            health = full_restore.health_check(context.resources.postgres_db.database_url, clients)
-        context.add_output_metadata(
-            {
-                "database": dg.MetadataValue.text(database["database"]),
-                "rows": dg.MetadataValue.json(database["rows"]),
-                "restore_seconds": dg.MetadataValue.float(database["seconds"]),
-                "indexes_restored": dg.MetadataValue.json(indexes),
-                "health": dg.MetadataValue.json(health),
-            }
-        )
-        return database
+            result = full_restore.restore_full(
+                context.resources.backup_store.get_store(),
+                request,
+                database_url,
+                policy=context.resources.policy.load(),
+                indexes=clients if config.restore_indexes else None,
+                log=context.log.info,
+            )
+            health = full_restore.health_check(database_url, clients)
+        context.add_output_metadata(_full_restore_metadata(result, health))
+        return result
 
     @dg.job(
         name="full_restore_job",
         partitions_def=daily,
-        description="The whole database into a new database (default), then every missing index; health check at the end.",
+        description="The whole database into a new database (default) or over the live one "
+        "(overwrite_live: a verified swap, the previous live database kept), then every "
+        "missing index; health check at the end.",
         tags={"restore": "full"},
     )
     def full_restore_job():
         restore_full()
 
     return full_restore_job
+
+
+def _full_restore_metadata(result: dict, health: dict) -> dict:
+    metadata = {
+        "database": dg.MetadataValue.text(result["database"]),
+        "rows": dg.MetadataValue.json(result["rows"]),
+        "objects_verified": dg.MetadataValue.json(result["objects"]),
+        "restore_seconds": dg.MetadataValue.float(result["seconds"]),
+        "indexes_restored": dg.MetadataValue.json(result.get("indexes", {})),
+        "health": dg.MetadataValue.json(health),
+    }
+    if result.get("previous_database"):
+        metadata["previous_database"] = dg.MetadataValue.text(result["previous_database"])
+        metadata["release_with"] = dg.MetadataValue.text(
+            f"backup-pipelines release-database {result['previous_database']}"
+        )
+        metadata["live_tables_not_in_backup"] = dg.MetadataValue.json(
+            result["live_tables_not_in_backup"]
+        )
+    return metadata

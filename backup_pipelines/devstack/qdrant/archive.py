@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from backup_pipelines.devstack.qdrant.models import SHARD_ID, STORAGE_VERSION
+from backup_pipelines.devstack.qdrant.models import SHARD_ID
 from backup_pipelines.lib.qdrant.offline import (
     empty_wal_segment,
     last_operation_number,
@@ -66,9 +66,10 @@ def write_shard_folder(
 
 
 def write_collection_snapshot(
-    collection: Collection, target: Path, work_dir: Path, peer_id: int
+    collection: Collection, target: Path, work_dir: Path, peer_id: int, version: str
 ) -> str:
-    """Write the collection snapshot to `target` and return its sha256."""
+    """Write the collection snapshot to `target` and return its sha256; `version` goes into
+    version.info (the storage version of the server that wrote it)."""
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="snapshot-") as scratch:
         segment_tars, next_operation = pack_segments(collection, Path(scratch))
         config = collection.config
@@ -76,7 +77,7 @@ def write_collection_snapshot(
             hashing = HashingWriter(sink)
             with tarfile.open(fileobj=hashing, mode="w|") as archive:
                 add_bytes(archive, "config.json", json.dumps(config).encode())
-                add_bytes(archive, "version.info", STORAGE_VERSION.encode())
+                add_bytes(archive, "version.info", version.encode())
                 add_bytes(archive, "payload_index.json", json.dumps({"schema": {}}).encode())
                 write_shard_folder(archive, segment_tars, next_operation, peer_id)
             return hashing.digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -11,7 +10,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-import urllib.request
+import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any
 
 import qdrant_edge as edge
 
+from backup_pipelines.devstack.qdrant.auth import ApiKeys, PlainTextError, check_allowed
 from backup_pipelines.devstack.qdrant.models import (
+    COLLECTION_NAME,
     COPY_CHUNK,
-    REPORTED_VERSION,
-    UNAUTHENTICATED_PATHS,
+    STANDIN_SUFFIX,
     UPDATE_MODES,
     ApiError,
     bad_request,
@@ -37,12 +37,18 @@ from backup_pipelines.devstack.qdrant.models import (
     with_vector_from_json,
     wrong_input,
 )
-from backup_pipelines.devstack.qdrant.storage import Collection, StandinState, check_priority
+from backup_pipelines.devstack.qdrant.recovery import (
+    check_priority,
+    recover_collection,
+    recover_from_location,
+)
+from backup_pipelines.devstack.qdrant.storage import Collection, StandinState
 from backup_pipelines.devstack.qdrant.uploads import (
     BodyReader,
     multipart_boundary,
     save_multipart_file,
 )
+from backup_pipelines.lib.qdrant.offline import sha256_of_file
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +58,23 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
+PLAIN_TEXT = "text/plain; charset=utf-8"
+
+
 class RawResponse:
     def __init__(
         self, status: int, content_type: str, body: bytes | None = None, file: Path | None = None
     ):
         self.status, self.content_type, self.body, self.file = status, content_type, body, file
+
+
+def json_response(status: int, document: dict) -> RawResponse:
+    return RawResponse(status, "application/json", json.dumps(document).encode())
+
+
+def error_response(status: int, message: str, started: float) -> RawResponse:
+    """The server's error envelope: {"status": {"error": ...}, "time": ...}."""
+    return json_response(status, {"status": {"error": message}, "time": time.monotonic() - started})
 
 
 Route = tuple[str, re.Pattern, str]
@@ -67,6 +85,7 @@ ROUTES: list[Route] = [
         ("GET", r"/healthz", "healthz"),
         ("GET", r"/livez", "healthz"),
         ("GET", r"/readyz", "readyz"),
+        ("GET", r"/cluster", "cluster_status"),
         ("GET", r"/collections", "list_collections"),
         ("GET", r"/aliases", "list_aliases"),
         ("POST", r"/collections/aliases", "change_aliases"),
@@ -75,6 +94,7 @@ ROUTES: list[Route] = [
         ("DELETE", r"/collections/(?P<c>[^/]+)", "delete_collection"),
         ("GET", r"/collections/(?P<c>[^/]+)/exists", "collection_exists"),
         ("GET", r"/collections/(?P<c>[^/]+)/aliases", "collection_aliases"),
+        ("GET", r"/collections/(?P<c>[^/]+)/cluster", "collection_cluster_info"),
         ("PUT", r"/collections/(?P<c>[^/]+)/points", "upsert_points"),
         ("POST", r"/collections/(?P<c>[^/]+)/points", "retrieve_points"),
         ("GET", r"/collections/(?P<c>[^/]+)/points/(?P<id>[^/]+)", "get_point"),
@@ -135,43 +155,35 @@ class StandinHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         started = time.monotonic()
         self.body = BodyReader(self.rfile, int(self.headers.get("Content-Length") or 0))
+        response = self._answer(method, started)
+        try:
+            self._send_raw(response)
+        except ConnectionError:  # the client went away: nothing left to tell it
+            self.close_connection = True
+
+    def _answer(self, method: str, started: float) -> RawResponse:
         try:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 raise ApiError(HTTPStatus.LENGTH_REQUIRED, "the stand-in needs a Content-Length")
             parsed = urllib.parse.urlsplit(self.path)
+            # The auth middleware runs first, before routing, as on the real server.
+            access = self.server.keys.access(parsed.path, self.headers)
             handler, params = match_route(method, parsed.path)
-            self._check_api_key(parsed.path)
+            check_allowed(access, handler)
             self.query = dict(urllib.parse.parse_qsl(parsed.query))
             result = getattr(self, f"handle_{handler}")(**params)
             if isinstance(result, RawResponse):
-                self._send_raw(result)
-            else:
-                self._send_json(
-                    HTTPStatus.OK,
-                    {"result": result, "status": "ok", "time": time.monotonic() - started},
-                )
+                return result
+            document = {"result": result, "status": "ok", "time": time.monotonic() - started}
+            return json_response(HTTPStatus.OK, document)
+        except PlainTextError as error:
+            return RawResponse(error.status, PLAIN_TEXT, error.text.encode())
         except ApiError as error:
-            self._send_error(error.status, error.message, started)
+            return error_response(error.status, error.message, started)
         except Exception as error:
             log.exception("stand-in request failed: %s %s", method, self.path)
-            self._send_error(
-                HTTPStatus.INTERNAL_SERVER_ERROR, f"Service internal error: {error}", started
-            )
-
-    def _check_api_key(self, path: str) -> None:
-        expected = self.server.api_key
-        if expected is None or path in UNAUTHENTICATED_PATHS:
-            return
-        given = self.headers.get("api-key")
-        bearer = self.headers.get("Authorization", "")
-        if given is None and bearer.lower().startswith("bearer "):
-            given = bearer[len("bearer ") :]
-        if given is None:
-            raise ApiError(
-                HTTPStatus.UNAUTHORIZED, "Must provide an API key or an Authorization bearer token"
-            )
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(HTTPStatus.FORBIDDEN, "Invalid API key or JWT")
+            message = f"Service internal error: {error}"
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, message, started)
 
     def _finish_body(self) -> None:
         # With keep-alive the unread rest of a request would be taken for the next request.
@@ -179,13 +191,6 @@ class StandinHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             self.body.drain()
-
-    def _send_json(self, status: int, document: dict) -> None:
-        self._send_raw(RawResponse(status, "application/json", json.dumps(document).encode()))
-
-    def _send_error(self, status: int, message: str, started: float) -> None:
-        document = {"status": {"error": message}, "time": time.monotonic() - started}
-        self._send_json(status, document)
 
     def _send_raw(self, response: RawResponse) -> None:
         self._finish_body()
@@ -199,10 +204,31 @@ class StandinHandler(BaseHTTPRequestHandler):
             self.wfile.write(response.body or b"")
             return
         with response.file.open("rb") as source:  # opened first: a concurrent delete is harmless
-            self.send_header("Content-Length", str(os.fstat(source.fileno()).st_size))
             self.send_header("Content-Disposition", f'attachment; filename="{response.file.name}"')
+            if accepts_gzip(self.headers.get("Accept-Encoding")):
+                self.state.downloads.append("gzip")
+                self._send_gzipped(source)
+                return
+            self.state.downloads.append("identity")
+            self.send_header("Content-Length", str(os.fstat(source.fileno()).st_size))
             self.end_headers()
             shutil.copyfileobj(source, self.wfile, COPY_CHUNK)
+
+    def _send_gzipped(self, source: Any) -> None:
+        """What actix's Compress middleware does to a file response for a client that accepts
+        gzip: compressed on the fly, sent chunked, so without a Content-Length."""
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        compressor = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)  # gzip framing
+        while chunk := source.read(COPY_CHUNK):
+            self._write_chunk(compressor.compress(chunk))
+        self._write_chunk(compressor.flush())
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def json_body(self) -> dict:
         raw = self.body.read(self.body.remaining) if self.body.remaining else b""
@@ -221,7 +247,7 @@ class StandinHandler(BaseHTTPRequestHandler):
     def handle_root(self) -> RawResponse:
         info = {
             "title": "qdrant - vector search engine",
-            "version": REPORTED_VERSION,
+            "version": f"{self.state.version}{STANDIN_SUFFIX}",
             "commit": None,
         }
         return RawResponse(HTTPStatus.OK, "application/json", json.dumps(info).encode())
@@ -231,6 +257,12 @@ class StandinHandler(BaseHTTPRequestHandler):
 
     def handle_readyz(self) -> RawResponse:
         return RawResponse(HTTPStatus.OK, "text/plain", b"all shards are ready")
+
+    def handle_cluster_status(self) -> dict:
+        return self.state.cluster_status()
+
+    def handle_collection_cluster_info(self, c: str) -> dict:
+        return self.state.collection_cluster_info(c)
 
     # -- collections and aliases ------------------------------------------------------------
 
@@ -248,10 +280,10 @@ class StandinHandler(BaseHTTPRequestHandler):
         return self.state.delete_collection(c)
 
     def handle_collection_exists(self, c: str) -> dict:
-        return {"exists": c in self.state.collection_names()}
+        return {"exists": self.state.real_name(c) is not None}
 
     def handle_collection_aliases(self, c: str) -> dict:
-        return {"aliases": self.state.alias_descriptions(self.state.resolve(c).name)}
+        return {"aliases": self.state.alias_descriptions(c)}
 
     def handle_list_aliases(self) -> dict:
         return {"aliases": self.state.alias_descriptions()}
@@ -394,32 +426,62 @@ class StandinHandler(BaseHTTPRequestHandler):
     # -- snapshots --------------------------------------------------------------------------
 
     def handle_list_snapshots(self, c: str) -> list[dict]:
-        return self.state.list_snapshots(c)
+        return self.state.snapshots.list(self.state.resolve(c).name)
 
     def handle_create_snapshot(self, c: str) -> dict:
-        return self.state.create_snapshot(c)
+        state = self.state
+        return state.snapshots.create(
+            state.resolve(c), state.peer_id, state.work_dir, state.version
+        )
 
     def handle_download_snapshot(self, c: str, s: str) -> RawResponse:
-        path = self.state.snapshot_path(self.state.resolve(c).name, s)
+        path = self.state.snapshots.path(self.state.resolve(c).name, s)
         return RawResponse(HTTPStatus.OK, "application/octet-stream", file=path)
 
     def handle_delete_snapshot(self, c: str, s: str) -> bool:
-        self.state.delete_snapshot(c, s)
+        self.state.snapshots.delete(self.state.resolve(c).name, s)
         return True
 
     def handle_recover_snapshot(self, c: str) -> bool:
-        self.state.recover_from_location(c, self.json_body())
+        recover_from_location(self.state, c, self.json_body())
         return True
 
     def handle_upload_snapshot(self, c: str) -> bool:
+        """Like the server: the body spooled to a temporary file, its checksum checked, the
+        file KEPT under the snapshots folder of `c` (as named in the URL), then recovered."""
         check_priority(self.query.get("priority"))
+        if not COLLECTION_NAME.match(c):
+            raise wrong_input(f"collection name `{c}` is not allowed by the stand-in")
         boundary = multipart_boundary(self.headers.get("Content-Type", ""))
         with tempfile.TemporaryDirectory(dir=self.state.work_dir, prefix="upload-") as scratch:
-            uploaded = Path(scratch) / "snapshot"
-            save_multipart_file(self.body, boundary, "snapshot", uploaded)
+            spooled = Path(scratch) / "snapshot"
+            file_name = save_multipart_file(self.body, boundary, "snapshot", spooled)
             self.body.drain()
-            self.state.recover(c, uploaded, self.query.get("checksum"))
+            self.state.uploads.append({"collection": c, "file": file_name or ""})
+            checksum = self.query.get("checksum")
+            if checksum:
+                actual = sha256_of_file(spooled)
+                if actual != checksum.strip().lower():
+                    # sic: the server names the file's digest "expected" here.
+                    raise bad_request_checksum(actual, checksum)
+            kept = self.state.snapshots.keep_upload(c, file_name, spooled)
+        recover_collection(self.state, c, kept, None)
         return True
+
+
+def bad_request_checksum(actual: str, given: str) -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, f"Checksum mismatch: expected {actual}, actual {given}")
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header lets the server answer in gzip (q > 0)."""
+    for item in (accept_encoding or "").split(","):
+        coding, _, parameters = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = re.search(r"q\s*=\s*([0-9.]+)", parameters)
+        return quality is None or float(quality.group(1)) > 0
+    return False
 
 
 def points_from_request(body: dict) -> list[dict]:
@@ -443,7 +505,7 @@ def points_from_request(body: dict) -> list[dict]:
 class StandinHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: StandinState, api_key: str | None):
+    def __init__(self, address: tuple[str, int], state: StandinState, keys: ApiKeys):
         self.state = state
-        self.api_key = api_key
+        self.keys = keys
         super().__init__(address, StandinHandler)

@@ -16,17 +16,21 @@ import qdrant_edge as edge
 
 log = logging.getLogger(__name__)
 
-# Storage format the snapshots claim (version.info). A real server recovers snapshots of its own
-# or the previous minor version only; 1.19 is the server the snapshot layout was measured on.
+# Storage format the snapshots claim (version.info) unless a stand-in is started with another
+# version. A real server recovers snapshots of its own or the previous minor version only; 1.19
+# is the server the snapshot layout was measured on.
 STORAGE_VERSION = "1.19.0"
-REPORTED_VERSION = f"{STORAGE_VERSION}-standin"
+STANDIN_SUFFIX = "-standin"
+REPORTED_VERSION = f"{STORAGE_VERSION}{STANDIN_SUFFIX}"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 COPY_CHUNK = 1024 * 1024
 SNAPSHOT_SUFFIX = ".snapshot"
 CHECKSUM_SUFFIX = ".checksum"
 SHARD_ID = "0"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
-UNAUTHENTICATED_PATHS = {"/healthz", "/readyz", "/livez"}
+# The real server's auth whitelist: `/` and `/healthz` exactly, `/readyz` and `/livez` as prefixes.
+OPEN_PATHS = {"/", "/healthz"}
+OPEN_PREFIXES = ("/readyz", "/livez")
 SNAPSHOT_PRIORITIES = {None, "no_sync", "snapshot", "replica"}
 DISTANCES = {
     "Cosine": edge.Distance.Cosine,
@@ -260,13 +264,25 @@ def normalized_vectors(vectors: Any) -> dict:
     return {name: validate_vector_params(name, params) for name, params in vectors.items()}
 
 
+def positive_int(body: dict, key: str) -> int:
+    value = body.get(key, 1)
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise wrong_input(f"`{key}` must be a positive integer")
+    return value
+
+
 def collection_config_from_request(body: dict) -> dict:
-    """The config.json a real server would store for this create-collection request."""
+    """The config.json a real server would store for this create-collection request.
+
+    `shard_number` is recorded (and compared on recovery like a real server does) but the
+    stand-in keeps every collection's points in one Edge shard."""
     return {
         "params": {
             "vectors": normalized_vectors(body.get("vectors")),
-            "shard_number": 1,
-            "replication_factor": 1,
+            "shard_number": positive_int(body, "shard_number"),
+            "replication_factor": positive_int(body, "replication_factor"),
             "write_consistency_factor": 1,
             "on_disk_payload": body.get("on_disk_payload", True),
         },

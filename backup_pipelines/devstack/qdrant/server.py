@@ -16,8 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from backup_pipelines.devstack.ports import LOOPBACK, free_port, wait_for_port
+from backup_pipelines.devstack.qdrant.auth import ApiKeys
+from backup_pipelines.devstack.qdrant.cluster import ClusterLayout
 from backup_pipelines.devstack.qdrant.http import StandinHTTPServer
-from backup_pipelines.devstack.qdrant.models import LOOPBACK_HOSTS, REPORTED_VERSION
+from backup_pipelines.devstack.qdrant.models import LOOPBACK_HOSTS, STORAGE_VERSION
 from backup_pipelines.devstack.qdrant.storage import StandinState
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ class QdrantStandin:
     """The stand-in as an in-process server: ``url = QdrantStandin(dir).start()``, then ``stop()``.
 
     Also a context manager. ``port=0`` lets the OS pick a free port (see ``url``).
+    ``read_only_api_key`` is the server's `service.read_only_api_key`; ``version`` the server
+    version it reports and stamps on its snapshots; ``cluster`` makes it one peer of a
+    simulated cluster; ``recovery_delay`` stretches each snapshot recovery (seconds).
     """
 
     def __init__(
@@ -41,12 +46,19 @@ class QdrantStandin:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         snapshots: str | os.PathLike | None = None,
+        *,
+        read_only_api_key: str | None = None,
+        version: str = STORAGE_VERSION,
+        cluster: ClusterLayout | None = None,
+        recovery_delay: float = 0.0,
     ):
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the stand-in binds to loopback only, not {host}")
         self.storage = Path(storage)
         self.snapshots = Path(snapshots) if snapshots else None
         self.host, self.port, self.api_key = host, port, api_key
+        self.keys = ApiKeys(api_key, read_only_api_key)
+        self.version, self.cluster, self.recovery_delay = version, cluster, recovery_delay
         self._server: StandinHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -63,9 +75,14 @@ class QdrantStandin:
             raise RuntimeError("the stand-in is not running")
         return self._server.state
 
+    def _new_server(self) -> StandinHTTPServer:
+        state = StandinState(
+            self.storage, self.snapshots, self.version, self.cluster, self.recovery_delay
+        )
+        return StandinHTTPServer((self.host, self.port), state, self.keys)
+
     def start(self) -> str:
-        state = StandinState(self.storage, self.snapshots)
-        self._server = StandinHTTPServer((self.host, self.port), state, self.api_key)
+        self._server = self._new_server()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="qdrant-standin", daemon=True
         )
@@ -74,8 +91,7 @@ class QdrantStandin:
 
     def serve_forever(self) -> None:
         """Run in the calling thread until stop() (used by the command line)."""
-        state = StandinState(self.storage, self.snapshots)
-        self._server = StandinHTTPServer((self.host, self.port), state, self.api_key)
+        self._server = self._new_server()
         try:
             self._server.serve_forever()
         finally:
@@ -106,9 +122,10 @@ class QdrantStandin:
 class QdrantStandinProcess:
     """The Qdrant stand-in in a process of its own, spoken to over real HTTP."""
 
-    def __init__(self, api_key: str | None = None) -> None:
+    def __init__(self, api_key: str | None = None, read_only_api_key: str | None = None) -> None:
         self.port = free_port()
         self.api_key = api_key
+        self.read_only_api_key = read_only_api_key
         self._dir = Path(tempfile.mkdtemp(prefix="qdrant-standin-"))
         self._process: subprocess.Popen | None = None
 
@@ -119,9 +136,12 @@ class QdrantStandinProcess:
     def start(self) -> QdrantStandinProcess:
         argv = [sys.executable, "-m", "backup_pipelines.devstack.qdrant"]
         argv += ["--port", str(self.port), "--storage", str(self._dir)]
-        if self.api_key:
-            argv += ["--api-key", self.api_key]
-        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Keys go through the environment, never argv (argv is visible to every local user).
+        env = {**os.environ, "QDRANT_STANDIN_API_KEY": self.api_key or ""}
+        env["QDRANT_STANDIN_READ_ONLY_API_KEY"] = self.read_only_api_key or ""
+        self._process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_port(self.port, timeout=30)
         return self
 
@@ -151,7 +171,30 @@ def parse_arguments(argv: Iterable[str] | None) -> argparse.Namespace:
         "--storage", required=True, help="folder of collections, aliases, snapshots"
     )
     parser.add_argument("--snapshots", help="snapshots folder (default: STORAGE/snapshots)")
-    parser.add_argument("--api-key", help="require this key in the `api-key` header")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("QDRANT_STANDIN_API_KEY") or None,
+        help="require this key (api-key header or bearer token); default $QDRANT_STANDIN_API_KEY",
+    )
+    parser.add_argument(
+        "--read-only-api-key",
+        default=os.environ.get("QDRANT_STANDIN_READ_ONLY_API_KEY") or None,
+        help="a key that may read only; default $QDRANT_STANDIN_READ_ONLY_API_KEY",
+    )
+    parser.add_argument(
+        "--version", default=STORAGE_VERSION, help="server version to report and stamp"
+    )
+    parser.add_argument(
+        "--cluster-peers", type=int, default=1, help="pretend to be one of N peers (default 1)"
+    )
+    parser.add_argument(
+        "--cluster-replicated",
+        action="store_true",
+        help="with --cluster-peers: one shard replicated on every peer (else one shard each)",
+    )
+    parser.add_argument(
+        "--recovery-delay", type=float, default=0.0, help="seconds added to every recovery"
+    )
     return parser.parse_args(list(argv) if argv is not None else None)
 
 
@@ -159,7 +202,15 @@ def main(argv: Iterable[str] | None = None) -> None:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     standin = QdrantStandin(
-        arguments.storage, arguments.port, arguments.api_key, arguments.host, arguments.snapshots
+        arguments.storage,
+        arguments.port,
+        arguments.api_key,
+        arguments.host,
+        arguments.snapshots,
+        read_only_api_key=arguments.read_only_api_key,
+        version=arguments.version,
+        cluster=ClusterLayout(arguments.cluster_peers, arguments.cluster_replicated),
+        recovery_delay=arguments.recovery_delay,
     )
 
     def stop_on_signal(signum: int, frame: object) -> None:
@@ -167,7 +218,9 @@ def main(argv: Iterable[str] | None = None) -> None:
         threading.Thread(target=lambda: standin._server and standin._server.shutdown()).start()
 
     signal.signal(signal.SIGTERM, stop_on_signal)
-    log.info("Qdrant stand-in %s on http://%s:%s", REPORTED_VERSION, arguments.host, arguments.port)
+    log.info(
+        "Qdrant stand-in %s on http://%s:%s", arguments.version, arguments.host, arguments.port
+    )
     with contextlib.suppress(KeyboardInterrupt):
         standin.serve_forever()
 

@@ -1,48 +1,34 @@
-"""The stand-in's state on disk: collections (config + Edge shard), aliases, snapshots, and
-recovery from a snapshot."""
+"""The stand-in's state on disk: collections (config + Edge shard), aliases, the snapshot files,
+the cluster layout it reports, and what tests may inspect (uploads received, downloads sent)."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import tempfile
 import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as edge
 
-from backup_pipelines.devstack.qdrant.archive import write_collection_snapshot
+from backup_pipelines.devstack.qdrant.cluster import ClusterLayout
 from backup_pipelines.devstack.qdrant.models import (
-    CHECKSUM_SUFFIX,
     COLLECTION_NAME,
-    COPY_CHUNK,
     SHARD_ID,
-    SNAPSHOT_PRIORITIES,
-    SNAPSHOT_SUFFIX,
+    STORAGE_VERSION,
     ApiError,
-    bad_request,
     edge_config_from_collection_config,
     missing_collection,
-    normalized_vectors,
     not_found,
     read_json,
     vector_sizes,
     write_json_atomically,
     wrong_input,
 )
-from backup_pipelines.lib.qdrant.offline import (
-    SnapshotError,
-    last_operation_number,
-    unpack_collection_snapshot,
-    verify_checksum,
-)
+from backup_pipelines.devstack.qdrant.snapshots import SnapshotFiles
+from backup_pipelines.lib.qdrant.offline import last_operation_number
 
 # ---------------------------------------------------------------------------------------------
 # One collection: its config and its Edge shard
@@ -60,6 +46,8 @@ class Collection:
         self.shard = shard
         self.lock = threading.RLock()
         self.closed = False
+        # True while a snapshot recovery replaces the data (its shard then reports "Partial").
+        self.recovering = False
         # Mirrors the shard's WAL numbering so upserts answer with an operation_id.
         self.next_operation_id = last_operation_number(self.shard_path) + 1
 
@@ -114,6 +102,9 @@ class Collection:
             except Exception as error:
                 raise wrong_input(str(error)) from error
 
+    def points(self) -> int:
+        return self.read(lambda shard: shard.count(edge.CountRequest(exact=True)))
+
     def info(self) -> dict:
         shard_info = self.read(lambda shard: shard.info())
         config = {key: value for key, value in self.config.items() if key != "uuid"}
@@ -151,17 +142,39 @@ class Collection:
 
 
 class StandinState:
-    def __init__(self, storage: Path, snapshots: Path | None = None):
+    """Everything one stand-in serves. `version` is the server version it reports and writes
+    into its snapshots' version.info; `recovery_delay` (seconds) stretches every snapshot
+    recovery so tests can lose the connection while the server goes on recovering."""
+
+    def __init__(
+        self,
+        storage: Path,
+        snapshots: Path | None = None,
+        version: str = STORAGE_VERSION,
+        cluster: ClusterLayout | None = None,
+        recovery_delay: float = 0.0,
+    ):
         self.storage = storage
         self.collections_dir = storage / "collections"
-        self.snapshots_dir = (snapshots or storage / "snapshots").resolve()
         self.work_dir = storage / "tmp"
-        for folder in (self.collections_dir, self.snapshots_dir, self.work_dir):
+        self.snapshots = SnapshotFiles((snapshots or storage / "snapshots").resolve())
+        for folder in (self.collections_dir, self.work_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self.version = version
+        self.cluster = cluster or ClusterLayout()
+        self.recovery_delay = recovery_delay
         self.lock = threading.RLock()
         self.peer_id = self._load_peer_id()
         self.aliases: dict[str, str] = self._load_aliases()
         self.collections: dict[str, Collection] = self._load_collections()
+        # What tests may look at: every upload received ({"collection", "file"}) and the
+        # Content-Encoding of every snapshot download sent ("gzip" or "identity").
+        self.uploads: list[dict[str, str]] = []
+        self.downloads: list[str] = []
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.snapshots.root
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -193,16 +206,23 @@ class StandinState:
 
     # -- collections ------------------------------------------------------------------------
 
+    def real_name(self, name: str) -> str | None:
+        """The collection `name` means: itself, or the collection an alias points at (the
+        server resolves aliases in reads, snapshots and recovery); None when neither exists."""
+        with self.lock:
+            if name in self.aliases and self.aliases[name] in self.collections:
+                return self.aliases[name]
+            return name if name in self.collections else None
+
     def resolve(self, name: str) -> Collection:
         with self.lock:
-            collection = self.collections.get(name) or self.collections.get(
-                self.aliases.get(name, "")
-            )
+            real = self.real_name(name)
+            collection = self.collections.get(real) if real else None
         if collection is None:
             raise missing_collection(name)
         return collection
 
-    def create_collection(self, name: str, config: dict) -> None:
+    def create_collection(self, name: str, config: dict) -> Collection:
         if not COLLECTION_NAME.match(name):
             raise wrong_input(f"collection name `{name}` is not allowed by the stand-in")
         with self.lock:
@@ -211,8 +231,10 @@ class StandinState:
                     HTTPStatus.CONFLICT, f"Wrong input: Collection `{name}` already exists!"
                 )
             self.collections[name] = Collection.create(name, self.collections_dir / name, config)
+            return self.collections[name]
 
     def delete_collection(self, name: str) -> bool:
+        """Like the server: aliases pointing at it go too; its snapshots folder stays."""
         with self.lock:
             collection = self.collections.pop(name, None)
             if collection is None:
@@ -228,6 +250,19 @@ class StandinState:
     def collection_names(self) -> list[str]:
         with self.lock:
             return sorted(self.collections)
+
+    def replace_shard(self, collection: Collection, shard_folder: Path, scratch: Path) -> None:
+        """Put a recovered shard folder in place of the collection's data; its configuration
+        stays (a real server keeps the existing collection's config on recovery)."""
+        with self.lock:
+            staged = scratch / "collection"
+            staged.mkdir()
+            write_json_atomically(staged / "config.json", collection.config)
+            shard_folder.rename(staged / SHARD_ID)
+            collection.close()
+            collection.path.rename(scratch / "replaced")  # removed with the scratch folder
+            staged.rename(collection.path)
+            self.collections[collection.name] = Collection.open(collection.name, collection.path)
 
     # -- aliases ----------------------------------------------------------------------------
 
@@ -264,6 +299,8 @@ class StandinState:
             raise wrong_input(f"unknown alias action {action!r}")
 
     def alias_descriptions(self, collection: str | None = None) -> list[dict]:
+        """Aliases whose target is literally `collection` (all when None): like the server,
+        an alias name given here is not resolved, so it has no aliases of its own."""
         with self.lock:
             return [
                 {"alias_name": alias, "collection_name": target}
@@ -271,142 +308,12 @@ class StandinState:
                 if collection is None or target == collection
             ]
 
-    # -- snapshots --------------------------------------------------------------------------
+    # -- cluster ----------------------------------------------------------------------------
 
-    def snapshot_folder(self, collection: str) -> Path:
-        folder = self.snapshots_dir / collection
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+    def cluster_status(self) -> dict:
+        return self.cluster.status(self.peer_id)
 
-    def snapshot_path(self, collection: str, snapshot_name: str) -> Path:
-        path = self.snapshot_folder(collection) / snapshot_name
-        if "/" in snapshot_name or snapshot_name.startswith(".") or not path.is_file():
-            raise not_found(f"Snapshot {snapshot_name} not found")
-        return path
-
-    def create_snapshot(self, name: str) -> dict:
+    def collection_cluster_info(self, name: str) -> dict:
         collection = self.resolve(name)
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H-%M-%S")
-        snapshot_name = f"{collection.name}-{self.peer_id}-{stamp}{SNAPSHOT_SUFFIX}"
-        folder = self.snapshot_folder(collection.name)
-        partial = folder / f".{snapshot_name}.partial"
-        try:
-            checksum = write_collection_snapshot(collection, partial, self.work_dir, self.peer_id)
-            # The checksum lands first so a listed snapshot always has one (as on a real server).
-            (folder / f"{snapshot_name}{CHECKSUM_SUFFIX}").write_text(checksum)
-            os.replace(partial, folder / snapshot_name)
-        finally:
-            partial.unlink(missing_ok=True)
-        return self.describe_snapshot(folder / snapshot_name)
-
-    def describe_snapshot(self, path: Path) -> dict:
-        status = path.stat()
-        checksum_file = path.with_name(path.name + CHECKSUM_SUFFIX)
-        return {
-            "name": path.name,
-            "creation_time": datetime.fromtimestamp(status.st_mtime, UTC).strftime(
-                "%Y-%m-%dT%H:%M:%S"
-            ),
-            "size": status.st_size,
-            "checksum": checksum_file.read_text().strip() if checksum_file.exists() else None,
-        }
-
-    def list_snapshots(self, name: str) -> list[dict]:
-        collection = self.resolve(name)
-        folder = self.snapshot_folder(collection.name)
-        return [
-            self.describe_snapshot(path)
-            for path in sorted(folder.iterdir())
-            if path.is_file()
-            and not path.name.startswith(".")
-            and not path.name.endswith(CHECKSUM_SUFFIX)
-        ]
-
-    def delete_snapshot(self, name: str, snapshot_name: str) -> None:
-        path = self.snapshot_path(self.resolve(name).name, snapshot_name)
-        path.unlink()
-        path.with_name(path.name + CHECKSUM_SUFFIX).unlink(missing_ok=True)
-
-    def local_snapshot_location(self, location: str) -> Path:
-        """A file:// location, accepted only inside the snapshots directory like a real server."""
-        parsed = urllib.parse.urlsplit(location)
-        if parsed.netloc not in ("", "localhost"):
-            raise bad_request("Invalid snapshot URI, file path must be absolute or on localhost")
-        path = Path(urllib.parse.unquote(parsed.path)).resolve()
-        if not path.is_relative_to(self.snapshots_dir):
-            raise ApiError(
-                HTTPStatus.FORBIDDEN,
-                f"Forbidden: Snapshot file {str(path)!r} is outside the snapshots directory",
-            )
-        if not path.is_file():
-            raise bad_request(f"Snapshot file {str(path)!r} does not exist")
-        return path
-
-    def recover_from_location(self, name: str, request: dict) -> None:
-        location = request.get("location")
-        if not isinstance(location, str):
-            raise wrong_input("`location` is required")
-        check_priority(request.get("priority"))
-        scheme = urllib.parse.urlsplit(location).scheme
-        if scheme == "file":
-            self.recover(name, self.local_snapshot_location(location), request.get("checksum"))
-            return
-        if scheme not in ("http", "https"):
-            raise bad_request(f"URL {location} with scheme {scheme} is not supported")
-        with tempfile.TemporaryDirectory(dir=self.work_dir, prefix="download-") as scratch:
-            downloaded = Path(scratch) / "snapshot"
-            download(location, downloaded, request.get("api_key"))
-            self.recover(name, downloaded, request.get("checksum"))
-
-    def recover(self, name: str, snapshot: Path, checksum: str | None) -> None:
-        """Replace (or create) collection `name` with the snapshot's data. Nothing changes unless
-        the checksum matches and the snapshot unpacks and opens."""
-        if not COLLECTION_NAME.match(name):
-            raise wrong_input(f"collection name `{name}` is not allowed by the stand-in")
-        with tempfile.TemporaryDirectory(dir=self.work_dir, prefix=f"recover-{name}-") as scratch:
-            try:
-                verify_checksum(snapshot, checksum)
-                config, shard_folder = unpack_collection_snapshot(snapshot, Path(scratch))
-            except SnapshotError as error:
-                raise wrong_input(error.reason) from error
-            normalized_vectors(config.get("params", {}).get("vectors"))
-            edge.EdgeShard.load(str(shard_folder)).close()  # refuse what the engine cannot open
-            self._swap_in(name, config, shard_folder, Path(scratch))
-
-    def _swap_in(self, name: str, config: dict, shard_folder: Path, scratch: Path) -> None:
-        with self.lock:
-            existing = self.collections.get(name)
-            if (
-                existing is not None
-                and existing.config["params"]["vectors"] != config["params"]["vectors"]
-            ):
-                raise wrong_input(
-                    "Snapshot is not compatible with existing collection: "
-                    f"Collection vectors: {existing.config['params']['vectors']} "
-                    f"Snapshot Vectors: {config['params']['vectors']}"
-                )
-            staged = scratch / "collection"
-            staged.mkdir()
-            write_json_atomically(staged / "config.json", config)
-            shard_folder.rename(staged / SHARD_ID)
-            target = self.collections_dir / name
-            if existing is not None:
-                existing.close()
-                target.rename(scratch / "replaced")  # removed with the scratch folder
-            staged.rename(target)
-            self.collections[name] = Collection.open(name, target)
-
-
-def check_priority(priority: Any) -> None:
-    # A single node has no other replica to prefer: every priority recovers the snapshot as is.
-    if priority not in SNAPSHOT_PRIORITIES:
-        raise wrong_input(f"unknown snapshot priority {priority!r}")
-
-
-def download(location: str, target: Path, api_key: str | None) -> None:
-    request = urllib.request.Request(location, headers={"api-key": api_key} if api_key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response, target.open("wb") as sink:
-            shutil.copyfileobj(response, sink, COPY_CHUNK)
-    except OSError as error:
-        raise bad_request(f"cannot download snapshot from {location}: {error}") from error
+        state = "Partial" if collection.recovering else "Active"
+        return self.cluster.collection_info(self.peer_id, collection.points(), state)

@@ -88,8 +88,9 @@ def copy_until(body: BodyReader, delimiter: bytes, sink: BinaryIO | None) -> Non
             buffer = buffer[-keep:]
 
 
-def save_multipart_file(body: BodyReader, boundary: bytes, field: str, target: Path) -> None:
-    """Stream the named file field of a multipart body to `target`."""
+def save_multipart_file(body: BodyReader, boundary: bytes, field: str, target: Path) -> str | None:
+    """Stream the named file field of a multipart body to `target`; returns the file name the
+    client gave for it (None without one)."""
     copy_until(body, b"--" + boundary, None)
     delimiter = b"\r\n--" + boundary
     while True:
@@ -97,8 +98,9 @@ def save_multipart_file(body: BodyReader, boundary: bytes, field: str, target: P
             raise bad_request(f"multipart body has no `{field}` field")
         headers = read_part_headers(body)
         disposition = headers.get("content-disposition", "")
-        if re.search(rf'name="?{re.escape(field)}"?(;|$)', disposition):
+        if re.search(rf'(^|;)\s*name="?{re.escape(field)}"?(;|$)', disposition):
             with target.open("wb") as sink:
                 copy_until(body, delimiter, sink)
-            return
+            file_name = re.search(r'filename="([^"]*)"', disposition)
+            return file_name.group(1) if file_name else None
         copy_until(body, delimiter, None)

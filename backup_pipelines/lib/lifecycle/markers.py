@@ -81,8 +81,29 @@ def _partition_of_marker(key: str) -> Partition | None:
     return None
 
 
-def _partition_exists(store: BackupStore, partition: Partition) -> bool:
-    return any(Partition(ref.date, ref.workspace) == partition for ref in store.list_artifacts())
+def _assets_of(store: BackupStore, partition: Partition) -> list[str]:
+    """The assets holding a committed artifact of `partition`. Compares the strings: the
+    store may hold folders this project did not write (date=2026-3-1), which are not the
+    operator's typo and must not be reported as one."""
+    return sorted(
+        ref.asset
+        for ref in store.list_artifacts()
+        if ref.date == partition.date and ref.workspace == partition.workspace
+    )
+
+
+def _not_found_hint(store: BackupStore, partition: Partition) -> str:
+    """What the store does hold for that date, so a wrong --workspace is obvious."""
+    workspaces = sorted(
+        {
+            ref.workspace or "(whole database)"
+            for ref in store.list_artifacts()
+            if ref.date == partition.date
+        }
+    )
+    if workspaces:
+        return f"that date holds backups of: {', '.join(workspaces)}"
+    return "the store holds no backup of that date"
 
 
 def mark_kept(
@@ -96,10 +117,10 @@ def mark_kept(
     partition = Partition(day, workspace)
     if not reason or not reason.strip():
         raise ValueError("a keep marker needs a reason (e.g. 'before migration 42')")
-    if not _partition_exists(store, partition):
+    if not _assets_of(store, partition):
         raise ArtifactNotFound(
-            f"no backup of {partition} in {store.describe()}: nothing to keep (check the date "
-            "and workspace with `backup-pipelines list`)"
+            f"no backup of {partition} in {store.describe()}: nothing to keep "
+            f"({_not_found_hint(store, partition)}; see `backup-pipelines list`)"
         )
     marker = KeepMarker(partition, reason.strip(), utc_now_iso(), created_by)
     body = {"reason": marker.reason, "created_at": marker.created_at, "created_by": created_by}

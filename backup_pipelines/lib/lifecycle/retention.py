@@ -1,27 +1,34 @@
-"""Retention: which backups to keep (grandfather-father-son), what to delete, and the debris of
-crashed runs. Plain Python, no Dagster; the clock is always passed in.
+"""Retention: which artifacts to keep (grandfather-father-son), what to delete, and the debris
+of crashed runs. Plain Python, no Dagster; the clock is always passed in.
 
-A *backup* is one partition (date, workspace) — workspace None for the whole-database series
-(`postgres/full_dump`). It is the unit of retention: every artifact of the partition (the SQL
-dump and the Typesense/Qdrant artifacts beside it, or any other asset with the same date and
-workspace) is kept or deleted together, because a restore needs them together.
+The unit of retention is one *artifact* (asset, date, workspace), judged within its *series*:
+one asset x workspace (a whole-database asset such as `postgres/full_dump`: the asset alone).
+Each series keeps its own newest verified artifact, whatever the other assets of that date
+hold: a workspace whose newest backup has only its SQL dump keeps its older Typesense and
+Qdrant artifacts, and a corrupt Qdrant snapshot does not cost that date's verified SQL and
+Typesense artifacts. An index artifact deleted because its SQL partner failed could not
+shorten any restore; one kept lets a restore skip the rebuild (the consistency gate judges
+the pair a restore combines).
 
-Rules, per workspace and separately for the whole-database series, relative to `today`:
+Rules, per series, relative to `today`:
 
-- daily: keep every backup with `age_days < keep_daily_days`, where
+- daily: keep every artifact with `age_days < keep_daily_days`, where
   `age_days = (today - date).days`. With the default 30 and today 2026-03-31, 2026-03-02
-  (29 days old) is kept as daily and 2026-03-01 (30 days old) is not. Backups dated after
+  (29 days old) is kept as daily and 2026-03-01 (30 days old) is not. Artifacts dated after
   today (a skewed clock) count as young and are kept.
-- weekly: among the backups with `age_days < keep_weekly_days`, keep the newest backup of
-  each ISO week (Monday..Sunday), so a missed Sunday does not lose the week.
-- kept: a keep marker (`mark_kept`, e.g. before a migration) holds its partition whatever
-  its age, until `release`.
-- newest verified: the newest backup of the series that passes verification is never
+- weekly: among the artifacts with `age_days < keep_weekly_days`, keep the newest of each
+  ISO week (Monday..Sunday) in the series, so a missed Sunday does not lose the week.
+- kept: a keep marker (`mark_kept`, e.g. before a migration) holds every artifact of its
+  partition (date x workspace, or the date's whole-database artifacts), until `release`.
+- newest verified: the newest artifact of the series that passes verification is never
   deleted. The verifier is called newest first and only as long as something at or below
-  the current backup would be deleted, so a daily run re-reads about one partition per
-  series, not the store. When no backup of a series verifies, nothing of that series is
+  the current artifact would be deleted, so a daily run re-reads about one artifact per
+  series, not the store. When no artifact of a series verifies, nothing of that series is
   deleted ("held: no verified backup"): a flaky store or a broken verifier must not turn
   into deleted history.
+- asset rules (RULE_MODULES, and ASSET_RULES at run time: the extension point): rules for
+  one asset that run after the rules above and may keep more, seeing every series of the
+  plan — e.g. SQL Server's "a log is kept while a kept full or differential needs it".
 
 Leftovers of crashed runs (scan.py) are cleaned by the same plan; keep markers: markers.py.
 """
@@ -30,19 +37,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from backup_pipelines.lib.errors import ConfigError, StoreError
+from backup_pipelines.lib.errors import BackupError, ConfigError, StoreError
 from backup_pipelines.lib.lifecycle.markers import KeepMarker, Partition, list_kept, marker_key
 from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers, scan_store
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store
 
-# Delete these last: a partition interrupted mid-delete then still holds its SQL dump, which
-# restores on its own (indexes can be rebuilt from it); index artifacts alone restore nothing.
+# Deleted last within a partition: a run interrupted mid-delete then still holds the SQL dump,
+# which restores on its own (indexes can be rebuilt from it); index artifacts alone restore nothing.
 SQL_ASSETS = ("postgres/workspace_dump", "postgres/full_dump")
 
 DAILY = "daily"
@@ -50,6 +57,7 @@ WEEKLY = "weekly"
 NEWEST_VERIFIED = "newest verified"
 HELD_UNVERIFIED = "held: no verified backup"
 KEPT_PREFIX = "kept: "
+KEEP, DELETE = "keep", "delete"
 
 Log = Callable[[str], Any]
 
@@ -93,69 +101,196 @@ def _check_today(today: object) -> date:
 # --------------------------------------------------------------------------------------------
 # The plan
 
+SeriesKey = tuple[str, str | None]  # (asset, workspace or None)
+
 
 @dataclass
-class Backup:
-    partition: Partition
-    folders: list[Folder]
-    reasons: list[str] = field(default_factory=list)
+class Artifact:
+    """One committed artifact and the plan's decision on it."""
+
+    folder: Folder
+    reasons: list[str] = field(default_factory=list)  # why it is kept; empty: deleted
+    deletion_reason: str = ""  # why it goes, when it goes
+
+    @property
+    def ref(self) -> ArtifactRef:
+        return self.folder.ref
+
+    @property
+    def asset(self) -> str:
+        return self.ref.asset
+
+    @property
+    def partition(self) -> Partition:
+        """What a keep marker holds: the date x workspace (every window of the date)."""
+        return Partition(self.ref.date, self.ref.workspace)
+
+    @property
+    def where(self) -> str:
+        """`date|workspace`, and the window of a sub-daily artifact: `date|workspace HHMM`."""
+        return f"{self.partition} {self.ref.window}" if self.ref.window else str(self.partition)
+
+    @property
+    def series(self) -> SeriesKey:
+        return self.ref.asset, self.ref.workspace
 
     @property
     def keep(self) -> bool:
         return bool(self.reasons)
 
     @property
-    def refs(self) -> list[ArtifactRef]:
-        return [f.ref for f in self.folders]
+    def decision(self) -> str:
+        return KEEP if self.keep else DELETE
 
     @property
-    def assets(self) -> list[str]:
-        return sorted(f.ref.asset for f in self.folders)
+    def why(self) -> str:
+        return ", ".join(self.reasons) if self.keep else self.deletion_reason
 
     @property
     def bytes(self) -> int:
-        return sum(f.bytes for f in self.folders)
+        return self.folder.bytes
+
+    def keep_for(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+    def __str__(self) -> str:
+        return label(self.ref)
+
+
+def label(ref: ArtifactRef) -> str:
+    """`asset date|workspace` (or `asset date` for a whole-database artifact), and ` window
+    HHMM` for an artifact of a sub-daily window."""
+    text = f"{ref.asset} {Partition(ref.date, ref.workspace)}"
+    return f"{text} window {ref.window}" if ref.window else text
+
+
+def _when(ref: ArtifactRef) -> tuple[str, str]:
+    """Order within a series: date, then the window of a sub-daily artifact."""
+    return ref.date, ref.window or ""
+
+
+@dataclass
+class Series:
+    """The artifacts of one asset x workspace, newest first."""
+
+    asset: str
+    workspace: str | None
+    artifacts: list[Artifact]
+
+    @property
+    def key(self) -> SeriesKey:
+        return self.asset, self.workspace
+
+    @property
+    def name(self) -> str:
+        return f"{self.asset} of " + (
+            f"workspace {self.workspace}" if self.workspace else "the whole database"
+        )
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What an asset rule may look at: the day, the windows, every series of the plan (to
+    keep one asset's artifacts for another's sake), the store (to read manifests)."""
+
+    today: date
+    windows: Windows
+    series: Mapping[SeriesKey, Series]
+    store: BackupStore
+    log: Log
+    policy: Policy | None = None
+
+
+class AssetRule(Protocol):
+    """Runs on each series of its asset after the generic rules; keeps more artifacts with
+    `artifact.keep_for(reason)` (never fewer: only the generic rules decide what may go)."""
+
+    def __call__(self, series: Series, context: RuleContext) -> None: ...
+
+
+# asset key -> its extra rules, as "module:function" so this concern never imports an engine
+# package: an engine registers its rules here (SQL Server: its chain rules).
+RULE_MODULES: dict[str, list[str]] = {
+    "mssql/full_backup": ["backup_pipelines.lib.mssql.retention:keep_base_fulls"],
+    "mssql/log_backup": ["backup_pipelines.lib.mssql.retention:keep_log_chain"],
+}
+# Assets whose rules replace the daily/weekly windows (their own rule says what to keep;
+# markers and the newest verified artifact still hold): SQL Server logs follow the
+# point-in-time window.
+OWN_AGE_RULES = {"mssql/log_backup"}
+
+
+def _load_rules() -> dict[str, list[AssetRule]]:
+    import importlib
+
+    rules: dict[str, list[AssetRule]] = {}
+    for asset, names in RULE_MODULES.items():
+        for name in names:
+            module, _, function = name.partition(":")
+            rules.setdefault(asset, []).append(getattr(importlib.import_module(module), function))
+    return rules
+
+
+ASSET_RULES: dict[str, list[AssetRule]] = {}  # rules added at run time (tests, plug-ins)
 
 
 @dataclass
 class RetentionPlan:
     today: date
     windows: Windows
-    backups: list[Backup]
+    artifacts: list[Artifact]
     leftovers: list[Leftover]
     markers: list[KeepMarker]
-    failed_verification: list[Partition]
-    verifications: int  # how many partitions were verified to make this plan
+    failed_verification: list[ArtifactRef]
+    verifications: int  # how many artifacts were verified to make this plan
 
     @property
-    def kept(self) -> list[Backup]:
-        return [b for b in self.backups if b.keep]
+    def kept(self) -> list[Artifact]:
+        return [a for a in self.artifacts if a.keep]
 
     @property
-    def to_delete(self) -> list[Backup]:
-        return [b for b in self.backups if not b.keep]
+    def to_delete(self) -> list[Artifact]:
+        return [a for a in self.artifacts if not a.keep]
 
     @property
     def bytes_to_free(self) -> int:
-        return sum(b.bytes for b in self.to_delete) + sum(x.bytes for x in self.leftovers)
+        return sum(a.bytes for a in self.to_delete) + sum(x.bytes for x in self.leftovers)
 
     def reason_counts(self) -> dict[str, int]:
-        """Kept backups per reason (a backup kept for several reasons counts under each);
-        every `kept: <why>` counts as `kept`."""
+        """Kept artifacts per reason (one kept for several reasons counts under each); every
+        `kept: <why>` counts as `kept`."""
         counts: Counter[str] = Counter()
-        for backup in self.kept:
-            for reason in backup.reasons:
-                counts["kept" if reason.startswith(KEPT_PREFIX) else reason] += 1
+        for artifact in self.kept:
+            for reason in artifact.reasons:
+                counts[_reason_group(reason)] += 1
         return dict(counts)
+
+    def by_asset(self) -> dict[str, dict[str, int]]:
+        """asset -> {"keep": n, "delete": n, <reason>: n kept for it, ...}"""
+        table: dict[str, Counter] = defaultdict(Counter)
+        for artifact in self.artifacts:
+            table[artifact.asset][artifact.decision] += 1
+            for reason in artifact.reasons:
+                table[artifact.asset][_reason_group(reason)] += 1
+        return {asset: dict(sorted(c.items())) for asset, c in sorted(table.items())}
 
     def summary(self) -> str:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.reason_counts().items()))
         return (
-            f"retention for {self.today}: keep {len(self.kept)} backups ({reasons or 'none'}), "
+            f"retention for {self.today}: keep {len(self.kept)} artifacts ({reasons or 'none'}), "
             f"delete {len(self.to_delete)}, clean {len(self.leftovers)} leftovers of crashed "
-            f"runs, {human_bytes(self.bytes_to_free)} to free; {self.verifications} partitions "
+            f"runs, {human_bytes(self.bytes_to_free)} to free; {self.verifications} artifacts "
             f"verified, {len(self.failed_verification)} failed verification"
         )
+
+    def decisions(self) -> list[Artifact]:
+        """Every artifact, in the order a person reads a plan: by asset, workspace, date."""
+        return sorted(self.artifacts, key=lambda a: (a.asset, a.ref.workspace or "", _when(a.ref)))
+
+
+def _reason_group(reason: str) -> str:
+    return "kept" if reason.startswith(KEPT_PREFIX) else reason
 
 
 def human_bytes(count: int) -> str:
@@ -167,20 +302,19 @@ def human_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def verify_with_store(store: BackupStore, log: Log = _quiet) -> Callable[[Backup], bool]:
-    """The default verifier: every artifact of the partition re-reads with matching sha256."""
+def verify_with_store(store: BackupStore, log: Log = _quiet) -> Callable[[Artifact], bool]:
+    """The default verifier: every file of the artifact re-reads with matching sha256."""
 
-    def is_verified(backup: Backup) -> bool:
-        for ref in backup.refs:
-            try:
-                result = store.verify(ref)
-            except StoreError as exc:  # e.g. an unreadable manifest
-                log(f"verify {ref}: {exc}")
-                return False
-            if not result.ok:
-                log(f"verify {ref}: " + "; ".join(result.problems))
-                return False
-        return True
+    def is_verified(artifact: Artifact) -> bool:
+        try:
+            result = store.verify(artifact.ref)
+        except (BackupError, OSError, KeyError, TypeError, ValueError) as exc:
+            # An unreadable or malformed manifest: not verified, never a crash of the plan.
+            log(f"verify {artifact.ref}: {exc}")
+            return False
+        if not result.ok:
+            log(f"verify {artifact.ref}: " + "; ".join(result.problems))
+        return result.ok
 
     return is_verified
 
@@ -191,12 +325,14 @@ def plan_retention(
     today: date,
     *,
     now: float | None = None,
-    is_verified: Callable[[Backup], bool] | None = None,
+    is_verified: Callable[[Artifact], bool] | None = None,
+    asset_rules: Mapping[str, list[AssetRule]] | None = None,
     log: Log = _quiet,
 ) -> RetentionPlan:
     """What to keep and delete on `today` (a UTC date). `now` (epoch seconds, default the
-    clock) ages the leftovers of crashed runs; `is_verified` defaults to `verify_with_store`.
-    Reads one listing of the store, the keep markers, and the few partitions verified."""
+    clock) ages the leftovers of crashed runs; `is_verified` defaults to `verify_with_store`;
+    `asset_rules` to the rules of RULE_MODULES plus ASSET_RULES. Reads one listing of the store, the keep markers, and the
+    few artifacts verified."""
     windows = Windows.from_policy(policy)
     today = _check_today(today)
     now = time.time() if now is None else now
@@ -204,95 +340,120 @@ def plan_retention(
     markers = list_kept(store)
     held = {m.partition: m for m in markers}
     verifier = _CountingVerifier(is_verified or verify_with_store(store, log))
-    backups = _backups_of(folders)
-    failed: list[Partition] = []
-    for series in _series(backups):
-        _apply_age_rules(series, today, windows)
-        _apply_markers(series, held)
-        failed += _protect_newest_verified(series, verifier, log)
-    doomed = {f.ref for b in backups if not b.keep for f in b.folders}
+    series = _series_of(folders)
+    failed: list[ArtifactRef] = []
+    for one in series.values():
+        if one.asset not in OWN_AGE_RULES:
+            _apply_age_rules(one, today, windows)
+        _apply_markers(one, held)
+        failed += _protect_newest_verified(one, verifier, log)
+    context = RuleContext(today, windows, series, store, log, policy)
+    if asset_rules is None:
+        asset_rules = _load_rules()
+        for asset, extra in ASSET_RULES.items():
+            asset_rules.setdefault(asset, []).extend(extra)
+    for one in series.values():
+        for rule in asset_rules.get(one.asset, []):
+            rule(one, context)
+    artifacts = [a for one in series.values() for a in one.artifacts]
+    for one in series.values():
+        _explain_deletions(one, today, windows)
+    doomed = {a.ref for a in artifacts if not a.keep}
     leftovers = find_leftovers(store, folders, doomed, now, windows.incomplete_max_age_hours)
-    return RetentionPlan(today, windows, backups, leftovers, markers, failed, verifier.calls)
+    artifacts.sort(key=lambda a: (a.ref.date, a.ref.workspace or "", a.asset, a.ref.window or ""))
+    return RetentionPlan(today, windows, artifacts, leftovers, markers, failed, verifier.calls)
 
 
 class _CountingVerifier:
     """Counts verifications, so the plan shows how much of the store was re-read."""
 
-    def __init__(self, verify: Callable[[Backup], bool]) -> None:
+    def __init__(self, verify: Callable[[Artifact], bool]) -> None:
         self._verify = verify
         self.calls = 0
 
-    def __call__(self, backup: Backup) -> bool:
+    def __call__(self, artifact: Artifact) -> bool:
         self.calls += 1
-        return self._verify(backup)
+        return self._verify(artifact)
 
 
-def _backups_of(folders: dict[ArtifactRef, Folder]) -> list[Backup]:
-    """Committed artifacts grouped by partition; folders without a manifest are not backups."""
-    by_partition: dict[Partition, list[Folder]] = defaultdict(list)
+def _series_of(folders: dict[ArtifactRef, Folder]) -> dict[SeriesKey, Series]:
+    """Committed artifacts per asset x workspace, newest first; folders without a manifest
+    are not artifacts (their debris is found by scan.find_leftovers)."""
+    grouped: dict[SeriesKey, list[Artifact]] = defaultdict(list)
     for ref, folder in folders.items():
         if folder.has_manifest:
-            by_partition[Partition(ref.date, ref.workspace)].append(folder)
-    return [
-        Backup(p, sorted(fs, key=lambda f: f.ref.asset))
-        for p, fs in sorted(by_partition.items(), key=lambda item: item[0].sort_key)
-    ]
+            grouped[(ref.asset, ref.workspace)].append(Artifact(folder))
+    return {
+        key: Series(key[0], key[1], sorted(items, key=lambda a: _when(a.ref), reverse=True))
+        for key, items in sorted(grouped.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+    }
 
 
-def _series(backups: Iterable[Backup]) -> list[list[Backup]]:
-    """Backups per workspace (None: whole database), each list newest first."""
-    by_workspace: dict[str | None, list[Backup]] = defaultdict(list)
-    for backup in backups:
-        by_workspace[backup.partition.workspace].append(backup)
-    return [
-        sorted(series, key=lambda b: b.partition.date, reverse=True)
-        for series in by_workspace.values()
-    ]
-
-
-def _apply_age_rules(newest_first: list[Backup], today: date, windows: Windows) -> None:
+def _apply_age_rules(series: Series, today: date, windows: Windows) -> None:
     weeks_seen: set[tuple[int, int]] = set()
-    for backup in newest_first:
-        day = backup.partition.day
+    for artifact in series.artifacts:
+        day = artifact.partition.day
         age_days = (today - day).days
         if age_days < windows.daily_days:
-            backup.reasons.append(DAILY)
+            artifact.keep_for(DAILY)
         if age_days < windows.weekly_days:
             week = tuple(day.isocalendar())[:2]
             if week not in weeks_seen:  # newest first: the first one seen is the week's newest
                 weeks_seen.add(week)
-                backup.reasons.append(WEEKLY)
+                artifact.keep_for(WEEKLY)
 
 
-def _apply_markers(series: list[Backup], held: dict[Partition, KeepMarker]) -> None:
-    for backup in series:
-        if (marker := held.get(backup.partition)) is not None:
-            backup.reasons.append(KEPT_PREFIX + marker.reason)
+def _apply_markers(series: Series, held: dict[Partition, KeepMarker]) -> None:
+    for artifact in series.artifacts:
+        if (marker := held.get(artifact.partition)) is not None:
+            artifact.keep_for(KEPT_PREFIX + marker.reason)
 
 
 def _protect_newest_verified(
-    newest_first: list[Backup], is_verified: Callable[[Backup], bool], log: Log
-) -> list[Partition]:
-    """Keep the newest backup that verifies; returns the partitions that failed on the way."""
-    failed: list[Partition] = []
-    doomed_positions = [i for i, b in enumerate(newest_first) if not b.keep]
-    # Past the oldest doomed backup nothing is at risk, so nothing more needs to be read.
-    for backup in newest_first[: doomed_positions[-1] + 1 if doomed_positions else 0]:
-        if is_verified(backup):
-            backup.reasons.append(NEWEST_VERIFIED)
-            log(f"newest verified backup of {_series_name(backup)}: {backup.partition}")
+    series: Series, is_verified: Callable[[Artifact], bool], log: Log
+) -> list[ArtifactRef]:
+    """Keep the newest artifact of the series that verifies; returns those that failed on
+    the way."""
+    failed: list[ArtifactRef] = []
+    newest_first = series.artifacts
+    doomed_positions = [i for i, a in enumerate(newest_first) if not a.keep]
+    # Past the oldest doomed artifact nothing is at risk, so nothing more needs to be read.
+    for artifact in newest_first[: doomed_positions[-1] + 1 if doomed_positions else 0]:
+        if is_verified(artifact):
+            artifact.keep_for(NEWEST_VERIFIED)
+            log(f"newest verified {series.name}: {artifact}")
             return failed
-        log(f"{backup.partition} failed verification; trying the next older backup")
-        failed.append(backup.partition)
-    for backup in newest_first:
-        if not backup.keep:
-            backup.reasons.append(HELD_UNVERIFIED)
+        log(f"{artifact} failed verification; trying the next older one of {series.name}")
+        failed.append(artifact.ref)
+    for artifact in newest_first:
+        if not artifact.keep:
+            artifact.keep_for(HELD_UNVERIFIED)
     return failed
 
 
-def _series_name(backup: Backup) -> str:
-    workspace = backup.partition.workspace
-    return f"workspace {workspace}" if workspace else "the whole database"
+def _explain_deletions(series: Series, today: date, windows: Windows) -> None:
+    """Why each doomed artifact goes, in the plan's words."""
+    newest = next((a for a in series.artifacts if NEWEST_VERIFIED in a.reasons), None)
+    for artifact in series.artifacts:
+        if artifact.keep:
+            continue
+        age_days = (today - artifact.partition.day).days
+        if series.asset in OWN_AGE_RULES:
+            artifact.deletion_reason = (
+                f"age {age_days} d: not needed by its asset's own rule (see the kept ones' reasons)"
+            )
+            continue
+        why = f"age {age_days} d: older than keep_daily_days ({windows.daily_days})"
+        if age_days >= windows.weekly_days:
+            why += f" and keep_weekly_days ({windows.weekly_days})"
+        else:
+            why += ", not the newest of its ISO week"
+        kept_instead = " ".join(_when(newest.ref)).strip() if newest is not None else ""
+        if newest is not None and _when(newest.ref) > _when(artifact.ref):
+            why += f"; newer verified: {kept_instead}"
+        elif newest is not None:
+            why += f"; failed verification (kept instead: {kept_instead})"
+        artifact.deletion_reason = why
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,37 +462,39 @@ def _series_name(backup: Backup) -> str:
 
 @dataclass
 class ApplyResult:
-    deleted: list[Partition] = field(default_factory=list)
-    skipped: list[tuple[Partition, str]] = field(default_factory=list)
+    deleted: list[ArtifactRef] = field(default_factory=list)
+    skipped: list[tuple[ArtifactRef, str]] = field(default_factory=list)
     leftovers_cleaned: int = 0
     bytes_freed: int = 0
     errors: list[str] = field(default_factory=list)
 
 
 def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> ApplyResult:
-    """Delete each doomed partition as a whole, then clean the leftovers. Errors are
-    collected (one bad partition does not stop the rest) and returned; a rerun finishes what
-    an interrupted one left, since the rules give the same answer for the same partitions."""
+    """Delete each doomed artifact, then clean the leftovers. Within a partition the SQL dump
+    goes last. Errors are collected (one bad artifact does not stop the rest) and returned;
+    a rerun finishes what an interrupted one left, since the rules give the same answer for
+    the same artifacts."""
     result = ApplyResult()
-    doomed = plan.to_delete
-    for number, backup in enumerate(doomed, 1):
-        if store._get(marker_key(backup.partition)) is not None:
+    doomed = sorted(plan.to_delete, key=_deletion_order)
+    marked: dict[Partition, bool] = {}  # read once per partition, just before its deletions
+    for number, artifact in enumerate(doomed, 1):
+        where = f"[{number}/{len(doomed)}] {artifact}"
+        if artifact.partition not in marked:
+            marked[artifact.partition] = store._get(marker_key(artifact.partition)) is not None
+        if marked[artifact.partition]:
             # Marked after the plan was made: the marker wins.
-            result.skipped.append((backup.partition, "keep marker placed since planning"))
-            log(f"[{number}/{len(doomed)}] {backup.partition}: kept, marked since planning")
+            result.skipped.append((artifact.ref, "keep marker placed since planning"))
+            log(f"{where}: kept, marked since planning")
             continue
         try:
-            delete_backup(store, backup)
+            delete_artifact(store, artifact.folder)
         except StoreError as exc:
-            result.errors.append(f"{backup.partition}: {exc}")
-            log(f"[{number}/{len(doomed)}] {backup.partition}: FAILED {exc}")
+            result.errors.append(f"{artifact}: {exc}")
+            log(f"{where}: FAILED {exc}")
             continue
-        result.deleted.append(backup.partition)
-        result.bytes_freed += backup.bytes
-        log(
-            f"[{number}/{len(doomed)}] deleted {backup.partition} "
-            f"({', '.join(backup.assets)}; {human_bytes(backup.bytes)})"
-        )
+        result.deleted.append(artifact.ref)
+        result.bytes_freed += artifact.bytes
+        log(f"{where}: deleted ({human_bytes(artifact.bytes)}; {artifact.deletion_reason})")
     for leftover in plan.leftovers:
         try:
             clean_leftover(store, leftover)
@@ -344,19 +507,21 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     return result
 
 
-def delete_backup(store: BackupStore, backup: Backup) -> None:
-    """Every manifest of the partition first (SQL last), so no artifact of it reads as
-    complete once any is going; then the files the listing saw. Files written since the
-    listing (a run in flight for the same partition) are left alone."""
-    folders = sorted(backup.folders, key=lambda f: f.ref.asset in SQL_ASSETS)
-    for folder in folders:
-        store._delete_prefix(f"{folder.ref.folder}/{MANIFEST_NAME}")
-    for folder in folders:
-        for name in folder.generations:
-            store._delete_prefix(f"{folder.ref.folder}/{name}/")
-        for key, _size, _mtime in folder.loose:
-            store._delete_prefix(key)
-        store._remove_empty_folders(folder.ref.folder)
+def _deletion_order(artifact: Artifact) -> tuple:
+    ref = artifact.ref
+    return ref.date, ref.workspace or "", ref.asset in SQL_ASSETS, ref.asset, ref.window or ""
+
+
+def delete_artifact(store: BackupStore, folder: Folder) -> None:
+    """The manifest first, so the artifact never reads as complete once it is going; then
+    the files the listing saw. Files written since the listing (a run in flight for the same
+    partition) are left alone."""
+    store._delete_prefix(f"{folder.ref.folder}/{MANIFEST_NAME}")
+    for name in folder.generations:
+        store._delete_prefix(f"{folder.ref.folder}/{name}/")
+    for key, _size, _mtime in folder.loose:
+        store._delete_prefix(key)
+    store._remove_empty_folders(folder.ref.folder)
 
 
 def clean_leftover(store: BackupStore, leftover: Leftover) -> None:
@@ -375,18 +540,27 @@ def run_retention(
     *,
     dry_run: bool = False,
     now: float | None = None,
-    is_verified: Callable[[Backup], bool] | None = None,
+    is_verified: Callable[[Artifact], bool] | None = None,
     log: Log = print,
 ) -> tuple[RetentionPlan, ApplyResult | None]:
-    """Plan, log the plan, and apply it unless `dry_run` (then the result is None)."""
+    """Plan, log the plan, and apply it unless `dry_run` (then the result is None). A dry
+    run logs every decision (asset, partition, keep or delete, and why)."""
     plan = plan_retention(store, policy, today, now=now, is_verified=is_verified, log=log)
     log(plan.summary())
     if not dry_run:
         return plan, apply_plan(store, plan, log)  # logs each deletion as it happens
-    for backup in plan.to_delete:
-        log(
-            f"would delete {backup.partition} ({', '.join(backup.assets)}; {human_bytes(backup.bytes)})"
-        )
+    for line in plan_lines(plan):
+        log(line)
     for leftover in plan.leftovers:
         log(f"would clean {leftover.kind} {leftover.key} ({leftover.age_hours:.0f} h old)")
     return plan, None
+
+
+def plan_lines(plan: RetentionPlan) -> list[str]:
+    """One line per artifact: decision, asset, partition, size and why."""
+    width = max((len(a.asset) for a in plan.artifacts), default=0)
+    return [
+        f"{'would delete' if not a.keep else 'keep':<12} {a.asset:<{width}} {a.where:<32} "
+        f"{human_bytes(a.bytes):>10}  {a.why}"
+        for a in plan.decisions()
+    ]

@@ -6,7 +6,9 @@ workspace with COPY in one snapshot) and putting them back.
     dump.py          the full dump and the workspace dump
     load.py          DDL, COPY files and full dumps loaded back
     merge.py         a workspace dump merged into live tables (insert missing rows only)
-    full_restore.py  the whole database into a new database
+    full_restore.py  the whole database into a new database, verified against the dump
+    toc.py           a dump's table of contents, and which of its objects a database lacks
+    database_swap.py a restored database renamed into live's place (and back), names, release
     memory_rows.py   the memory rows the indexes are derived from
     ids.py           the memory-entry ids of a workspace dump (for the consistency gate)
     pgbackrest.py    pgBackRest: stanza configuration, commands, `info` as typed records

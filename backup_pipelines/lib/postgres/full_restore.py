@@ -1,20 +1,88 @@
-"""The whole database back from a `postgres/full_dump` artifact, with parallel pg_restore."""
+"""The whole database back from a `postgres/full_dump` artifact into a NEW database on the
+same server (parallel pg_restore), verified against the dump: row counts of the dump's tables
+against the manifest, and every object of the dump's table of contents present (toc.py).
+Putting it in the live database's place is a rename swap (database_swap.py), never a
+`pg_restore --clean` into live.
+
+A database this tool creates carries a marker (COMMENT ON DATABASE) saying so and how far the
+restore got. A failed restore drops it again, so a rerun starts clean; a run killed before it
+could clean up leaves it marked, and `resume=True` continues into it: a database whose
+pg_restore finished is verified again and reused, one whose pg_restore did not finish is
+dropped and restored afresh (pg_restore cannot continue half-way). A database without the
+marker is never touched.
+"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
+from enum import StrEnum
 
+import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, SourceError
+from backup_pipelines.lib.postgres import database_swap as swap
+from backup_pipelines.lib.postgres import toc
 from backup_pipelines.lib.postgres.catalog import count_all_tables
 from backup_pipelines.lib.postgres.connection import client_env, connect, pg_bin
 from backup_pipelines.lib.postgres.dump import FULL_DUMP_FILE
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log, iter_decompressed
+
+MARKER_PREFIX = "backup-pipelines full restore "
+FULL_DUMP_ASSET = "postgres/full_dump"
+
+
+class State(StrEnum):
+    CREATED = "created"  # pg_restore started, not finished (or killed)
+    RESTORED = "restored"  # pg_restore finished
+    VERIFIED = "verified"  # counts and objects checked against the dump
+
+    @property
+    def rank(self) -> int:
+        return list(State).index(self)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+@dataclass
+class RestoredDatabase:
+    name: str
+    date: str
+    rows: dict[str, int]
+    objects: dict
+    extra_tables: list[str]  # in the restored database but not in the dump (extensions' own)
+    seconds: float
+    resumed: str | None = None  # the state a resumed database was found in
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "database": self.name,
+            "date": self.date,
+            "rows": self.rows,
+            "objects": self.objects,
+            "extra_tables": self.extra_tables,
+            "seconds": self.seconds,
+            "resumed_from": self.resumed,
+        }
+
+
+def default_target(live: str, date: str) -> str:
+    return swap.derived_name(live, f"_restored_{date.replace('-', '')}")
+
+
+def staging_name(live: str, date: str) -> str:
+    """Where an --overwrite-live restore is built before the swap (fixed per date, so a
+    rerun with resume finds it)."""
+    return swap.derived_name(live, f"_restoring_{date.replace('-', '')}")
 
 
 def restore_full_database(
@@ -22,66 +90,297 @@ def restore_full_database(
     date: str,
     database_url: str,
     target_database: str | None = None,
-    overwrite_live: bool = False,
     jobs: int = 2,
+    resume: bool = False,
     log: Log | None = None,
 ) -> dict:
-    """`postgres/full_dump` of `date` into a NEW database on the same server (default name
-    `<live>_restored_<date>`), with parallel pg_restore; into the live database itself only
-    with overwrite_live=True (its objects are dropped and recreated by pg_restore --clean)."""
-    log = log or (lambda _m: None)
-    ref = ArtifactRef("postgres/full_dump", date)
+    """`postgres/full_dump` of `date` into a NEW database on the live database's server
+    (default `<live>_restored_<date>`), objects owned by the restoring role. Never into the
+    live database: that is a swap (lib/recovery/full_restore.py)."""
+    live = swap.live_database(database_url)
+    target = swap.validate_database_name(
+        target_database or default_target(live, date), "target database"
+    )
+    if target == live:
+        raise BackupError(
+            f"target database {target!r} is the live database: overwriting it is "
+            "--overwrite-live (a verified swap), not --target-database"
+        )
+    restored = restore_into_new_database(
+        store, date, database_url, target, jobs=jobs, resume=resume, keep_owners=False, log=log
+    )
+    return restored.to_dict()
+
+
+def restore_into_new_database(
+    store: BackupStore,
+    date: str,
+    database_url: str,
+    target: str,
+    *,
+    jobs: int = 2,
+    resume: bool = False,
+    keep_owners: bool = False,
+    log: Log | None = None,
+) -> RestoredDatabase:
+    """Restore and verify into `target` (created here, like live: encoding, locale); on any
+    failure the target is dropped again. keep_owners restores every object's owner (the
+    swap puts the result in live's place); otherwise objects belong to the restoring role."""
+    log = log or _quiet
+    if jobs < 1:
+        raise BackupError(f"jobs must be at least 1, got {jobs}")
+    started = time.monotonic()
+    ref = ArtifactRef(FULL_DUMP_ASSET, date)
+    manifest = store.require_manifest(ref)
+    expected = _expected_rows(manifest, store.location(ref))
+    target_url = make_conninfo(database_url, dbname=target)
+    _refuse_taken_target(database_url, target, date, resume)  # before a long decompression
+    with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
+        # pg_restore -j needs a seekable file; the checksum is proved before anything is created.
+        local = _decompress_verified(store, ref, manifest, f"{scratch}/database.dump")
+        log(f"decompressed and verified {ref} in {time.monotonic() - started:.1f} s")
+        found = _prepare_target(database_url, target, date, resume, log)
+        try:
+            if found is None or found.rank < State.RESTORED.rank:
+                _pg_restore(local, target, target_url, jobs, keep_owners, log)
+                set_marker(database_url, target, date, State.RESTORED)
+            rows, objects, extra = verify_restored_database(target_url, target, local, expected)
+            set_marker(database_url, target, date, State.VERIFIED)
+        except BaseException as exc:
+            _drop_after_failure(database_url, target, exc, log)
+            raise
+    return RestoredDatabase(
+        target,
+        date,
+        rows,
+        objects,
+        extra,
+        round(time.monotonic() - started, 3),
+        resumed=found.value if found else None,
+    )
+
+
+def _expected_rows(manifest: dict, where: str) -> dict[str, int]:
+    rows = (manifest.get("counts") or {}).get("rows") if isinstance(manifest, dict) else None
+    if not isinstance(rows, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in rows.items()
+    ):
+        raise BackupError(
+            f"{where}: the manifest's counts.rows is not a table -> row count map; "
+            "the restore cannot be verified, use another date"
+        )
+    return rows
+
+
+def _decompress_verified(store: BackupStore, ref: ArtifactRef, manifest: dict, path: str) -> str:
+    # Every file verified before anything is decompressed or created: a corrupt dump is
+    # refused with the store's own list of problems.
     result = store.verify(ref)
     if not result.ok:
         raise BackupError(f"cannot restore {ref}: " + "; ".join(result.problems))
-    manifest = store.require_manifest(ref)
-    live = conninfo_to_dict(database_url).get("dbname")
-    target = (
-        live if overwrite_live else (target_database or f"{live}_restored_{date.replace('-', '')}")
-    )
-    if target == live and not overwrite_live:
-        raise BackupError(f"restoring over the live database {live!r} needs overwrite_live=True")
-    target_url = make_conninfo(database_url, dbname=target)
-    if target != live:
-        with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (target,)
-            ).fetchone()
-            if exists:
-                raise BackupError(
-                    f"target database {target!r} already exists: pick another name or drop it"
-                )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
-    started = time.monotonic()
-    # pg_restore -j needs a seekable file: decompress the verified dump to local disk first.
-    with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
-        local = f"{scratch}/database.dump"
-        with store.open_file(ref, manifest, FULL_DUMP_FILE) as reader, open(local, "wb") as out:
-            for chunk in iter_decompressed(reader):
-                out.write(chunk)
-        log(
-            f"decompressed {ref} in {time.monotonic() - started:.1f} s; pg_restore -j {jobs} into {target}"
+    with store.open_file(ref, manifest, FULL_DUMP_FILE) as reader, open(path, "wb") as out:
+        for chunk in iter_decompressed(reader):
+            out.write(chunk)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The marker
+
+
+def marker_text(date: str, state: State) -> str:
+    return MARKER_PREFIX + json.dumps({"date": date, "state": state.value})
+
+
+def read_marker(conn: psycopg.Connection, name: str) -> dict | None:
+    """The marker of a database this tool created, or None (no such database, or not ours)."""
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
+    if row is None or not row[0] or not row[0].startswith(MARKER_PREFIX):
+        return None
+    try:
+        marker = json.loads(row[0][len(MARKER_PREFIX) :])
+        State(marker["state"])
+        return marker
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def set_marker(database_url: str, name: str, date: str, state: State) -> None:
+    with swap.admin_connection(database_url, avoid=(name,)) as conn:
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(marker_text(date, state))
+            )
         )
-        argv = [
-            pg_bin("pg_restore"),
-            "--no-password",
-            "--exit-on-error",
-            "--no-owner",
-            f"--jobs={jobs}",
-            "-d",
-            target,
-        ]
-        if overwrite_live:
-            argv += ["--clean", "--if-exists"]
+
+
+def _prepare_target(
+    database_url: str, target: str, date: str, resume: bool, log: Log
+) -> State | None:
+    """Create the target like live and mark it; or, with resume, take over one this tool
+    created for the same date. Returns the state a resumed database was found in."""
+    live = swap.live_database(database_url)
+    with swap.admin_connection(database_url, avoid=(target,)) as conn:
+        if swap.database_exists(conn, target):
+            found = _resumable(conn, target, date, resume)
+            if found.rank >= State.RESTORED.rank:
+                log(f"resuming into {target!r}: its pg_restore finished ({found}); verifying it")
+                return found
+            log(f"resuming {target!r}: its pg_restore never finished; restoring it afresh")
+            swap.drop_database(conn, target)
+        like = swap.read_attributes(conn, live)
+        if like is None:
+            raise SourceError(f"the live database {live!r} does not exist on this server")
+        try:
+            swap.create_database_like(conn, target, like)
+        except psycopg.Error as exc:
+            raise SourceError(
+                f"cannot create database {target!r}: {swap.server_message(exc)}"
+            ) from exc
+        try:
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(target), sql.Literal(marker_text(date, State.CREATED))
+                )
+            )
+        except BaseException:
+            swap.drop_database(conn, target)  # unmarked, it would never be ours again
+            raise
+    log(f"created database {target!r} (like {live!r}: encoding, locale)")
+    return None
+
+
+def _refuse_taken_target(database_url: str, target: str, date: str, resume: bool) -> None:
+    with swap.admin_connection(database_url, avoid=(target,)) as conn:
+        if swap.database_exists(conn, target):
+            _resumable(conn, target, date, resume)
+
+
+def _resumable(conn: psycopg.Connection, target: str, date: str, resume: bool) -> State:
+    marker = read_marker(conn, target)
+    if marker is None:
+        raise BackupError(
+            f"target database {target!r} already exists and was not created by "
+            "backup-pipelines: pick another name or drop it"
+        )
+    state = State(marker["state"])
+    if marker.get("date") != date:
+        raise BackupError(
+            f"database {target!r} holds an unfinished restore of {marker.get('date')}, not "
+            f"{date}: drop it (DROP DATABASE) or restore that date"
+        )
+    if not resume:
+        raise BackupError(
+            f"database {target!r} already exists: a restore of {date} this tool started "
+            f"and never finished ({state}); rerun with --resume to continue into it, or drop it"
+        )
+    return state
+
+
+def _drop_after_failure(database_url: str, target: str, exc: BaseException, log: Log) -> None:
+    """A failed restore removes the database it was restoring into, so a rerun starts
+    clean. If that fails too, the error says what is left."""
+    try:
+        with swap.admin_connection(database_url, avoid=(target,)) as conn:
+            if read_marker(conn, target) is not None:
+                swap.drop_database(conn, target)
+        log(f"dropped {target!r} after the failed restore")
+    except (BackupError, psycopg.Error) as drop_error:
+        note = (
+            f"; the partly restored database {target!r} could not be dropped ({drop_error}): "
+            "drop it, or rerun with --resume"
+        )
+        if isinstance(exc, BackupError):
+            exc.args = (f"{exc.args[0] if exc.args else exc}{note}",)
+        log(note.lstrip("; "))
+
+
+# --------------------------------------------------------------------------------------------
+# pg_restore and verification
+
+
+SECTIONS = ("pre-data", "data", "post-data")
+
+
+def _pg_restore(
+    dump: str, target: str, target_url: str, jobs: int, keep_owners: bool, log: Log
+) -> None:
+    """pg_restore one section at a time, so every row is loaded before any trigger, index
+    or constraint exists. In one parallel run, pg_restore orders a trigger on a partitioned
+    table only after the parent table (which has no data), so it may fire while the
+    partitions load and insert rows twice (seen here: an audit trigger, PostgreSQL 15)."""
+    argv = [pg_bin("pg_restore"), "--no-password", "--exit-on-error", f"--jobs={jobs}"]
+    if not keep_owners:
+        argv.append("--no-owner")
+    for section in SECTIONS:
+        started = time.monotonic()
         done = subprocess.run(
-            [*argv, local], env=client_env(target_url), capture_output=True, text=True
+            [*argv, f"--section={section}", "-d", target, dump],
+            env=client_env(target_url),
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
-            raise BackupError(f"pg_restore into {target} failed: {done.stderr.strip()[-2000:]}")
+            how = f"killed by signal {-done.returncode}" if done.returncode < 0 else "failed"
+            raise BackupError(
+                f"pg_restore ({section}) into {target!r} {how} (exit {done.returncode}): "
+                f"{done.stderr.strip()[-2000:] or 'no message'}"
+            )
+        log(
+            f"pg_restore -j {jobs} --section={section} into {target!r}: {time.monotonic() - started:.1f} s"
+        )
+
+
+def verify_restored_database(
+    target_url: str, name: str, dump: str, expected_rows: dict[str, int]
+) -> tuple[dict[str, int], dict, list[str]]:
+    """Row counts of every table of the dump equal the manifest's, and every object of the
+    dump's table of contents exists. Returns (rows, object check, tables not in the dump)."""
+    entries = toc.read_toc(dump)
     with connect(target_url) as conn:
         rows = count_all_tables(conn)
-    expected = manifest["counts"]["rows"]
-    if rows != expected:
-        differing = {t: (rows.get(t), n) for t, n in expected.items() if rows.get(t) != n}
-        raise BackupError(f"restored database {target} differs from the dump's counts: {differing}")
-    return {"database": target, "rows": rows, "seconds": round(time.monotonic() - started, 3)}
+        objects = toc.missing_objects(conn, entries)
+    problems = []
+    differing = {t: (rows.get(t), n) for t, n in expected_rows.items() if rows.get(t) != n}
+    if differing:
+        shown = ", ".join(
+            f"{t}: {got if got is not None else 'missing'} rows, the dump has {n}"
+            for t, (got, n) in sorted(differing.items())[:20]
+        )
+        problems.append(f"{len(differing)} tables differ from the dump's row counts ({shown})")
+    if objects.missing:
+        problems.append(
+            f"{len(objects.missing)} objects of the dump are missing: "
+            + ", ".join(objects.missing[:20])
+        )
+    if problems:
+        raise BackupError(
+            f"restored database {name!r} does not match the dump: " + "; ".join(problems)
+        )
+    extra = sorted(set(rows) - set(expected_rows))
+    return {t: rows[t] for t in expected_rows}, objects.to_dict(), extra
+
+
+def analyze(database_url: str, name: str, log: Log) -> None:
+    """Planner statistics before applications use it (pg_restore does not gather them)."""
+    started = time.monotonic()
+    with connect(make_conninfo(database_url, dbname=name), autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    log(f"analyzed {name!r} in {time.monotonic() - started:.1f} s")
+
+
+def tables_of(database_url: str) -> set[str]:
+    """schema.table of every table of a database (as the manifest's counts name them)."""
+    with connect(database_url) as conn:
+        return {
+            f"{schema}.{name}"
+            for schema, name in conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                "c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN "
+                "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+            )
+        }

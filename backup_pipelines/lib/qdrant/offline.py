@@ -45,6 +45,7 @@ WAL_SEGMENT_BYTES = 64
 TAR_BLOCK = 512
 TAR_END_OF_ARCHIVE = 2 * TAR_BLOCK
 ID_PAGE = 1000
+VERSION_INFO_MAX = 64
 
 
 class SnapshotError(BackupError):
@@ -149,6 +150,20 @@ def read_snapshot_config(archive: tarfile.TarFile) -> dict:
     # tarfile ends the listing quietly at a damaged header: say so rather than "no config.json".
     check_end_of_archive(archive)
     raise SnapshotError("the snapshot has no config.json: it is not a collection snapshot")
+
+
+def read_snapshot_version(snapshot: Path) -> str | None:
+    """The storage version in the snapshot's version.info (the server's version when it wrote
+    the snapshot, "1.19.0"), or None when the snapshot has none. Reads tar headers only."""
+    try:
+        with tarfile.open(snapshot, "r:") as archive:
+            for member in archive:
+                if member.isfile() and member.name.lstrip("./") == "version.info":
+                    text = archive.extractfile(member).read(VERSION_INFO_MAX)  # type: ignore[union-attr]
+                    return text.decode("utf-8", errors="replace").strip()
+    except (tarfile.TarError, OSError) as error:
+        raise SnapshotError(f"the snapshot is not a readable tar archive: {error}") from error
+    return None
 
 
 def split_shard_tars(archive: tarfile.TarFile, work: Path) -> dict[str, Path]:
@@ -260,13 +275,22 @@ def point_id_text(point_id: Any) -> str:
 class OfflineSnapshot:
     """A collection snapshot unpacked in a private temporary folder and opened with Edge.
 
-    ``config`` is the collection config, ``points`` the exact point count. Close it (or use it
-    as a context manager) to release the shard and remove the temporary folder.
+    ``config`` is the collection config, ``points`` the exact point count, ``storage_version``
+    the content of its version.info (None when absent). Close it (or use it as a context
+    manager) to release the shard and remove the temporary folder.
     """
 
-    def __init__(self, snapshot: Path, config: dict, shard: Any, scratch: Path):
+    def __init__(
+        self,
+        snapshot: Path,
+        config: dict,
+        shard: Any,
+        scratch: Path,
+        storage_version: str | None = None,
+    ):
         self.snapshot = snapshot
         self.config = config
+        self.storage_version = storage_version
         self._shard = shard
         self._scratch = scratch
         try:
@@ -349,7 +373,7 @@ def read_snapshot_offline(
             shard = edge.EdgeShard.load(str(shard_folder))
         except Exception as error:
             raise SnapshotError(f"the storage engine cannot open the snapshot: {error}") from error
-        return OfflineSnapshot(snapshot, config, shard, scratch)
+        return OfflineSnapshot(snapshot, config, shard, scratch, read_snapshot_version(snapshot))
     except SnapshotError as error:
         if shard is not None:
             shard.close()

@@ -2,6 +2,14 @@
 store and into a local scratch file; the scratch copy is checked against the server's sha256
 and opened offline with Qdrant's own engine to count its points and list their ids (for the
 consistency gate). The server-side snapshot is always deleted afterwards.
+
+Names are taken the way the server takes them: a configured name that is an alias is
+snapshotted through its collection (recorded as `alias_of`), and the aliases pointing at each
+collection are recorded, so a restore onto a fresh server can put them back.
+
+Clusters: a collection snapshot holds only the shards of the node that takes it. A backup
+through a node of a multi-node cluster that lacks an active replica of some shard is refused
+with the shards and peers named, rather than committed with part of the points.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backup_pipelines.lib.errors import BackupError
-from backup_pipelines.lib.http import public_host
+from backup_pipelines.lib.http import IndexStoreError, public_host
 from backup_pipelines.lib.store import ArtifactWriter, utc_now_iso
 from backup_pipelines.lib.streams import Log, Progress, iter_decompressed, zstd_compressing
 
@@ -35,14 +43,17 @@ def snapshot_qdrant_collections(
 ) -> dict:
     """Snapshot every collection of a workspace into `writer`; returns the manifest fields."""
     described = {}
-    missing = []
     work_root = os.environ.get("BACKUP_WORK_DIR") or None
-    for collection in collections:
-        if not client.collection_exists(collection):
-            missing.append(collection)
-            continue
+    aliases = client.list_aliases()
+    resolved = {name: aliases.get(name, name) for name in collections}
+    present = {name: real for name, real in resolved.items() if client.collection_exists(real)}
+    missing = [name for name in collections if name not in present]
+    check_whole_collections_here(client, base_url, sorted(set(present.values())))
+    for collection, real in present.items():
         with tempfile.TemporaryDirectory(prefix="qdrant-snapshot-", dir=work_root) as scratch:
-            described[collection] = _snapshot_one(client, collection, writer, Path(scratch), log)
+            described[collection] = _snapshot_one(
+                client, collection, real, aliases, writer, Path(scratch), log
+            )
     writer.write_bytes(
         QDRANT_COLLECTIONS_FILE, json.dumps(described, indent=2, sort_keys=True).encode()
     )
@@ -79,19 +90,59 @@ def _as_utc_iso(value: str) -> str:
     return value if value.endswith("Z") or "+" in value[10:] else value + "Z"
 
 
+def check_whole_collections_here(client, base_url: str, collections: list[str]) -> None:
+    """Refuse when the node behind `base_url` is one peer of a cluster and lacks an active
+    replica of some shard of these collections: its snapshots would miss those points."""
+    try:
+        mode = client.cluster_status().get("status")
+    except IndexStoreError:
+        # A collection-scoped key may not read /cluster (403): look at each collection.
+        mode = "unknown"
+    if mode == "disabled":
+        return  # a single node holds every shard of every collection
+    for collection in collections:
+        info = client.collection_cluster_info(collection)
+        active_here = {s["shard_id"] for s in info["local_shards"] if s["state"] == "Active"}
+        elsewhere: dict[int, set] = {}
+        for shard in info["remote_shards"]:
+            if shard["shard_id"] not in active_here:
+                elsewhere.setdefault(shard["shard_id"], set()).add(shard["peer_id"])
+        if not elsewhere:
+            continue
+        placement = "; ".join(
+            f"shard {shard} on peer(s) {', '.join(map(str, sorted(peers)))}"
+            for shard, peers in sorted(elsewhere.items())
+        )
+        raise BackupError(
+            f"Qdrant at {public_host(base_url)} is peer {info['peer_id']} of a cluster and holds "
+            f"no active replica of {len(elsewhere)} of the {info['shard_count']} shards of "
+            f"collection {collection} ({placement}): a snapshot taken through it would miss "
+            "their points, so nothing was backed up. Point QDRANT_URL at a peer that holds an "
+            "active replica of every shard (set the collection's replication_factor to the "
+            "number of peers, or move the shards there), then run the backup again."
+        )
+
+
 def _snapshot_one(
-    client, collection: str, writer: ArtifactWriter, scratch: Path, log: Log | None
+    client,
+    collection: str,
+    real: str,
+    aliases: dict[str, str],
+    writer: ArtifactWriter,
+    scratch: Path,
+    log: Log | None,
 ) -> dict:
+    """`collection` as configured, snapshotted through `real` (itself, or the collection the
+    alias `collection` points at)."""
     from backup_pipelines.lib.qdrant.offline import read_snapshot_offline, write_point_ids
 
-    aliases = [a.get("alias_name") for a in client.aliases_for(collection)]
-    snapshot = client.create_snapshot(collection)
-    local_copy = scratch / snapshot["name"]
+    snapshot = client.create_snapshot(real)
+    local_copy = scratch / "download.snapshot"  # never a name the server chose
     try:
-        raw_sha = _download_tee(client, collection, snapshot["name"], writer, local_copy, log)
+        raw_sha = _download_tee(client, collection, real, snapshot["name"], writer, local_copy, log)
     finally:
         with contextlib.suppress(Exception):  # a leftover server snapshot only costs disk
-            client.delete_snapshot(collection, snapshot["name"])
+            client.delete_snapshot(real, snapshot["name"])
     if snapshot.get("checksum") and raw_sha != snapshot["checksum"]:
         raise BackupError(
             f"Qdrant snapshot {snapshot['name']} of {collection}: downloaded sha256 {raw_sha[:16]}... "
@@ -103,28 +154,42 @@ def _snapshot_one(
             zstd_compressing(out) as compressed,
         ):
             written = write_point_ids(offline, compressed.write)
-        points = offline.points
+        points, config, storage_version = offline.points, offline.config, offline.storage_version
     if written != points:
         raise BackupError(
             f"Qdrant snapshot of {collection}: {points} points counted but {written} ids listed"
         )
-    return {
+    described = {
         "snapshot": snapshot,
         "sha256_uncompressed": raw_sha,
         "points": points,
-        "aliases": aliases,
+        # Snapshots leave aliases out: the ones pointing at the collection, to put back.
+        "aliases": sorted(alias for alias, target in aliases.items() if target == real),
+        # What a recovery into an existing collection is checked against, and by which
+        # server version the snapshot can be read.
+        "config": {key: value for key, value in config.items() if key != "uuid"},
+        "storage_version": storage_version,
     }
+    if real != collection:
+        described["alias_of"] = real
+    return described
 
 
 def _download_tee(
-    client, collection: str, name: str, writer: ArtifactWriter, local_copy: Path, log: Log | None
+    client,
+    collection: str,
+    real: str,
+    name: str,
+    writer: ArtifactWriter,
+    local_copy: Path,
+    log: Log | None,
 ) -> str:
     """Stream the snapshot into the store (zstd) and a local file at once; returns its sha256."""
     digest = hashlib.sha256()
     progress = Progress(f"qdrant snapshot {collection}", log)
     with open(local_copy, "wb") as local, writer.open_file(snapshot_file(collection)) as out:
         with zstd_compressing(out) as compressed:
-            for chunk in client.stream_snapshot(collection, name):
+            for chunk in client.stream_snapshot(real, name):
                 digest.update(chunk)
                 local.write(chunk)
                 compressed.write(chunk)

@@ -1,19 +1,194 @@
-"""After the whole database came back: the index collections the servers lack, the runbooks'
-manual steps around a restore, and a final health check."""
+"""The whole-database restore from start to end: the database (into a new database, or over
+the live one by a verified swap), the index collections the servers lack, the runbooks'
+manual steps around it, and a final health check.
+
+Over the live database (`overwrite_live`), in this order, so that the platform's writers are
+stopped only for the swap and a failure at any step leaves the live database as it was:
+
+    1. restore into `<live>_restoring_<date>` and verify it against the dump (counts, objects);
+       a failure drops it
+    2. give it live's owner, grants and settings; ANALYZE it; restore missing index collections
+    3. the before-commands (stop the platform's writers)
+    4. the swap: live -> `<live>_before_restore_<time>`, restored -> `<live>`, one transaction
+    5. the after-commands (migrations, start the writers); if one fails, the swap is undone
+       and the restored database dropped
+
+A failure in 2-4 keeps the verified restored database (rerun with resume to swap it in without
+restoring again). The previous live database stays until `backup-pipelines release-database`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from backup_pipelines.lib.engines import index_engines
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, ConfigError
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres import database_swap as swap
+from backup_pipelines.lib.postgres import full_restore as database
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.store import BackupStore
 from backup_pipelines.lib.streams import Log
+
+MAX_JOBS = 64
+
+
+@dataclass
+class FullRestoreRequest:
+    """What the operator asked for; `check()` refuses contradictions before anything runs."""
+
+    date: str
+    target_database: str | None = None
+    overwrite_live: bool = False
+    jobs: int = 2
+    resume: bool = False
+    commands_before: list[str] = field(default_factory=list)
+    commands_after: list[str] = field(default_factory=list)
+
+    def check(self) -> FullRestoreRequest:
+        if self.overwrite_live and self.target_database:
+            raise ConfigError(
+                f"--overwrite-live and --target-database {self.target_database!r} contradict "
+                "each other: overwriting live restores into a staging database and swaps it in "
+                "under the live name; drop one of the two options"
+            )
+        if self.target_database:
+            swap.validate_database_name(self.target_database, "target database")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int):
+            raise ConfigError(f"jobs must be a whole number, got {self.jobs!r}")
+        if not 1 <= self.jobs <= MAX_JOBS:
+            raise ConfigError(f"jobs must be between 1 and {MAX_JOBS}, got {self.jobs}")
+        for command in [*self.commands_before, *self.commands_after]:
+            _argv(command)  # refuses unbalanced quotes before anything runs
+        return self
+
+
+def restore_full(
+    store: BackupStore,
+    request: FullRestoreRequest,
+    database_url: str,
+    *,
+    policy: Policy | None = None,
+    indexes: Mapping[str, Any] | None = None,
+    log: Log | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """Run the whole restore `request` asks for; returns what was done (see the module doc).
+    `indexes` (engine name -> client) restores the collections the servers lack; `now`
+    names the kept live database (default: the clock)."""
+    log = log or (lambda _m: None)
+    request.check()
+    if request.overwrite_live:
+        return _overwrite_live(store, request, database_url, policy, indexes, log, now)
+    run_commands(request.commands_before, log, "before restore")
+    result = database.restore_full_database(
+        store, request.date, database_url, request.target_database, request.jobs,
+        request.resume, log,
+    )  # fmt: skip
+    result["indexes"] = _missing_indexes(store, request.date, policy, indexes, log)
+    run_commands(request.commands_after, log, "after restore")
+    return result
+
+
+def _overwrite_live(store, request, database_url, policy, indexes, log, now) -> dict:
+    started = time.monotonic()
+    live = swap.live_database(database_url)
+    staging = database.staging_name(live, request.date)
+    live_tables = database.tables_of(database_url)
+    restored = database.restore_into_new_database(
+        store, request.date, database_url, staging,
+        jobs=request.jobs, resume=request.resume, keep_owners=True, log=log,
+    )  # fmt: skip
+    with _keeping(staging, "before the swap"):
+        with swap.admin_connection(database_url, avoid=(live, staging)) as conn:
+            swap.adopt_attributes(conn, staging, swap.read_attributes(conn, live))
+        database.analyze(database_url, staging, log)
+        index_report = _missing_indexes(store, request.date, policy, indexes, log)
+    with _keeping(staging, "the before-commands", writers_stopped=True):
+        run_commands(request.commands_before, log, "before restore")
+    with _keeping(staging, "the swap", writers_stopped=True):
+        swapped = swap.swap_into_place(database_url, staging, now=now, log=log)
+    try:
+        run_commands(request.commands_after, log, "after restore")
+    except BackupError as exc:
+        raise _undo_swap(database_url, swapped, exc, log) from exc
+    not_in_backup = sorted(live_tables - set(restored.rows))
+    if not_in_backup:
+        log(
+            f"the live database had {len(not_in_backup)} tables the backup did not have "
+            f"(kept in {swapped.previous!r}): {', '.join(not_in_backup)}"
+        )
+    log(
+        f"the previous live database is kept as {swapped.previous!r}: drop it when no longer "
+        f"needed with `backup-pipelines release-database {swapped.previous}`"
+    )
+    return {
+        **restored.to_dict(),
+        "database": live,
+        "previous_database": swapped.previous,
+        "restored_as": staging,
+        "live_tables_not_in_backup": not_in_backup,
+        "indexes": index_report,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+@contextlib.contextmanager
+def _keeping(staging: str, step: str, writers_stopped: bool = False) -> Iterator[None]:
+    """A failure before the swap completed: the live database was not touched; the verified
+    restored database is kept so a rerun with resume swaps it in without restoring again."""
+    try:
+        yield
+    except (BackupError, psycopg.Error) as exc:
+        reason = str(exc).strip().splitlines()[0] if isinstance(exc, psycopg.Error) else exc
+        message = (
+            f"{reason} — failed at {step}; the live database was not changed. The restored, "
+            f"verified database {staging!r} is kept: rerun with resume (--resume) to swap it "
+            "in without restoring again, or drop it"
+        )
+        if writers_stopped:
+            message += (
+                "; the before-commands ran (or started), so the platform's writers may be "
+                "stopped: start them again (the after-commands were not run)"
+            )
+        raise BackupError(message) from exc
+
+
+def _undo_swap(database_url: str, swapped: swap.Swap, exc: BackupError, log: Log) -> BackupError:
+    """An after-command failed: swap back, so live is the database it was, and drop the
+    restored one (the failed commands may have changed it half-way)."""
+    log(f"{exc}; swapping back")
+    try:
+        swap.swap_back(database_url, swapped, log=log)
+        with swap.admin_connection(database_url, avoid=(swapped.restored_as,)) as conn:
+            swap.drop_database(conn, swapped.restored_as)
+    except (BackupError, psycopg.Error) as undo_error:
+        return BackupError(
+            f"{exc}; swapping back ALSO FAILED ({undo_error}): {swapped.live!r} is the restored "
+            f"database and the previous live one is {swapped.previous!r} — rename them by hand"
+        )
+    return BackupError(
+        f"{exc}; the swap was undone: {swapped.live!r} is the live database as it was before "
+        f"the restore, and the restored database was dropped. The platform's writers were "
+        "stopped by the before-commands: start them again"
+    )
+
+
+def _missing_indexes(store, date, policy, indexes, log) -> dict:
+    if not indexes:
+        return {}
+    if policy is None:
+        raise ConfigError("restoring missing index collections needs the policy")
+    return restore_missing_indexes(store, date, policy, indexes, log)
 
 
 def restore_missing_indexes(
@@ -43,16 +218,36 @@ def restore_missing_indexes(
 
 
 def run_commands(commands: list[str], log: Log, what: str, timeout: float = 3600) -> None:
-    """The runbooks' manual steps around a restore (stop the gateway, run migrations, restart)."""
+    """The runbooks' manual steps around a restore (stop the gateway, run migrations,
+    restart), in order; the first that fails, cannot start or outlives `timeout` stops the
+    rest with a BackupError naming it."""
     for command in commands:
         log(f"{what}: running {command!r}")
-        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=timeout)
+        try:
+            done = subprocess.run(_argv(command), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise BackupError(
+                f"{what} command {command!r} ran longer than {timeout:.0f} s"
+            ) from exc
+        except OSError as exc:  # not found, not executable
+            raise BackupError(f"{what} command {command!r} could not start: {exc}") from exc
         if done.stdout.strip():
             log(done.stdout.strip()[-2000:])
         if done.returncode != 0:
             raise BackupError(
-                f"{what} command {command!r} failed (exit {done.returncode}): {done.stderr.strip()[-1000:]}"
+                f"{what} command {command!r} failed (exit {done.returncode}): "
+                f"{done.stderr.strip()[-1000:]}"
             )
+
+
+def _argv(command: str) -> list[str]:
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"command {command!r} cannot be parsed: {exc}") from exc
+    if not argv:
+        raise ConfigError("an empty command was given")
+    return argv
 
 
 def health_check(database_url: str, indexes: Mapping[str, Any] | None = None) -> dict:
