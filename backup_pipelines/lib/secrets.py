@@ -52,6 +52,8 @@ CONNECTION_VARIABLES = (
 )
 # Webhook URLs carry their token in the path (Slack, Teams, PagerDuty bridges).
 WEBHOOK_VARIABLES = ("ALERT_WEBHOOK_URL",)
+# Lists of `id:secret` pairs, comma- or line-separated.
+KEY_LIST_VARIABLES = ("BACKUP_ENCRYPTION_KEYS",)
 # Shorter values are not replaced wherever they occur (a 3-character "secret" would mangle
 # every number in a message); the shapes below still catch them in URLs and key=value pairs.
 MIN_SECRET_LENGTH = 4
@@ -117,7 +119,7 @@ def _mask_value(match: re.Match) -> str:
 
 
 def _secret_inputs(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    names = SECRET_VARIABLES + CONNECTION_VARIABLES + WEBHOOK_VARIABLES
+    names = SECRET_VARIABLES + CONNECTION_VARIABLES + WEBHOOK_VARIABLES + KEY_LIST_VARIABLES
     return tuple((name, env[name]) for name in names if env.get(name))
 
 
@@ -131,6 +133,8 @@ def _known_secrets(inputs: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
             raw.add(value.strip())
         elif name in CONNECTION_VARIABLES:
             raw.update(passwords_in(value))
+        elif name in KEY_LIST_VARIABLES:
+            raw.update(_listed_keys(value))
         else:
             raw.update(_webhook_secrets(value))
     forms = set()
@@ -164,6 +168,11 @@ def passwords_in(connection: str) -> set[str]:
     for match in _CONNINFO_PASSWORD.finditer(connection):
         found.add(match.group(1).strip("'\"{}"))
     return {secret for secret in found if secret}
+
+
+def _listed_keys(text: str) -> set[str]:
+    pairs = (item.strip().partition(":") for item in re.split(r"[,\n]", text))
+    return {text.strip()} | {key.strip() for _id, _sep, key in pairs if key.strip()}
 
 
 def _webhook_secrets(url: str) -> set[str]:
