@@ -144,7 +144,7 @@ class StoreHttp:
         last_reason, last_status, made = "not attempted", None, 0
         for attempt in range(1, attempts + 1):
             if attempt > 1:
-                if _since(started) >= self.policy.deadline:  # a hung server: give up
+                if not self.may_retry(started):
                     break
                 self._pause_before_retry(attempt - 1, method, path, operation, last_reason)
             made = attempt
@@ -207,17 +207,31 @@ class StoreHttp:
                 received += len(chunk)
                 yield chunk
         except (requests.RequestException, OSError) as error:
-            if _is_read_timeout(error):
-                silence, waits_for = getattr(response, "stall_timeout", (None, "read timeout"))
-                reason = (
-                    f"stalled: no data for {silence:g} s ({waits_for}) after {received:,} "
-                    f"bytes in {_since(started):.1f} s"
-                )
+            stalled = self.stall_reason(response, error)
+            if stalled:
+                reason = f"{stalled} after {received:,} bytes in {_since(started):.1f} s"
             else:
                 reason = f"body cut off: {type(error).__name__}: {self.redact(str(error))}"
             raise self.error(operation, path, reason, waited=_since(started)) from error
         finally:
             response.close()
+
+    def stall_reason(self, response: requests.Response, error: BaseException) -> str | None:
+        """ "stalled: no data for N s (VARIABLE)" when a streamed body failed by going silent
+        (a hung server), else None."""
+        if not _is_read_timeout(error):
+            return None
+        silence, waits_for = getattr(response, "stall_timeout", (None, "read timeout"))
+        return f"stalled: no data for {silence:g} s ({waits_for})"
+
+    def no_answer(self) -> str:
+        """Why an ordinary call timed out, with the wait and the variable that sets it."""
+        return f"no answer within {self.policy.read_timeout:g} s ({timeouts.READ_TIMEOUT_VARIABLE})"
+
+    def may_retry(self, started: float) -> bool:
+        """Whether another attempt of a call begun at `started` may start: retries stop once
+        policy.deadline has passed (a hung server is given up on, not waited on 5 times)."""
+        return _since(started) < self.policy.deadline
 
     def error(
         self,
