@@ -23,10 +23,13 @@ so it works when Dagster (its daemon, webserver or database) is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import traceback
+from collections.abc import Iterator
 from datetime import date as Date
 
 from backup_pipelines import cli_pitr
@@ -716,16 +719,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ScrubbedStream:
+    """A text stream whose every write is scrubbed of secrets (lib/secrets.py)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from backup_pipelines.lib.secrets import scrub
+
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    """Everything the command prints, its errors and tracebacks included, goes out scrubbed:
+    a library's message can quote a secret (psycopg quotes a malformed DATABASE_URL whole)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ScrubbedStream(sys.stdout), _ScrubbedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return args.run(args)
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with _scrubbed_output():
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
+            return exc.code if isinstance(exc.code, int) else 2
+        try:
+            return args.run(args)
+        except BackupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # not ours: show where, for a bug report, but scrubbed
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":
