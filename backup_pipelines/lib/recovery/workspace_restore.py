@@ -112,6 +112,26 @@ def locate_and_verify(
     return Located(date, workspace, refs, manifests, verified)
 
 
+def check_pinned(store: BackupStore, located: Located) -> None:
+    """The artifacts are still the generations that were verified and gated. Within one held
+    lease nothing can replace them; this catches a run whose lease ended between its steps
+    (a retry from a failed step) while a backup committed a newer generation."""
+    changed = []
+    for asset, ref in located.refs.items():
+        now = store.read_manifest(ref)
+        pinned = located.manifests[asset].get("generation")
+        current = None if now is None else now.get("generation")
+        if current != pinned:
+            changed.append(f"{asset}: verified generation {pinned}, now {current or 'none'}")
+    if changed:
+        raise BackupError(
+            f"the artifacts of {located.date}|{located.workspace} changed since this restore "
+            "verified and gated them (a backup committed in between): "
+            + "; ".join(changed)
+            + " — start the restore again, so the gate judges what is restored"
+        )
+
+
 def consistency_gate(store: BackupStore, located: Located, policy: Policy):
     """The verdict of the partition's SQL artifact against each of its index artifacts."""
     return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
@@ -296,6 +316,8 @@ def restore_workspace(
     override_gate: str = "",
     log: Log | None = None,
     index_targets: Mapping[str, str] | None = None,
+    lease_owner: str | None = None,
+    lease_purpose: str = "restore",
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
     steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
@@ -303,9 +325,25 @@ def restore_workspace(
     `index_targets` (engine name -> collection) names the collections to restore INTO
     (default: the policy's); the backed-up collections are still looked up, gated and
     recovered by the policy's names. The restore drill uses it to restore into scratch
-    collections beside the live ones."""
+    collections beside the live ones.
+
+    The workspace's lease is held from the first read to the last write: a backup of this
+    workspace (from any scheduler or process) waits, another restore is refused naming the
+    holder, and a whole-database restore in progress refuses this one."""
     log = log or (lambda _m: None)
-    indexes, targets = indexes or {}, index_targets or {}
+    with store.lease(workspace, lease_purpose, lease_owner, log=log):
+        if lease_purpose == "restore":
+            store.refuse_overlapping_restores(workspace)
+        return _restore_workspace_held(
+            store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
+            override_gate, log, index_targets or {},
+        )  # fmt: skip
+
+
+def _restore_workspace_held(
+    store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
+    targets,
+) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.monotonic()
 
