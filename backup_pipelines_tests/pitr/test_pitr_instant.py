@@ -465,3 +465,39 @@ def test_pitr_instant_platform_cluster_and_indexes_restored_to_t(platform):
         assert sql_state(platform["db"], workspace) == live_sql  # live SQL untouched
     finally:
         result.restored.remove()
+
+
+def test_pitr_instant_engine_catch_up_operations(platform):
+    """upsert_rows, entry_ids and delete_ids of both engines against the real servers, with
+    ids a Typesense filter cannot quote (a backtick) deleted one by one."""
+    from backup_pipelines.lib.engines import index_engine
+
+    now = datetime.now(UTC)
+
+    def row(identifier, text):
+        return {
+            "id": identifier, "workspace_id": "ws_pitr_ops", "session_id": None, "kind": "fact",
+            "content": text, "importance": 0.5, "created_at": now, "updated_at": now,
+            "embedding": [0.1, 0.2, 0.3, 0.4],
+        }  # fmt: skip
+
+    cases = {
+        "typesense": ("instant_ops_documents", ["plain-1", "tick`2", "plain-3"], "absent-9"),
+        "qdrant": ("instant_ops_points", [11, 12, 13], 99),
+    }
+    for name, (collection, identifiers, absent) in cases.items():
+        engine, client = index_engine(name), platform["indexes"][name]
+        mapping = POLICY.index_mapping(name)
+        try:
+            assert len(engine.entry_ids(client, collection)) == 0  # no collection yet
+            rows = iter([row(i, f"memory {i}") for i in identifiers])
+            assert engine.upsert_rows(client, collection, rows, mapping) == 3
+            engine.upsert_rows(client, collection, iter([row(identifiers[0], "edited")]), mapping)
+            held = catch_up.id_values(engine.entry_ids(client, collection))
+            assert sorted(map(str, held)) == sorted(map(str, identifiers))
+            assert engine.delete_ids(client, collection, [*identifiers[1:], absent]) == 3
+            assert catch_up.id_values(engine.entry_ids(client, collection)) == identifiers[:1]
+            assert engine.count(client, collection) == 1
+        finally:
+            if client.collection_exists(collection):
+                client.delete_collection(collection)

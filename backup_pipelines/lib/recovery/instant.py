@@ -150,7 +150,7 @@ def newest_artifact_before(
     start = IndexStart(engine, collection)
     candidates = []
     for ref in store.list_artifacts(engine.asset):
-        if ref.workspace != workspace or ref.date > target.date().isoformat():
+        if ref.workspace != workspace or ref.date > target.astimezone(UTC).date().isoformat():
             continue
         try:
             manifest = store.require_manifest(ref)
