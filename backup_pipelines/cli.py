@@ -15,6 +15,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines lease list
+    backup-pipelines lease break (--workspace W | --database) [--force]
     backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
     backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
     backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
@@ -23,10 +25,13 @@ so it works when Dagster (its daemon, webserver or database) is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import traceback
+from collections.abc import Iterator
 from datetime import date as Date
 
 from backup_pipelines import cli_instant, cli_pitr
@@ -524,6 +529,47 @@ def cmd_retention(args) -> int:
     return 1 if result.errors else 0
 
 
+def cmd_lease_list(args) -> int:
+    leases = _store().list_leases()
+    print(f"{'lease':<28} {'state':<10} {'purpose':<10} {'held by':<32} {'until'}")
+    for lease in leases:
+        if lease.record is None:
+            print(f"{lease.name:<28} {'UNREADABLE':<10} {'-':<10} {'-':<32} {lease.problem}")
+            continue
+        r = lease.record
+        who = f"{r.owner.who} ({r.owner.host} pid {r.owner.pid})"
+        state = "expired" if lease.expired() else "held"
+        print(f"{lease.name:<28} {state:<10} {r.owner.purpose:<10} {who:<32} {r.expires_at}")
+    if not leases:
+        print("(no leases: no backup or restore holds a partition)")
+    return 0
+
+
+def cmd_lease_break(args) -> int:
+    from backup_pipelines.lib.store import lease_name
+
+    try:
+        name = lease_name(None if args.database else args.workspace)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = _store()
+    lease = store.read_lease(name)
+    if lease is None:
+        print(f"no lease {name}: nothing to break")
+        return 0
+    if not lease.expired() and lease.record is not None and not args.force:
+        print(
+            f"lease {name} is live: {lease.describe()}. Break it only if that process is gone "
+            "(check the host and pid, or the Dagster run); then add --force",
+            file=sys.stderr,
+        )
+        return 2
+    broken = store.break_lease(name, lease.version)
+    print(f"broke lease {name}: {broken.describe() if broken else 'already gone'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
@@ -667,20 +713,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--today", type=date_argument, help="plan as of this UTC date, YYYY-MM-DD (default: today)"
     )
     prune.set_defaults(run=cmd_retention)
+    lease = commands.add_parser(
+        "lease", help="leases: which backup or restore holds a partition; break a stale one"
+    ).add_subparsers(dest="lease_command", required=True)
+    lease.add_parser("list", help="every lease in the store").set_defaults(run=cmd_lease_list)
+    breaking = lease.add_parser("break", help="remove a stale lease (its holder is gone)")
+    which = breaking.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--workspace", type=workspace_argument, help="the lease of this workspace's partitions"
+    )
+    which.add_argument("--database", action="store_true", help="the whole-database lease")
+    breaking.add_argument(
+        "--force", action="store_true", help="break it even though it has not expired yet"
+    )
+    breaking.set_defaults(run=cmd_lease_break)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
 
 
+class _ScrubbedStream:
+    """A text stream whose every write is scrubbed of secrets (lib/secrets.py)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from backup_pipelines.lib.secrets import scrub
+
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    """Everything the command prints, its errors and tracebacks included, goes out scrubbed:
+    a library's message can quote a secret (psycopg quotes a malformed DATABASE_URL whole)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ScrubbedStream(sys.stdout), _ScrubbedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return args.run(args)
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with _scrubbed_output():
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
+            return exc.code if isinstance(exc.code, int) else 2
+        try:
+            return args.run(args)
+        except BackupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # not ours: show where, for a bug report, but scrubbed
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.lifecycle.markers import DATE_PATTERN, KEEP_PREFIX
 from backup_pipelines.lib.store import (
-    GENERATION_PREFIX,
+    LEASE_PREFIX,
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
     S3Store,
+    is_generation,
     parse_artifact_folder,
 )
 
-RESERVED_PREFIXES = (KEEP_PREFIX, "_health/")
+# Not artifacts: keep markers, the writability probe, leases (never listed, never cleaned).
+RESERVED_PREFIXES = (KEEP_PREFIX, "_health/", LEASE_PREFIX)
 
 
 @dataclass
@@ -61,7 +63,7 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
         ref, generation = parse_artifact_folder(parent), None
         if ref is None:  # maybe <artifact folder>/<generation>/<file>
             grandparent, _, generation = parent.rpartition("/")
-            if not generation.startswith(GENERATION_PREFIX):
+            if not is_generation(generation):  # only folders named as the writer names them
                 continue
             ref = parse_artifact_folder(grandparent)
             if ref is None:

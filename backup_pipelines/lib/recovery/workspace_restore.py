@@ -25,12 +25,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.recovery import consistency
@@ -182,7 +182,7 @@ def rebuild_index(
             mapping.rebuild_timeout_seconds,
             log or (lambda _m: None),
         )
-    with psycopg.connect(database_url) as conn:
+    with connect(database_url) as conn:
         rows = iter_index_rows(conn, workspace, mapping, policy.schema)
         return engine.rebuild(client, target, rows, mode, mapping)
 
@@ -235,7 +235,7 @@ def verify_restore(
     problems: list[str] = []
     result: dict = {"sql_rows": {}}
     backed_up = {entry["table"]: entry["rows"] for entry in manifest["tables"]}
-    with psycopg.connect(database_url) as conn:
+    with connect(database_url) as conn:
         for entry in manifest["tables"]:
             schema, name = entry["table"].split(".", 1)
             live = conn.execute(
