@@ -161,7 +161,11 @@ def newest_artifact_before(
         if last <= target:
             candidates.append((last, ref, manifest))
     for _last, ref, manifest in sorted(candidates, key=lambda c: c[0], reverse=True):
-        checked = store.verify(ref)
+        try:
+            checked = store.verify(ref)  # ManifestInvalid: replaced by an untrustworthy one
+        except BackupError as exc:
+            start.skipped.append(f"{store.location(ref)}: {exc}")
+            continue
         if not checked.ok:
             start.skipped.append(f"{store.location(ref)}: {'; '.join(checked.problems)}")
             continue
@@ -677,9 +681,14 @@ class _Run:
                     sql_url, merge, self.log,
                 )  # fmt: skip
             except Exception as exc:
-                reason = (
-                    str(exc) if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
+                # Not ours (a driver's error): its type helps, and BackupError scrubs secrets
+                # from a message that goes to the log, the result and the run's metadata.
+                error = (
+                    exc
+                    if isinstance(exc, BackupError)
+                    else BackupError(f"{type(exc).__name__}: {exc}")
                 )
+                reason = str(error)
                 when = format_target(self.result.plan.target)
                 self.log(f"restore of {ws_plan.workspace} to {when} FAILED: {reason}")
                 done = WorkspaceResult(ws_plan.workspace, error=reason)
