@@ -18,11 +18,11 @@ from qdrant_client import models
 
 from backup_pipelines.devstack import sample_data
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.postgres import dump as postgres_dump
 from backup_pipelines.lib.postgres import pitr
 from backup_pipelines.lib.qdrant.client import QdrantHttp
 from backup_pipelines.lib.recovery import catch_up, consistency, instant
-from backup_pipelines.lib.store import ArtifactRef, LocalStore
+from backup_pipelines.lib.recovery.workspace_restore import GateRefused, restore_workspace
+from backup_pipelines.lib.store import ArtifactRef, LeaseHeld, LeaseOwner, LocalStore, lease_name
 from backup_pipelines.lib.typesense.client import TypesenseClient
 from backup_pipelines_tests.conftest import SMALL
 from backup_pipelines_tests.helpers import back_up, index_workspace
@@ -204,6 +204,25 @@ def store_listing(platform) -> list:
     return sorted(str(ref) for ref in platform["store"].list_artifacts())
 
 
+def lease_holder(platform, workspace: str | None) -> tuple[str, str] | None:
+    """(purpose, who) of the store lease of `workspace` (None: the whole database), if held."""
+    lease = platform["store"].read_lease(lease_name(workspace))
+    return None if lease is None else (lease.record.owner.purpose, lease.record.owner.who)
+
+
+def daily_restore_verdict(platform, date: str, workspace: str) -> str:
+    """What the daily restore of that date's partition says (its dry run: nothing written):
+    the gate's verdict, FAIL being a refusal."""
+    try:
+        report = restore_workspace(
+            platform["store"], date, workspace, platform["db"], POLICY, platform["indexes"],
+            dry_run=True,
+        )  # fmt: skip
+    except GateRefused as refused:
+        return refused.verdict.outcome.value
+    return report.verdict
+
+
 def work_dir_entries(platform) -> list:
     from pathlib import Path
 
@@ -258,12 +277,9 @@ def test_pitr_instant_workspace_restored_to_t_equals_sql_and_both_indexes_at_t(
         sql_state(platform["db"], bystander),
         index_state(platform, bystander),
     )
-    # The daily dump taken at T, for the daily restore's gate below
-    at_t_ref = ArtifactRef(
-        "postgres/workspace_dump", datetime.now(UTC).date().isoformat(), workspace
-    )
-    with platform["store"].begin(at_t_ref) as writer:
-        writer.commit(**postgres_dump.dump_workspace(platform["db"], workspace, POLICY, writer))
+    # The daily partition's SQL dump taken again at T: its index artifacts are older than its
+    # SQL, which is what the daily restore of that date has to work with
+    back_up(platform["store"], platform, workspace, date=ARTIFACT_DATE, indexes=())
     target = mark(platform["db"])
     # After T: more of each, then the workspace is lost
     change(platform, workspace, 3, update=ids[30:33] + inserted[:1], delete=ids[40:43])
@@ -305,18 +321,12 @@ def test_pitr_instant_workspace_restored_to_t_equals_sql_and_both_indexes_at_t(
     assert not platform["typesense"].collection_exists(collections(workspace)[0])
     assert not platform["qdrant"].collection_exists(collections(workspace)[1])
 
-    # The daily restore's gate on SQL at T and that date's index artifacts: not a PASS
-    refs = {"postgres/workspace_dump": at_t_ref}
-    refs.update(
-        {
-            a: ArtifactRef(a, ARTIFACT_DATE, workspace)
-            for a in ("typesense/collection_export", "qdrant/collection_snapshot")
-        }
-    )
-    manifests = {a: platform["store"].require_manifest(r) for a, r in refs.items()}
-    daily = consistency.evaluate_partition(platform["store"], refs, manifests, POLICY)
-    assert daily.outcome in (consistency.Outcome.FAIL, consistency.Outcome.REBUILD_INDEX)
-    assert daily.outcome.value == gate_alone
+    # The daily restore of that partition (SQL at T, the older index artifacts): refused by
+    # its gate (FAIL) or a REBUILD of both indexes, never a PASS; the plan said the same
+    daily = daily_restore_verdict(platform, ARTIFACT_DATE, workspace)
+    assert daily in ("FAIL", "REBUILD_INDEX") and daily == gate_alone
+    assert store_listing(platform) == listing
+    assert sql_state(platform["db"], workspace)["memory_entries"][0] == 0
 
     # The restore (Dagster job, the instant as a run tag)
     from backup_pipelines.definitions import build_definitions
@@ -341,6 +351,7 @@ def test_pitr_instant_workspace_restored_to_t_equals_sql_and_both_indexes_at_t(
     assert sql_state(platform["db"], bystander) == bystander_sql
     assert index_state(platform, bystander) == bystander_index
     assert work_dir_entries(platform) == work  # scratch cluster and temporary dump removed
+    assert lease_holder(platform, workspace) is None  # the run's lease released
 
 
 def test_pitr_instant_merge_keeps_rows_and_entries_newer_than_t(platform):
@@ -370,6 +381,20 @@ def test_pitr_instant_merge_keeps_rows_and_entries_newer_than_t(platform):
         for i in newer + ids[5:6]
     }
 
+    before = (memory_ids(platform["db"], workspace), index_state(platform, workspace))
+    shown: list[tuple[str, tuple | None]] = []
+
+    def log(line: str) -> None:
+        """A plan line (indented) is recorded with the live state and the lease holder at
+        the moment it is shown."""
+        plan_line = line.startswith(("  workspace", "    "))
+        state = (
+            (memory_ids(platform["db"], workspace), index_state(platform, workspace))
+            if plan_line
+            else None
+        )
+        shown.append((line, (state, lease_holder(platform, workspace)) if plan_line else None))
+
     result = instant.restore_workspaces_to(
         platform["archiving"].pitr_config(),
         platform["store"],
@@ -378,8 +403,25 @@ def test_pitr_instant_merge_keeps_rows_and_entries_newer_than_t(platform):
         platform["db"],
         POLICY,
         platform["indexes"],
+        log=log,
+        lease_owner="the instant test",
     )
     assert not result.failed, result.to_dict()
+    # The plan (SQL, both indexes) was shown before anything was written, all of it while the
+    # workspace's lease was held by this restore; the writes were logged after it
+    lines = [line for line, _ in shown]
+    plan_at = [i for i, (_, seen) in enumerate(shown) if seen]
+    assert any(lines[i].startswith("    SQL: ") for i in plan_at)
+    merged = next(i for i, x in enumerate(lines) if x.startswith("public.memory_entries: "))
+    assert max(plan_at) < merged
+    for collection in collections(workspace):
+        assert any(f" {collection}: from " in lines[i] for i in plan_at)
+        caught_up = next(
+            i for i, x in enumerate(lines) if x.startswith(f"{workspace}: ") and collection in x
+        )
+        assert max(plan_at) < caught_up
+    assert all(shown[i][1] == (before, ("restore", "the instant test")) for i in plan_at)
+    assert lease_holder(platform, workspace) is None
     (done,) = result.results
     assert done.gate.outcome is consistency.Outcome.PASS
     assert done.sql["public.memory_entries"]["inserted"] == len(lost)
@@ -423,6 +465,33 @@ def test_pitr_instant_target_outside_window_is_refused_before_anything_is_writte
     assert work_dir_entries(platform) == work and store_listing(platform) == listing
 
 
+def test_pitr_instant_busy_workspace_or_database_is_refused_naming_the_lease_holder(platform):
+    archive_now(platform["db"])
+    target = mark(platform["db"])
+    archive_now(platform["db"])
+    store, config = platform["store"], platform["archiving"].pitr_config()
+    work, listing = work_dir_entries(platform), store_listing(platform)
+    workspace = "ws_pitr_busy"
+    backup = store.acquire_lease(lease_name(workspace), LeaseOwner("nightly backup", "backup"))
+    try:
+        result = instant.restore_workspaces_to(
+            config, store, target, [workspace], platform["db"], POLICY, platform["indexes"]
+        )
+        (refused,) = result.failed
+        assert refused.workspace == workspace and not result.plan.workspaces
+        assert "busy" in refused.error and "held for backup by nightly backup" in refused.error
+        assert lease_holder(platform, workspace) == ("backup", "nightly backup")
+    finally:
+        store.release_lease(backup)
+    database = store.acquire_lease(lease_name(None), LeaseOwner("a full restore", "restore"))
+    try:
+        with pytest.raises(LeaseHeld, match="held for restore by a full restore"):
+            instant.restore_platform_to(config, store, target, POLICY, platform["indexes"])
+    finally:
+        store.release_lease(database)
+    assert work_dir_entries(platform) == work and store_listing(platform) == listing
+
+
 def test_pitr_instant_platform_cluster_and_indexes_restored_to_t(platform):
     workspace = "ws_pitr_platform"
     seed_and_index(platform, workspace)
@@ -453,10 +522,17 @@ def test_pitr_instant_platform_cluster_and_indexes_restored_to_t(platform):
     assert work_dir_entries(platform) == work
 
     copy = platform["archiving"].cluster.work_dir("platform_copy")
+    holders: list = []
     result = instant.restore_platform_to(
-        config, platform["store"], target, POLICY, platform["indexes"], target_dir=copy
-    )
+        config, platform["store"], target, POLICY, platform["indexes"], target_dir=copy,
+        log=lambda line: holders.append((line, lease_holder(platform, None))),
+    )  # fmt: skip
     try:
+        # After the plan's header (backup, WAL), everything runs under the database's lease
+        header = ("plan: restore platform", "  physical backup")
+        working = [holder for line, holder in holders if not line.startswith(header)]
+        assert len(working) > 5 and all(h and h[0] == "restore" for h in working)
+        assert lease_holder(platform, None) is None
         assert not result.failed, result.to_dict()
         assert workspace in {r.workspace for r in result.results}
         assert all(r.gate.outcome is consistency.Outcome.PASS for r in result.results)

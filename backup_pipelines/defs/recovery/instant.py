@@ -57,6 +57,11 @@ def _target_and_dry_run(context: dg.OpExecutionContext, config: InstantOptions):
     return target, dry_run
 
 
+def _lease_owner(context: dg.OpExecutionContext) -> str:
+    """Who holds the store lease while this run restores (`backup-pipelines lease list`)."""
+    return f"dagster run {context.run_id}"
+
+
 def _metadata(result: instant.InstantResult) -> dict:
     summary = result.to_dict()
     metadata = {
@@ -106,6 +111,7 @@ def build_instant_defs(index_stores: set[str]) -> dg.Definitions:
                     clients,
                     dry_run=dry_run,
                     log=context.log.info,
+                    lease_owner=_lease_owner(context),
                 )
         except BackupError as exc:  # refused (outside the window, a mapping): nothing written
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
@@ -130,6 +136,7 @@ def build_instant_defs(index_stores: set[str]) -> dg.Definitions:
                     overwrite_live=overwrite,
                     dry_run=dry_run,
                     log=context.log.info,
+                    lease_owner=_lease_owner(context),
                 )
         except BackupError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -31,11 +31,17 @@ collection, the index made exactly the rows at T). The SQL part of the plan come
 index counts are read from the restored cluster and logged before any index is written (a dry
 run reads them from a scratch copy).
 
+Both hold the store's lease (lib/store/lease.py) from their first read to their last write:
+each workspace's for a workspace restore (one held by someone else is reported NOT RESTORED,
+the others go on), the whole database's for the platform; a lease lost meanwhile stops the
+workspace before it writes.
+
 Library code: no Dagster. Passwords never reach the log (RestoredCluster.display_url).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -66,7 +72,7 @@ from backup_pipelines.lib.recovery.workspace_restore import (
     check_before_writing,
     verify_restore,
 )
-from backup_pipelines.lib.store import ArtifactRef, BackupStore, LocalStore
+from backup_pipelines.lib.store import ArtifactRef, BackupStore, HeldLease, LeaseHeld, LocalStore
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 SQL_ASSET = "postgres/workspace_dump"
@@ -654,6 +660,7 @@ class _Run:
     policy: Policy
     indexes: Mapping[str, Any]
     log: Log
+    leases: Mapping[str | None, HeldLease] = field(default_factory=dict)
 
     def plan(self, workspaces: list[str], at_target_url: str, live_url: str | None) -> None:
         """Each workspace's plan, logged; a workspace that cannot be planned is reported."""
@@ -676,6 +683,7 @@ class _Run:
         """Every planned workspace; one workspace's failure never stops the others."""
         for ws_plan in self.result.plan.workspaces:
             try:
+                self._ensure_leases(ws_plan.workspace)
                 done = apply_workspace(
                     ws_plan, self.store, self.temp_store, self.policy, self.indexes,
                     sql_url, merge, self.log,
@@ -693,6 +701,35 @@ class _Run:
                 self.log(f"restore of {ws_plan.workspace} to {when} FAILED: {reason}")
                 done = WorkspaceResult(ws_plan.workspace, error=reason)
             self.result.results.append(done)
+
+    def _ensure_leases(self, workspace: str) -> None:
+        """LeaseLost when the lease this workspace is written under was broken or taken over
+        (the whole database's for the platform): someone else may be working on it now."""
+        for name in (workspace, None):
+            if name in self.leases:
+                self.leases[name].ensure_held()
+
+
+def _lease_workspaces(
+    store: BackupStore,
+    workspaces: list[str],
+    owner: str | None,
+    result: InstantResult,
+    held: contextlib.ExitStack,
+    log: Log,
+) -> dict[str | None, HeldLease]:
+    """Each workspace's store lease, held until `held` closes. A workspace whose lease someone
+    else holds (a backup, another restore) is reported NOT RESTORED, naming the holder."""
+    leases: dict[str | None, HeldLease] = {}
+    for workspace in workspaces:
+        try:
+            leases[workspace] = held.enter_context(
+                store.lease(workspace, "restore", owner=owner, log=log)
+            )
+        except LeaseHeld as exc:
+            log(f"  workspace {workspace}: NOT RESTORED: {exc}")
+            result.results.append(WorkspaceResult(workspace, error=str(exc)))
+    return leases
 
 
 def _work_dir() -> Path:
@@ -722,25 +759,32 @@ def restore_workspaces_to(
     indexes: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     log: Log = _quiet,
+    lease_owner: str | None = None,
 ) -> InstantResult:
     """Workspaces to `target`: SQL at T merged into live, indexes from their artifacts caught
     up to T. One scratch cluster serves every workspace; one workspace's failure does not stop
-    the others (InstantResult.failed)."""
-    workspaces = [validate_workspace_id(w) for w in workspaces]
+    the others (InstantResult.failed). Each workspace's store lease is held throughout
+    (`lease_owner` names who holds it; default: the command line's user)."""
+    workspaces = list(dict.fromkeys(validate_workspace_id(w) for w in workspaces))
     indexes = indexes or {}
     plan = physical_part(config, target, "workspace (merged into live)")
     check_before_writing(database_url, policy, list(indexes))
     result = InstantResult(plan, dry_run)
     for line in plan.header():
         log(line)
-    with tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp:
-        run = _Run(result, store, LocalStore(Path(temp) / "at_target"), policy, indexes, log)
-        with _scratch_at(config, target, log) as scratch:
-            run.plan(workspaces, scratch.url, database_url)
-            if dry_run:
-                log("dry run: nothing was written")
-                return result
-            run.apply(database_url, merge=True)
+    with contextlib.ExitStack() as held:
+        leases = _lease_workspaces(store, workspaces, lease_owner, result, held, log)
+        if not leases:
+            return result  # every workspace is busy: nothing to restore
+        with tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp:
+            at_target = LocalStore(Path(temp) / "at_target")
+            run = _Run(result, store, at_target, policy, indexes, log, leases)
+            with _scratch_at(config, target, log) as scratch:
+                run.plan(list(leases), scratch.url, database_url)
+                if dry_run:
+                    log("dry run: nothing was written")
+                    return result
+                run.apply(database_url, merge=True)
     return result
 
 
@@ -757,22 +801,29 @@ def restore_platform_to(
     overwrite_live: bool = False,
     dry_run: bool = False,
     log: Log = _quiet,
+    lease_owner: str | None = None,
 ) -> InstantResult:
     """The whole platform to `target`: the cluster by pgBackRest (a new data directory and
     port, or over live by the verified swap), then the indexes of every workspace in the
-    restored registry made exactly its rows at T (artifact, then catch-up, replace mode)."""
+    restored registry made exactly its rows at T (artifact, then catch-up, replace mode).
+    The whole database's store lease is held throughout (LeaseHeld when someone has it)."""
     indexes = indexes or {}
     plan = physical_part(config, target, "platform (the whole cluster; indexes replaced to T)")
     result = InstantResult(plan, dry_run)
     for line in plan.header():
         log(line)
-    with tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp:
-        run = _Run(result, store, LocalStore(Path(temp) / "at_target"), policy, indexes, log)
+    with (
+        store.lease(None, "restore", owner=lease_owner, log=log) as lease,
+        tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp,
+    ):
+        at_target = LocalStore(Path(temp) / "at_target")
+        run = _Run(result, store, at_target, policy, indexes, log, {None: lease})
         if dry_run:
             with _scratch_at(config, target, log) as scratch:
                 run.plan(_registry(scratch.url, policy, log), scratch.url, None)
             log("dry run: nothing was written")
             return result
+        lease.ensure_held()  # the cluster (over live, with overwrite_live) is written next
         restored = pitr.restore_to_time(
             config, target, target_dir=target_dir, port=port, listen=listen,
             overwrite_live=overwrite_live, log=log,
