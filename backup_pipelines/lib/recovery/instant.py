@@ -723,9 +723,9 @@ def _lease_workspaces(
     leases: dict[str | None, HeldLease] = {}
     for workspace in workspaces:
         try:
-            leases[workspace] = held.enter_context(
-                store.lease(workspace, "restore", owner=owner, log=log)
-            )
+            lease = held.enter_context(store.lease(workspace, "restore", owner=owner, log=log))
+            store.refuse_overlapping_restores(workspace)  # no whole-database restore beside it
+            leases[workspace] = lease
         except LeaseHeld as exc:
             log(f"  workspace {workspace}: NOT RESTORED: {exc}")
             result.results.append(WorkspaceResult(workspace, error=str(exc)))
@@ -816,6 +816,7 @@ def restore_platform_to(
         store.lease(None, "restore", owner=lease_owner, log=log) as lease,
         tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp,
     ):
+        store.refuse_overlapping_restores(None)  # no workspace restore beside it
         at_target = LocalStore(Path(temp) / "at_target")
         run = _Run(result, store, at_target, policy, indexes, log, {None: lease})
         if dry_run:
