@@ -15,6 +15,7 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines copy [--asset A] [--date D] [--workspace W] | --all-missing
     backup-pipelines lease list
     backup-pipelines lease break (--workspace W | --database) [--force]
     backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
@@ -34,7 +35,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import date as Date
 
-from backup_pipelines import cli_instant, cli_pitr
+from backup_pipelines import cli_copy, cli_instant, cli_pitr
 from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -143,12 +144,14 @@ def cmd_doctor(args) -> int:
         report("policy", True, f"{source} loads")
     except BackupError as exc:
         report("policy", False, str(exc))
+    store = None
     try:
         store = _store()
         store.check_writable()
         report("store", True, f"{store.describe()} is writable")
     except BackupError as exc:
         report("store", False, str(exc))
+    cli_copy.doctor_checks(report, store)  # the copy store; Object Lock against the buckets
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
         try:
@@ -524,6 +527,8 @@ def cmd_retention(args) -> int:
         print("dry run: nothing deleted")
         return 0
     print(f"deleted {len(result.deleted)} artifacts and {result.leftovers_cleaned} leftovers")
+    for ref, until in result.locked:
+        print(f"not deleted (Object Lock): {ref} until {until}")
     for error in result.errors:
         print(f"FAILED {error}", file=sys.stderr)
     return 1 if result.errors else 0
@@ -728,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     breaking.set_defaults(run=cmd_lease_break)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
+    cli_copy.add_commands(commands, date_argument, workspace_argument, asset_argument)  # copy
     return parser
 
 

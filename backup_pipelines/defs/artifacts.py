@@ -8,7 +8,9 @@ import dagster as dg
 
 from backup_pipelines.defs.partitions import date_and_workspace
 from backup_pipelines.defs.resources import BackupStoreResource
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.store import ArtifactRef, ArtifactWriter, BackupStore
+from backup_pipelines.lib.store.copy import FAILED, copy_one, copy_store_from_env
 from backup_pipelines.lib.timeouts import lease_wait_seconds
 
 
@@ -62,13 +64,38 @@ def write_artifact(
             fields = produce(writer)
             held.ensure_held()  # never commit over a restore that took the partition from us
             manifest = writer.commit(**fields)
-    seconds = time.monotonic() - started
+        seconds = time.monotonic() - started
+        copied = copy_to_second_store(context, store, ref)  # still under the lease
     metadata = artifact_metadata(store, ref, manifest, seconds)
+    metadata.update(copied)
     context.log.info(
         f"committed {ref}: {metadata['bytes'].value:,} bytes in {len(manifest['files'])} file(s), "
         f"{seconds:.1f} s"
     )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def copy_to_second_store(context, store: BackupStore, ref: ArtifactRef) -> dict:
+    """The committed artifact copied to BACKUP_COPY_STORE_URL, when set. A failed copy does
+    not fail the backup (the primary is committed and verified): it is logged and recorded,
+    the copy RPO alert names the copy store when it stays behind, and `backup-pipelines copy
+    --all-missing` (or the next backup) catches up."""
+    try:
+        target = copy_store_from_env()
+    except ConfigError as exc:
+        context.log.warning(f"{ref}: not copied: {exc}")
+        return {"copy": dg.MetadataValue.text(f"failed: {exc}")}
+    if target is None:
+        return {}
+    result = copy_one(store, target, ref, context.log.info)
+    if result.outcome == FAILED:
+        context.log.warning(f"{ref}: the copy to {target.describe()} failed: {result.detail}")
+    return {
+        "copy_store": dg.MetadataValue.text(target.location(ref)),
+        "copy": dg.MetadataValue.text(
+            result.outcome + (f": {result.detail[:500]}" if result.detail else "")
+        ),
+    }
 
 
 def verify_artifact_check(store: BackupStore, ref: ArtifactRef) -> dg.AssetCheckResult:

@@ -87,6 +87,11 @@ def _metadata(
         "artifacts_kept": dg.MetadataValue.int(len(plan.kept)),
         "artifacts_to_delete": dg.MetadataValue.int(len(plan.to_delete)),
         "artifacts_deleted": dg.MetadataValue.int(len(result.deleted) if result else 0),
+        "not_deleted_object_lock": dg.MetadataValue.json(
+            [f"{retention.label(ref)} until {until}" for ref, until in result.locked[:200]]
+            if result
+            else []
+        ),
         **{
             key: dg.MetadataValue.int(reasons.get(reason, 0)) for reason, key in REASON_KEYS.items()
         },

@@ -6,8 +6,9 @@ import dagster as dg
 from backup_pipelines.defs import pitr as pitr_defs
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
-from backup_pipelines.lib.monitoring import rpo
+from backup_pipelines.lib.monitoring import rpo, rpo_copy
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.store.copy import copy_store_from_env
 
 HEALTH_REPORT = dg.AssetKey(["monitoring", "backup_health_report"])
 RESTORE_DRILL = dg.AssetKey(["monitoring", "restore_drill"])
@@ -24,6 +25,9 @@ COLUMNS = [
     dg.TableColumn("drill_seconds", "float", description="measured RTO; -1 if never drilled"),
     dg.TableColumn("rto_target_seconds", "float"),
     dg.TableColumn("drill", "string", description="OK, FAILED, RTO MISSED or NEVER"),
+    dg.TableColumn(
+        "copy", "string", description="the copy store's RPO: OK, or LATE and how far behind"
+    ),
 ]
 
 
@@ -51,7 +55,27 @@ def drill_state(result: dict | None) -> str:
     return "OK" if result.get("met_rto") else "RTO MISSED"
 
 
-def health_rows(evaluation: rpo.Evaluation, drills: dict[str, dict], policy: Policy) -> list:
+def copy_states(primary: rpo.Evaluation, copy: rpo.Evaluation | None) -> dict[str, str]:
+    """Per workspace: "" without a copy store, OK, or LATE naming how far each asset's copy
+    is behind ("postgres/workspace_dump: primary fresh, copy 3 day(s) behind ...")."""
+    if copy is None:
+        return {}
+    by_key = {item.key: item for item in primary.items}
+    states: dict[str, list[str]] = {}
+    for item in copy.items:
+        lines = states.setdefault(item.workspace or WHOLE_DATABASE, [])
+        if item.late:
+            lines.append(f"{item.asset}: {rpo_copy.describe(by_key.get(item.key), item)}")
+    return {w: ("LATE " + "; ".join(lines)) if lines else "OK" for w, lines in states.items()}
+
+
+def health_rows(
+    evaluation: rpo.Evaluation,
+    drills: dict[str, dict],
+    policy: Policy,
+    copy: rpo.Evaluation | None = None,
+) -> list:
+    copies = copy_states(evaluation, copy)
     by_workspace: dict[str, list[rpo.Freshness]] = {}
     for item in evaluation.items:
         by_workspace.setdefault(item.workspace or WHOLE_DATABASE, []).append(item)
@@ -72,6 +96,7 @@ def health_rows(evaluation: rpo.Evaluation, drills: dict[str, dict], policy: Pol
                 "drill_seconds": round(float((drill or {}).get("seconds", -1.0)), 2),
                 "rto_target_seconds": policy.rto_minutes * 60,
                 "drill": drill_state(drill) if workspace != WHOLE_DATABASE else "",
+                "copy": copies.get(workspace, ""),
             }
         )
     return rows
@@ -98,7 +123,13 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
             rpo_defs.utc_now(),
             horizon_days=loaded.keep_weekly_days,
         )
-        rows = health_rows(evaluation, last_drills(context.instance), loaded)
+        copy_store = copy_store_from_env()
+        copy = None
+        if copy_store is not None:
+            copy = rpo_copy.evaluate_copy(
+                copy_store, evaluation, loaded, evaluation.now, loaded.keep_weekly_days
+            )
+        rows = health_rows(evaluation, last_drills(context.instance), loaded, copy)
         rows += pitr_defs.health_rows(loaded)  # the WAL archive's RPO, when PITR is configured
         late = [r for r in rows if r["rpo"] == "LATE"]
         drill_problems = [r for r in rows if r["drill"] in ("FAILED", "RTO MISSED")]
@@ -111,6 +142,9 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
                 "workspaces_late": dg.MetadataValue.int(len(late)),
                 "never_drilled": dg.MetadataValue.int(sum(r["drill"] == "NEVER" for r in rows)),
                 "drill_problems": dg.MetadataValue.int(len(drill_problems)),
+                "copies_late": dg.MetadataValue.int(
+                    sum(r.get("copy", "").startswith("LATE") for r in rows)
+                ),
                 "report": dg.MetadataValue.table(
                     records=[dg.TableRecord(row) for row in rows],
                     schema=dg.TableSchema(columns=COLUMNS),

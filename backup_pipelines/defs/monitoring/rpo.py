@@ -1,15 +1,18 @@
 """The RPO sensor: per asset x workspace, recorded as the `rpo_met` asset check, alerted once
 per breach and once per recovery."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from backup_pipelines.defs.partitions import workspaces as workspaces_partitions
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
-from backup_pipelines.lib.monitoring import alerts, rpo
+from backup_pipelines.lib.errors import ConfigError
+from backup_pipelines.lib.monitoring import alerts, rpo, rpo_copy
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import BackupStore
+from backup_pipelines.lib.store.copy import copy_store_from_env
 
 RPO_CHECK = "rpo_met"
 # Assets of the whole database (no workspace dimension).
@@ -158,6 +161,34 @@ def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
     return [build(asset) for asset in assets]
 
 
+def copy_rpo(
+    context: dg.SensorEvaluationContext, primary: rpo.Evaluation, policy: Policy, now: datetime
+) -> tuple[dict | None, list[alerts.Alert]]:
+    """The copy store's RPO (BACKUP_COPY_STORE_URL): (its late-since state for the cursor,
+    its alerts on change); (None, []) without a copy store."""
+    try:
+        copy_store = copy_store_from_env()
+    except ConfigError as exc:
+        context.log.warning(f"copy store not evaluated: {exc}")
+        return None, []
+    if copy_store is None:
+        return None, []
+    evaluation = rpo_copy.evaluate_copy(copy_store, primary, policy, now)
+    try:
+        late = dict(json.loads(context.cursor or "{}").get("copy_late", {}))
+    except (ValueError, AttributeError, TypeError):
+        late = {}  # an unreadable cursor restarts the state; it must not stop alerting
+    breached, recovered, state = rpo.transitions(rpo.BreachState(late), evaluation)
+    where = copy_store.describe()
+    new = rpo_copy.copy_alerts(breached, primary, rpo_copy.BREACH, where, asset_url)
+    new += rpo_copy.copy_alerts(recovered, primary, rpo_copy.RECOVERED, where, asset_url)
+    context.log.info(
+        f"copy store {where}: {len(evaluation.late())} late, {len(breached)} new breach(es), "
+        f"{len(recovered)} recovered"
+    )
+    return state.late_since, new
+
+
 def build_rpo_sensor(assets: list[str]) -> dg.SensorDefinition:
     @dg.sensor(
         name="rpo_sensor",
@@ -172,20 +203,24 @@ def build_rpo_sensor(assets: list[str]) -> dg.SensorDefinition:
         policy: PolicyResource,
     ) -> dg.SensorResult:
         log = context.log.warning
-        evaluation = evaluate_rpo(
-            context.instance, backup_store.get_store(), policy.load(), assets, utc_now()
-        )
+        loaded, now = policy.load(), utc_now()
+        evaluation = evaluate_rpo(context.instance, backup_store.get_store(), loaded, assets, now)
         state = rpo.BreachState.from_cursor(context.cursor)
         breached, recovered, state = rpo.transitions(state, evaluation)
         new_alerts = rpo.alerts_for(breached, "rpo_breach", asset_url)
         new_alerts += rpo.alerts_for(recovered, "rpo_recovered", asset_url)
-        state.pending = alerts.send_keeping_pending(new_alerts, state.pending, log)
+        copy_late, copy_alerts = copy_rpo(context, evaluation, loaded, now)
+        state.pending = alerts.send_keeping_pending(new_alerts + copy_alerts, state.pending, log)
         context.log.info(
             f"{len(evaluation.items)} asset x workspace evaluated, {len(evaluation.late())} late, "
             f"{len(breached)} new breach(es), {len(recovered)} recovered"
         )
+        cursor = json.loads(state.to_cursor())
+        if copy_late is not None:
+            cursor["copy_late"] = copy_late
         return dg.SensorResult(
-            asset_events=rpo_check_evaluations(evaluation), cursor=state.to_cursor()
+            asset_events=rpo_check_evaluations(evaluation),
+            cursor=json.dumps(cursor, sort_keys=True),
         )
 
     return rpo_sensor

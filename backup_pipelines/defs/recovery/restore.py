@@ -94,12 +94,16 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         # (or the failure hook) releases it: no backup replaces what this run gated on.
         with store.lease(workspace, "restore", run_owner(context), log=context.log.info, keep=True):
             store.refuse_overlapping_restores(workspace)
-            located = restore.locate_and_verify(store, date, workspace, index_assets)
+            located = restore.locate_and_verify(
+                store, date, workspace, index_assets, log=context.log.warning
+            )
+        source = restore.artifact_source(store, located)
         context.add_output_metadata(
             {
                 "artifacts": dg.MetadataValue.json(
-                    {a: store.location(r) for a, r in located.refs.items()}
+                    {a: source.location(r) for a, r in located.refs.items()}
                 ),
+                "read_from": dg.MetadataValue.text(located.fallback or "the primary store"),
                 "bytes_verified": dg.MetadataValue.int(located.verified_bytes),
             }
         )

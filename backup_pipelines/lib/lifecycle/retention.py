@@ -47,6 +47,7 @@ from backup_pipelines.lib.lifecycle.markers import KeepMarker, Partition, list_k
 from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers, scan_store
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store, lease_name
+from backup_pipelines.lib.store.s3 import ObjectLocked
 
 # Deleted last within a partition: a run interrupted mid-delete then still holds the SQL dump,
 # which restores on its own (indexes can be rebuilt from it); index artifacts alone restore nothing.
@@ -467,6 +468,8 @@ class ApplyResult:
     leftovers_cleaned: int = 0
     bytes_freed: int = 0
     errors: list[str] = field(default_factory=list)
+    # Under S3 Object Lock retention: not deleted (never tried), with the latest retain-until.
+    locked: list[tuple[ArtifactRef, str]] = field(default_factory=list)
 
 
 def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> ApplyResult:
@@ -492,6 +495,11 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
             result.skipped.append((artifact.ref, reader))
             log(f"{where}: kept for now, {reader}")
             continue
+        until = locked_until(store, artifact.ref)
+        if until:
+            result.locked.append((artifact.ref, until))
+            log(f"{where}: NOT deleted, under Object Lock retention until {until}")
+            continue
         try:
             delete_artifact(store, artifact.folder)
         except StoreError as exc:
@@ -504,6 +512,9 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     for leftover in plan.leftovers:
         try:
             clean_leftover(store, leftover)
+        except ObjectLocked as exc:  # a crashed run's locked files: cleaned once unlocked
+            log(f"not cleaned {leftover.key}: {exc}")
+            continue
         except StoreError as exc:
             result.errors.append(f"{leftover.key}: {exc}")
             continue
@@ -511,6 +522,16 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
         result.bytes_freed += leftover.bytes
         log(f"cleaned {leftover.kind} {leftover.key} ({leftover.age_hours:.0f} h old)")
     return result
+
+
+def locked_until(store: BackupStore, ref: ArtifactRef) -> str:
+    """The latest Object Lock retain-until among the artifact's objects ("" when none is
+    locked): retention never tries to delete a locked object; the next run after that moment
+    deletes it."""
+    if not isinstance(store, S3Store) or store.object_lock is None:
+        return ""
+    until = store.retained_until(f"{ref.folder}/")
+    return max(until.values()).isoformat(timespec="seconds") if until else ""
 
 
 def _restore_reading(store: BackupStore, ref: ArtifactRef, seen: dict[str, str]) -> str:

@@ -27,6 +27,8 @@ Log = Callable[[str], None]
 KINDS = (
     "rpo_breach",
     "rpo_recovered",
+    "copy_rpo_breach",  # the copy store (BACKUP_COPY_STORE_URL) behind its RPO
+    "copy_rpo_recovered",
     "run_failed",
     "run_stuck",
     "drill_failed",

@@ -36,7 +36,9 @@ from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres import database_swap as swap
 from backup_pipelines.lib.postgres import full_restore as database
 from backup_pipelines.lib.postgres.connection import connect
-from backup_pipelines.lib.store import BackupStore
+from backup_pipelines.lib.postgres.full_restore import FULL_DUMP_ASSET
+from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.store.copy import readable_source
 from backup_pipelines.lib.streams import Log
 
 MAX_JOBS = 64
@@ -95,6 +97,17 @@ def restore_full(
 
 
 def _restore_full_held(store, request, database_url, policy, indexes, log, now) -> dict:
+    # The lease stays in the primary; the artifacts are read from the copy store when the
+    # primary's dump is missing, unreachable or fails verification (and that is said).
+    source, fallback = readable_source(store, ArtifactRef(FULL_DUMP_ASSET, request.date), log=log)
+    result = _restore_full_from(source, request, database_url, policy, indexes, log, now)
+    if fallback:
+        result["source"] = source.describe()
+        result["fallback"] = fallback
+    return result
+
+
+def _restore_full_from(store, request, database_url, policy, indexes, log, now) -> dict:
     if request.overwrite_live:
         return _overwrite_live(store, request, database_url, policy, indexes, log, now)
     run_commands(request.commands_before, log, "before restore")

@@ -36,7 +36,8 @@ from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.recovery import consistency
 from backup_pipelines.lib.recovery.mappings import check_mappings
 from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
-from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.store import ArtifactRef, BackupStore, store_from_url
+from backup_pipelines.lib.store.copy import COPY_STORE_VARIABLE, FROM_ENV, copy_store_from_env
 from backup_pipelines.lib.streams import Log
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
@@ -64,6 +65,10 @@ class Located:
     refs: dict[str, ArtifactRef]
     manifests: dict[str, dict]
     verified_bytes: int
+    # Where the artifacts are read from when not the primary store: the copy store's URL
+    # (restore fell back to it), and why.
+    source: str = ""
+    fallback: str = ""
 
     @property
     def sql(self) -> tuple[ArtifactRef, dict]:
@@ -76,6 +81,7 @@ class RestoreReport:
     date: str
     mode: str
     verdict: str
+    source: str = ""  # the copy store restored from, when the primary failed
     sql: dict = field(default_factory=dict)
     indexes: dict[str, dict] = field(default_factory=dict)  # engine name -> what it did
     verification: dict = field(default_factory=dict)
@@ -92,10 +98,42 @@ def index_assets(indexes: Mapping[str, Any]) -> list[str]:
 
 
 def locate_and_verify(
-    store: BackupStore, date: str, workspace: str, index_assets: list[str]
+    store: BackupStore,
+    date: str,
+    workspace: str,
+    index_assets: list[str],
+    copy_store: BackupStore | object | None = FROM_ENV,
+    log: Log | None = None,
 ) -> Located:
-    """Every artifact of the partition, each file checked against its manifest's sha256."""
+    """Every artifact of the partition, each file checked against its manifest's sha256.
+    When the primary store fails (unreachable, an artifact missing or failing verification)
+    and a copy store is configured (BACKUP_COPY_STORE_URL, or `copy_store`), the partition is
+    located and verified there instead, and the restore reads from the copy — saying so."""
     workspace = validate_workspace_id(workspace)
+    try:
+        return _locate_in(store, date, workspace, index_assets)
+    except BackupError as exc:
+        copy = copy_store_from_env() if copy_store is FROM_ENV else copy_store
+        if copy is None:
+            raise
+        primary_failure = exc
+    try:
+        located = _locate_in(copy, date, workspace, index_assets)
+    except BackupError as copy_failure:
+        raise BackupError(
+            f"{primary_failure}; the copy store {copy.describe()} cannot serve it either: "
+            f"{copy_failure}"
+        ) from primary_failure
+    located.source = copy.describe()
+    located.fallback = (
+        f"the primary store {store.describe()} failed ({primary_failure}); restoring "
+        f"{date}|{workspace} from the copy store {copy.describe()}, verified there"
+    )
+    (log or (lambda _m: None))(located.fallback)
+    return located
+
+
+def _locate_in(store: BackupStore, date: str, workspace: str, index_assets: list[str]) -> Located:
     refs, manifests, problems, verified = {}, {}, [], 0
     for asset in [SQL_ASSET, *index_assets]:
         ref = ArtifactRef(asset, date, workspace)
@@ -112,11 +150,22 @@ def locate_and_verify(
     return Located(date, workspace, refs, manifests, verified)
 
 
+def artifact_source(store: BackupStore, located: Located) -> BackupStore:
+    """The store the located artifacts are read from: the primary, or the copy store
+    locate_and_verify fell back to. Leases stay in the primary."""
+    if not located.source:
+        return store
+    if located.source == store.describe():
+        return store
+    return store_from_url(located.source, COPY_STORE_VARIABLE)
+
+
 def check_pinned(store: BackupStore, located: Located) -> None:
     """The artifacts are still the generations that were verified and gated. Within one held
     lease nothing can replace them; this catches a run whose lease ended between its steps
     (a retry from a failed step) while a backup committed a newer generation."""
     changed = []
+    store = artifact_source(store, located)
     for asset, ref in located.refs.items():
         now = store.read_manifest(ref)
         pinned = located.manifests[asset].get("generation")
@@ -134,7 +183,8 @@ def check_pinned(store: BackupStore, located: Located) -> None:
 
 def consistency_gate(store: BackupStore, located: Located, policy: Policy):
     """The verdict of the partition's SQL artifact against each of its index artifacts."""
-    return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
+    source = artifact_source(store, located)
+    return consistency.evaluate_partition(source, located.refs, located.manifests, policy)
 
 
 def merge_sql(
@@ -145,7 +195,8 @@ def merge_sql(
     log: Log | None = None,
 ) -> dict:
     ref, manifest = located.sql
-    return merge_sql_rows(database_url, store, ref, manifest, dry_run=dry_run, log=log)
+    source = artifact_source(store, located)
+    return merge_sql_rows(database_url, source, ref, manifest, dry_run=dry_run, log=log)
 
 
 def restore_index(
@@ -170,7 +221,8 @@ def restore_index(
         return rebuild_index(engine, client, located.workspace, policy, mode, database_url,
                              target, target != collection, log)  # fmt: skip
     ref = located.refs[engine.asset]
-    return engine.restore(client, store, ref, manifest, collection, target, mode)
+    source = artifact_source(store, located)
+    return engine.restore(client, source, ref, manifest, collection, target, mode)
 
 
 def rebuild_index(
@@ -350,7 +402,7 @@ def _restore_workspace_held(
     def lap(step: str) -> None:
         timings[step] = time.monotonic() - started - sum(timings.values())
 
-    located = locate_and_verify(store, date, workspace, index_assets(indexes))
+    located = locate_and_verify(store, date, workspace, index_assets(indexes), log=log)
     check_before_writing(database_url, policy, list(indexes))
     lap("locate_and_verify")
     verdict = consistency_gate(store, located, policy)
@@ -358,7 +410,7 @@ def _restore_workspace_held(
     log(f"consistency gate: {verdict.summary()}")
     if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
         raise GateRefused(verdict)
-    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome))
+    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome), located.source)
     if override_gate and verdict.outcome == consistency.Outcome.FAIL:
         log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
         report.verification["gate_overridden"] = override_gate
