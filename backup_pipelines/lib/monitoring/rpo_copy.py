@@ -14,6 +14,9 @@ from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import BackupStore
 
 BREACH, RECOVERED = "copy_rpo_breach", "copy_rpo_recovered"
+# How far back past the RPO window the copy is searched, so "N days behind" can be said for a
+# copy down for up to a week (a listing per day; the health report searches deeper).
+BEHIND_DAYS_SEARCHED = 8
 
 
 def evaluate_copy(
@@ -28,6 +31,8 @@ def evaluate_copy(
     subjects: dict[str, list[str | None]] = {}
     for item in primary.items:
         subjects.setdefault(item.asset, []).append(item.workspace)
+    if horizon_days is None:
+        horizon_days = rpo.rpo_window_days(policy) + BEHIND_DAYS_SEARCHED
     evaluation = rpo.evaluate(copy_store, subjects, {}, policy, now, horizon_days)
     for item in evaluation.items:
         item.disagreement = ""

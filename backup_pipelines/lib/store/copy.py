@@ -16,11 +16,13 @@ same files (name, bytes, sha256) is skipped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from backup_pipelines.lib.errors import ArtifactNotFound, StoreError
+from backup_pipelines.lib.errors import ArtifactNotFound, ChecksumMismatch, StoreError
 from backup_pipelines.lib.store.base import BackupStore
 from backup_pipelines.lib.store.manifest import (
     MANIFEST_NAME,
@@ -29,11 +31,11 @@ from backup_pipelines.lib.store.manifest import (
     UnsafeObject,
     parse_manifest,
 )
-from backup_pipelines.lib.store.reader import VerifyingReader, iter_chunks
 from backup_pipelines.lib.store.refs import ArtifactRef
 
 COPY_STORE_VARIABLE = "BACKUP_COPY_STORE_URL"
 COPIED, SKIPPED, FAILED = "copied", "skipped", "failed"
+COPY_CHUNK = 4 << 20  # bytes per read: few system calls, little memory
 FROM_ENV = object()  # "the copy store BACKUP_COPY_STORE_URL names", as a default argument
 
 Log = Callable[[str], None]
@@ -110,34 +112,81 @@ def already_copied(target: BackupStore, ref: ArtifactRef, manifest: dict) -> boo
     return found is not None and _fingerprint(found) == _fingerprint(manifest)
 
 
-def _raw_reader(store: BackupStore, ref: ArtifactRef, manifest: dict, name: str):
-    """The file's stored bytes, checked against the manifest as they are read (deliberately
-    not `open_file`, which may decrypt: the copy carries the stored bytes)."""
-    key = store.file_key(ref, manifest, name)
-    entry = store.file_entry(ref, manifest, name)
-    return VerifyingReader(store._open_read(key), entry, store.location(ref))
+class _Hasher:
+    """sha256 on a worker thread, one chunk behind the caller (hashlib releases the GIL on
+    large buffers), so hashing overlaps reading and writing the next chunk."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="copy-sha256")
+        self._last = None
+
+    def update(self, chunk: bytes) -> None:
+        if self._last is not None:
+            self._last.result()
+        self._last = self._pool.submit(self.digest.update, chunk)
+
+    def hexdigest(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        self._pool.shutdown()
+        return self.digest.hexdigest()
+
+
+def _checked_chunks(store: BackupStore, key: str, entry: dict, where: str) -> Iterator[bytes]:
+    """The stored bytes of one file (deliberately raw, not through `open_file`, which may
+    decrypt: the copy carries the stored bytes), read at most one byte past the declared size;
+    ChecksumMismatch after the last chunk when size or sha256 differ from the manifest."""
+    expected, hasher, size = entry["bytes"], _Hasher(), 0
+    handle = store._open_read(key)
+    try:
+        while size <= expected:
+            try:
+                chunk = handle.read(min(COPY_CHUNK, expected + 1 - size))
+            except Exception as exc:  # OSError locally; botocore/urllib3 errors from S3
+                raise StoreError(
+                    f"{where}: file {entry['name']!r}: reading it failed after {size:,} bytes "
+                    f"({type(exc).__name__}: {str(exc)[:300]}); retry when the store answers"
+                ) from exc
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > expected:
+                break  # the extra byte is never handed out
+            hasher.update(chunk)
+            yield chunk
+    finally:
+        with contextlib.suppress(Exception):
+            handle.close()
+    actual = hasher.hexdigest()
+    if size != expected or actual != entry["sha256"]:
+        raise ChecksumMismatch(
+            f"{where}: file {entry['name']!r} does not match its manifest (expected {expected} "
+            f"bytes sha256 {entry['sha256'][:16]}..., read {size}{'+' if size > expected else ''} "
+            f"bytes sha256 {actual[:16]}...); the artifact is corrupt there"
+        )
 
 
 def _copy_file(
     source: BackupStore, target: BackupStore, ref: ArtifactRef, manifest: dict, name: str
 ) -> int:
     """Stream one file into the copy, then read it back there against its sha256."""
+    entry = source.file_entry(ref, manifest, name)
     key = target.file_key(ref, manifest, name)
+    source_key = source.file_key(ref, manifest, name)
     sink = target._open_sink(key)
     copied = 0
     try:
-        with _raw_reader(source, ref, manifest, name) as reader:
-            for chunk in iter_chunks(reader):
-                sink.write(chunk)
-                copied += len(chunk)
+        for chunk in _checked_chunks(source, source_key, entry, source.location(ref)):
+            sink.write(chunk)
+            copied += len(chunk)
         sink.close()
     except BaseException:
         with contextlib.suppress(Exception):
             sink.abort()
         raise
-    with _raw_reader(target, ref, manifest, name) as arrived:
-        for _chunk in iter_chunks(arrived):
-            pass  # ChecksumMismatch at the end when what arrived differs
+    for _chunk in _checked_chunks(target, key, entry, target.location(ref)):
+        pass  # on arrival: ChecksumMismatch at the end when what is stored differs
     return copied
 
 
