@@ -108,3 +108,27 @@ def test_copy_store_full_restore_with_the_primary_dump_removed(tmp_path, source_
     finally:
         with psycopg.connect(source_db.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{result["database"]}" WITH (FORCE)')
+
+
+def test_copy_store_serves_the_partition_when_the_primary_is_unreachable(
+    tmp_path, source_db, monkeypatch
+):
+    from backup_pipelines.devstack.ports import free_port
+    from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.store import S3Store, make_s3_client
+
+    copy = LocalStore(tmp_path / "copy")
+    ref = ArtifactRef("postgres/workspace_dump", DATE, "ws_acme")
+    with copy.begin(ref) as writer:
+        writer.commit(**postgres.dump_workspace(source_db, "ws_acme", Policy(), writer))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unused")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unused")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    unreachable = S3Store("primary-bucket", "backups", client=make_s3_client())
+    said: list[str] = []
+
+    located = locate_and_verify(unreachable, DATE, "ws_acme", [], copy_store=copy, log=said.append)
+
+    assert located.source == copy.describe()
+    assert "unreachable" in said[0] and f"from the copy store {copy.describe()}" in said[0]
