@@ -317,6 +317,7 @@ def cmd_restore_workspace(args) -> int:
             report = restore_workspace(
                 store, args.date, workspace, database_url, policy, indexes,
                 mode=Mode(args.mode), dry_run=args.dry_run, override_gate=args.override_gate or "", log=print,
+                skip_refused=args.skip_refused,
             )  # fmt: skip
             print(json.dumps(report.to_dict(), indent=2, default=str))
         except Exception as exc:  # one workspace's failure never stops the others
@@ -598,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     workspace.add_argument("--dry-run", action="store_true")
     workspace.add_argument(
         "--override-gate", metavar="REASON", help="restore despite a FAIL verdict (recorded)"
+    )
+    workspace.add_argument(
+        "--skip-refused",
+        action="store_true",
+        help="skip the entries an index refuses (reported by id); without it they fail the "
+        "restore, which then says each store's state",
     )
     workspace.set_defaults(run=cmd_restore_workspace)
     full = restore.add_parser(
