@@ -338,6 +338,35 @@ def test_partial_restore_failed_index_says_so_and_the_rerun_finishes(tmp_path, n
     assert report.verification["problems"] == []
 
 
+def test_partial_restore_interrupted_logs_each_store_and_stops(tmp_path, notes):
+    """Ctrl-C (or a cancelled run) while the first index is restored: the interrupt goes on up
+    (it is not turned into an ordinary failure), after the log said where each store stands."""
+    add_refused_note(notes, ["plan", None], vector(999))
+    store = backed_up_then_lost(notes, tmp_path)
+    (tmp_path / "reindex.yaml").write_text(
+        POLICY.replace("    id_column: note_id\n    text_columns", "    rebuild_command: [\"true\"]\n"
+                       "    id_column: note_id\n    text_columns", 1)
+    )  # fmt: skip
+    logged: list[str] = []
+
+    def log_then_interrupt(line: str) -> None:
+        logged.append(line)
+        if line.startswith("rebuilding "):  # the reindexer is about to start: Ctrl-C
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        restore_workspace(
+            store, DATE, WS, notes["db"], load_policy(tmp_path / "reindex.yaml"), notes["indexes"],
+            log=log_then_interrupt,
+        )  # fmt: skip
+
+    [state] = [line for line in logged if "stopped part-way" in line]
+    assert f"SQL: committed ({GOOD + 1} rows inserted, 1 already present)" in state
+    assert f"Typesense {COLLECTION}: FAILED" in state and "KeyboardInterrupt" in state
+    assert f"Qdrant {COLLECTION}: not started" in state
+    assert not notes["qdrant"].collection_exists(COLLECTION)
+
+
 def test_partial_restore_qdrant_isolation_is_bounded(qdrant_url):
     """Every point refused (a collection of the wrong size): isolation stops after
     MAX_REFUSED_POINTS refused points with an error that says why, instead of splitting on."""

@@ -18,12 +18,14 @@ operator says so (`skip_refused`): they are then reported by id in the index's r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from backup_pipelines.lib.engines import IndexEngine, Mode
 from backup_pipelines.lib.errors import PartialRestore, Refusals
+from backup_pipelines.lib.secrets import scrub
 from backup_pipelines.lib.streams import Log
 
 SKIP_SWITCHES = "--skip-refused on the command line, run tag restore/skip_refused=true in Dagster"
@@ -42,7 +44,9 @@ def sql_state(sql_report: Mapping[str, dict] | None) -> dict:
 
 
 @dataclass
-class _Index:
+class IndexStep:
+    """One engine's index step: what it restores into, and how it went."""
+
     engine: IndexEngine
     client: Any
     collection: str
@@ -54,8 +58,9 @@ class _Index:
 
 
 class IndexProgress:
-    """Each engine's index step of one restore, as it went; `finish` returns every engine's
-    result, or raises PartialRestore when one is not done."""
+    """The index steps of one restore, planned first (so one never reached says "not
+    started"), then run one by one inside `running`; `finish` returns every engine's result,
+    or raises PartialRestore when one is not done."""
 
     def __init__(
         self,
@@ -70,54 +75,70 @@ class IndexProgress:
         self.skip_refused = skip_refused
         self.sql_report = sql_report
         self.log = log or (lambda _m: None)
-        self.indexes: dict[str, _Index] = {}
+        self.steps: list[IndexStep] = []
         self.first_error: BaseException | None = None
 
-    def start(self, engine: IndexEngine, client: Any, collection: str, expected: int) -> Refusals:
-        """Register the engine's step; returns the collector its refused entries go to."""
+    def plan(self, engine: IndexEngine, client: Any, collection: str, expected: int) -> None:
         refused = Refusals(engine.label, collection)
-        self.indexes[engine.name] = _Index(engine, client, collection, expected, refused)
-        return refused
+        self.steps.append(IndexStep(engine, client, collection, expected, refused))
 
-    def finished(self, engine: IndexEngine, result: dict) -> None:
-        index = self.indexes[engine.name]
-        index.result = result
-        if not index.refused.count:
-            index.state = DONE
-        elif self.skip_refused:
-            index.state = DONE
-            result["refused_skipped"] = index.refused.to_dict()
-            self.log(
-                f"WARNING: {engine.label} collection {index.collection}: "
-                f"{index.refused.described()} — skipped, as asked (skip_refused)"
-            )
+    @contextmanager
+    def running(self, step: IndexStep) -> Iterator[None]:
+        """Run the body as `step`; it sets step.result. An Exception marks the step failed and
+        lets the next one run; an interrupt (Ctrl-C, a cancelled run) is logged with every
+        store's state and goes on up."""
+        try:
+            yield
+        except Exception as error:
+            self._failed(step, error)
+        except BaseException as interrupt:
+            self._failed(step, interrupt)
+            # no counting now: a hung server may be why the operator pressed Ctrl-C
+            self.log(self._message(self._states(counted=False)))
+            raise
         else:
-            index.state = REFUSED
-
-    def failed(self, engine: IndexEngine, error: BaseException) -> None:
-        index = self.indexes[engine.name]
-        index.state = FAILED
-        index.error = f"{type(error).__name__}: {error}"
-        self.first_error = self.first_error or error
-        self.log(f"{engine.label} restore of {index.collection} FAILED: {index.error}")
+            self._finished(step)
 
     def finish(self) -> dict[str, dict]:
         """Every engine's result when all are done; else PartialRestore."""
-        if all(index.state == DONE for index in self.indexes.values()):
-            return {name: index.result for name, index in self.indexes.items()}
-        states = {"sql": sql_state(self.sql_report)}
-        states.update({name: _index_state(index) for name, index in self.indexes.items()})
+        if all(step.state == DONE for step in self.steps):
+            return {step.engine.name: step.result for step in self.steps}
+        states = self._states()
         raise PartialRestore(self._message(states), states) from self.first_error
+
+    def _finished(self, step: IndexStep) -> None:
+        if not step.refused.count:
+            step.state = DONE
+        elif self.skip_refused:
+            step.state = DONE
+            step.result["refused_skipped"] = step.refused.to_dict()
+            self.log(
+                f"WARNING: {step.engine.label} collection {step.collection}: "
+                f"{step.refused.described()} — skipped, as asked (skip_refused)"
+            )
+        else:
+            step.state = REFUSED
+
+    def _failed(self, step: IndexStep, error: BaseException) -> None:
+        step.state = FAILED
+        described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        step.error = scrub(described)  # it goes into run metadata too
+        self.first_error = self.first_error or error
+        self.log(f"{step.engine.label} restore of {step.collection} FAILED: {step.error}")
+
+    def _states(self, counted: bool = True) -> dict[str, dict]:
+        states = {"sql": sql_state(self.sql_report)}
+        states.update({step.engine.name: _step_state(step, counted) for step in self.steps})
+        return states
 
     def _message(self, states: dict[str, dict]) -> str:
         lines = [f"restore of {self.partition} ({self.mode}) stopped part-way; each store now:"]
         lines.append(f"  - SQL: {_described_sql(states['sql'])}")
-        for name, index in self.indexes.items():
-            lines.append(
-                f"  - {index.engine.label} {index.collection}: {_described(index, states[name])}"
-            )
+        for step in self.steps:
+            described = _described(step, states[step.engine.name])
+            lines.append(f"  - {step.engine.label} {step.collection}: {described}")
         lines.append(rerun_advice(self.mode))
-        if any(index.state == REFUSED for index in self.indexes.values()):
+        if any(step.state == REFUSED for step in self.steps):
             lines.append(
                 "To restore without the refused entries instead, run it again with "
                 f"{SKIP_SWITCHES}: they are then skipped and reported by id."
@@ -160,25 +181,25 @@ def not_verified(
     return PartialRestore(message, {**states, "problems": list(verification["problems"])})
 
 
-def _index_state(index: _Index) -> dict:
-    state: dict[str, Any] = {"state": index.state, "collection": index.collection}
-    if index.state != NOT_STARTED:
-        state["entries"] = _count(index)
-        state["expected"] = index.expected
-    if index.refused.count:
-        state["refused"] = index.refused.to_dict()
-    if index.error:
-        state["error"] = index.error
-    if index.result:
-        state["result"] = index.result
+def _step_state(step: IndexStep, counted: bool) -> dict:
+    state: dict[str, Any] = {"state": step.state, "collection": step.collection}
+    if step.state != NOT_STARTED:
+        state["entries"] = _count(step) if counted else "not counted"
+        state["expected"] = step.expected
+    if step.refused.count:
+        state["refused"] = step.refused.to_dict()
+    if step.error:
+        state["error"] = step.error
+    if step.result:
+        state["result"] = step.result
     return state
 
 
-def _count(index: _Index) -> int | str:
+def _count(step: IndexStep) -> int | str:
     try:
-        return index.engine.count(index.client, index.collection)
+        return step.engine.count(step.client, step.collection)
     except Exception as error:  # the state is reported anyway; the count is a best effort
-        return f"unknown ({type(error).__name__}: {error})"
+        return scrub(f"unknown ({type(error).__name__}: {error})")
 
 
 def _described_sql(state: dict) -> str:
@@ -190,13 +211,13 @@ def _described_sql(state: dict) -> str:
     )
 
 
-def _described(index: _Index, state: dict) -> str:
+def _described(step: IndexStep, state: dict) -> str:
     entries = f"{state.get('entries')} of the {state.get('expected')} backed-up entries now"
-    if index.state == DONE:
+    if step.state == DONE:
         return f"done ({state.get('entries')} entries)"
-    if index.state == REFUSED:
-        return f"{index.refused.described()} ({entries}; every other entry is in)"
-    if index.state == FAILED:
-        refused = f"; before that {index.refused.described()}" if index.refused.count else ""
-        return f"FAILED ({entries}): {index.error}{refused}"
+    if step.state == REFUSED:
+        return f"{step.refused.described()} ({entries}; every other entry is in)"
+    if step.state == FAILED:
+        refused = f"; before that {step.refused.described()}" if step.refused.count else ""
+        return f"FAILED ({entries}): {step.error}{refused}"
     return "not started"

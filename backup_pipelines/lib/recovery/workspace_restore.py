@@ -212,20 +212,18 @@ def restore_indexes(
         f"{located.date}|{located.workspace}", mode, skip_refused, sql_report, log
     )
     for engine in index_engines(indexes):
-        client = indexes[engine.name]
         target = (targets or {}).get(engine.name) or engine.memory_collection(
             policy, located.workspace
         )
-        refused = progress.start(engine, client, target, backed_up_rows(located, policy, engine))
-        try:
-            result = restore_index(engine, client, store, located, policy, mode, rebuild,
-                                   database_url, target, log, refused)  # fmt: skip
-        except Exception as error:  # reported with every store's state by progress.finish
-            progress.failed(engine, error)
-        else:
-            progress.finished(engine, result)
+        progress.plan(engine, indexes[engine.name], target, backed_up_rows(located, policy, engine))
+    for step in progress.steps:
+        with progress.running(step):  # a failure is reported with every store's state
+            step.result = restore_index(
+                step.engine, step.client, store, located, policy, mode, rebuild, database_url,
+                step.collection, log, step.refused,
+            )  # fmt: skip
         if lap is not None:
-            lap(engine.name)
+            lap(step.engine.name)
     return progress.finish()
 
 
