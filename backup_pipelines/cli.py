@@ -6,6 +6,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
+    backup-pipelines restore workspace --to '2026-12-01 13:05:00+00:00' --workspace W [W ...] [--dry-run]
+    backup-pipelines restore platform --to '2026-12-01 13:05:00+00:00' [--target-dir D --port P | --overwrite-live] [--dry-run]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
                                   [--resume] [--command-before CMD ...] [--command-after CMD ...]
     backup-pipelines release-database NAME     # drop a <live>_before_restore_<time> database
@@ -32,7 +34,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import date as Date
 
-from backup_pipelines import cli_pitr
+from backup_pipelines import cli_instant, cli_pitr
 from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -304,6 +306,8 @@ def cmd_restore_workspace(args) -> int:
     from backup_pipelines.lib.engines import Mode
     from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 
+    if args.to:  # one instant across stores (SQL by PITR, indexes caught up)
+        return cli_instant.cmd_restore_workspace_to(args)
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         print("DATABASE_URL is not set: it names the database to restore into", file=sys.stderr)
@@ -593,7 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
     workspace = restore.add_parser(
         "workspace", help="restore workspaces to a date (SQL rows and indexes)"
     )
-    workspace.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
+    when = workspace.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", type=date_argument, help="YYYY-MM-DD: that day's backups")
+    when.add_argument(
+        "--to",
+        type=text_argument,
+        help="an instant, e.g. '2026-12-01 13:05:00+00:00': SQL by point-in-time recovery, "
+        "indexes from their artifacts caught up to it",
+    )
     workspace.add_argument("--workspace", required=True, nargs="+", type=workspace_argument)
     workspace.add_argument("--mode", choices=["merge", "replace"], default="merge")
     workspace.add_argument("--dry-run", action="store_true")
@@ -672,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--override-gate", metavar="REASON")
     agent.set_defaults(run=cmd_restore_agent)
     cli_pitr.add_restore_parsers(restore)  # restore pitr, restore managed
+    cli_instant.add_restore_parsers(restore)  # restore platform
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )

@@ -94,8 +94,10 @@ def optional_tiers() -> list[dg.Definitions]:
     tiers = []
     if pitr_lib.configured():
         from backup_pipelines.defs.pitr import build_pitr_defs
+        from backup_pipelines.defs.recovery.instant import build_instant_defs
 
         tiers.append(build_pitr_defs())
+        tiers.append(build_instant_defs(configured_stores()))  # one instant across stores
     if do_lib.configured():
         from backup_pipelines.defs.managed import build_managed_defs
 

@@ -8,6 +8,9 @@ Three settings, from the environment (read when used, so a process picks up its 
 - BACKUP_STALL_SECONDS (300 s): a transfer (dump, restore, export, snapshot download, import
   batch) that moves no byte for this long is abandoned. A transfer may take hours; only
   silence counts.
+- BACKUP_LEASE_WAIT_SECONDS (600 s): how long a backup waits for the lease of its partition
+  while a restore (or another backup step of the same run) holds it, before failing with the
+  holder named.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from backup_pipelines.lib.errors import ConfigError, ServiceStalled
 CONNECT_TIMEOUT_VARIABLE = "BACKUP_CONNECT_TIMEOUT"
 READ_TIMEOUT_VARIABLE = "BACKUP_READ_TIMEOUT"
 STALL_VARIABLE = "BACKUP_STALL_SECONDS"
-DEFAULTS = {CONNECT_TIMEOUT_VARIABLE: 10.0, READ_TIMEOUT_VARIABLE: 20.0, STALL_VARIABLE: 300.0}
+LEASE_WAIT_VARIABLE = "BACKUP_LEASE_WAIT_SECONDS"
+DEFAULTS = {
+    CONNECT_TIMEOUT_VARIABLE: 10.0,
+    READ_TIMEOUT_VARIABLE: 20.0,
+    STALL_VARIABLE: 300.0,
+    LEASE_WAIT_VARIABLE: 600.0,
+}
 # Ordinary requests: retries stop once this many read timeouts have passed since the first try.
 READ_TIMEOUTS_PER_CALL = 3
 
@@ -53,6 +62,10 @@ def read_timeout() -> float:
 
 def stall_seconds() -> float:
     return seconds_from_env(STALL_VARIABLE)
+
+
+def lease_wait_seconds() -> float:
+    return seconds_from_env(LEASE_WAIT_VARIABLE)
 
 
 class Watchdog:

@@ -11,6 +11,7 @@ import pytest
 
 from backup_pipelines.lib import timeouts
 from backup_pipelines.lib.http import IndexStoreError, RetryPolicy
+from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.qdrant.client import QdrantHttp
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines.lib.typesense.client import TypesenseClient
@@ -65,7 +66,7 @@ def typesense_collection(typesense_server):
     """A collection of 2,000 documents (about 2 MB of export), dropped afterwards."""
     name = f"hung_{random.randrange(1 << 30)}"
     direct = TypesenseClient(typesense_server.url, typesense_server.api_key)
-    direct.create_collection(typesense_schema(name))
+    direct.create_collection(typesense_schema(name, Policy().index_mapping("typesense")))
     lines = (
         json.dumps(
             {

@@ -40,7 +40,7 @@ def write_artifact(store, ref, size: int) -> None:
         with writer.open_file("data.bin") as out:
             for _ in range(size // MIB):
                 out.write(os.urandom(MIB))
-        writer.commit(captured_at="2026-11-21T00:00:00Z", counts={}, source={}, tool={})
+        writer.commit(captured_at="2026-11-21T00:00:00Z", counts={"rows": {}}, source={}, tool={})
 
 
 def assert_names_s3(error, operation: str) -> str:

@@ -207,6 +207,15 @@ class QdrantHttp:
             lambda: self.api.upsert(collection, points=structs, wait=True),
         )
 
+    def delete_points(self, collection: str, ids: list) -> None:
+        """Delete the points with these ids (absent ones are no error) and wait until applied."""
+        selector = models.PointIdsList(points=ids)
+        self._call(
+            "delete points",
+            _path(collection, "points/delete"),
+            lambda: self.api.delete(collection, points_selector=selector, wait=True),
+        )
+
     def scroll(
         self,
         collection: str,

@@ -112,6 +112,26 @@ def locate_and_verify(
     return Located(date, workspace, refs, manifests, verified)
 
 
+def check_pinned(store: BackupStore, located: Located) -> None:
+    """The artifacts are still the generations that were verified and gated. Within one held
+    lease nothing can replace them; this catches a run whose lease ended between its steps
+    (a retry from a failed step) while a backup committed a newer generation."""
+    changed = []
+    for asset, ref in located.refs.items():
+        now = store.read_manifest(ref)
+        pinned = located.manifests[asset].get("generation")
+        current = None if now is None else now.get("generation")
+        if current != pinned:
+            changed.append(f"{asset}: verified generation {pinned}, now {current or 'none'}")
+    if changed:
+        raise BackupError(
+            f"the artifacts of {located.date}|{located.workspace} changed since this restore "
+            "verified and gated them (a backup committed in between): "
+            + "; ".join(changed)
+            + " — start the restore again, so the gate judges what is restored"
+        )
+
+
 def consistency_gate(store: BackupStore, located: Located, policy: Policy):
     """The verdict of the partition's SQL artifact against each of its index artifacts."""
     return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
@@ -327,6 +347,8 @@ def restore_workspace(
     override_gate: str = "",
     log: Log | None = None,
     index_targets: Mapping[str, str] | None = None,
+    lease_owner: str | None = None,
+    lease_purpose: str = "restore",
     skip_refused: bool = False,
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
@@ -337,11 +359,27 @@ def restore_workspace(
     recovered by the policy's names. The restore drill uses it to restore into scratch
     collections beside the live ones.
 
+    The workspace's lease is held from the first read to the last write: a backup of this
+    workspace (from any scheduler or process) waits, another restore is refused naming the
+    holder, and a whole-database restore in progress refuses this one.
+
     Entries an index refuses are skipped (and reported by id) only with `skip_refused`; a
     failure after the SQL commit is a PartialRestore saying what each store holds, and the
     same call again finishes what is missing."""
     log = log or (lambda _m: None)
-    indexes, targets = indexes or {}, index_targets or {}
+    with store.lease(workspace, lease_purpose, lease_owner, log=log):
+        if lease_purpose == "restore":
+            store.refuse_overlapping_restores(workspace)
+        return _restore_workspace_held(
+            store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
+            override_gate, log, index_targets or {}, skip_refused,
+        )  # fmt: skip
+
+
+def _restore_workspace_held(
+    store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
+    targets, skip_refused=False,
+) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.monotonic()
 

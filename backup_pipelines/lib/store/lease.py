@@ -54,6 +54,7 @@ from backup_pipelines.lib.workspaces import validate_workspace_id
 LEASE_PREFIX = "_leases/"
 WHOLE_DATABASE_LEASE = "_database"
 DEFAULT_LEASE_TTL = 300.0
+LEASE_POLL_SECONDS = 2.0
 MIN_LEASE_TTL, MAX_LEASE_TTL = 1.0, 86_400.0
 MAX_LEASE_BYTES = 64 << 10
 LEASE_NAME_PATTERN = re.compile(r"_database|workspace=[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -299,7 +300,7 @@ class LeaseStore(ABC):
             current = self.read_lease(name)
             if current is None:
                 continue  # released in between: try to create again
-            if not current.expired():
+            if not current.expired() and not holder_is_gone(current):
                 raise self._held(current)
             version = self._replace_if(key, body, current.version)
             if version is not None:
@@ -337,6 +338,26 @@ class LeaseStore(ABC):
             raise StoreError(f"lease {name} changed while breaking it (renewed?); look again")
         return current
 
+    def acquire_waiting(
+        self, name: str, owner: LeaseOwner, ttl: float, wait: float, log: Log | None = None
+    ) -> Lease:
+        """acquire_lease, trying again while someone else holds the lease, for up to `wait`
+        seconds (a scheduled backup waits out a sibling step or a short restore; an operator
+        at the command line, with wait 0, is told at once who holds it)."""
+        deadline = time.monotonic() + max(0.0, wait)
+        told = False
+        while True:
+            try:
+                return self.acquire_lease(name, owner, ttl)
+            except LeaseHeld as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if not told and log is not None:
+                    log(f"waiting up to {wait:.0f} s for the lease: {exc}")
+                    told = True
+                time.sleep(min(LEASE_POLL_SECONDS, left))
+
     @contextlib.contextmanager
     def lease(
         self,
@@ -345,22 +366,81 @@ class LeaseStore(ABC):
         owner: str | None = None,
         ttl: float = DEFAULT_LEASE_TTL,
         log: Log | None = None,
+        wait: float = 0.0,
+        keep: bool = False,
     ) -> Iterator[HeldLease]:
         """Hold the lease of `workspace` (None: the whole database) for the block: renewed in
         the background every ttl/3, released on exit (also on exceptions). Raises LeaseHeld
-        when someone else holds it; LeaseLost at the end of a block that completed while the
-        lease was lost (broken, or taken over after it expired unrenewed), because its work
-        may have overlapped someone else's."""
+        when someone else holds it (after `wait` seconds of trying); LeaseLost at the end of
+        a block that completed while the lease was lost (broken, or taken over after it
+        expired unrenewed), because its work may have overlapped someone else's.
+
+        `keep`: on a normal exit the lease is renewed and kept, not released, for the next
+        step of the same run to take up with continue_lease (Dagster ops of one restore)."""
         who = LeaseOwner(owner or default_owner(), purpose)
-        held = HeldLease(self, self.acquire_lease(lease_name(workspace), who, ttl), log)
+        taken = self.acquire_waiting(lease_name(workspace), who, ttl, wait, log)
+        with self._holding(taken, log, keep) as held:
+            yield held
+
+    @contextlib.contextmanager
+    def continue_lease(
+        self,
+        workspace: str | None,
+        purpose: str,
+        owner: str,
+        ttl: float = DEFAULT_LEASE_TTL,
+        log: Log | None = None,
+        keep: bool = False,
+    ) -> Iterator[HeldLease]:
+        """Hold again the lease an earlier step of the same run (same `owner`) took and kept.
+        When it is gone (the run was retried from a failed step, or it expired between steps)
+        it is taken afresh and `held.retaken` is True: the caller then checks that what it
+        pinned earlier (the artifact generations it gated on) is still what the store holds.
+        Someone else holding it is LeaseHeld, as for lease()."""
+        name = lease_name(workspace)
+        current = self.read_lease(name)
+        ours = (
+            current is not None
+            and current.record is not None
+            and current.record.owner.who == owner
+            and not current.expired()
+        )
+        if ours:
+            with self._holding(current, log, keep) as held:
+                yield held
+            return
+        taken = self.acquire_lease(name, LeaseOwner(owner, purpose), ttl)
+        if log is not None:
+            log(f"lease {name} taken again: the hold of this run's earlier step had ended")
+        with self._holding(taken, log, keep) as held:
+            held.retaken = True
+            yield held
+
+    @contextlib.contextmanager
+    def _holding(self, lease: Lease, log: Log | None, keep: bool) -> Iterator[HeldLease]:
+        held = HeldLease(self, lease, log)
         held.start()
         try:
             yield held
         except BaseException:
             held.close()
             raise
-        held.close()
+        held.close(release=not keep)
         held.ensure_held()
+
+    def refuse_overlapping_restores(self, workspace: str | None) -> None:
+        """A workspace restore and a whole-database restore exclude each other although their
+        leases differ: each calls this after taking its own, so of two racing at least one
+        sees the other and stops before writing. Backups do not count (a full dump does not
+        stop a workspace restore)."""
+        if workspace is None:
+            others = [lease for lease in self.list_leases() if lease.name != WHOLE_DATABASE_LEASE]
+        else:
+            others = [lease for lease in [self.read_lease(WHOLE_DATABASE_LEASE)] if lease]
+        for other in others:
+            record = other.record
+            if record is not None and record.owner.purpose == "restore" and not other.expired():
+                raise self._held(other)
 
     # -- messages --------------------------------------------------------------------------
     def _held(self, current: Lease | None) -> LeaseHeld:
@@ -397,6 +477,25 @@ class LeaseStore(ABC):
             self._delete_prefix(key)
 
 
+def holder_is_gone(lease: Lease) -> bool:
+    """Whether the lease's holder was a process on this host that no longer exists (a restore
+    killed with SIGKILL, a crashed run worker): its lease is taken over at once instead of
+    after it expires. Holders on other hosts are judged by expiry only; a reused pid reads as
+    alive, which only means waiting for the expiry."""
+    record = lease.record
+    if record is None or record.owner.host != socket.gethostname():
+        return False
+    if record.owner.pid == os.getpid():
+        return False  # this process: another thread or step of ours, alive by definition
+    try:
+        os.kill(record.owner.pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # exists under another user, or cannot tell: alive
+    return False
+
+
 def _subject(name: str) -> str:
     return "the whole database" if name == WHOLE_DATABASE_LEASE else name.replace("=", " ", 1)
 
@@ -413,6 +512,7 @@ class HeldLease:
         self.store = store
         self.lease = lease
         self.lost: LeaseLost | None = None
+        self.retaken = False  # continue_lease had to take it afresh
         self._log = log or (lambda _m: None)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -449,15 +549,21 @@ class HeldLease:
                     return
                 self._log(f"WARNING lease {self.name}: renewal failed, retrying: {exc}")
 
-    def close(self) -> None:
-        """Stop renewing and release (a release that fails leaves the lease to expire)."""
+    def close(self, release: bool = True) -> None:
+        """Stop renewing and release (a release that fails leaves the lease to expire). With
+        release=False the lease is renewed once and kept for a later step of the same run."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
         if self.lost is not None:
             return
         try:
-            if not self.store.release_lease(self.lease):
+            if not release:
+                self.lease = self.store.renew_lease(self.lease)
+            elif not self.store.release_lease(self.lease):
                 self.lost = self.store._lost(self.lease)
+        except LeaseLost as exc:
+            self.lost = exc
         except StoreError as exc:
-            self._log(f"WARNING lease {self.name} not released ({exc}); it expires by itself")
+            what = "renewed for the next step" if not release else "released"
+            self._log(f"WARNING lease {self.name} not {what} ({exc}); it expires by itself")

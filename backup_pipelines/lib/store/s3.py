@@ -175,6 +175,13 @@ class S3Store(BackupStore):
         """A StoreError for a failed request: refused (an S3 error answer) or unreachable."""
         from botocore.exceptions import ClientError
 
+        from backup_pipelines.lib.store.s3_client import StoreUnreachable
+
+        if isinstance(exc, StoreUnreachable):
+            return StoreError(
+                f"backup store {self.describe()} unreachable while trying to {action} {key!r}: "
+                f"{exc} — check that the S3 endpoint is up and reachable, then retry"
+            )
         if isinstance(exc, StoreError):
             return exc
         if isinstance(exc, ClientError):

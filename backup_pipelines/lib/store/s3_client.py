@@ -167,8 +167,12 @@ def _call_description(client, operation: str, params: dict) -> str:
     return f"S3 {operation} of {target} at {client.meta.endpoint_url}"
 
 
+class StoreUnreachable(StoreError):
+    """An S3 call that got no usable answer (no connection, timeouts, a cut transfer)."""
+
+
 def _unreachable(client, operation: str, params: dict, reason: str, started: float) -> StoreError:
-    return StoreError(
+    return StoreUnreachable(
         f"{_call_description(client, operation, params)}: {reason}; gave up after "
         f"{time.monotonic() - started:.1f} s and up to {S3_ATTEMPTS} attempts"
     )
