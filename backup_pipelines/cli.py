@@ -5,7 +5,7 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines list [--asset A] [--date D] [--workspace W] [--verdicts]
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
-                                       [--dry-run] [--override-gate REASON]
+                                       [--dry-run] [--override-gate REASON] [--skip-refused]
     backup-pipelines restore workspace --to '2026-12-01 13:05:00+00:00' --workspace W [W ...] [--dry-run]
     backup-pipelines restore platform --to '2026-12-01 13:05:00+00:00' [--target-dir D --port P | --overwrite-live] [--dry-run]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
@@ -614,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     workspace.add_argument(
         "--skip-refused",
         action="store_true",
-        help="skip the entries an index refuses (reported by id); without it they fail the "
-        "restore, which then says each store's state",
+        help="with --date: skip the entries an index refuses (reported by id); without it "
+        "they fail the restore, which then says each store's state",
     )
     workspace.set_defaults(run=cmd_restore_workspace)
     full = restore.add_parser(
