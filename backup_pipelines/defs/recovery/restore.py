@@ -46,19 +46,25 @@ def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> Restor
     mode = tags.get(MODE_TAG, config.mode)
     if mode not in {m.value for m in Mode}:
         raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not one of merge, replace")
-    dry_run = tags.get(DRY_RUN_TAG, str(config.dry_run)).lower() in {"1", "true", "yes"}
-    skip_refused = FLAG_VALUES.get(tags.get(SKIP_REFUSED_TAG, str(config.skip_refused)).lower())
-    if skip_refused is None:
-        raise dg.Failure(
-            f"run tag {SKIP_REFUSED_TAG}={tags[SKIP_REFUSED_TAG]!r} is not true or false",
-            allow_retries=False,
-        )
+    # Strict: a typo in `restore/dry_run` must not run a real restore.
+    dry_run = _flag(tags, DRY_RUN_TAG, config.dry_run)
+    skip_refused = _flag(tags, SKIP_REFUSED_TAG, config.skip_refused)
     return RestoreOptions(
         mode=mode,
         dry_run=dry_run,
         override_gate=tags.get(OVERRIDE_TAG, config.override_gate),
         skip_refused=skip_refused,
     )
+
+
+def _flag(tags: dict, tag: str, default: bool) -> bool:
+    value = FLAG_VALUES.get(tags.get(tag, str(default)).strip().lower())
+    if value is None:
+        raise dg.Failure(
+            f"run tag {tag}={tags[tag]!r} is not true or false (1/0, yes/no); nothing was written",
+            allow_retries=False,
+        )
+    return value
 
 
 @contextlib.contextmanager
