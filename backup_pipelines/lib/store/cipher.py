@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backup_pipelines.lib.errors import ChecksumMismatch, ConfigError, StoreError
 
+# The manifest's name for this format (files[].encryption.scheme).
+SCHEME = "aes-256-gcm-chunked-v1"
 MAGIC = b"BPAE1"
 CHUNK = 1 << 20
 TAG = 16
@@ -57,17 +59,24 @@ class Keyring:
     keys: Mapping[str, bytes]
     active: str | None  # the key id new artifacts are encrypted with; None: encryption off
 
-    def key(self, key_id: str) -> bytes:
+    def key(self, key_id: str, where: str = "this artifact") -> bytes:
         if key_id not in self.keys:
             raise KeyMissing(
-                f"this artifact is encrypted with key {key_id!r}, which is not in "
+                f"{where} is encrypted with key {key_id!r}, which is not in "
                 "BACKUP_ENCRYPTION_KEYS / BACKUP_ENCRYPTION_KEY_FILE: add it (keys are never "
                 "stored with the backups; a lost key is a lost backup)"
             )
         return self.keys[key_id]
 
+    def encryptor(self) -> Encryptor | None:
+        """What a new artifact file is encrypted with; None when encryption is off."""
+        return Encryptor(self.active, self.keys[self.active]) if self.active else None
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Keyring:
+    def from_env(cls, env: Mapping[str, str] | None = None, writing: bool = True) -> Keyring:
+        """The keys of the environment. `writing=False` (a reader) ignores the active id: a
+        reader needs only the keys the artifacts name, and reading must not fail because the
+        id for new backups is misconfigured."""
         env = os.environ if env is None else env
         text = env.get("BACKUP_ENCRYPTION_KEYS", "")
         if env.get("BACKUP_ENCRYPTION_KEY_FILE"):
@@ -79,7 +88,7 @@ class Keyring:
                     f"BACKUP_ENCRYPTION_KEY_FILE {env['BACKUP_ENCRYPTION_KEY_FILE']}: {exc.strerror}"
                 ) from None
         keys = parse_keys(text)
-        active = env.get("BACKUP_ENCRYPTION_KEY_ID") or None
+        active = (env.get("BACKUP_ENCRYPTION_KEY_ID") or None) if writing else None
         if active is not None and active not in keys:
             raise ConfigError(
                 f"BACKUP_ENCRYPTION_KEY_ID {active!r} names no key of BACKUP_ENCRYPTION_KEYS / "
@@ -132,6 +141,7 @@ class Encryptor:
 
     def __init__(self, key_id: str, master: bytes) -> None:
         salt = secrets.token_bytes(SALT)
+        self.key_id = key_id
         self.header = MAGIC + bytes([len(key_id)]) + key_id.encode() + salt
         self._aead = _file_key(master, salt)
         self._pending = bytearray()
@@ -188,15 +198,28 @@ def _read_exactly(raw, size: int) -> bytes:
 
 class DecryptingReader(io.RawIOBase):
     """A read()-able plaintext view of an encrypted stream; every chunk is authenticated
-    before a byte of it is returned."""
+    before a byte of it is returned. `expected_key_id` (the manifest's) must be the one the
+    file's own header names: a manifest and a file that disagree were tampered with."""
 
-    def __init__(self, raw, keyring: Keyring, where: str = "an artifact file") -> None:
+    def __init__(
+        self,
+        raw,
+        keyring: Keyring,
+        where: str = "an artifact file",
+        expected_key_id: str | None = None,
+    ) -> None:
         self._raw = raw
         self._where = where
         self.header, self.key_id, salt = read_header(raw)
-        self._aead = _file_key(keyring.key(self.key_id), salt)
+        if expected_key_id is not None and self.key_id != expected_key_id:
+            raise ChecksumMismatch(
+                f"{where}: the manifest says key {expected_key_id!r} but the file is sealed "
+                f"with key {self.key_id!r}; the artifact was tampered with — do not restore "
+                "from it"
+            )
+        self._aead = _file_key(keyring.key(self.key_id, where), salt)
         self._index = 0
-        self._buffer = b""
+        self._buffer = memoryview(b"")
         self._next = self._read_sealed()
         self._done = False
 
@@ -231,8 +254,9 @@ class DecryptingReader(io.RawIOBase):
         return plain
 
     def readinto(self, buffer) -> int:
+        # A memoryview of the open chunk: handing it out piece by piece copies nothing twice.
         while not self._buffer and not self._done:
-            self._buffer = self._open_next()
+            self._buffer = memoryview(self._open_next())
         if not self._buffer:
             return 0
         size = min(len(buffer), len(self._buffer))
