@@ -282,6 +282,9 @@ def _list_columns(store, ref, verdicts: bool) -> str:
         if k != "tables"
     }
     line = f"{size:>14,}  {json.dumps(counts)}"
+    key_ids = sorted({f["encryption"]["key_id"] for f in manifest["files"] if f.get("encryption")})
+    if key_ids:  # which keys a restore needs (rotation: drop a key only when none lists it)
+        line += f"  encrypted with {', '.join(key_ids)}"
     if verdicts and ref.asset == "postgres/workspace_dump":
         try:
             line += f"  {_verdict(store, ref, manifest)}"

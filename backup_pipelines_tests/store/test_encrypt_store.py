@@ -347,3 +347,26 @@ def test_encrypt_cli_keys_new_prints_a_key_the_keyring_accepts():
         {"BACKUP_ENCRYPTION_KEYS": output, "BACKUP_ENCRYPTION_KEY_ID": "prod-2026"}
     )
     assert keyring.active == "prod-2026" and len(keyring.keys["prod-2026"]) == 32
+
+
+def test_encrypt_cli_list_names_the_key_ids_and_verify_needs_no_key(
+    tmp_path, source_db, use_keys, monkeypatch, capsys
+):
+    from backup_pipelines import cli
+
+    store = LocalStore(tmp_path)
+    use_keys(OLD, OLD)
+    dump_workspace(store, source_db, date="2026-11-20")
+    use_keys(NEW, OLD, NEW)
+    dump_workspace(store, source_db, date="2026-11-21")
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{tmp_path}")
+    use_keys(None)
+
+    assert cli.main(["list"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.rsplit("  ", 1)[-1] for line in listing if "workspace_dump" in line] == [
+        f"encrypted with {OLD}",
+        f"encrypted with {NEW}",
+    ]
+    assert cli.main(["verify"]) == 0
+    assert "2 of 2 artifacts verified" in capsys.readouterr().out

@@ -149,23 +149,32 @@ class Encryptor:
         self._started = False
 
     def update(self, data: bytes) -> bytes:
-        self._pending += data
-        out = bytearray()
+        out: list[bytes] = []
         if not self._started:
-            out += self.header
+            out.append(self.header)
             self._started = True
+        view = memoryview(data)
         # Keep at least one byte back: the last chunk must be sealed with the last flag.
-        while len(self._pending) > CHUNK:
-            out += self._seal(bytes(self._pending[:CHUNK]), last=False)
-            del self._pending[:CHUNK]
-        return bytes(out)
+        if self._pending:
+            room = CHUNK - len(self._pending)
+            self._pending += view[:room]
+            view = view[room:]
+            if not view:
+                return b"".join(out)
+            out.append(self._seal(self._pending, last=False))
+            self._pending = bytearray()
+        while len(view) > CHUNK:  # whole chunks straight from the caller's buffer, no copy
+            out.append(self._seal(view[:CHUNK], last=False))
+            view = view[CHUNK:]
+        self._pending += view
+        return b"".join(out)
 
     def finalize(self) -> bytes:
         head = b"" if self._started else self.header
         self._started = True
         return head + self._seal(bytes(self._pending), last=True)
 
-    def _seal(self, chunk: bytes, last: bool) -> bytes:
+    def _seal(self, chunk, last: bool) -> bytes:
         sealed = self._aead.encrypt(
             _nonce(self._index), chunk, _aad(self.header, self._index, last)
         )
