@@ -22,6 +22,7 @@ from backup_pipelines.lib.store.cipher import KeyMissing
 from backup_pipelines.lib.streams import iter_decompressed
 from backup_pipelines_tests.helpers import DATE, back_up, flip_one_byte, index_workspace
 from backup_pipelines_tests.pg_checks import fingerprint
+from backup_pipelines_tests.test_definitions import definitions  # noqa: F401 (fixture)
 
 SENTENCE = "Marguerite keeps the spare key of the lighthouse under the blue heron statue"
 OLD, NEW = "k2026-q3", "k2026-q4"
@@ -370,3 +371,39 @@ def test_encrypt_cli_list_names_the_key_ids_and_verify_needs_no_key(
     ]
     assert cli.main(["verify"]) == 0
     assert "2 of 2 artifacts verified" in capsys.readouterr().out
+
+
+def test_encrypt_dagster_backup_job_encrypts_and_its_checks_pass(
+    definitions,  # noqa: F811
+    use_keys,
+    tmp_path,
+):
+    """The workspace backup job with a key configured: every artifact encrypted, the verify and
+    consistency checks (which read the point-id and export files back) pass, the UI shows the
+    key id and never a key."""
+    import dagster as dg
+
+    use_keys(NEW, OLD, NEW)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("workspaces", ["ws_acme"])
+        job = definitions.resolve_job_def("workspace_backup_job")
+        result = job.execute_in_process(instance=instance, partition_key=f"{DATE}|ws_acme")
+        assert result.success
+        materializations = result.get_asset_materialization_events()
+        assert len(materializations) == 3
+        for event in materializations:
+            metadata = event.materialization.metadata
+            assert metadata["encryption"].value == f"aes-256-gcm, key {NEW}"
+        checks = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        assert checks and all(check.passed for check in checks)
+        seen = str([e.message or "" for e in instance.all_logs(result.run_id)])
+        seen += str([e.materialization.metadata for e in materializations])
+        assert KEYS[NEW] not in seen and KEYS[OLD] not in seen
+    store = LocalStore(tmp_path / "store")
+    for asset in ASSETS:
+        ref = ArtifactRef(asset, DATE, "ws_acme")
+        assert {f["encryption"]["key_id"] for f in store.require_manifest(ref)["files"]} == {NEW}
