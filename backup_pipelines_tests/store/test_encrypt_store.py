@@ -407,3 +407,22 @@ def test_encrypt_dagster_backup_job_encrypts_and_its_checks_pass(
     for asset in ASSETS:
         ref = ArtifactRef(asset, DATE, "ws_acme")
         assert {f["encryption"]["key_id"] for f in store.require_manifest(ref)["files"]} == {NEW}
+
+
+def test_encrypt_required_refuses_plaintext_artifacts_both_ways(
+    tmp_path, source_db, use_keys, monkeypatch
+):
+    store = LocalStore(tmp_path)
+    plain = dump_workspace(store, source_db, date="2026-11-20")  # before encryption was on
+    monkeypatch.setenv("BACKUP_ENCRYPTION_REQUIRED", "1")
+    with pytest.raises(ConfigError, match="BACKUP_ENCRYPTION_KEY_ID"):
+        dump_workspace(store, source_db, date="2026-11-21")
+    assert [ref.date for ref in store.list_artifacts()] == ["2026-11-20"]
+    manifest = store.require_manifest(plain)
+    with pytest.raises(ChecksumMismatch, match="BACKUP_ENCRYPTION_REQUIRED"):
+        store.open_file(plain, manifest, manifest["files"][0]["name"])
+    assert store.verify(plain).ok  # verify reads stored bytes: still fine
+
+    use_keys(NEW, NEW)
+    sealed = dump_workspace(store, source_db, date="2026-11-21")
+    assert plaintext(store, sealed, store.require_manifest(sealed)["files"][0]["name"])

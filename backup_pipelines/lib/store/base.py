@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from backup_pipelines.lib.errors import ArtifactNotFound, ChecksumMismatch, StoreError
-from backup_pipelines.lib.store.cipher import Keyring
+from backup_pipelines.lib.store.cipher import Keyring, encryption_required
 from backup_pipelines.lib.store.lease import LeaseStore
 from backup_pipelines.lib.store.manifest import (
     MANIFEST_NAME,
@@ -157,6 +157,12 @@ class BackupStore(LeaseStore, ABC):
         encryption = file_encryption(entry, f"{self.location(ref)}/{MANIFEST_NAME}")
         where = f"{self.location(ref)}: file {name!r}"
         keyring = None
+        if decrypt and encryption is None and encryption_required():
+            raise ChecksumMismatch(
+                f"{where} is stored unencrypted, and BACKUP_ENCRYPTION_REQUIRED is set: refused "
+                "(a manifest naming plaintext files may have been planted or downgraded; unset "
+                "it only to read artifacts made before encryption was turned on)"
+            )
         if decrypt and encryption is not None:
             # Before anything is opened: a missing key is named at once, the file untouched.
             keyring = Keyring.from_env(writing=False)

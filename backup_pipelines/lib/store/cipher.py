@@ -97,6 +97,19 @@ class Keyring:
         return cls(keys, active)
 
 
+def encryption_required(env: Mapping[str, str] | None = None) -> bool:
+    """BACKUP_ENCRYPTION_REQUIRED: no artifact file is written or read unencrypted. Without
+    it, a manifest that names plaintext files is read as such (artifacts made before
+    encryption was turned on); with it, a planted or downgraded manifest is refused too."""
+    env = os.environ if env is None else env
+    value = (env.get("BACKUP_ENCRYPTION_REQUIRED") or "").strip().lower()
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    raise ConfigError(f"BACKUP_ENCRYPTION_REQUIRED={value!r}: use 1/true/yes or 0/false/no")
+
+
 def parse_keys(text: str) -> dict[str, bytes]:
     keys: dict[str, bytes] = {}
     for number, item in enumerate(re.split(r"[,\n]", text), 1):

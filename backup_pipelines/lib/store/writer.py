@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from backup_pipelines.lib.errors import StoreError
-from backup_pipelines.lib.store.cipher import SCHEME, Encryptor, Keyring
+from backup_pipelines.lib.errors import ConfigError, StoreError
+from backup_pipelines.lib.store.cipher import SCHEME, Encryptor, Keyring, encryption_required
 from backup_pipelines.lib.store.manifest import (
     GENERATION_PREFIX,
     MANIFEST_FORMAT_VERSION,
@@ -142,6 +142,11 @@ class ArtifactWriter:
         # Read once per artifact, before anything is staged: a misconfigured key fails the
         # backup here, and every file of one artifact is sealed with the same key id.
         self._keyring = Keyring.from_env()
+        if self._keyring.active is None and encryption_required():
+            raise ConfigError(
+                "BACKUP_ENCRYPTION_REQUIRED is set but BACKUP_ENCRYPTION_KEY_ID is not: set the "
+                f"key id new backups use; nothing of {ref} was written"
+            )
         self.committed: dict | None = None
 
     def _key(self, name: str) -> str:
@@ -192,11 +197,6 @@ class ArtifactWriter:
         with self.open_file(name) as handle:
             handle.write(data)
         return self._files[-1]
-
-    @property
-    def encryption_key_id(self) -> str | None:
-        """The key id this artifact's files are sealed with; None when encryption is off."""
-        return self._keyring.active
 
     @property
     def files(self) -> list[dict]:
