@@ -20,6 +20,7 @@ Keys come from the environment, never from the store: `BACKUP_ENCRYPTION_KEYS` (
 named by `BACKUP_ENCRYPTION_KEY_FILE`) lists `id:base64-key` pairs, comma- or line-separated;
 `BACKUP_ENCRYPTION_KEY_ID` names the one new backups use. Rotation: add a new key, point the id
 at it, keep the old ones listed for as long as backups made with them are kept.
+`BACKUP_ENCRYPTION_REQUIRED=1` refuses writing or reading any artifact file unencrypted.
 """
 
 from __future__ import annotations
