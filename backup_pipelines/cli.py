@@ -19,6 +19,7 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines lease list
     backup-pipelines lease break (--workspace W | --database) [--force]
     backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
+    backup-pipelines keys new [--id ID]        # a new encryption key, printed as id:base64
     backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
     backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
 """
@@ -152,6 +153,7 @@ def cmd_doctor(args) -> int:
     except BackupError as exc:
         report("store", False, str(exc))
     cli_copy.doctor_checks(report, store)  # the copy store; Object Lock against the buckets
+    _doctor_encryption(report)
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
         try:
@@ -178,6 +180,44 @@ def cmd_doctor(args) -> int:
         except BackupError as exc:
             report(engine.name, False, str(exc))
     return 1 if failures else 0
+
+
+def _doctor_encryption(report) -> None:
+    """Whether new backups are encrypted, and with which key id (ids only, never a key)."""
+    from backup_pipelines.lib.store.cipher import Keyring
+
+    try:
+        keyring = Keyring.from_env()
+    except BackupError as exc:
+        report("encryption", False, str(exc))
+        return
+    known = ", ".join(sorted(keyring.keys)) or "none"
+    if keyring.active:
+        report(
+            "encryption", True, f"new backups encrypted with key {keyring.active!r} (keys: {known})"
+        )
+    else:
+        print(f"--   encryption   off: BACKUP_ENCRYPTION_KEY_ID not set (keys listed: {known})")
+
+
+def cmd_keys_new(args) -> int:
+    """A new random 256-bit key as `id:base64`, the form BACKUP_ENCRYPTION_KEYS takes."""
+    from backup_pipelines.lib.store.cipher import new_key
+
+    key_id = args.id or f"k{Date.today():%Y%m%d}"
+    print(f"{key_id}:{new_key()}")
+    return 0
+
+
+def key_id_argument(text: str) -> str:
+    from backup_pipelines.lib.store.cipher import KEY_ID
+
+    if not KEY_ID.fullmatch(text or ""):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key id (letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 64 characters)"
+        )
+    return text
 
 
 def _doctor_schema(report, database_url: str, policy, engines) -> None:
@@ -245,6 +285,9 @@ def _list_columns(store, ref, verdicts: bool) -> str:
         if k != "tables"
     }
     line = f"{size:>14,}  {json.dumps(counts)}"
+    key_ids = sorted({f["encryption"]["key_id"] for f in manifest["files"] if f.get("encryption")})
+    if key_ids:  # which keys a restore needs (rotation: drop a key only when none lists it)
+        line += f"  encrypted with {', '.join(key_ids)}"
     if verdicts and ref.asset == "postgres/workspace_dump":
         try:
             line += f"  {_verdict(store, ref, manifest)}"
@@ -741,6 +784,16 @@ def build_parser() -> argparse.ArgumentParser:
     breaking.set_defaults(run=cmd_lease_break)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
     cli_copy.add_commands(commands, date_argument, workspace_argument, asset_argument)  # copy
+    keys = commands.add_parser(
+        "keys", help="client-side encryption keys of the artifacts"
+    ).add_subparsers(dest="keys_command", required=True)
+    new_key = keys.add_parser(
+        "new",
+        help="print a new random key as id:base64 (add it to BACKUP_ENCRYPTION_KEYS or the key "
+        "file, and keep a copy outside the store: a lost key is a lost backup)",
+    )
+    new_key.add_argument("--id", type=key_id_argument, help="the key id (default: k<YYYYMMDD>)")
+    new_key.set_defaults(run=cmd_keys_new)
     return parser
 
 

@@ -37,6 +37,10 @@ def artifact_metadata(store: BackupStore, ref: ArtifactRef, manifest: dict, seco
         "source": dg.MetadataValue.json(manifest.get("source", {})),
         "tool": dg.MetadataValue.json(manifest.get("tool", {})),
     }
+    key_ids = sorted({f["encryption"]["key_id"] for f in manifest["files"] if f.get("encryption")})
+    metadata["encryption"] = dg.MetadataValue.text(  # the key id only, never a key
+        f"aes-256-gcm, key {', '.join(key_ids)}" if key_ids else "off"
+    )
     if isinstance(rows, dict) and rows:
         metadata["rows_per_table"] = dg.MetadataValue.json(rows)
         metadata["dagster/row_count"] = dg.MetadataValue.int(sum(rows.values()))

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from backup_pipelines.lib.errors import ArtifactNotFound, ChecksumMismatch, StoreError
+from backup_pipelines.lib.store.cipher import Keyring, encryption_required
 from backup_pipelines.lib.store.lease import LeaseStore
 from backup_pipelines.lib.store.manifest import (
     MANIFEST_NAME,
@@ -33,7 +34,13 @@ from backup_pipelines.lib.store.manifest import (
     is_plain_name,
     parse_manifest,
 )
-from backup_pipelines.lib.store.reader import VerifyingReader, VerifyResult, iter_chunks
+from backup_pipelines.lib.store.reader import (
+    DecryptedFile,
+    VerifyingReader,
+    VerifyResult,
+    file_encryption,
+    iter_chunks,
+)
 from backup_pipelines.lib.store.refs import ArtifactRef, parse_artifact_folder
 from backup_pipelines.lib.store.writer import ArtifactWriter, Sink
 
@@ -138,10 +145,36 @@ class BackupStore(LeaseStore, ABC):
             )
         return f"{ref.folder}/{generation}/"
 
-    def open_file(self, ref: ArtifactRef, manifest: dict, name: str) -> VerifyingReader:
+    def open_file(
+        self, ref: ArtifactRef, manifest: dict, name: str, decrypt: bool = True
+    ) -> VerifyingReader | DecryptedFile:
+        """A file of the artifact, its stored bytes checked against the manifest's size and
+        sha256 as they stream. An encrypted file is decrypted on the fly (its plaintext,
+        each chunk authenticated before it is handed out) unless `decrypt=False`, which
+        gives the stored ciphertext (verify, a copy to another store: no key needed)."""
         key = self.file_key(ref, manifest, name)
         entry = self.file_entry(ref, manifest, name)
-        return VerifyingReader(self._open_read(key), entry, self.location(ref))
+        encryption = file_encryption(entry, f"{self.location(ref)}/{MANIFEST_NAME}")
+        where = f"{self.location(ref)}: file {name!r}"
+        keyring = None
+        if decrypt and encryption is None and encryption_required():
+            raise ChecksumMismatch(
+                f"{where} is stored unencrypted, and BACKUP_ENCRYPTION_REQUIRED is set: refused "
+                "(a manifest naming plaintext files may have been planted or downgraded; unset "
+                "it only to read artifacts made before encryption was turned on)"
+            )
+        if decrypt and encryption is not None:
+            # Before anything is opened: a missing key is named at once, the file untouched.
+            keyring = Keyring.from_env(writing=False)
+            keyring.key(encryption["key_id"], where)
+        stored = VerifyingReader(self._open_read(key), entry, self.location(ref))
+        if keyring is None:
+            return stored
+        try:
+            return DecryptedFile(stored, keyring, where, encryption["key_id"])
+        except BaseException:
+            stored.close()
+            raise
 
     def verify(self, ref: ArtifactRef) -> VerifyResult:
         """Re-read every file of the artifact and check size and sha256 against the manifest;
@@ -154,7 +187,8 @@ class BackupStore(LeaseStore, ABC):
         total = 0
         for entry in manifest["files"]:
             try:
-                with self.open_file(ref, manifest, entry["name"]) as reader:
+                # The stored bytes only: verify needs no key (the sha256 covers the ciphertext).
+                with self.open_file(ref, manifest, entry["name"], decrypt=False) as reader:
                     for chunk in iter_chunks(reader):
                         total += len(chunk)
             except (ChecksumMismatch, StoreError) as exc:

@@ -19,7 +19,7 @@ import json
 import re
 import unicodedata
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from backup_pipelines.lib.errors import StoreError
+from backup_pipelines.lib.store.cipher import KEY_ID, SCHEME
 from backup_pipelines.lib.workspaces import WORKSPACE_ID_PATTERN
 
 MANIFEST_NAME = "manifest.json"
@@ -223,11 +224,21 @@ class _Model(BaseModel):
 # The manifest every artifact has
 
 
+class FileEncryption(BaseModel):
+    """How a file was encrypted (cipher.py): one known scheme and the id (a plain short name,
+    never a key) of the key it needs. Nothing else is accepted: a reader must not guess."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    scheme: Literal[SCHEME]  # type: ignore[valid-type]
+    key_id: Annotated[StrictStr, Field(max_length=64, pattern=KEY_ID.pattern)]
+
+
 class FileEntry(_Model):
     name: PlainName
     path: Annotated[StrictStr, Field(max_length=2 * MAX_NAME_BYTES)]
-    bytes: ByteCount
-    sha256: Sha256
+    bytes: ByteCount  # as stored: the ciphertext's when the file is encrypted
+    sha256: Sha256  # idem, so `verify` needs no key
+    encryption: FileEncryption | None = None  # absent: stored as written (older artifacts)
 
 
 class PartitionModel(_Model):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from backup_pipelines.lib.errors import BackupError, ChecksumMismatch, StoreError
+from backup_pipelines.lib.store.cipher import KEY_ID, SCHEME, DecryptingReader
+from backup_pipelines.lib.store.manifest import ManifestInvalid
 from backup_pipelines.lib.store.refs import ArtifactRef
 
 CHUNK = 1 << 20
@@ -100,6 +102,36 @@ class VerifyingReader(io.RawIOBase):
         with contextlib.suppress(Exception):
             self._raw.close()
         super().close()
+
+
+class DecryptedFile(DecryptingReader):
+    """The plaintext of an encrypted artifact file, read through its VerifyingReader: the
+    stored bytes are still checked against the manifest's size and sha256 at their end, and
+    each chunk is authenticated (AES-GCM tag) before any of its plaintext is handed out."""
+
+    def __init__(self, stored: VerifyingReader, keyring, where: str, key_id: str) -> None:
+        self.description = stored.description  # what stream errors name (lib/streams.py)
+        super().__init__(stored, keyring, where, expected_key_id=key_id)
+
+
+def file_encryption(entry: dict, where: str) -> dict | None:
+    """A file entry's encryption record, checked again (a manifest dict may not come from
+    read_manifest): None for a file stored as written, else one known scheme and a key id."""
+    encryption = entry.get("encryption")
+    if encryption is None:
+        return None
+    if (
+        not isinstance(encryption, dict)
+        or set(encryption) != {"scheme", "key_id"}
+        or encryption["scheme"] != SCHEME
+        or not isinstance(encryption["key_id"], str)
+        or not KEY_ID.fullmatch(encryption["key_id"])
+    ):
+        raise ManifestInvalid(
+            f"{where}: files[{entry.get('name')!r}].encryption is not "
+            f"{{'scheme': {SCHEME!r}, 'key_id': <key id>}}; refused"
+        )
+    return encryption
 
 
 def iter_chunks(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
