@@ -566,16 +566,29 @@ def cmd_retention(args) -> int:
 
     # --today was checked by date_argument: None means not given, never an empty string.
     today = Date.fromisoformat(args.today) if args.today is not None else datetime.now(UTC).date()
-    _plan, result = run_retention(_store(), load_policy(), today, dry_run=args.dry_run, log=print)
-    if result is None:
-        print("dry run: nothing deleted")
-        return 0
-    print(f"deleted {len(result.deleted)} artifacts and {result.leftovers_cleaned} leftovers")
-    for ref, until in result.locked:
-        print(f"not deleted (Object Lock): {ref} until {until}")
-    for error in result.errors:
-        print(f"FAILED {error}", file=sys.stderr)
-    return 1 if result.errors else 0
+    from backup_pipelines.lib.store.copy import copy_store_from_env
+
+    primary, policy, failed = _store(), load_policy(), False
+    stores = [(primary, None)]
+    copy = copy_store_from_env()
+    if copy is not None:  # pruned by the same policy, with the primary's keep markers
+        stores.append((copy, primary))
+    for store, control in stores:
+        if control is not None:
+            print(f"copy store {store.describe()}:")
+        _plan, result = run_retention(
+            store, policy, today, dry_run=args.dry_run, log=print, control=control
+        )
+        if result is None:
+            print("dry run: nothing deleted")
+            continue
+        print(f"deleted {len(result.deleted)} artifacts and {result.leftovers_cleaned} leftovers")
+        for ref, until in result.locked:
+            print(f"not deleted (Object Lock): {ref} until {until}")
+        for error in result.errors:
+            print(f"FAILED {error}", file=sys.stderr)
+        failed = failed or bool(result.errors)
+    return 1 if failed else 0
 
 
 def cmd_lease_list(args) -> int:

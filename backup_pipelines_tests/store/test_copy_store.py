@@ -213,3 +213,36 @@ def test_copy_store_kill_mid_copy_leaves_no_manifest_then_catches_up(tmp_path, s
     again = _copy_command(env)
     output, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "0 copied" in output and "2 already in the copy" in output
+
+
+def test_copy_store_retention_prunes_the_copy_by_the_primarys_keep_markers(tmp_path, monkeypatch):
+    """The copy store does not grow without bound: the same policy prunes it, and what the
+    operator marked kept in the primary (the copy has no markers of its own) stays in both."""
+    from backup_pipelines import cli
+    from backup_pipelines.lib.lifecycle.markers import mark_kept
+    from backup_pipelines.lib.lifecycle.retention import run_retention
+    from backup_pipelines.lib.policy import Policy
+    from backup_pipelines_tests.lifecycle.test_retention import TODAY, ago, write_artifact
+
+    primary, copy = LocalStore(tmp_path / "primary"), LocalStore(tmp_path / "copy")
+    sql = "postgres/workspace_dump"
+    young = write_artifact(primary, sql, TODAY.isoformat(), "ws_acme")
+    marked = write_artifact(primary, sql, ago(201), "ws_acme")
+    old = write_artifact(primary, sql, ago(200), "ws_acme")
+    report = copy_missing(primary, copy, [young, marked, old])
+    assert sorted(r.ref for r in report.results) == sorted([young, marked, old])
+    mark_kept(primary, ago(201), "ws_acme", "before migration 42")
+
+    _plan, result = run_retention(copy, Policy(), TODAY, log=lambda _m: None, control=primary)
+
+    assert result.deleted == [old]
+    assert [ref for ref in (young, marked, old) if copy.read_manifest(ref)] == [young, marked]
+    assert all(primary.read_manifest(ref) for ref in (young, marked, old))  # primary untouched
+
+    # The command line prunes the copy after the primary, with the same rules.
+    old_again = write_artifact(copy, sql, ago(199), "ws_acme")
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{primary.root}")
+    monkeypatch.setenv("BACKUP_COPY_STORE_URL", f"file://{copy.root}")
+    assert cli.main(["retention", "--today", TODAY.isoformat()]) == 0
+    assert copy.read_manifest(old_again) is None and copy.read_manifest(marked) is not None
+    assert primary.read_manifest(marked) is not None

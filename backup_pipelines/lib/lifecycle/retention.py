@@ -329,6 +329,7 @@ def plan_retention(
     is_verified: Callable[[Artifact], bool] | None = None,
     asset_rules: Mapping[str, list[AssetRule]] | None = None,
     log: Log = _quiet,
+    control: BackupStore | None = None,
 ) -> RetentionPlan:
     """What to keep and delete on `today` (a UTC date). `now` (epoch seconds, default the
     clock) ages the leftovers of crashed runs; `is_verified` defaults to `verify_with_store`;
@@ -338,7 +339,9 @@ def plan_retention(
     today = _check_today(today)
     now = time.time() if now is None else now
     folders = scan_store(store)
-    markers = list_kept(store)
+    # The copy store is pruned by the primary's keep markers (`control`): an operator marks
+    # a backup kept in the primary, and its copy must be kept as long.
+    markers = list_kept(control or store)
     held = {m.partition: m for m in markers}
     verifier = _CountingVerifier(is_verified or verify_with_store(store, log))
     series = _series_of(folders)
@@ -472,7 +475,9 @@ class ApplyResult:
     locked: list[tuple[ArtifactRef, str]] = field(default_factory=list)
 
 
-def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> ApplyResult:
+def apply_plan(
+    store: BackupStore, plan: RetentionPlan, log: Log = print, control: BackupStore | None = None
+) -> ApplyResult:
     """Delete each doomed artifact, then clean the leftovers. Within a partition the SQL dump
     goes last. Errors are collected (one bad artifact does not stop the rest) and returned;
     a rerun finishes what an interrupted one left, since the rules give the same answer for
@@ -484,13 +489,14 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     for number, artifact in enumerate(doomed, 1):
         where = f"[{number}/{len(doomed)}] {artifact}"
         if artifact.partition not in marked:
-            marked[artifact.partition] = store._get(marker_key(artifact.partition)) is not None
+            marker = (control or store)._get(marker_key(artifact.partition))
+            marked[artifact.partition] = marker is not None
         if marked[artifact.partition]:
             # Marked after the plan was made: the marker wins.
             result.skipped.append((artifact.ref, "keep marker placed since planning"))
             log(f"{where}: kept, marked since planning")
             continue
-        reader = _restore_reading(store, artifact.ref, readers)
+        reader = _restore_reading(control or store, artifact.ref, readers)
         if reader:
             result.skipped.append((artifact.ref, reader))
             log(f"{where}: kept for now, {reader}")
@@ -588,13 +594,17 @@ def run_retention(
     now: float | None = None,
     is_verified: Callable[[Artifact], bool] | None = None,
     log: Log = print,
+    control: BackupStore | None = None,
 ) -> tuple[RetentionPlan, ApplyResult | None]:
     """Plan, log the plan, and apply it unless `dry_run` (then the result is None). A dry
-    run logs every decision (asset, partition, keep or delete, and why)."""
-    plan = plan_retention(store, policy, today, now=now, is_verified=is_verified, log=log)
+    run logs every decision (asset, partition, keep or delete, and why). `control`: the
+    store whose keep markers and leases rule (the primary, when `store` is the copy store)."""
+    plan = plan_retention(
+        store, policy, today, now=now, is_verified=is_verified, log=log, control=control
+    )
     log(plan.summary())
     if not dry_run:
-        return plan, apply_plan(store, plan, log)  # logs each deletion as it happens
+        return plan, apply_plan(store, plan, log, control)  # logs each deletion as it happens
     for line in plan_lines(plan):
         log(line)
     for leftover in plan.leftovers:
