@@ -132,3 +132,41 @@ def test_copy_store_serves_the_partition_when_the_primary_is_unreachable(
 
     assert located.source == copy.describe()
     assert "unreachable" in said[0] and f"from the copy store {copy.describe()}" in said[0]
+
+
+def test_copy_store_restore_with_the_primary_unreachable_takes_its_lease_in_the_copy(
+    tmp_path, source_db, monkeypatch
+):
+    """The disaster the copy exists for: the primary cannot be reached at all. The restore
+    takes its lease in the copy store (no backup can run: they write to the primary), reads
+    the copy, says both, and gives the lease back."""
+    from backup_pipelines.devstack.ports import free_port
+    from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.store import S3Store, lease_name, make_s3_client
+
+    copy = LocalStore(tmp_path / "copy")
+    ref = ArtifactRef("postgres/workspace_dump", DATE, "ws_acme")
+    with copy.begin(ref) as writer:
+        writer.commit(**postgres.dump_workspace(source_db, "ws_acme", Policy(), writer))
+    before = fingerprint(source_db, "ws_acme")
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM knowledge_graph_edges WHERE workspace_id = 'ws_acme'")
+    monkeypatch.setenv("BACKUP_COPY_STORE_URL", f"file://{copy.root}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unused")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unused")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("BACKUP_READ_TIMEOUT", "1")
+    monkeypatch.setenv("BACKUP_CONNECT_TIMEOUT", "1")
+    unreachable = S3Store("primary-bucket", "backups", client=make_s3_client())
+    said: list[str] = []
+
+    restored = restore_workspace(unreachable, DATE, "ws_acme", source_db, Policy(), log=said.append)
+
+    assert restored.source == copy.describe()
+    assert any(
+        "primary store is unreachable" in line and f"copy store {copy.describe()}" in line
+        for line in said
+    ), said
+    assert fingerprint(source_db, "ws_acme") == before
+    assert copy.read_lease(lease_name("ws_acme")) is None

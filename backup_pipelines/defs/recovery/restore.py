@@ -25,6 +25,7 @@ from backup_pipelines.lib.recovery import full_restore
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.recovery.consistency import Outcome
 from backup_pipelines.lib.store import lease_name
+from backup_pipelines.lib.store.copy import lease_store
 
 MODE_TAG = "restore/mode"
 DRY_RUN_TAG = "restore/dry_run"
@@ -73,7 +74,7 @@ def still_held(
 ) -> Iterator[None]:
     """Run a later step of the workspace restore under the lease the first step took (taken
     again if it ended, e.g. on a retry from this step), on exactly the artifacts it gated on."""
-    with store.continue_lease(
+    with lease_store(store, context.log.info).continue_lease(
         located.workspace, "restore", run_owner(context), log=context.log.info, keep=not last_step
     ):
         restore.check_pinned(store, located)
@@ -90,6 +91,7 @@ def release_restore_lease(context: dg.HookContext) -> None:
         return
     _date, workspace = date_and_workspace(partition)
     store = context.resources.backup_store.get_store()
+    store = lease_store(store, context.log.info)
     lease = store.read_lease(lease_name(workspace))
     if (
         lease is not None
@@ -112,8 +114,11 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         store = context.resources.backup_store.get_store()
         # The workspace's lease is taken here and handed from op to op until verify_restored
         # (or the failure hook) releases it: no backup replaces what this run gated on.
-        with store.lease(workspace, "restore", run_owner(context), log=context.log.info, keep=True):
-            store.refuse_overlapping_restores(workspace)
+        leases = lease_store(store, context.log.info)
+        with leases.lease(
+            workspace, "restore", run_owner(context), log=context.log.info, keep=True
+        ):
+            leases.refuse_overlapping_restores(workspace)
             located = restore.locate_and_verify(
                 store, date, workspace, index_assets, log=context.log.warning
             )

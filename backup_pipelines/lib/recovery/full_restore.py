@@ -38,7 +38,7 @@ from backup_pipelines.lib.postgres import full_restore as database
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.full_restore import FULL_DUMP_ASSET
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
-from backup_pipelines.lib.store.copy import readable_source
+from backup_pipelines.lib.store.copy import lease_store, readable_source
 from backup_pipelines.lib.streams import Log
 
 MAX_JOBS = 64
@@ -91,8 +91,9 @@ def restore_full(
     throughout: a full backup waits, and no workspace restore runs beside it."""
     log = log or (lambda _m: None)
     request.check()
-    with store.lease(None, "restore", lease_owner, log=log):
-        store.refuse_overlapping_restores(None)
+    leases = lease_store(store, log)
+    with leases.lease(None, "restore", lease_owner, log=log):
+        leases.refuse_overlapping_restores(None)
         return _restore_full_held(store, request, database_url, policy, indexes, log, now)
 
 

@@ -37,7 +37,12 @@ from backup_pipelines.lib.recovery import consistency, partial
 from backup_pipelines.lib.recovery.mappings import check_mappings
 from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, store_from_url
-from backup_pipelines.lib.store.copy import COPY_STORE_VARIABLE, FROM_ENV, copy_store_from_env
+from backup_pipelines.lib.store.copy import (
+    COPY_STORE_VARIABLE,
+    FROM_ENV,
+    copy_store_from_env,
+    lease_store,
+)
 from backup_pipelines.lib.streams import Log
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
@@ -419,9 +424,10 @@ def restore_workspace(
     failure after the SQL commit is a PartialRestore saying what each store holds, and the
     same call again finishes what is missing."""
     log = log or (lambda _m: None)
-    with store.lease(workspace, lease_purpose, lease_owner, log=log):
+    leases = lease_store(store, log)
+    with leases.lease(workspace, lease_purpose, lease_owner, log=log):
         if lease_purpose == "restore":
-            store.refuse_overlapping_restores(workspace)
+            leases.refuse_overlapping_restores(workspace)
         return _restore_workspace_held(
             store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
             override_gate, log, index_targets or {}, skip_refused,

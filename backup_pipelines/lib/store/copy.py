@@ -55,6 +55,27 @@ def copy_store_from_env(env: Mapping[str, str] | None = None) -> BackupStore | N
     return store_from_url(url, COPY_STORE_VARIABLE) if url else None
 
 
+def lease_store(primary: BackupStore, log: Log = _quiet) -> BackupStore:
+    """Where a restore takes its lease: the primary; the copy store only when the primary
+    cannot be reached at all (the disaster the copy exists for — no backup can run then
+    either, since backups write to the primary) and a copy store is configured."""
+    from backup_pipelines.lib.errors import StoreError
+    from backup_pipelines.lib.store.lease import WHOLE_DATABASE_LEASE
+
+    try:
+        primary.read_lease(WHOLE_DATABASE_LEASE)  # one small read: is the primary there?
+        return primary
+    except StoreError as exc:
+        copy = copy_store_from_env()
+        if copy is None:
+            raise
+        log(
+            f"the primary store is unreachable ({exc}); the restore's lease is taken in the "
+            f"copy store {copy.describe()}"
+        )
+        return copy
+
+
 @dataclass
 class CopyResult:
     ref: ArtifactRef
