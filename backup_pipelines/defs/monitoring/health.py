@@ -97,6 +97,7 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
             backup_assets,
             rpo_defs.utc_now(),
             horizon_days=loaded.keep_weekly_days,
+            log=context.log.warning,
         )
         rows = health_rows(evaluation, last_drills(context.instance), loaded)
         rows += pitr_defs.health_rows(loaded)  # the WAL archive's RPO, when PITR is configured
