@@ -17,6 +17,7 @@ from backup_pipelines.lib.store import (
     ArtifactRef,
     BackupStore,
     S3Store,
+    listing,
     parse_artifact_folder,
 )
 
@@ -52,18 +53,26 @@ class Folder:
 
 
 def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
-    """Every artifact folder, committed or not, from a single listing of the store."""
+    """Every artifact folder, committed or not, from a single listing of the store (the fast
+    listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    for key, size, mtime in store._list(""):
+    parsed: dict[str, ArtifactRef | None] = {}  # an artifact folder holds ~10 keys: parse once
+
+    def parse(folder: str) -> ArtifactRef | None:
+        if folder not in parsed:
+            parsed[folder] = parse_artifact_folder(folder)
+        return parsed[folder]
+
+    for key, size, mtime in listing.iter_keys(store, ""):
         if key.startswith(RESERVED_PREFIXES):
             continue
         parent = key.rpartition("/")[0]
-        ref, generation = parse_artifact_folder(parent), None
+        ref, generation = parse(parent), None
         if ref is None:  # maybe <artifact folder>/<generation>/<file>
             grandparent, _, generation = parent.rpartition("/")
             if not generation.startswith(GENERATION_PREFIX):
                 continue
-            ref = parse_artifact_folder(grandparent)
+            ref = parse(grandparent)
             if ref is None:
                 continue
         if not DATE_PATTERN.fullmatch(ref.date):
