@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo dev test lint format bench system-deps install clean
+.PHONY: demo dev test lint format bench system-deps install clean deploy-check
 
 install: system-deps $(STAMP)
 
@@ -39,6 +39,12 @@ bench: install
 	$(PY) bench/bench_consistency.py
 	$(PY) bench/bench_rpo_sensor.py
 	$(PY) bench/bench_pitr.py
+	$(PY) bench/bench_orchestration.py
+
+# Opt-in: build the image and run deploy/docker-compose.yaml with podman + podman-compose, one
+# backup through it, then tear it down (needs base images and network in build containers).
+deploy-check: install
+	bash scripts/deploy-check.sh
 
 clean:
 	rm -rf .demo .dagster_home .bench

@@ -111,8 +111,15 @@ def _selected(store, args):
         yield ref
 
 
+def pg_dump_major(version_text: str) -> int:
+    """The major version of `pg_dump --version` output, distribution suffixes and all:
+    "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" is 15."""
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)", version_text) or re.search(r"(\d+)", version_text)
+    return int(match.group(1)) if match else 0
+
+
 def cmd_doctor(args) -> int:
-    from backup_pipelines.lib.engines import index_engines
+    from backup_pipelines.lib.engines import configured_engines, index_engines
     from backup_pipelines.lib.postgres import connection as postgres
 
     failures = 0
@@ -122,6 +129,13 @@ def cmd_doctor(args) -> int:
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:<12} {detail}")
 
+    policy = None
+    try:
+        policy = load_policy()
+        source = os.environ.get("BACKUP_POLICY_FILE") or "built-in defaults"
+        report("policy", True, f"{source} loads")
+    except BackupError as exc:
+        report("policy", False, str(exc))
     try:
         store = _store()
         store.check_writable()
@@ -135,11 +149,13 @@ def cmd_doctor(args) -> int:
                 server = conn.execute("SHOW server_version").fetchone()[0]
             client = postgres.tool_version(postgres.pg_bin("pg_dump"))
             detail = f"{postgres.describe_database(database_url)}: server {server}; {client}"
-            if postgres.major_version(client.split(")")[-1]) < postgres.major_version(server):
+            if pg_dump_major(client) < postgres.major_version(server):
                 detail += " — WARNING: pg_dump is older than the server; install a newer client or set PG_BIN_DIR"
             report("postgres", True, detail)
         except BackupError as exc:
             report("postgres", False, str(exc))
+        if policy is not None:
+            _doctor_schema(report, database_url, policy, configured_engines())
     else:
         print("--   postgres     DATABASE_URL not set: not part of this deployment")
     for engine in index_engines():
@@ -152,6 +168,39 @@ def cmd_doctor(args) -> int:
         except BackupError as exc:
             report(engine.name, False, str(exc))
     return 1 if failures else 0
+
+
+def _doctor_schema(report, database_url: str, policy, engines) -> None:
+    """The workspace registry and each configured index's mapping against the live schema."""
+    from backup_pipelines.lib.postgres import connection as postgres
+    from backup_pipelines.lib.postgres.catalog import list_workspaces
+    from backup_pipelines.lib.recovery.mappings import mapping_problems
+
+    try:
+        valid, invalid = list_workspaces(database_url, policy)
+        registry = f"{policy.schema}.{policy.workspace_registry_table}"
+        extra = f" ({len(invalid)} invalid ids skipped)" if invalid else ""
+        report("workspaces", True, f"{len(valid)} in {registry}{extra}")
+    except BackupError as exc:
+        report("workspaces", False, str(exc))
+    for engine in engines:
+        mapping = policy.index_mapping(engine.name)
+        try:
+            with postgres.connect(database_url) as conn:
+                problems = mapping_problems(conn, policy, [engine])
+        except BackupError as exc:
+            problems = [str(exc)]
+        name = f"{engine.name} map"
+        if problems:
+            report(name, False, "; ".join(problems))
+        else:
+            probe = f"probe by {mapping.probe_column}" if mapping.probe_column else "no probe"
+            how = "rebuild command" if mapping.rebuild_command else "built-in mapping"
+            report(
+                name,
+                True,
+                f"{policy.schema}.{mapping.table} by {mapping.id_column} ({how}, {probe})",
+            )
 
 
 def cmd_list(args) -> int:
@@ -255,21 +304,30 @@ def cmd_restore_workspace(args) -> int:
         print("DATABASE_URL is not set: it names the database to restore into", file=sys.stderr)
         return 2
     store, policy = _store(), load_policy()
-    failed = 0
+    failed: list[str] = []
     for workspace in args.workspace:
-        indexes = _index_clients()
+        indexes: dict = {}
         try:
+            indexes = _index_clients()
             report = restore_workspace(
                 store, args.date, workspace, database_url, policy, indexes,
                 mode=Mode(args.mode), dry_run=args.dry_run, override_gate=args.override_gate or "", log=print,
             )  # fmt: skip
             print(json.dumps(report.to_dict(), indent=2, default=str))
-        except BackupError as exc:
-            failed += 1
-            print(f"restore of {args.date}|{workspace} FAILED: {exc}", file=sys.stderr)
+        except Exception as exc:  # one workspace's failure never stops the others
+            failed.append(workspace)
+            # Our own errors say what and where; anything else needs its type to be read.
+            reason = str(exc) if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
+            print(f"restore of {args.date}|{workspace} FAILED: {reason}", file=sys.stderr)
         finally:
             _close_all(indexes)
-    return 1 if failed else 0
+    done = len(args.workspace) - len(failed)
+    summary = f"restored {done} of {len(args.workspace)} workspace(s) to {args.date}"
+    if failed:
+        print(f"{summary}; FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
 
 
 def cmd_restore_full(args) -> int:

@@ -3,7 +3,7 @@ configures (a store whose variables are unset is not part of it: no assets, no a
 
 import dagster as dg
 
-from backup_pipelines.defs import lifecycle, postgres, qdrant, typesense
+from backup_pipelines.defs import automation, lifecycle, postgres, qdrant, typesense
 from backup_pipelines.defs.backups import build_backup_defs
 from backup_pipelines.defs.monitoring import health, rpo, run_alerts
 from backup_pipelines.defs.mssql import build_mssql_defs
@@ -18,7 +18,10 @@ INDEX_DEFS = {"typesense": typesense.defs, "qdrant": qdrant.defs}
 def build_definitions() -> dg.Definitions:
     stores = configured_stores()
     engines = index_engines(stores)
-    parts = [dg.Definitions(resources=build_resources()), lifecycle.defs]
+    parts = [
+        dg.Definitions(resources=build_resources(), executor=automation.run_executor()),
+        lifecycle.defs,
+    ]
     for engine in engines:
         index_defs = INDEX_DEFS[engine.name]
         if "postgres" not in stores:  # nothing to follow: no SQL dump of the same partition
@@ -63,10 +66,18 @@ def build_definitions() -> dg.Definitions:
         parts.append(drill.build_drill_defs(index_stores, sql_stores))
     parts += optional_tiers()
     merged = dg.Definitions.merge(*parts)
-    # Every job of this code location alerts when it fails or gets stuck.
+    # Every job of this code location alerts when it fails or gets stuck, and so does a run of
+    # its assets launched as `__ASSET_JOB` ("Materialize" in the UI, `dagster asset materialize`).
     job_names = sorted(job.name for job in merged.jobs or [])
-    sensor = run_alerts.build_run_alert_sensor(job_names)
-    return dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
+    sensor = run_alerts.build_run_alert_sensor(job_names, asset_keys=asset_keys_of(merged))
+    # BACKUP_AUTOMATION_OFF / BACKUP_AUTOMATION_ON (defs/automation.py): staged roll-outs, tests.
+    return automation.apply_automation_switch(
+        dg.Definitions.merge(merged, dg.Definitions(sensors=[sensor]))
+    )
+
+
+def asset_keys_of(defs: dg.Definitions) -> set[dg.AssetKey]:
+    return {key for assets_def in defs.assets or [] for key in assets_def.keys}
 
 
 def optional_tiers() -> list[dg.Definitions]:

@@ -2,8 +2,9 @@
 # Installs the system packages the project needs when they are missing (Debian/Ubuntu):
 # the PostgreSQL server and client (pg_dump, pg_restore, psql, initdb) for the local stack,
 # pgBackRest (physical backups and WAL archiving) and stunnel (a TLS terminator in front of the
-# local S3 endpoint: pgBackRest speaks HTTPS only), and unixODBC with the FreeTDS ODBC driver
-# (pyodbc's way to SQL Server and to its local stand-in).
+# local S3 endpoint: pgBackRest speaks HTTPS only), unixODBC with the FreeTDS ODBC driver
+# (pyodbc's way to SQL Server and to its local stand-in), and Debian's chromium for the browser
+# tests (Playwright drives it; no browser download).
 set -euo pipefail
 
 have_postgres_server() {
@@ -26,6 +27,7 @@ command -v pgbackrest >/dev/null || missing+=(pgbackrest)
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
 have_odbc_manager || missing+=(unixodbc)
 [ -n "$(freetds_driver || true)" ] || missing+=(tdsodbc)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 [ ${#missing[@]} -eq 0 ] && freetds_registered && exit 0
 

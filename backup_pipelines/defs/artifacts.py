@@ -1,5 +1,6 @@
 """Wiring shared by every backup asset: write to the store, commit, describe, verify."""
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -100,14 +101,28 @@ def build_verify_check(
     return artifact_verifies
 
 
+_REPORTED: set[str] = set()
+
+
 def backup_freshness(asset: str = "") -> dg.FreshnessPolicy:
     """The UI's coarse freshness indicator (per asset, not per workspace: the RPO sensor is the
     per-workspace truth): warn past the asset's RPO, fail past RPO + grace."""
     from datetime import timedelta
 
-    from backup_pipelines.lib.policy import load_policy
+    from backup_pipelines.lib.errors import ConfigError
+    from backup_pipelines.lib.policy import Policy, load_policy
 
-    hours, grace_minutes = load_policy().rpo_for(asset)
+    try:
+        policy = load_policy()
+    except ConfigError as exc:
+        # The code location still loads: every run and sensor that reads the policy fails
+        # with this same error (and the run alert sensor alerts on those runs), so the
+        # operator sees the problem named, not a location that will not load.
+        if str(exc) not in _REPORTED:  # once, not once per asset
+            _REPORTED.add(str(exc))
+            logging.getLogger("backup_pipelines").error(f"{exc} — backups fail until it is fixed")
+        policy = Policy()
+    hours, grace_minutes = policy.rpo_for(asset)
     rpo = timedelta(hours=hours)
     return dg.FreshnessPolicy.time_window(
         fail_window=rpo + timedelta(minutes=grace_minutes), warn_window=rpo

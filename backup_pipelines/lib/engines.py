@@ -3,7 +3,8 @@
 `recovery` (the consistency gate, restores, the drill) and `monitoring` never reach into an
 engine package: they ask the registry for the engines of a deployment and call what every
 index engine offers — its backup asset, the ids an artifact holds, a restore from an
-artifact, a rebuild from the SQL rows, a search that must find a restored memory. Adding an
+artifact, a rebuild from the SQL rows (read by the policy's mapping for that engine,
+`indexes.<name>`), a count and a search that must find a restored memory. Adding an
 engine is adding a package with an `engine.py` exposing `ENGINE`, and one line in
 ENGINE_MODULES.
 """
@@ -17,8 +18,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from backup_pipelines.lib.ids import Side
-from backup_pipelines.lib.mapping import MemoryRow
-from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.mapping import Row
+from backup_pipelines.lib.policy import IndexMapping, Policy
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
 
@@ -63,11 +64,23 @@ class IndexEngine(Protocol):
     ) -> dict:
         """Put the backed-up `collection` back as `target` (merge: only what is missing)."""
 
-    def rebuild(self, client: Any, target: str, rows: Iterator[MemoryRow], mode: Mode) -> dict:
-        """Build `target` from memory rows (the SQL truth), as the platform's indexer would."""
+    def column_problems(self, mapping: IndexMapping, columns: Mapping[str, Any]) -> list[str]:
+        """What is wrong with `mapping` for this engine given the mapped table's columns
+        (column name -> postgres.catalog.ColumnInfo): e.g. a value type the engine cannot
+        hold. Each problem names the policy key."""
 
-    def finds(self, client: Any, collection: str, probe: MemoryRow) -> bool:
-        """A real search in `collection` returns the probe's entry."""
+    def rebuild(
+        self, client: Any, target: str, rows: Iterator[Row], mode: Mode, mapping: IndexMapping
+    ) -> dict:
+        """Build `target` from rows (the SQL truth, column -> value, with the columns of
+        `mapping`), as the platform's indexer would."""
+
+    def count(self, client: Any, collection: str) -> int:
+        """How many entries `collection` holds."""
+
+    def finds(self, client: Any, collection: str, probe: Row, mapping: IndexMapping) -> bool:
+        """A real search in `collection` returns the probe row's entry (the mapping has a
+        probe_column)."""
 
     def restore_missing(
         self,

@@ -4,8 +4,6 @@ workspace restore job for two workspaces launched through GraphQL, as the UI doe
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ import requests
 
 from backup_pipelines.devstack.ports import free_port
 from backup_pipelines.lib.store import LocalStore
+from backup_pipelines_tests import processes
 from backup_pipelines_tests.pg_checks import fingerprint
 from backup_pipelines_tests.recovery.test_restore import (
     DATE,
@@ -26,6 +25,12 @@ from backup_pipelines_tests.recovery.test_restore import (
 )
 
 PROJECT = Path(__file__).resolve().parents[2]
+# Budgets for a busy 2-core machine: each wait ends as soon as its condition holds.
+SERVER_UP_SECONDS = 180
+RUNS_DONE_SECONDS = 600
+# This test exercises the backfill alone: no sensor or schedule may launch runs that take the
+# workspace's concurrency slot before the restore (defs/automation.py).
+NO_AUTOMATION = {"BACKUP_AUTOMATION_OFF": "*", "BACKUP_AUTOMATION_ON": ""}
 REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "backup_pipelines"}
 
 LAUNCH = """
@@ -37,6 +42,8 @@ mutation($params: LaunchBackfillParams!) {
     ... on UnauthorizedError { message }
   }
 }"""
+ALL_RUNS = """
+query { runsOrError { ... on Runs { results { runId jobName status } } } }"""
 ADD_PARTITION = """
 mutation($key: String!, $repo: RepositorySelector!) {
   addDynamicPartition(partitionsDefName: "workspaces", partitionKey: $key, repositorySelector: $repo) {
@@ -55,7 +62,7 @@ query($backfill: String!) {
 def dagster_dev(env: dict, home: Path):
     port = free_port()
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
-    process = subprocess.Popen(
+    process = processes.start(
         [
             sys.executable,
             "-m",
@@ -68,15 +75,13 @@ def dagster_dev(env: dict, home: Path):
             "-p",
             str(port),
         ],
-        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        env={**os.environ, **env, **NO_AUTOMATION, "DAGSTER_HOME": str(home)},
+        log=home / "dagster-dev.log",
         cwd=PROJECT,
-        stdout=open(home / "dagster-dev.log", "w"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + SERVER_UP_SECONDS
         while time.monotonic() < deadline:
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{url}/server_info", timeout=2).ok:
@@ -85,13 +90,7 @@ def dagster_dev(env: dict, home: Path):
             time.sleep(0.5)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        processes.stop(process, grace_seconds=30)
 
 
 def graphql(url: str, query: str, **variables) -> dict:
@@ -104,7 +103,7 @@ def graphql(url: str, query: str, **variables) -> dict:
     return body["data"]
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(SERVER_UP_SECONDS + RUNS_DONE_SECONDS + 120)
 def test_backfill_of_the_restore_job_brings_two_workspaces_back(tmp_path, indexed_source):
     store_dir = tmp_path / "store"
     store = LocalStore(store_dir)
@@ -138,7 +137,7 @@ def test_backfill_of_the_restore_job_brings_two_workspaces_back(tmp_path, indexe
         }
         launched = graphql(url, LAUNCH, params=params)["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + RUNS_DONE_SECONDS
         while time.monotonic() < deadline:
             runs = graphql(url, RUNS, backfill=launched["backfillId"])["runsOrError"]["results"]
             if len(runs) == 2 and all(
@@ -149,6 +148,9 @@ def test_backfill_of_the_restore_job_brings_two_workspaces_back(tmp_path, indexe
         log_tail = (home / "dagster-dev.log").read_text()[-4000:]
         assert sorted(r["status"] for r in runs) == ["SUCCESS", "SUCCESS"], log_tail
         assert all({"key": "restore/mode", "value": "merge"} in r["tags"] for r in runs)
+        # Automation was off: the backfill's two runs are the only runs of the instance.
+        every_run = graphql(url, ALL_RUNS)["runsOrError"]["results"]
+        assert sorted(r["runId"] for r in every_run) == sorted(r["runId"] for r in runs)
 
     for workspace, (sql_rows, indexes) in expected.items():
         assert index_state(indexed_source, workspace) == indexes

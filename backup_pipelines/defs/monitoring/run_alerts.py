@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from backup_pipelines.defs.resources import PolicyResource
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.monitoring import alerts
 from backup_pipelines.lib.policy import Policy
 
@@ -16,6 +17,11 @@ from backup_pipelines.lib.policy import Policy
 ALERT_SENT_TAG = "backup_pipelines/alert_sent"
 USUAL_DURATION_SAMPLE = 20
 MAX_FAILURES_PER_TICK = 100
+# Failed runs already alerted, kept in the cursor: a failed run is updated again later (run
+# retries tag it when they launch its retry), which would bring it back past the high-water mark.
+ALERTED_RUNS_KEPT = 1000
+# The job Dagster runs for "Materialize" in the UI and `dagster asset materialize`.
+ASSET_JOB = "__ASSET_JOB"
 
 
 def utc_now() -> datetime:
@@ -34,6 +40,30 @@ def _workspace(run: dg.DagsterRun) -> str | None:
     return run.tags.get("dagster/partition/workspace")
 
 
+def is_ours(run: dg.DagsterRun, jobs: set[str], asset_keys: set[dg.AssetKey]) -> bool:
+    """A run of one of our jobs, or an ad-hoc `__ASSET_JOB` run that touches one of our assets
+    (the implicit job is shared by every code location of the instance: select by asset)."""
+    if run.job_name in jobs:
+        return True
+    if run.job_name != ASSET_JOB or not asset_keys:
+        return False
+    selected = set(run.asset_selection or ())
+    selected |= {check.asset_key for check in run.asset_check_selection or ()}
+    return bool(selected & asset_keys)
+
+
+def describe_job(run: dg.DagsterRun) -> str:
+    """The job's name, or for an ad-hoc materialization the assets it selected."""
+    if run.job_name != ASSET_JOB:
+        return run.job_name
+    keys = sorted(k.to_user_string() for k in run.asset_selection or ())
+    keys = keys or sorted(
+        f"{c.asset_key.to_user_string()}:{c.name}" for c in run.asset_check_selection or ()
+    )
+    shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5})" if len(keys) > 5 else "")
+    return f"{ASSET_JOB} ({shown})" if shown else ASSET_JOB
+
+
 def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     """The first step error, else the run failure message: what an on-call reads first."""
     for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
@@ -48,7 +78,11 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
 
 
 def failed_run_alerts(
-    instance: dg.DagsterInstance, jobs: set[str], after: datetime
+    instance: dg.DagsterInstance,
+    jobs: set[str],
+    after: datetime,
+    asset_keys: set[dg.AssetKey] = frozenset(),
+    already_alerted: set[str] = frozenset(),
 ) -> tuple[list[alerts.Alert], datetime]:
     """Failed runs of our jobs updated after `after`, and the new high-water mark."""
     records = instance.get_run_records(
@@ -61,13 +95,15 @@ def failed_run_alerts(
     for record in records:
         after = max(after, record.update_timestamp.astimezone(UTC))
         run = record.dagster_run
-        if run.job_name not in jobs or run.tags.get(ALERT_SENT_TAG) == "true":
+        if not is_ours(run, jobs, asset_keys) or run.tags.get(ALERT_SENT_TAG) == "true":
+            continue
+        if run.run_id in already_alerted:
             continue
         where = f" {_partition(run)}" if _partition(run) else ""
         found.append(
             alerts.Alert(
                 kind="run_failed",
-                title=f"Run of {run.job_name}{where} failed",
+                title=f"Run of {describe_job(run)}{where} failed",
                 workspace=_workspace(run),
                 details={
                     "job": run.job_name,
@@ -100,7 +136,12 @@ def stuck_threshold_minutes(policy: Policy, usual: float | None) -> float:
 
 
 def stuck_run_alerts(
-    instance: dg.DagsterInstance, jobs: set[str], policy: Policy, now: datetime, seen: set[str]
+    instance: dg.DagsterInstance,
+    jobs: set[str],
+    policy: Policy,
+    now: datetime,
+    seen: set[str],
+    asset_keys: set[dg.AssetKey] = frozenset(),
 ) -> tuple[list[alerts.Alert], set[str]]:
     """Runs queued or running too long, alerted once each; returns the ids still in flight
     that were alerted (so a run that finishes drops out of the cursor)."""
@@ -111,7 +152,7 @@ def stuck_run_alerts(
     found, in_flight = [], set()
     for record in records:
         run = record.dagster_run
-        if run.job_name not in jobs:
+        if not is_ours(run, jobs, asset_keys):
             continue
         if run.status == dg.DagsterRunStatus.QUEUED:
             since = record.create_timestamp.astimezone(UTC)
@@ -134,7 +175,7 @@ def stuck_run_alerts(
         found.append(
             alerts.Alert(
                 kind="run_stuck",
-                title=f"Run of {run.job_name} {_partition(run) or ''} {state} for "
+                title=f"Run of {describe_job(run)} {_partition(run) or ''} {state} for "
                 f"{minutes:.0f} min (limit {limit:.0f} min)",
                 workspace=_workspace(run),
                 details={
@@ -152,15 +193,19 @@ def stuck_run_alerts(
     return found, in_flight
 
 
-def build_run_alert_sensor(job_names: list[str]) -> dg.SensorDefinition:
+def build_run_alert_sensor(
+    job_names: list[str], asset_keys: set[dg.AssetKey] | None = None
+) -> dg.SensorDefinition:
     jobs = set(job_names)
+    our_assets = set(asset_keys or ())
 
     @dg.sensor(
         name="run_alert_sensor",
         minimum_interval_seconds=120,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Alerts once per failed backup/restore/drill/retention run, and once per "
-        "run queued or running far beyond its job's usual duration.",
+        description="Alerts once per failed backup/restore/drill/retention run (and failed "
+        "ad-hoc materializations of these assets), and once per run queued or running far "
+        "beyond its job's usual duration.",
     )
     def run_alert_sensor(
         context: dg.SensorEvaluationContext, policy: PolicyResource
@@ -169,14 +214,28 @@ def build_run_alert_sensor(job_names: list[str]) -> dg.SensorDefinition:
         state = json.loads(context.cursor) if context.cursor else {}
         # First tick: look back a day, not at the whole history of a long-lived instance.
         after = datetime.fromisoformat(state.get("after") or (now - timedelta(days=1)).isoformat())
-        failed, after = failed_run_alerts(context.instance, jobs, after)
+        alerted = list(state.get("alerted", []))
+        failed, after = failed_run_alerts(
+            context.instance, jobs, after, our_assets, already_alerted=set(alerted)
+        )
+        alerted = (alerted + [a.details["run_id"] for a in failed])[-ALERTED_RUNS_KEPT:]
+        try:
+            loaded = policy.load()
+        except ConfigError as exc:  # failed runs are alerted all the same (they carry it)
+            context.log.error(f"{exc} — stuck-run limits use the built-in defaults")
+            loaded = Policy()
         stuck, in_flight = stuck_run_alerts(
-            context.instance, jobs, policy.load(), now, set(state.get("stuck", []))
+            context.instance, jobs, loaded, now, set(state.get("stuck", [])), our_assets
         )
         pending = alerts.send_keeping_pending(
             failed + stuck, state.get("pending", []), context.log.warning
         )
-        cursor = {"after": after.isoformat(), "stuck": sorted(in_flight), "pending": pending}
+        cursor = {
+            "after": after.isoformat(),
+            "stuck": sorted(in_flight),
+            "pending": pending,
+            "alerted": alerted,
+        }
         return dg.SensorResult(cursor=json.dumps(cursor, sort_keys=True))
 
     return run_alert_sensor

@@ -89,7 +89,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         context.add_output_metadata(evidence)
         return str(verdict.outcome)
 
-    @dg.op(required_resource_keys={"backup_store", "postgres_db"})
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy"})
     def restore_sql_rows(
         context: dg.OpExecutionContext,
         config: RestoreOptions,
@@ -98,6 +98,14 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     ) -> dict:
         options = options_of(context, config)
         started = time.monotonic()
+        try:  # the index mapping must fit the database before any row is written
+            restore.check_before_writing(
+                context.resources.postgres_db.database_url,
+                context.resources.policy.load(),
+                index_keys,
+            )
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         report = restore.merge_sql(
             context.resources.postgres_db.database_url,
             context.resources.backup_store.get_store(),

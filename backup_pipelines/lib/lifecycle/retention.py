@@ -26,9 +26,9 @@ Rules, per series, relative to `today`:
   series, not the store. When no artifact of a series verifies, nothing of that series is
   deleted ("held: no verified backup"): a flaky store or a broken verifier must not turn
   into deleted history.
-- asset rules (ASSET_RULES, the extension point): rules for one asset that run after the
-  rules above and may keep more, seeing every series of the plan — e.g. SQL Server's "a log
-  backup is kept while a kept full or differential backup needs it".
+- asset rules (RULE_MODULES, and ASSET_RULES at run time: the extension point): rules for
+  one asset that run after the rules above and may keep more, seeing every series of the
+  plan — e.g. SQL Server's "a log is kept while a kept full or differential needs it".
 
 Leftovers of crashed runs (scan.py) are cleaned by the same plan; keep markers: markers.py.
 """
@@ -335,7 +335,7 @@ def plan_retention(
 ) -> RetentionPlan:
     """What to keep and delete on `today` (a UTC date). `now` (epoch seconds, default the
     clock) ages the leftovers of crashed runs; `is_verified` defaults to `verify_with_store`;
-    `asset_rules` to ASSET_RULES. Reads one listing of the store, the keep markers, and the
+    `asset_rules` to the rules of RULE_MODULES plus ASSET_RULES. Reads one listing of the store, the keep markers, and the
     few artifacts verified."""
     windows = Windows.from_policy(policy)
     today = _check_today(today)

@@ -174,8 +174,8 @@ def _expected_rows(manifest: dict, where: str) -> dict[str, int]:
 
 
 def _decompress_verified(store: BackupStore, ref: ArtifactRef, manifest: dict, path: str) -> str:
-    # Verified on its own first: the decompressor may stop at the end of the zstd frame
-    # without reading the file to its end, where the reader checks the sha256.
+    # Every file verified before anything is decompressed or created: a corrupt dump is
+    # refused with the store's own list of problems.
     result = store.verify(ref)
     if not result.ok:
         raise BackupError(f"cannot restore {ref}: " + "; ".join(result.problems))

@@ -1,6 +1,6 @@
 """Putting a Qdrant collection back: recovered from its snapshot (uploaded with
 priority=snapshot and the checksum), merged through a scratch collection, or rebuilt from
-memory rows.
+SQL rows by the policy's mapping.
 
 What a real server does, and what is done about it here:
 - It reads snapshots of its own or the previous minor version only: the backup's version is
@@ -35,7 +35,8 @@ from typing import Any
 from backup_pipelines.lib.engines import Mode
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.http import IndexStoreError
-from backup_pipelines.lib.mapping import MemoryRow, batched
+from backup_pipelines.lib.mapping import Row, batched
+from backup_pipelines.lib.policy import IndexMapping
 from backup_pipelines.lib.qdrant.client import unique_upload_name
 from backup_pipelines.lib.qdrant.offline import SnapshotError, read_snapshot_config
 from backup_pipelines.lib.qdrant.points import to_qdrant_point
@@ -126,20 +127,20 @@ def merge_from_snapshot(
     return {"source": "snapshot", "added": added, "already_present": kept}
 
 
-def rebuild_from_rows(client, target: str, rows: Iterator[MemoryRow]) -> dict:
-    points = (to_qdrant_point(row) for row in rows)
-    added, kept = upsert_missing_points(client, target, points, create=True)
+def rebuild_from_rows(client, target: str, rows: Iterator[Row], mapping: IndexMapping) -> dict:
+    points = (to_qdrant_point(row, mapping) for row in rows)
+    added, kept = upsert_missing_points(client, target, points, True, mapping.distance)
     return {"source": "sql", "added": added, "already_present": kept}
 
 
 def upsert_missing_points(
-    client, collection: str, points: Iterable[dict], create: bool
+    client, collection: str, points: Iterable[dict], create: bool, distance: str = "Cosine"
 ) -> tuple[int, int]:
     """Upsert the points whose id the collection lacks (newer points win); (added, kept)."""
     added = kept = 0
     for group in batched(iter(points), 256):
         if create and added + kept == 0 and not client.collection_exists(collection):
-            client.create_collection(collection, size=len(group[0]["vector"]), distance="Cosine")
+            client.create_collection(collection, size=len(group[0]["vector"]), distance=distance)
         present = client.existing_ids(collection, [p["id"] for p in group])
         missing = [p for p in group if p["id"] not in present]
         if missing:

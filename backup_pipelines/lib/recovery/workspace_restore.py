@@ -7,7 +7,11 @@
 4. indexes: each engine restores its collection from its artifact, or rebuilds it from the SQL
    rows when the verdict is REBUILD_INDEX — in `merge` mode only what is missing is added, so
    newer data is never overwritten; `replace` puts the backup's state back as it was;
-5. verify: every backed-up row is present, and a search in each index finds a restored memory.
+5. verify: every backed-up row is present, each index holds at least the backed-up entries,
+   and (where the policy's mapping names a probe column) a search finds a restored memory.
+
+Before anything is written the policy's index mapping is checked against the database
+(recovery.mappings): a schema it does not fit is refused with the table, column and key.
 
 Plain Python reading only the store and the live systems, so the Dagster job and the command
 line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
@@ -17,7 +21,7 @@ through backup_pipelines.lib.engines only.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +31,11 @@ from psycopg import sql
 from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows, newest_memory
+from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.recovery import consistency
+from backup_pipelines.lib.recovery.mappings import check_mappings
+from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
 from backup_pipelines.lib.workspaces import validate_workspace_id
@@ -132,6 +138,7 @@ def restore_index(
     rebuild: bool,
     database_url: str,
     target: str | None = None,
+    log: Log | None = None,
 ) -> dict:
     """One engine's collection of the workspace back, into `target` (default: its own name):
     from the artifact, or rebuilt from the SQL rows when the gate says the index is stale or
@@ -140,11 +147,44 @@ def restore_index(
     target = target or collection
     manifest = located.manifests.get(engine.asset)
     if rebuild or manifest is None or not engine.holds(manifest, collection):
-        with psycopg.connect(database_url) as conn:
-            rows = iter_memory_rows(conn, located.workspace, policy)
-            return engine.rebuild(client, target, rows, mode)
+        return rebuild_index(engine, client, located.workspace, policy, mode, database_url,
+                             target, target != collection, log)  # fmt: skip
     ref = located.refs[engine.asset]
     return engine.restore(client, store, ref, manifest, collection, target, mode)
+
+
+def rebuild_index(
+    engine: IndexEngine,
+    client,
+    workspace: str,
+    policy: Policy,
+    mode: Mode,
+    database_url: str,
+    target: str,
+    scratch: bool = False,
+    log: Log | None = None,
+) -> dict:
+    """`target` built from the workspace's SQL rows in `database_url`: by the platform's own
+    reindexer when the policy names one, else by the built-in mapping."""
+    mapping = policy.index_mapping(engine.name)
+    if mapping.rebuild_command:
+        if scratch and not any("{collection}" in part for part in mapping.rebuild_command):
+            raise BackupError(
+                f"{mapping.described('rebuild_command')} takes no {{collection}}: it would "
+                f"rebuild the live {engine.label} index, not the scratch collection {target}; "
+                "add {collection} to the command so it can build into another collection"
+            )
+        return run_rebuild_command(
+            mapping.rebuild_command,
+            workspace,
+            target,
+            database_url,
+            mapping.rebuild_timeout_seconds,
+            log or (lambda _m: None),
+        )
+    with psycopg.connect(database_url) as conn:
+        rows = iter_index_rows(conn, workspace, mapping, policy.schema)
+        return engine.rebuild(client, target, rows, mode, mapping)
 
 
 def restore_indexes(
@@ -157,6 +197,7 @@ def restore_indexes(
     database_url: str,
     targets: Mapping[str, str] | None = None,
     lap=None,
+    log: Log | None = None,
 ) -> dict[str, dict]:
     """Every engine's collection of the workspace back (engine name -> what it did)."""
     done: dict[str, dict] = {}
@@ -171,6 +212,7 @@ def restore_indexes(
             rebuild,
             database_url,
             (targets or {}).get(engine.name),
+            log,
         )
         if lap is not None:
             lap(engine.name)
@@ -184,12 +226,15 @@ def verify_restore(
     indexes: Mapping[str, Any] | None = None,
     targets: Mapping[str, str] | None = None,
 ) -> dict:
-    """Counts at least the backup's, and a restored memory found by search in every index
-    (in `targets`' collections where given: where it was restored to)."""
+    """What is configured, checked: every table's live rows at least the backup's; each index
+    (in `targets`' collections where given: where it was restored to) holding at least the
+    backed-up rows of its mapped table; and where the mapping names a probe column, a search
+    in the index finding the newest restored row."""
     indexes, targets = indexes or {}, targets or {}
     _ref, manifest = located.sql
     problems: list[str] = []
     result: dict = {"sql_rows": {}}
+    backed_up = {entry["table"]: entry["rows"] for entry in manifest["tables"]}
     with psycopg.connect(database_url) as conn:
         for entry in manifest["tables"]:
             schema, name = entry["table"].split(".", 1)
@@ -204,15 +249,39 @@ def verify_restore(
                 problems.append(
                     f"{entry['table']}: {live} rows live, {entry['rows']} in the backup"
                 )
-        probe = newest_memory(conn, located.workspace, policy)
-    for engine in index_engines(indexes) if probe is not None else []:
-        collection = targets.get(engine.name) or engine.memory_collection(policy, located.workspace)
-        found = engine.finds(indexes[engine.name], collection, probe)
-        result[f"{engine.name}_search_found_memory"] = found
-        if not found:
-            problems.append(f"{engine.label} search did not return restored memory {probe.id}")
+        for engine in index_engines(indexes):
+            client = indexes[engine.name]
+            collection = targets.get(engine.name) or engine.memory_collection(
+                policy, located.workspace
+            )
+            mapping = policy.index_mapping(engine.name)
+            expected = backed_up.get(f"{policy.schema}.{mapping.table}", 0)
+            entries = engine.count(client, collection)
+            result[f"{engine.name}_entries"] = entries
+            if entries < expected:
+                problems.append(
+                    f"{engine.label} collection {collection} holds {entries} entries, fewer than "
+                    f"the {expected} backed-up rows of {policy.schema}.{mapping.table}"
+                )
+            probe = probe_row(conn, located.workspace, mapping, policy.schema)
+            if probe is None:
+                continue  # no probe configured (counts only), or no row to look for
+            found = engine.finds(client, collection, probe, mapping)
+            result[f"{engine.name}_search_found_memory"] = found
+            if not found:
+                problems.append(
+                    f"{engine.label} search did not return restored row "
+                    f"{probe[mapping.id_column]} of {policy.schema}.{mapping.table}"
+                )
     result["problems"] = problems
     return result
+
+
+def check_before_writing(database_url: str, policy: Policy, engine_names: Iterable[str]) -> None:
+    """The policy's mappings of the index engines named against the database a restore
+    writes to: refused with every problem (table, column, policy key) before anything is
+    written."""
+    check_mappings(database_url, policy, index_engines(engine_names))
 
 
 def restore_workspace(
@@ -244,6 +313,7 @@ def restore_workspace(
         timings[step] = time.monotonic() - started - sum(timings.values())
 
     located = locate_and_verify(store, date, workspace, index_assets(indexes))
+    check_before_writing(database_url, policy, list(indexes))
     lap("locate_and_verify")
     verdict = consistency_gate(store, located, policy)
     lap("consistency_gate")
@@ -261,7 +331,7 @@ def restore_workspace(
         return report
     rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
     report.indexes = restore_indexes(
-        indexes, store, located, policy, mode, rebuild, database_url, targets, lap
+        indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log
     )
     report.verification.update(verify_restore(database_url, located, policy, indexes, targets))
     lap("verify")

@@ -1,5 +1,5 @@
 """Putting a Typesense collection back: from its export (recreating schema, synonyms, overrides
-and aliases when the collection is missing), or rebuilt from memory rows."""
+and aliases when the collection is missing), or rebuilt from SQL rows by the policy's mapping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 from backup_pipelines.lib.engines import Mode
 from backup_pipelines.lib.errors import BackupError
-from backup_pipelines.lib.mapping import MemoryRow
+from backup_pipelines.lib.mapping import Row
+from backup_pipelines.lib.policy import IndexMapping
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, iter_chunks
 from backup_pipelines.lib.streams import iter_decompressed
 from backup_pipelines.lib.typesense.documents import ensure_typesense_collection, typesense_jsonl
@@ -62,9 +63,11 @@ def restore_from_export(
     return {"source": "export", "created": created, "already_present": kept}
 
 
-def rebuild_from_rows(client, target: str, rows: Iterator[MemoryRow], mode: Mode) -> dict:
-    ensure_typesense_collection(client, target)
-    documents = typesense_jsonl(rows)
+def rebuild_from_rows(
+    client, target: str, rows: Iterator[Row], mode: Mode, mapping: IndexMapping
+) -> dict:
+    ensure_typesense_collection(client, target, mapping)
+    documents = typesense_jsonl(rows, mapping)
     if mode is Mode.REPLACE:
         return {
             "source": "sql",
