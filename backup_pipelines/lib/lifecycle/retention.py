@@ -343,7 +343,7 @@ def plan_retention(
     folders = scan_store(store)
     markers = list_kept(store)
     held = {m.partition: m for m in markers}
-    verifier = _CountingVerifier(is_verified or verify_with_store(store, log))
+    verifier = _CountingVerifier(is_verified or verify_with_store(store, _in_series_order(log)))
     series = _series_of(folders)
     for one in series.values():
         if one.asset not in OWN_AGE_RULES:
@@ -381,6 +381,22 @@ class _CountingVerifier:
         return self._verify(artifact)
 
 
+_SERIES_LINES = threading.local()
+
+
+def _in_series_order(log: Log) -> Log:
+    """`log`, except while a series is being verified: then into that series' lines."""
+
+    def write(line: str) -> None:
+        lines = getattr(_SERIES_LINES, "lines", None)
+        if lines is None:
+            log(line)
+        else:
+            lines.append(line)
+
+    return write
+
+
 def _protect_every_series(
     series: list[Series], is_verified: Callable[[Artifact], bool], log: Log
 ) -> list[ArtifactRef]:
@@ -392,7 +408,11 @@ def _protect_every_series(
 
     def protect(one: Series) -> tuple[list[ArtifactRef], list[str]]:
         lines: list[str] = []
-        return _protect_newest_verified(one, is_verified, lines.append), lines
+        _SERIES_LINES.lines = lines  # the default verifier's lines join its series' lines
+        try:
+            return _protect_newest_verified(one, is_verified, lines.append), lines
+        finally:
+            _SERIES_LINES.lines = None
 
     at_risk = [one for one in series if any(not a.keep for a in one.artifacts)]
     if len(at_risk) > 1:

@@ -6,10 +6,10 @@ that took an hour was captured an hour before its manifest was written). Which a
 comes from listing the store on every evaluation (the truth: a deleted artifact is gone from
 the next listing); `captured_at` needs the manifest, one request per artifact (30,000 for
 10,000 workspaces x 3 assets). So each manifest read is remembered here, keyed by its folder
-and validated by what the listing shows of the manifest (modification time and size): an entry
-counts only while the manifest is the very object that was read. A re-run of the partition
-writes a new manifest (new time), so it is read again; a deleted one is not listed, so its
-entry is never consulted.
+and validated by the tag the listing shows for the manifest (S3: its ETag, the MD5 of its
+content; a local file: inode and modification time in ns): an entry counts only while the
+manifest is the very object that was read. A re-run of the partition writes a new manifest
+(new tag), so it is read again; a deleted one is not listed, so its entry is never consulted.
 
 Kept in the process (a code server lives across sensor ticks) and in the store itself, one
 object per asset, so that a restarted code server or a run of the health report starts from
@@ -50,20 +50,20 @@ class Manifest:
     """A committed artifact as a listing shows its manifest."""
 
     ref: ArtifactRef
-    mtime: float
-    size: int
+    tag: str  # changes whenever the manifest is rewritten (listing.iter_objects)
+    mtime: float  # when it was written: never earlier than the moment it captured
 
 
-def committed_in(keys) -> dict[ArtifactRef, Manifest]:
-    """The committed artifacts (folders with a manifest) among (key, size, mtime) listed."""
+def committed_in(objects) -> dict[ArtifactRef, Manifest]:
+    """The committed artifacts (folders with a manifest) among (key, size, mtime, tag)."""
     found: dict[ArtifactRef, Manifest] = {}
-    for key, size, mtime in keys:
+    for key, _size, mtime, tag in objects:
         folder, _, name = key.rpartition("/")
         if name != MANIFEST_NAME:
             continue
         ref = parse_artifact_folder(folder)
         if ref is not None:
-            found[ref] = Manifest(ref, float(mtime), int(size))
+            found[ref] = Manifest(ref, str(tag), float(mtime))
     return found
 
 
@@ -79,24 +79,24 @@ def parse_time(value: object) -> datetime | None:
 
 
 class CapturedCatalog:
-    """captured_at by artifact folder, each with the manifest's (mtime, size) it was read at."""
+    """captured_at by artifact folder, each with the tag of the manifest it was read from."""
 
     def __init__(self, asset: str) -> None:
         self.asset = asset
-        self.entries: dict[str, tuple[float, int, datetime]] = {}
+        self.entries: dict[str, tuple[str, datetime]] = {}
         self._lock = threading.Lock()  # reads still running record while a save iterates
         self.changed = False
         self.loaded_from_store = False
 
     def lookup(self, manifest: Manifest) -> datetime | None:
         entry = self.entries.get(manifest.ref.folder)
-        if entry is None or entry[0] != manifest.mtime or entry[1] != manifest.size:
+        if entry is None or not manifest.tag or entry[0] != manifest.tag:
             return None
-        return entry[2]
+        return entry[1]
 
     def record(self, manifest: Manifest, captured: datetime) -> None:
         with self._lock:
-            self.entries[manifest.ref.folder] = (manifest.mtime, manifest.size, captured)
+            self.entries[manifest.ref.folder] = (manifest.tag, captured)
             self.changed = True
 
     # -- persistence -------------------------------------------------------------------------
@@ -108,8 +108,8 @@ class CapturedCatalog:
         oldest = (today - timedelta(days=KEEP_DAYS)).isoformat()
         with self._lock:
             entries = {
-                folder: [mtime, size, captured.isoformat()]
-                for folder, (mtime, size, captured) in self.entries.items()
+                folder: [tag, captured.isoformat()]
+                for folder, (tag, captured) in self.entries.items()
                 if folder.split("/date=", 1)[-1][:10] >= oldest
             }
             self.changed = False
@@ -140,19 +140,17 @@ class CapturedCatalog:
         return added
 
 
-def _valid_entry(asset: str, folder: object, entry: object):
-    if not isinstance(folder, str) or not isinstance(entry, list) or len(entry) != 3:
+def _valid_entry(asset: str, folder: object, entry: object) -> tuple[str, datetime] | None:
+    if not isinstance(folder, str) or not isinstance(entry, list) or len(entry) != 2:
+        return None
+    tag, captured = entry
+    if not isinstance(tag, str) or not tag or len(tag) > 200:
         return None
     ref = parse_artifact_folder(folder)
-    mtime, size, captured = entry
     if ref is None or ref.asset != asset or ref.folder != folder:
         return None
-    if isinstance(mtime, bool) or not isinstance(mtime, int | float):
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        return None
     moment = parse_time(captured)
-    return None if moment is None else (float(mtime), size, moment)
+    return None if moment is None else (tag, moment)
 
 
 # Per process: a code server keeps its catalogs across ticks, by (store, asset).

@@ -112,8 +112,8 @@ def _newest_of(committed: dict[ArtifactRef, Manifest]) -> dict[str | None, Manif
 def _committed_on(store: BackupStore, asset: str, day: str) -> tuple[dict, int]:
     """Committed artifacts of `asset` for `day` by workspace, from one listing of the date's
     folder, and how many keys that listing returned (what listing a day costs)."""
-    keys = list(listing.iter_keys(store, f"{asset}/date={day}/"))
-    return _newest_of(committed_in(keys)), len(keys)
+    objects = list(listing.iter_objects(store, f"{asset}/date={day}/"))
+    return _newest_of(committed_in(objects)), len(objects)
 
 
 def _committed_of(
@@ -122,8 +122,8 @@ def _committed_of(
     """The same for a few workspaces: one small listing of each one's folder, in parallel."""
 
     def probe(workspace: str) -> dict[str | None, Manifest]:
-        keys = listing.iter_keys(store, f"{asset}/date={day}/workspace={workspace}/")
-        return _newest_of(committed_in(keys))
+        objects = listing.iter_objects(store, f"{asset}/date={day}/workspace={workspace}/")
+        return _newest_of(committed_in(objects))
 
     found: dict[str | None, Manifest] = {}
     with ThreadPoolExecutor(STORE_READERS) as pool:
@@ -220,21 +220,23 @@ def captured_times(
         known.record(manifest, moment)
         return workspace, Newest(manifest.ref.date, moment)
 
-    pool = ThreadPoolExecutor(STORE_READERS)
-    try:
-        futures = {pool.submit(read, item): item for item in unread}
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done, pending = wait(futures, timeout=left)
-        for future in done:
-            workspace, one = future.result()
-            if one is not None:
-                newest[workspace] = one
-        for future in pending:
-            workspace, manifest = futures[future]
-            written = datetime.fromtimestamp(manifest.mtime, UTC)
-            newest[workspace] = Newest(manifest.ref.date, written, lower_bound=True)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    left = None if deadline is None else deadline - time.monotonic()
+    late: list[tuple[str | None, Manifest]] = unread if left is not None and left <= 0 else []
+    if not late:
+        pool = ThreadPoolExecutor(STORE_READERS)
+        try:
+            futures = {pool.submit(read, item): item for item in unread}
+            done, pending = wait(futures, timeout=left)
+            for future in done:
+                workspace, one = future.result()
+                if one is not None:
+                    newest[workspace] = one
+            late = [futures[future] for future in pending]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    for workspace, manifest in late:
+        written = datetime.fromtimestamp(manifest.mtime, UTC)
+        newest[workspace] = Newest(manifest.ref.date, written, lower_bound=True)
     catalog.save(store, known, today, log)
     return newest
 

@@ -8,6 +8,8 @@ takes 3 s or 30 s. Here the same listings are read with expat (S3) and os.scandi
 the same keys, sizes and modification times, for a fraction of the CPU.
 
     iter_keys(store, prefix)     every (key, size, mtime) under prefix, like BackupStore._list
+    iter_objects(store, prefix)  the same with a version tag: S3's ETag, a local file's inode
+                                 and mtime in ns (changes whenever the object is rewritten)
     list_folders(store, prefix)  the immediate sub-folders of prefix (S3: Delimiter "/")
 """
 
@@ -26,16 +28,24 @@ from backup_pipelines.lib.store.local import LocalStore
 from backup_pipelines.lib.store.s3 import S3Store
 
 Listed = tuple[str, int, float]  # key relative to the store, size, modified (epoch seconds)
+Tagged = tuple[str, int, float, str]  # ... and a tag that changes when the object is rewritten
 
 
 def iter_keys(store: BackupStore, prefix: str) -> Iterator[Listed]:
     """Every object under `prefix` (a folder path ending with "/", or "" for the whole
     store), as `store._list(prefix)` yields them."""
+    for key, size, mtime, _tag in iter_objects(store, prefix):
+        yield key, size, mtime
+
+
+def iter_objects(store: BackupStore, prefix: str) -> Iterator[Tagged]:
+    """iter_keys with each object's tag (S3: the ETag; local: inode and mtime in ns; other
+    stores: mtime and size)."""
     if isinstance(store, S3Store):
         return _s3_keys(store, prefix)
     if isinstance(store, LocalStore):
         return _local_keys(store, prefix)
-    return store._list(prefix)
+    return ((k, s, m, f"{m}:{s}") for k, s, m in store._list(prefix))
 
 
 def list_folders(store: BackupStore, prefix: str) -> list[str]:
@@ -56,7 +66,7 @@ def list_folders(store: BackupStore, prefix: str) -> list[str]:
 # Local folder: os.scandir, regular files only, symlinks never followed (as the store reads)
 
 
-def _local_keys(store: LocalStore, prefix: str) -> Iterator[Listed]:
+def _local_keys(store: LocalStore, prefix: str) -> Iterator[Tagged]:
     root = str(store.root)
     start = os.path.join(root, prefix.strip("/")) if prefix.strip("/") else root
     if not os.path.isdir(start) or os.path.islink(start):
@@ -82,7 +92,8 @@ def _local_keys(store: LocalStore, prefix: str) -> Iterator[Listed]:
                     stat = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                yield entry.path[base_len:], stat.st_size, stat.st_mtime
+                tag = f"{stat.st_ino}:{stat.st_mtime_ns}"
+                yield entry.path[base_len:], stat.st_size, stat.st_mtime, tag
 
 
 def _local_folders(store: LocalStore, prefix: str) -> list[str]:
@@ -116,7 +127,7 @@ def _fast_parse_hook(response_dict=None, customized_response_dict=None, **_kwarg
     # botocore asks for url-encoded keys (EncodingType=url) and decodes them in its parser.
     encoded = (root.findtext(f"{_S3}EncodingType") or "").lower() == "url"
     name = unquote_plus if encoded else str
-    contents: list[Listed] = []
+    contents: list[Tagged] = []
     folders: list[str] = []
     truncated, token = False, None
     for element in root:
@@ -125,7 +136,8 @@ def _fast_parse_hook(response_dict=None, customized_response_dict=None, **_kwarg
             key = name(element.findtext(f"{_S3}Key") or "")
             size = int(element.findtext(f"{_S3}Size") or 0)
             moment = (element.findtext(f"{_S3}LastModified") or "").replace("Z", "+00:00")
-            contents.append((key, size, datetime.fromisoformat(moment).timestamp()))
+            tag = (element.findtext(f"{_S3}ETag") or "").strip('"')
+            contents.append((key, size, datetime.fromisoformat(moment).timestamp(), tag))
         elif tag == "CommonPrefixes":
             folders.append(name(element.findtext(f"{_S3}Prefix") or ""))
         elif tag == "IsTruncated":
@@ -152,7 +164,7 @@ def _s3_pages(store: S3Store, prefix: str, delimiter: str | None) -> Iterator[tu
             contents, folders, truncated, token = answer["FastListing"]
         else:  # parsed by botocore
             contents = [
-                (i["Key"], i["Size"], i["LastModified"].timestamp())
+                (i["Key"], i["Size"], i["LastModified"].timestamp(), i.get("ETag", "").strip('"'))
                 for i in answer.get("Contents", [])
             ]
             folders = [p["Prefix"] for p in answer.get("CommonPrefixes", [])]
@@ -163,11 +175,11 @@ def _s3_pages(store: S3Store, prefix: str, delimiter: str | None) -> Iterator[tu
         arguments["ContinuationToken"] = token
 
 
-def _s3_keys(store: S3Store, prefix: str) -> Iterator[Listed]:
+def _s3_keys(store: S3Store, prefix: str) -> Iterator[Tagged]:
     strip = len(store.prefix) + 1 if store.prefix else 0
     for contents, _folders in _s3_pages(store, prefix, None):
-        for key, size, mtime in contents:
-            yield key[strip:], size, mtime
+        for key, size, mtime, tag in contents:
+            yield key[strip:], size, mtime, tag
 
 
 def _s3_folders(store: S3Store, prefix: str) -> list[str]:
