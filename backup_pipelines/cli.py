@@ -6,6 +6,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
                                        [--dry-run] [--override-gate REASON]
+    backup-pipelines restore workspace --to '2026-12-01 13:05:00+00:00' --workspace W [W ...] [--dry-run]
+    backup-pipelines restore platform --to '2026-12-01 13:05:00+00:00' [--target-dir D --port P | --overwrite-live] [--dry-run]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
                                   [--resume] [--command-before CMD ...] [--command-after CMD ...]
     backup-pipelines release-database NAME     # drop a <live>_before_restore_<time> database
@@ -13,6 +15,8 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines lease list
+    backup-pipelines lease break (--workspace W | --database) [--force]
     backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
     backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
     backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
@@ -21,13 +25,16 @@ so it works when Dagster (its daemon, webserver or database) is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import traceback
+from collections.abc import Iterator
 from datetime import date as Date
 
-from backup_pipelines import cli_pitr
+from backup_pipelines import cli_instant, cli_pitr
 from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -299,6 +306,8 @@ def cmd_restore_workspace(args) -> int:
     from backup_pipelines.lib.engines import Mode
     from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 
+    if args.to:  # one instant across stores (SQL by PITR, indexes caught up)
+        return cli_instant.cmd_restore_workspace_to(args)
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         print("DATABASE_URL is not set: it names the database to restore into", file=sys.stderr)
@@ -520,6 +529,47 @@ def cmd_retention(args) -> int:
     return 1 if result.errors else 0
 
 
+def cmd_lease_list(args) -> int:
+    leases = _store().list_leases()
+    print(f"{'lease':<28} {'state':<10} {'purpose':<10} {'held by':<32} {'until'}")
+    for lease in leases:
+        if lease.record is None:
+            print(f"{lease.name:<28} {'UNREADABLE':<10} {'-':<10} {'-':<32} {lease.problem}")
+            continue
+        r = lease.record
+        who = f"{r.owner.who} ({r.owner.host} pid {r.owner.pid})"
+        state = "expired" if lease.expired() else "held"
+        print(f"{lease.name:<28} {state:<10} {r.owner.purpose:<10} {who:<32} {r.expires_at}")
+    if not leases:
+        print("(no leases: no backup or restore holds a partition)")
+    return 0
+
+
+def cmd_lease_break(args) -> int:
+    from backup_pipelines.lib.store import lease_name
+
+    try:
+        name = lease_name(None if args.database else args.workspace)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = _store()
+    lease = store.read_lease(name)
+    if lease is None:
+        print(f"no lease {name}: nothing to break")
+        return 0
+    if not lease.expired() and lease.record is not None and not args.force:
+        print(
+            f"lease {name} is live: {lease.describe()}. Break it only if that process is gone "
+            "(check the host and pid, or the Dagster run); then add --force",
+            file=sys.stderr,
+        )
+        return 2
+    broken = store.break_lease(name, lease.version)
+    print(f"broke lease {name}: {broken.describe() if broken else 'already gone'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
@@ -546,7 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     workspace = restore.add_parser(
         "workspace", help="restore workspaces to a date (SQL rows and indexes)"
     )
-    workspace.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
+    when = workspace.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", type=date_argument, help="YYYY-MM-DD: that day's backups")
+    when.add_argument(
+        "--to",
+        type=text_argument,
+        help="an instant, e.g. '2026-12-01 13:05:00+00:00': SQL by point-in-time recovery, "
+        "indexes from their artifacts caught up to it",
+    )
     workspace.add_argument("--workspace", required=True, nargs="+", type=workspace_argument)
     workspace.add_argument("--mode", choices=["merge", "replace"], default="merge")
     workspace.add_argument("--dry-run", action="store_true")
@@ -619,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--override-gate", metavar="REASON")
     agent.set_defaults(run=cmd_restore_agent)
     cli_pitr.add_restore_parsers(restore)  # restore pitr, restore managed
+    cli_instant.add_restore_parsers(restore)  # restore platform
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )
@@ -655,20 +713,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--today", type=date_argument, help="plan as of this UTC date, YYYY-MM-DD (default: today)"
     )
     prune.set_defaults(run=cmd_retention)
+    lease = commands.add_parser(
+        "lease", help="leases: which backup or restore holds a partition; break a stale one"
+    ).add_subparsers(dest="lease_command", required=True)
+    lease.add_parser("list", help="every lease in the store").set_defaults(run=cmd_lease_list)
+    breaking = lease.add_parser("break", help="remove a stale lease (its holder is gone)")
+    which = breaking.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--workspace", type=workspace_argument, help="the lease of this workspace's partitions"
+    )
+    which.add_argument("--database", action="store_true", help="the whole-database lease")
+    breaking.add_argument(
+        "--force", action="store_true", help="break it even though it has not expired yet"
+    )
+    breaking.set_defaults(run=cmd_lease_break)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
     return parser
 
 
+class _ScrubbedStream:
+    """A text stream whose every write is scrubbed of secrets (lib/secrets.py)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from backup_pipelines.lib.secrets import scrub
+
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    """Everything the command prints, its errors and tracebacks included, goes out scrubbed:
+    a library's message can quote a secret (psycopg quotes a malformed DATABASE_URL whole)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ScrubbedStream(sys.stdout), _ScrubbedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return args.run(args)
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with _scrubbed_output():
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
+            return exc.code if isinstance(exc.code, int) else 2
+        try:
+            return args.run(args)
+        except BackupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # not ours: show where, for a bug report, but scrubbed
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

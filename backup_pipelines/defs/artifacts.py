@@ -9,6 +9,12 @@ import dagster as dg
 from backup_pipelines.defs.partitions import date_and_workspace
 from backup_pipelines.defs.resources import BackupStoreResource
 from backup_pipelines.lib.store import ArtifactRef, ArtifactWriter, BackupStore
+from backup_pipelines.lib.timeouts import lease_wait_seconds
+
+
+def run_owner(context) -> str:
+    """Who holds a lease taken by a Dagster run: what `backup-pipelines lease list` shows."""
+    return f"dagster run {context.run_id}"
 
 
 def artifact_metadata(store: BackupStore, ref: ArtifactRef, manifest: dict, seconds: float) -> dict:
@@ -44,12 +50,18 @@ def write_artifact(
     ref: ArtifactRef,
     produce: Callable[[ArtifactWriter], dict],
 ) -> dg.MaterializeResult:
-    """Run `produce` against a fresh writer and commit; anything raised leaves no manifest."""
-    started = time.monotonic()
+    """Run `produce` against a fresh writer and commit; anything raised leaves no manifest.
+    The partition's lease (its workspace's; the whole database's for a full backup) is held
+    throughout, so a restore reading this partition never sees it replaced underneath."""
     context.log.info(f"backing up {ref} into {store.describe()}")
-    with store.begin(ref) as writer:
-        fields = produce(writer)
-        manifest = writer.commit(**fields)
+    with store.lease(
+        ref.workspace, "backup", run_owner(context), log=context.log.info, wait=lease_wait_seconds()
+    ) as held:
+        started = time.monotonic()
+        with store.begin(ref) as writer:
+            fields = produce(writer)
+            held.ensure_held()  # never commit over a restore that took the partition from us
+            manifest = writer.commit(**fields)
     seconds = time.monotonic() - started
     metadata = artifact_metadata(store, ref, manifest, seconds)
     context.log.info(

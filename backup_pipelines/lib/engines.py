@@ -4,8 +4,9 @@
 engine package: they ask the registry for the engines of a deployment and call what every
 index engine offers — its backup asset, the ids an artifact holds, a restore from an
 artifact, a rebuild from the SQL rows (read by the policy's mapping for that engine,
-`indexes.<name>`), a count and a search that must find a restored memory. Adding an
-engine is adding a package with an `engine.py` exposing `ENGINE`, and one line in
+`indexes.<name>`), a count and a search that must find a restored memory, and the
+catch-up of a restore to an instant (the ids a collection holds, upsert rows, delete ids).
+Adding an engine is adding a package with an `engine.py` exposing `ENGINE`, and one line in
 ENGINE_MODULES.
 """
 
@@ -16,6 +17,8 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
+
+import numpy as np
 
 from backup_pipelines.lib.ids import Side
 from backup_pipelines.lib.mapping import Row
@@ -98,6 +101,24 @@ class IndexEngine(Protocol):
     ) -> None:
         """Make `target` ready for a restore into a scratch place without touching anything
         live (the drill): e.g. the collection's definition without its aliases."""
+
+    # Catching an index up to an instant (recovery/instant.py): after the newest artifact
+    # taken before it, the entries of rows changed since are written and the entries of rows
+    # gone by then removed.
+
+    def entry_ids(self, client: Any, collection: str) -> np.ndarray:
+        """The ids `collection` holds now, streamed into an array like an artifact's (int64,
+        or bytes for non-integer ids; lib.ids); empty when the collection does not exist."""
+
+    def upsert_rows(
+        self, client: Any, collection: str, rows: Iterator[Row], mapping: IndexMapping
+    ) -> int:
+        """Write the entries of `rows` (created, or replaced when present), creating the
+        collection by the mapping when it is missing; returns how many were written."""
+
+    def delete_ids(self, client: Any, collection: str, ids: list) -> int:
+        """Remove the entries with these ids (ints or id text) from `collection`; ids it does
+        not hold are no error. Returns how many were asked for."""
 
 
 ENGINE_MODULES = {

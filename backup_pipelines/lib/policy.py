@@ -218,6 +218,10 @@ class IndexMapping(_Model):
     # The newest row by this column is the probe a search must find after a restore; None: no
     # search probe, the verification checks counts only.
     probe_column: Text | None = "created_at"
+    # The row's last-change timestamp: a point-in-time restore re-derives the entries of rows
+    # changed after the index artifact it starts from (recovery/instant.py); None, or a table
+    # without this column: every row at the target instant is re-derived.
+    updated_column: Text | None = "updated_at"
     fields: tuple[FieldMap, ...] = ()
     # The platform's own reindexer instead of the built-in mapping, e.g.
     # ["reindex", "--workspace", "{workspace}"]; placeholders {workspace} and {collection}.
@@ -250,7 +254,7 @@ class IndexMapping(_Model):
                     )
         return tuple(value)
 
-    @field_validator("table", "id_column", "workspace_column", "probe_column")
+    @field_validator("table", "id_column", "workspace_column", "probe_column", "updated_column")
     @classmethod
     def _identifiers(cls, value: str | None) -> str | None:
         return None if value is None else _identifier(value)
@@ -276,6 +280,8 @@ class IndexMapping(_Model):
         keys = [("id_column", self.id_column), ("workspace_column", self.workspace_column)]
         if self.probe_column:
             keys.append(("probe_column", self.probe_column))
+        if self.updated_column and "updated_column" in self.model_fields_set:
+            keys.append(("updated_column", self.updated_column))  # the default may be absent
         keys += self._engine_column_keys()
         keys += [(f"fields[{i}].column", f.column) for i, f in enumerate(self.fields)]
         return [(key, column) for key, column in keys if column]

@@ -48,7 +48,9 @@ def write_artifact(store, asset: str, day: str, workspace: str | None) -> Artifa
     ref = ArtifactRef(asset, day, workspace)
     with store.begin(ref) as writer:
         writer.write_bytes("data.bin", PAYLOAD)
-        writer.commit(captured_at=f"{day}T00:30:00Z", counts={}, source={}, tool={})
+        writer.commit(
+            captured_at=f"{day}T00:30:00Z", counts={"rows": {}}, source={}, tool={}, tables=[]
+        )
     return ref
 
 

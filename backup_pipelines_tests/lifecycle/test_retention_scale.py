@@ -23,7 +23,9 @@ def write(store, asset: str, day: str, workspace: str | None) -> ArtifactRef:
     ref = ArtifactRef(asset, day, workspace)
     with store.begin(ref) as writer:
         writer.write_bytes("data.bin", PAYLOAD)
-        writer.commit(captured_at=f"{day}T00:30:00Z", counts={}, source={}, tool={}, tables=[])
+        writer.commit(
+            captured_at=f"{day}T00:30:00Z", counts={"rows": {}}, source={}, tool={}, tables=[]
+        )
     return ref
 
 

@@ -4,6 +4,8 @@ once, also across a code-server restart; bounded reads give lower-bound ages."""
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -153,6 +155,44 @@ def test_a_damaged_catalog_object_is_ignored_and_the_manifests_read(setting, mon
         assert reads.count == 2
         assert set(late_rows(evaluation)) == {"ws_missed"}
         assert late_rows(evaluation)["ws_missed"]["age_hours"] == pytest.approx(40.0)
+
+
+def test_a_tampered_manifest_is_not_a_recovery_point_nor_remembered(setting, monkeypatch):
+    """A newest manifest that fails the store's validated model (a file path leading out of
+    its artifact) is read through that model: the workspace is late (no restorable backup),
+    the tick goes on, and nothing of it enters the captured-at catalog."""
+    store, instance, resources = setting
+    ref = commit(store, NOW - timedelta(hours=3), "ws_fresh")
+    commit(store, NOW - timedelta(hours=3), "ws_missed")
+    manifest = json.loads(store._get(f"{ref.folder}/{MANIFEST_NAME}"))
+    manifest["files"][0]["path"] = "../../" + manifest["files"][0]["path"]
+    store._put_atomic(f"{ref.folder}/{MANIFEST_NAME}", json.dumps(manifest).encode())
+    logged: list[str] = []
+    monkeypatch.setattr(rpo, "captured_times", _with_log(rpo.captured_times, logged))
+    _result, evaluation = tick(instance, resources)
+    row = late_rows(evaluation)["ws_fresh"]
+    assert row["age_hours"] is None and set(late_rows(evaluation)) == {"ws_fresh"}
+    assert any("ws_fresh" in line and "manifest.json" in line for line in logged)
+    assert ref.folder not in catalog.catalog_for(store, WORKSPACE_DUMP).entries
+
+
+def _with_log(function, lines: list[str]):
+    """`function` with its `log` argument also collected into `lines`."""
+    signature = inspect.signature(function)
+
+    def logged(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        given = bound.arguments.get("log")
+
+        def both(line: str) -> None:
+            lines.append(line)
+            if given is not None:
+                given(line)
+
+        bound.arguments["log"] = both
+        return function(*bound.args, **bound.kwargs)
+
+    return logged
 
 
 def test_a_catalog_entry_for_another_manifest_is_not_used(setting):

@@ -69,3 +69,24 @@ def test_the_tag_changes_when_an_object_is_rewritten(store):
 def test_a_refused_listing_is_a_store_error_naming_the_store(s3_env):
     with pytest.raises(StoreError, match="s3://no-such-bucket-here"):
         list(listing.iter_keys(S3Store("no-such-bucket-here", "x"), ""))
+
+
+def test_fast_listing_shows_symlinks_and_special_files_as_the_local_store_does(tmp_path):
+    """A symlink or FIFO where a file should be is listed as itself (and refused when read),
+    never followed: the same as LocalStore._list, so damage shows up."""
+    import os
+
+    from backup_pipelines.lib.store import LocalStore
+
+    local_store = LocalStore(tmp_path / "store")
+    fill(local_store)
+    folder = local_store.root / "postgres/workspace_dump/date=2026-11-21/workspace=ws_c"
+    folder.mkdir(parents=True)
+    os.symlink("/etc/passwd", folder / "manifest.json")
+    os.mkfifo(folder / "x.fifo")
+    os.symlink("/etc", local_store.root / "postgres/workspace_dump/date=2026-11-19")
+    for prefix in ("", "postgres/workspace_dump/date=2026-11-21/"):
+        assert sorted(listing.iter_keys(local_store, prefix)) == sorted(local_store._list(prefix))
+    keys = {key for key, _s, _m in listing.iter_keys(local_store, "")}
+    assert f"{folder.relative_to(local_store.root)}/manifest.json" in keys
+    assert not any(key.startswith("postgres/workspace_dump/date=2026-11-19/") for key in keys)

@@ -8,10 +8,13 @@ not config; config keeps safe defaults:
     restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
 """
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
+from backup_pipelines.defs.artifacts import run_owner
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import index_clients
 from backup_pipelines.lib.engines import Mode, index_engines
@@ -19,6 +22,7 @@ from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.recovery import full_restore
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.recovery.consistency import Outcome
+from backup_pipelines.lib.store import lease_name
 
 MODE_TAG = "restore/mode"
 DRY_RUN_TAG = "restore/dry_run"
@@ -43,6 +47,39 @@ def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> Restor
     )
 
 
+@contextlib.contextmanager
+def still_held(
+    context: dg.OpExecutionContext, store, located: restore.Located, last_step: bool = False
+) -> Iterator[None]:
+    """Run a later step of the workspace restore under the lease the first step took (taken
+    again if it ended, e.g. on a retry from this step), on exactly the artifacts it gated on."""
+    with store.continue_lease(
+        located.workspace, "restore", run_owner(context), log=context.log.info, keep=not last_step
+    ):
+        restore.check_pinned(store, located)
+        yield
+
+
+@dg.failure_hook(required_resource_keys={"backup_store"})
+def release_restore_lease(context: dg.HookContext) -> None:
+    """A failed step ends the run: give back the workspace's lease this run holds, at once
+    rather than when it expires."""
+    run = context.instance.get_run_by_id(context.run_id)
+    partition = run.tags.get("dagster/partition") if run else None
+    if not partition:
+        return
+    _date, workspace = date_and_workspace(partition)
+    store = context.resources.backup_store.get_store()
+    lease = store.read_lease(lease_name(workspace))
+    if (
+        lease is not None
+        and lease.record is not None
+        and lease.record.owner.who == run_owner(context)
+    ):
+        store.break_lease(lease.name, lease.version)
+        context.log.info(f"released lease {lease.name} after the failed step")
+
+
 def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     """The workspace restore job over the index stores this deployment has."""
     engines = index_engines(index_stores)
@@ -53,7 +90,11 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
         date, workspace = date_and_workspace(context.partition_key)
         store = context.resources.backup_store.get_store()
-        located = restore.locate_and_verify(store, date, workspace, index_assets)
+        # The workspace's lease is taken here and handed from op to op until verify_restored
+        # (or the failure hook) releases it: no backup replaces what this run gated on.
+        with store.lease(workspace, "restore", run_owner(context), log=context.log.info, keep=True):
+            store.refuse_overlapping_restores(workspace)
+            located = restore.locate_and_verify(store, date, workspace, index_assets)
         context.add_output_metadata(
             {
                 "artifacts": dg.MetadataValue.json(
@@ -70,7 +111,8 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     ) -> str:
         options = options_of(context, config)
         store = context.resources.backup_store.get_store()
-        verdict = restore.consistency_gate(store, located, context.resources.policy.load())
+        with still_held(context, store, located):
+            verdict = restore.consistency_gate(store, located, context.resources.policy.load())
         evidence = {
             "verdict": dg.MetadataValue.text(str(verdict.outcome)),
             "evidence": dg.MetadataValue.json(verdict.to_dict()),
@@ -106,13 +148,15 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
             )
         except ConfigError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        report = restore.merge_sql(
-            context.resources.postgres_db.database_url,
-            context.resources.backup_store.get_store(),
-            located,
-            dry_run=options.dry_run,
-            log=context.log.info,
-        )
+        store = context.resources.backup_store.get_store()
+        with still_held(context, store, located):
+            report = restore.merge_sql(
+                context.resources.postgres_db.database_url,
+                store,
+                located,
+                dry_run=options.dry_run,
+                log=context.log.info,
+            )
         inserted = sum(t["inserted"] for t in report.values())
         context.add_output_metadata(
             {
@@ -143,7 +187,10 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         database_url = context.resources.postgres_db.database_url
         rebuild = verdict == Outcome.REBUILD_INDEX
         mode = Mode(options.mode)
-        with index_clients(context.resources, index_keys) as clients:
+        with (
+            still_held(context, store, located),
+            index_clients(context.resources, index_keys) as clients,
+        ):
             done = restore.restore_indexes(
                 clients, store, located, policy, mode, rebuild, database_url
             )
@@ -152,18 +199,20 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         )
         return done
 
-    @dg.op(required_resource_keys={"postgres_db", "policy", *index_keys})
+    @dg.op(required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys})
     def verify_restored(
         context: dg.OpExecutionContext, located: restore.Located, index_report: dict
     ) -> None:
-        if index_report.get("dry_run"):
-            context.log.info("dry run: nothing was written, nothing to verify")
-            return
-        policy = context.resources.policy.load()
-        with index_clients(context.resources, index_keys) as clients:
-            result = restore.verify_restore(
-                context.resources.postgres_db.database_url, located, policy, clients
-            )
+        store = context.resources.backup_store.get_store()
+        with still_held(context, store, located, last_step=True):
+            if index_report.get("dry_run"):
+                context.log.info("dry run: nothing was written, nothing to verify")
+                return
+            policy = context.resources.policy.load()
+            with index_clients(context.resources, index_keys) as clients:
+                result = restore.verify_restore(
+                    context.resources.postgres_db.database_url, located, policy, clients
+                )
         context.add_output_metadata({"verification": dg.MetadataValue.json(result)})
         if result["problems"]:
             raise dg.Failure(
@@ -176,6 +225,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         partitions_def=daily_by_workspace,
         description="Restore one workspace (SQL rows, Typesense, Qdrant) to a date; refuses when SQL and index disagree.",
         tags={"restore": "workspace"},
+        hooks={release_restore_lease},
     )
     def workspace_restore_job():
         located = locate_and_verify_artifacts()
@@ -226,6 +276,7 @@ def build_full_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                 policy=context.resources.policy.load(),
                 indexes=clients if config.restore_indexes else None,
                 log=context.log.info,
+                lease_owner=run_owner(context),
             )
             health = full_restore.health_check(database_url, clients)
         context.add_output_metadata(_full_restore_metadata(result, health))

@@ -48,7 +48,7 @@ from backup_pipelines.lib.errors import BackupError, ConfigError, StoreError
 from backup_pipelines.lib.lifecycle.markers import KeepMarker, Partition, list_kept, marker_key
 from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers, scan_store
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store
+from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store, lease_name
 
 # Series whose newest artifacts are re-read at once (the S3 client keeps 8 connections).
 VERIFIERS = 8
@@ -531,6 +531,7 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     result = ApplyResult()
     doomed = sorted(plan.to_delete, key=_deletion_order)
     marked: dict[Partition, bool] = {}  # read once per partition, just before its deletions
+    readers: dict[str, str] = {}  # lease name -> the restore reading it ("" when none)
     for number, artifact in enumerate(doomed, 1):
         where = f"[{number}/{len(doomed)}] {artifact}"
         if artifact.partition not in marked:
@@ -539,6 +540,11 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
             # Marked after the plan was made: the marker wins.
             result.skipped.append((artifact.ref, "keep marker placed since planning"))
             log(f"{where}: kept, marked since planning")
+            continue
+        reader = _restore_reading(store, artifact.ref, readers)
+        if reader:
+            result.skipped.append((artifact.ref, reader))
+            log(f"{where}: kept for now, {reader}")
             continue
         try:
             delete_artifact(store, artifact.folder)
@@ -559,6 +565,25 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
         result.bytes_freed += leftover.bytes
         log(f"cleaned {leftover.kind} {leftover.key} ({leftover.age_hours:.0f} h old)")
     return result
+
+
+def _restore_reading(store: BackupStore, ref: ArtifactRef, seen: dict[str, str]) -> str:
+    """Who is restoring (or drilling) from this artifact's partition now, "" when nobody: a
+    restore holds the partition's lease while it reads, and its artifacts stay until it ends
+    (the next retention run deletes them)."""
+    if ref.workspace is None and ref.asset.startswith("mssql/"):
+        return ""  # SQL Server restores read their chain under no PostgreSQL lease
+    name = lease_name(ref.workspace)
+    if name not in seen:
+        lease = store.read_lease(name)
+        busy = (
+            lease is not None
+            and lease.record is not None
+            and lease.record.owner.purpose in ("restore", "drill")
+            and not lease.expired()
+        )
+        seen[name] = f"being read by a restore: {lease.describe()}" if busy else ""
+    return seen[name]
 
 
 def _deletion_order(artifact: Artifact) -> tuple:

@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.lifecycle.markers import DATE_PATTERN, KEEP_PREFIX
 from backup_pipelines.lib.store import (
-    GENERATION_PREFIX,
+    LEASE_PREFIX,
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
     S3Store,
+    is_generation,
     listing,
     parse_artifact_folder,
 )
 
-RESERVED_PREFIXES = (KEEP_PREFIX, "_health/")
+# Not artifacts: keep markers, the writability probe, leases, monitoring's captured-at catalog
+# (never listed, never cleaned).
+RESERVED_PREFIXES = (KEEP_PREFIX, "_health/", LEASE_PREFIX, "_catalog/")
 
 
 @dataclass
@@ -70,7 +73,7 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
         ref, generation = parse(parent), None
         if ref is None:  # maybe <artifact folder>/<generation>/<file>
             grandparent, _, generation = parent.rpartition("/")
-            if not generation.startswith(GENERATION_PREFIX):
+            if not is_generation(generation):  # only folders named as the writer names them
                 continue
             ref = parse(grandparent)
             if ref is None:

@@ -170,7 +170,7 @@ def catalog_for(store: BackupStore, asset: str, log=None) -> CapturedCatalog:
             data = store._get(catalog.key)
             if data is not None:
                 catalog.merge_bytes(data)
-        except (StoreError, ValueError, zstandard.ZstdError) as exc:
+        except (StoreError, ValueError, RecursionError, zstandard.ZstdError) as exc:
             if log is not None:  # never fatal: the manifests are read instead
                 log(f"ignoring {store.describe().rstrip('/')}/{catalog.key}: {exc}")
     return catalog

@@ -21,7 +21,7 @@ from backup_pipelines.lib.monitoring import catalog
 from backup_pipelines.lib.monitoring.alerts import Alert
 from backup_pipelines.lib.monitoring.catalog import Manifest, committed_in, parse_time
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.store import ArtifactRef, BackupStore, listing
+from backup_pipelines.lib.store import ArtifactRef, BackupStore, ManifestInvalid, listing
 
 Log = Callable[[str], object]
 STORE_READERS = 16  # parallel requests where one per artifact is unavoidable
@@ -211,7 +211,14 @@ def captured_times(
 
     def read(item: tuple[str | None, Manifest]) -> tuple[str | None, Newest | None]:
         workspace, manifest = item
-        body = store.read_manifest(manifest.ref)
+        try:
+            body = store.read_manifest(manifest.ref)  # the validated model (manifest.py)
+        except ManifestInvalid as exc:
+            # Damaged or tampered with: not a backup anyone can restore, so not a recovery
+            # point either (the workspace shows as late), and never remembered.
+            if log is not None:
+                log(f"not counted as a backup: {exc}")
+            return workspace, None
         if body is None:  # deleted between the listing and now
             return workspace, None
         moment = parse_time(body.get("captured_at")) or parse_time(body.get("created_at"))

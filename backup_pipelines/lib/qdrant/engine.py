@@ -10,8 +10,8 @@ from backup_pipelines.lib.mapping import Row, type_problem, vector_value
 from backup_pipelines.lib.policy import IndexMapping, Policy
 from backup_pipelines.lib.qdrant import restore
 from backup_pipelines.lib.qdrant.client import QdrantHttp
-from backup_pipelines.lib.qdrant.ids import ids_from_qdrant_artifact
-from backup_pipelines.lib.qdrant.points import point_id
+from backup_pipelines.lib.qdrant.ids import ids_from_qdrant_artifact, ids_in_collection
+from backup_pipelines.lib.qdrant.points import index_into_qdrant, point_id
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
 
@@ -86,8 +86,21 @@ class QdrantEngine:
     def prepare_scratch(self, client, store, ref, manifest: dict, target: str) -> None:
         return None  # recovery creates the collection; snapshots carry no aliases
 
+    def entry_ids(self, client, collection: str):
+        return ids_in_collection(client, collection)
+
+    def upsert_rows(self, client, collection: str, rows: Iterator[Row], mapping) -> int:
+        return index_into_qdrant(client, collection, rows, mapping)
+
+    def delete_ids(self, client, collection: str, ids: list) -> int:
+        wanted = [point_id(value) for value in ids]
+        for start in range(0, len(wanted), DELETE_BATCH):
+            client.delete_points(collection, wanted[start : start + DELETE_BATCH])
+        return len(wanted)
+
 
 POINT_ID_TYPES = {"int2", "int4", "int8", "uuid"}
+DELETE_BATCH = 1000  # point ids per points/delete request
 VECTOR_TYPES = {"vector", "halfvec"}  # pgvector's, read as text "[1,2,3]"
 
 

@@ -292,6 +292,7 @@ def _restore_into_scratch(
         mode=Mode.REPLACE,
         log=log,
         index_targets=targets,
+        lease_purpose="drill",
     )
 
 

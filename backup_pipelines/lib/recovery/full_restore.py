@@ -81,12 +81,20 @@ def restore_full(
     indexes: Mapping[str, Any] | None = None,
     log: Log | None = None,
     now: datetime | None = None,
+    lease_owner: str | None = None,
 ) -> dict:
     """Run the whole restore `request` asks for; returns what was done (see the module doc).
     `indexes` (engine name -> client) restores the collections the servers lack; `now`
-    names the kept live database (default: the clock)."""
+    names the kept live database (default: the clock). The whole-database lease is held
+    throughout: a full backup waits, and no workspace restore runs beside it."""
     log = log or (lambda _m: None)
     request.check()
+    with store.lease(None, "restore", lease_owner, log=log):
+        store.refuse_overlapping_restores(None)
+        return _restore_full_held(store, request, database_url, policy, indexes, log, now)
+
+
+def _restore_full_held(store, request, database_url, policy, indexes, log, now) -> dict:
     if request.overwrite_live:
         return _overwrite_live(store, request, database_url, policy, indexes, log, now)
     run_commands(request.commands_before, log, "before restore")

@@ -25,12 +25,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.recovery import consistency
@@ -112,6 +112,26 @@ def locate_and_verify(
     return Located(date, workspace, refs, manifests, verified)
 
 
+def check_pinned(store: BackupStore, located: Located) -> None:
+    """The artifacts are still the generations that were verified and gated. Within one held
+    lease nothing can replace them; this catches a run whose lease ended between its steps
+    (a retry from a failed step) while a backup committed a newer generation."""
+    changed = []
+    for asset, ref in located.refs.items():
+        now = store.read_manifest(ref)
+        pinned = located.manifests[asset].get("generation")
+        current = None if now is None else now.get("generation")
+        if current != pinned:
+            changed.append(f"{asset}: verified generation {pinned}, now {current or 'none'}")
+    if changed:
+        raise BackupError(
+            f"the artifacts of {located.date}|{located.workspace} changed since this restore "
+            "verified and gated them (a backup committed in between): "
+            + "; ".join(changed)
+            + " — start the restore again, so the gate judges what is restored"
+        )
+
+
 def consistency_gate(store: BackupStore, located: Located, policy: Policy):
     """The verdict of the partition's SQL artifact against each of its index artifacts."""
     return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
@@ -182,7 +202,7 @@ def rebuild_index(
             mapping.rebuild_timeout_seconds,
             log or (lambda _m: None),
         )
-    with psycopg.connect(database_url) as conn:
+    with connect(database_url) as conn:
         rows = iter_index_rows(conn, workspace, mapping, policy.schema)
         return engine.rebuild(client, target, rows, mode, mapping)
 
@@ -235,7 +255,7 @@ def verify_restore(
     problems: list[str] = []
     result: dict = {"sql_rows": {}}
     backed_up = {entry["table"]: entry["rows"] for entry in manifest["tables"]}
-    with psycopg.connect(database_url) as conn:
+    with connect(database_url) as conn:
         for entry in manifest["tables"]:
             schema, name = entry["table"].split(".", 1)
             live = conn.execute(
@@ -296,6 +316,8 @@ def restore_workspace(
     override_gate: str = "",
     log: Log | None = None,
     index_targets: Mapping[str, str] | None = None,
+    lease_owner: str | None = None,
+    lease_purpose: str = "restore",
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
     steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
@@ -303,9 +325,25 @@ def restore_workspace(
     `index_targets` (engine name -> collection) names the collections to restore INTO
     (default: the policy's); the backed-up collections are still looked up, gated and
     recovered by the policy's names. The restore drill uses it to restore into scratch
-    collections beside the live ones."""
+    collections beside the live ones.
+
+    The workspace's lease is held from the first read to the last write: a backup of this
+    workspace (from any scheduler or process) waits, another restore is refused naming the
+    holder, and a whole-database restore in progress refuses this one."""
     log = log or (lambda _m: None)
-    indexes, targets = indexes or {}, index_targets or {}
+    with store.lease(workspace, lease_purpose, lease_owner, log=log):
+        if lease_purpose == "restore":
+            store.refuse_overlapping_restores(workspace)
+        return _restore_workspace_held(
+            store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
+            override_gate, log, index_targets or {},
+        )  # fmt: skip
+
+
+def _restore_workspace_held(
+    store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
+    targets,
+) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.monotonic()
 

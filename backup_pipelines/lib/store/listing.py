@@ -63,12 +63,13 @@ def list_folders(store: BackupStore, prefix: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Local folder: os.scandir, regular files only, symlinks never followed (as the store reads)
+# Local folder: os.scandir, symlinks never followed (as LocalStore._list)
 
 
 def _local_keys(store: LocalStore, prefix: str) -> Iterator[Tagged]:
     root = str(store.root)
-    start = os.path.join(root, prefix.strip("/")) if prefix.strip("/") else root
+    # store._path: the store's own check that a key stays inside its folder
+    start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
     if not os.path.isdir(start) or os.path.islink(start):
         return
     base_len = len(root) + 1
@@ -87,17 +88,21 @@ def _local_keys(store: LocalStore, prefix: str) -> Iterator[Tagged]:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
-            elif entry.is_file(follow_symlinks=False):
-                try:
-                    stat = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                tag = f"{stat.st_ino}:{stat.st_mtime_ns}"
-                yield entry.path[base_len:], stat.st_size, stat.st_mtime, tag
+                continue
+            if entry.is_symlink() and entry.is_dir():
+                continue  # as os.walk in LocalStore._list: a linked folder is neither walked nor listed
+            # As LocalStore._list: a symlink or special file is listed as itself (lstat) and
+            # refused when read, so a damaged artifact shows up instead of vanishing.
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            tag = f"{stat.st_ino}:{stat.st_mtime_ns}"
+            yield entry.path[base_len:], stat.st_size, stat.st_mtime, tag
 
 
 def _local_folders(store: LocalStore, prefix: str) -> list[str]:
-    folder = os.path.join(str(store.root), prefix.strip("/"))
+    folder = str(store._path(prefix.strip("/"))) if prefix.strip("/") else str(store.root)
     try:
         return sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):

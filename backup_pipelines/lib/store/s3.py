@@ -10,8 +10,8 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from backup_pipelines.lib.errors import ConfigError, StoreError
-from backup_pipelines.lib.store.base import BackupStore
+from backup_pipelines.lib.errors import ArtifactNotFound, ConfigError, StoreError
+from backup_pipelines.lib.store.base import SMALL_OBJECT_BYTES, BackupStore
 from backup_pipelines.lib.store.writer import Sink
 
 # ------------------------------------------------------------------------------------------------
@@ -156,21 +156,45 @@ class S3Store(BackupStore):
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _call(self, action: str, key: str, function, **kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _call(self, action: str, key: str, function, *, allowed: tuple[str, ...] = (), **kwargs):
+        """One S3 request; every failure is a StoreError naming the store, the action and the
+        key. Error codes in `allowed` are returned (as the code string) instead of raised."""
+        from botocore.exceptions import ClientError
 
         try:
             return function(**kwargs)
         except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            if code in allowed:
+                return code
+            raise self._failure(action, key, exc) from exc
+        except Exception as exc:
+            raise self._failure(action, key, exc) from exc
+
+    def _failure(self, action: str, key: str, exc: Exception) -> StoreError:
+        """A StoreError for a failed request: refused (an S3 error answer) or unreachable."""
+        from botocore.exceptions import ClientError
+
+        from backup_pipelines.lib.store.s3_client import StoreUnreachable
+
+        if isinstance(exc, StoreUnreachable):
+            return StoreError(
+                f"backup store {self.describe()} unreachable while trying to {action} {key!r}: "
+                f"{exc} — check that the S3 endpoint is up and reachable, then retry"
+            )
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
-            raise StoreError(
+            return StoreError(
                 f"backup store {self.describe()} refused to {action} {key!r}: "
                 f"{error.get('Code', '?')} {error.get('Message', '')}".rstrip()
-            ) from exc
-        except BotoCoreError as exc:
-            raise StoreError(
-                f"backup store {self.describe()} unreachable while trying to {action} {key!r}: {exc}"
-            ) from exc
+            )
+        return StoreError(
+            f"backup store {self.describe()} unreachable while trying to {action} {key!r}: "
+            f"{exc} — check that the S3 endpoint is up and reachable (AWS_ENDPOINT_URL_S3), "
+            "then retry"
+        )
 
     def _open_sink(self, key: str) -> Sink:
         return _S3MultipartSink(self, key)
@@ -180,23 +204,26 @@ class S3Store(BackupStore):
             "write", key, self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data
         )
 
-    def _get(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
+    def _get(self, key: str, max_bytes: int = SMALL_OBJECT_BYTES) -> bytes | None:
+        found = self._read_versioned(key, max_bytes)
+        return None if found is None else found[0]
 
+    def _read_body(self, key: str, body, max_bytes: int) -> bytes:
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-                return None
-            raise StoreError(
-                f"backup store {self.describe()} refused to read {key!r}: {exc}"
-            ) from exc
-        return answer["Body"].read()
+            with contextlib.closing(body):
+                return body.read(max_bytes + 1)
+        except Exception as exc:  # botocore/urllib3 errors of a dropped connection
+            raise self._failure("read", key, exc) from exc
 
     def _open_read(self, key: str) -> BinaryIO:
         answer = self._call(
-            "read", key, self.client.get_object, Bucket=self.bucket, Key=self._full(key)
-        )
+            "read", key, self.client.get_object, allowed=self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key),
+        )  # fmt: skip
+        if isinstance(answer, str):
+            raise ArtifactNotFound(
+                f"backup store {self.describe()}: {key!r} does not exist (missing file)"
+            )
         return answer["Body"]
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
@@ -207,26 +234,40 @@ class S3Store(BackupStore):
                 for item in page.get("Contents", []):
                     yield item["Key"][strip:], item["Size"], item["LastModified"].timestamp()
         except Exception as exc:
-            raise StoreError(
-                f"backup store {self.describe()} refused to list {prefix!r}: {exc}"
-            ) from exc
+            raise self._failure("list", prefix, exc) from exc
 
     def _delete_prefix(self, prefix: str) -> None:
         batch: list[dict] = []
         for key, _size, _mtime in list(self._list(prefix)):
             batch.append({"Key": self._full(key)})
             if len(batch) == 1000:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+                self._delete_batch(prefix, batch)
                 batch = []
         if batch:
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            self._delete_batch(prefix, batch)
+
+    def _delete_batch(self, prefix: str, batch: list[dict]) -> None:
+        answer = self._call(
+            "delete", prefix, self.client.delete_objects, Bucket=self.bucket,
+            Delete={"Objects": batch},
+        )  # fmt: skip
+        errors = answer.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise StoreError(
+                f"backup store {self.describe()} refused to delete {len(errors)} object(s) under "
+                f"{prefix!r}, e.g. {first.get('Key')!r}: {first.get('Code')} {first.get('Message', '')}"
+            )
 
     def incomplete_uploads(self) -> Iterator[tuple[str, str, float]]:
         """Multipart uploads never completed (crashed runs): (key, upload id, started epoch)."""
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full("")):
-            for upload in page.get("Uploads", []):
-                yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full("")):
+                for upload in page.get("Uploads", []):
+                    yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
+        except Exception as exc:
+            raise self._failure("list unfinished uploads under", "", exc) from exc
 
     def upload_last_part_time(self, key: str, upload_id: str) -> float | None:
         """When the newest part of an unfinished upload arrived (epoch seconds), None without
@@ -234,10 +275,13 @@ class S3Store(BackupStore):
         paginator = self.client.get_paginator("list_parts")
         newest = None
         pages = paginator.paginate(Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
-        for page in pages:
-            for part in page.get("Parts", []):
-                moment = part["LastModified"].timestamp()
-                newest = moment if newest is None else max(newest, moment)
+        try:
+            for page in pages:
+                for part in page.get("Parts", []):
+                    moment = part["LastModified"].timestamp()
+                    newest = moment if newest is None else max(newest, moment)
+        except Exception as exc:
+            raise self._failure("list the parts of", key, exc) from exc
         return newest
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -252,18 +296,48 @@ class S3Store(BackupStore):
             UploadId=upload_id,
         )
 
+    # -- conditional writes (leases) -------------------------------------------------------
+    # S3 conditional writes: If-None-Match: * creates only if absent, If-Match: <ETag>
+    # replaces or deletes only the version read. 412 PreconditionFailed (and 409
+    # ConditionalRequestConflict, AWS's answer to concurrent conditional writes) mean
+    # "someone else got there first".
+    _LOST_RACE = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+    _ABSENT = ("NoSuchKey", "404")
+
+    def _create_exclusive(self, key: str, data: bytes) -> str | None:
+        answer = self._call(
+            "create", key, self.client.put_object, allowed=self._LOST_RACE,
+            Bucket=self.bucket, Key=self._full(key), Body=data, IfNoneMatch="*",
+        )  # fmt: skip
+        return None if isinstance(answer, str) else answer["ETag"]
+
+    def _read_versioned(self, key: str, max_bytes: int) -> tuple[bytes, str] | None:
+        answer = self._call(
+            "read", key, self.client.get_object, allowed=self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key),
+        )  # fmt: skip
+        if isinstance(answer, str):
+            return None
+        return self._read_body(key, answer["Body"], max_bytes), answer["ETag"]
+
+    def _replace_if(self, key: str, data: bytes, version: str) -> str | None:
+        answer = self._call(
+            "replace", key, self.client.put_object, allowed=self._LOST_RACE + self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key), Body=data, IfMatch=version,
+        )  # fmt: skip
+        return None if isinstance(answer, str) else answer["ETag"]
+
+    def _delete_if(self, key: str, version: str) -> bool:
+        answer = self._call(
+            "delete", key, self.client.delete_object, allowed=self._LOST_RACE + self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key), IfMatch=version,
+        )  # fmt: skip
+        return not isinstance(answer, str)
+
 
 def make_s3_client():
-    import boto3
-    from botocore.config import Config
+    """A boto3 S3 client whose calls cannot hang and whose failures name S3, the operation,
+    the key and the wait, never a secret (lib/store/s3_client.py)."""
+    from backup_pipelines.lib.store.s3_client import bounded_s3_client
 
-    # boto3 1.36+ sends CRC checksum headers that several S3-compatible stores reject; our
-    # own sha256 in the manifest is the integrity check that matters.
-    config = Config(
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"max_attempts": 5, "mode": "standard"},
-        max_pool_connections=8,
-    )
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None, config=config)
+    return bounded_s3_client()

@@ -15,10 +15,14 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.store.manifest import (
     GENERATION_PREFIX,
     MANIFEST_FORMAT_VERSION,
     MANIFEST_NAME,
+    ManifestInvalid,
+    require_plain_name,
+    validate_manifest,
 )
 from backup_pipelines.lib.store.refs import ArtifactRef, utc_now_iso
 
@@ -120,7 +124,8 @@ class ArtifactWriter:
 
     @contextlib.contextmanager
     def open_file(self, name: str) -> Iterator[FileWriter]:
-        if "/" in name or name in {"", ".", "..", MANIFEST_NAME}:
+        require_plain_name(name, "artifact file name")  # what the reader would accept
+        if name == MANIFEST_NAME:
             raise ValueError(f"invalid artifact file name {name!r}")
         if any(f["name"] == name for f in self._files):
             raise ValueError(f"file {name!r} written twice in {self.ref}")
@@ -147,8 +152,16 @@ class ArtifactWriter:
         return list(self._files)
 
     def commit(self, **fields) -> dict:
-        """Write manifest.json (the commit point) and drop the previous artifact's files."""
-        previous = self.store.read_manifest(self.ref)
+        """Write manifest.json (the commit point) and drop the previous artifact's files.
+
+        The manifest is validated as a reader would, so nothing is committed that a restore
+        would refuse. A previous manifest that is invalid (damaged, tampered with) is
+        replaced, but nothing it names is deleted: its files stay as an orphan generation for
+        retention's clean-up, which finds them by listing, not by trusting the manifest."""
+        try:
+            previous = self.store.read_manifest(self.ref)
+        except ManifestInvalid:
+            previous = None
         manifest = {
             "format_version": MANIFEST_FORMAT_VERSION,
             "asset": self.ref.asset,
@@ -161,18 +174,24 @@ class ArtifactWriter:
         for required in ("captured_at", "counts", "source", "tool"):
             if required not in manifest:
                 raise ValueError(f"manifest of {self.ref} lacks {required!r}")
+        where = f"{self.store.location(self.ref)}/{MANIFEST_NAME}"
+        validate_manifest(json.loads(json.dumps(manifest)), self.ref, where, committing=True)
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         self.store._put_atomic(f"{self.ref.folder}/{MANIFEST_NAME}", body)
         self.committed = manifest
-        if previous and previous.get("generation") != self.generation:
-            self.store._delete_prefix(f"{self.ref.folder}/{previous['generation']}/")
+        if previous and previous["generation"] != self.generation:
+            # Committed already: a failed clean-up leaves an orphan for retention, no error.
+            with contextlib.suppress(StoreError):
+                self.store._delete_prefix(
+                    self.store.generation_prefix(self.ref, previous["generation"])
+                )
         return manifest
 
     def abort(self) -> None:
         if self._open is not None:
             self._open.abort()
         with contextlib.suppress(Exception):
-            self.store._delete_prefix(f"{self.ref.folder}/{self.generation}/")
+            self.store._delete_prefix(self.store.generation_prefix(self.ref, self.generation))
 
     def __enter__(self) -> ArtifactWriter:
         return self

@@ -24,6 +24,7 @@ IDEMPOTENT_IMPORT_ACTIONS = frozenset({"upsert", "update", "emplace"})
 DEFAULT_IMPORT_BATCH = 2_000
 REQUEST_BODY_PIECE = 1 << 20
 FAILURES_SHOWN = 5
+DELETE_BATCH = 100  # ids per delete-by-filter request (keeps the query string short)
 
 
 class ExportIncomplete(IndexStoreError):
@@ -298,6 +299,38 @@ class TypesenseClient:
                 [str(f) for f in failures[:FAILURES_SHOWN]],
             )
         return len(outcome.failures) - len(failures)
+
+    def export_ids(self, collection: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The collection's document ids as JSONL (`{"id":"..."}` a line), streamed."""
+        path = _collection_path(collection, "documents/export")
+        response = self.http.request(
+            "GET", path, "export ids", params={"include_fields": "id"}, stream=True
+        )
+        yield from self.http.stream_chunks(response, "export ids", path, chunk_size)
+
+    def delete_documents(self, collection: str, ids: Iterable[str]) -> int:
+        """Delete the documents with these ids (absent ones are no error), a batch of ids per
+        `DELETE .../documents?filter_by=id:[...]`; an id a filter cannot quote (a backtick)
+        is deleted on its own. Returns how many Typesense reports deleted."""
+        deleted = 0
+        plain, odd = [], []
+        for value in ids:
+            (odd if "`" in value else plain).append(value)
+        path = _collection_path(collection, "documents")
+        for start in range(0, len(plain), DELETE_BATCH):
+            batch = plain[start : start + DELETE_BATCH]
+            filter_by = "id:[" + ",".join(f"`{value}`" for value in batch) + "]"
+            answer = self.http.json(
+                "DELETE", path, "delete documents", params={"filter_by": filter_by}
+            )
+            deleted += int(answer.get("num_deleted", 0))
+        for value in odd:
+            one = _collection_path(collection, f"documents/{_quote(value)}")
+            response = self.http.request(
+                "DELETE", one, "delete document", accept_statuses=(200, 404)
+            )
+            deleted += response.status_code == 200
+        return deleted
 
     # Verification
 

@@ -12,8 +12,13 @@ from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
 from backup_pipelines.lib.typesense import restore
 from backup_pipelines.lib.typesense.client import TypesenseClient
-from backup_pipelines.lib.typesense.documents import document_id, probe_filter, probe_query_by
-from backup_pipelines.lib.typesense.ids import typesense_side
+from backup_pipelines.lib.typesense.documents import (
+    document_id,
+    index_into_typesense,
+    probe_filter,
+    probe_query_by,
+)
+from backup_pipelines.lib.typesense.ids import ids_in_collection, typesense_side
 
 
 class TypesenseEngine:
@@ -93,6 +98,17 @@ class TypesenseEngine:
             (),
             name=target,
         )
+
+    def entry_ids(self, client, collection: str):
+        return ids_in_collection(client, collection)
+
+    def upsert_rows(self, client, collection: str, rows: Iterator[Row], mapping) -> int:
+        return index_into_typesense(client, collection, rows, mapping)
+
+    def delete_ids(self, client, collection: str, ids: list) -> int:
+        wanted = [document_id(value) for value in ids]
+        client.delete_documents(collection, wanted)
+        return len(wanted)
 
 
 ENGINE = TypesenseEngine()
