@@ -5,7 +5,7 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines list [--asset A] [--date D] [--workspace W] [--verdicts]
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
-                                       [--dry-run] [--override-gate REASON]
+                                       [--dry-run] [--override-gate REASON] [--skip-refused]
     backup-pipelines restore workspace --to '2026-12-01 13:05:00+00:00' --workspace W [W ...] [--dry-run]
     backup-pipelines restore platform --to '2026-12-01 13:05:00+00:00' [--target-dir D --port P | --overwrite-live] [--dry-run]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
@@ -321,6 +321,7 @@ def cmd_restore_workspace(args) -> int:
             report = restore_workspace(
                 store, args.date, workspace, database_url, policy, indexes,
                 mode=Mode(args.mode), dry_run=args.dry_run, override_gate=args.override_gate or "", log=print,
+                skip_refused=args.skip_refused,
             )  # fmt: skip
             print(json.dumps(report.to_dict(), indent=2, default=str))
         except Exception as exc:  # one workspace's failure never stops the others
@@ -609,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
     workspace.add_argument("--dry-run", action="store_true")
     workspace.add_argument(
         "--override-gate", metavar="REASON", help="restore despite a FAIL verdict (recorded)"
+    )
+    workspace.add_argument(
+        "--skip-refused",
+        action="store_true",
+        help="with --date: skip the entries an index refuses (reported by id); without it "
+        "they fail the restore, which then says each store's state",
     )
     workspace.set_defaults(run=cmd_restore_workspace)
     full = restore.add_parser(

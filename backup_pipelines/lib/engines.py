@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from backup_pipelines.lib.errors import Refusals
 from backup_pipelines.lib.ids import Side
 from backup_pipelines.lib.mapping import Row
 from backup_pipelines.lib.policy import IndexMapping, Policy
@@ -64,8 +65,12 @@ class IndexEngine(Protocol):
         collection: str,
         target: str,
         mode: Mode,
+        refused: Refusals | None = None,
     ) -> dict:
-        """Put the backed-up `collection` back as `target` (merge: only what is missing)."""
+        """Put the backed-up `collection` back as `target` (merge: only what is missing).
+        An entry the index refuses does not stop the others: it goes to `refused` (by id, with
+        the index's reason); without `refused`, EntriesRefused is raised once the others are
+        in."""
 
     def column_problems(self, mapping: IndexMapping, columns: Mapping[str, Any]) -> list[str]:
         """What is wrong with `mapping` for this engine given the mapped table's columns
@@ -73,10 +78,17 @@ class IndexEngine(Protocol):
         hold. Each problem names the policy key."""
 
     def rebuild(
-        self, client: Any, target: str, rows: Iterator[Row], mode: Mode, mapping: IndexMapping
+        self,
+        client: Any,
+        target: str,
+        rows: Iterator[Row],
+        mode: Mode,
+        mapping: IndexMapping,
+        refused: Refusals | None = None,
     ) -> dict:
         """Build `target` from rows (the SQL truth, column -> value, with the columns of
-        `mapping`), as the platform's indexer would."""
+        `mapping`), as the platform's indexer would. A row the index refuses (or that cannot
+        become an entry) goes to `refused` as in restore."""
 
     def count(self, client: Any, collection: str) -> int:
         """How many entries `collection` holds."""

@@ -91,6 +91,7 @@ class IndexStoreError(BackupError):
         self.operation = operation
         self.path = path
         self.status = status
+        self.reason = reason  # the server's answer alone, without store and path
         self.attempts = attempts
         self.waited = waited
         tries = f" after {attempts} attempts" if attempts > 1 else ""

@@ -6,6 +6,8 @@ not config; config keeps safe defaults:
     restore/mode            merge (default: add what is missing, never overwrite) | replace
     restore/dry_run         true: locate, verify, gate and stage the SQL, then roll back
     restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
+    restore/skip_refused    true: entries an index refuses are skipped and reported by id
+                            (default false: they fail the run, which says each store's state)
 """
 
 import contextlib
@@ -18,7 +20,7 @@ from backup_pipelines.defs.artifacts import run_owner
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import index_clients
 from backup_pipelines.lib.engines import Mode, index_engines
-from backup_pipelines.lib.errors import ConfigError
+from backup_pipelines.lib.errors import ConfigError, PartialRestore
 from backup_pipelines.lib.recovery import full_restore
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.recovery.consistency import Outcome
@@ -27,12 +29,15 @@ from backup_pipelines.lib.store import lease_name
 MODE_TAG = "restore/mode"
 DRY_RUN_TAG = "restore/dry_run"
 OVERRIDE_TAG = "restore/override_gate"
+SKIP_REFUSED_TAG = "restore/skip_refused"
+FLAG_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class RestoreOptions(dg.Config):
     mode: str = "merge"
     dry_run: bool = False
     override_gate: str = ""
+    skip_refused: bool = False
 
 
 def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> RestoreOptions:
@@ -41,10 +46,25 @@ def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> Restor
     mode = tags.get(MODE_TAG, config.mode)
     if mode not in {m.value for m in Mode}:
         raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not one of merge, replace")
-    dry_run = tags.get(DRY_RUN_TAG, str(config.dry_run)).lower() in {"1", "true", "yes"}
+    # Strict: a typo in `restore/dry_run` must not run a real restore.
+    dry_run = _flag(tags, DRY_RUN_TAG, config.dry_run)
+    skip_refused = _flag(tags, SKIP_REFUSED_TAG, config.skip_refused)
     return RestoreOptions(
-        mode=mode, dry_run=dry_run, override_gate=tags.get(OVERRIDE_TAG, config.override_gate)
+        mode=mode,
+        dry_run=dry_run,
+        override_gate=tags.get(OVERRIDE_TAG, config.override_gate),
+        skip_refused=skip_refused,
     )
+
+
+def _flag(tags: dict, tag: str, default: bool) -> bool:
+    value = FLAG_VALUES.get(tags.get(tag, str(default)).strip().lower())
+    if value is None:
+        raise dg.Failure(
+            f"run tag {tag}={tags[tag]!r} is not true or false (1/0, yes/no); nothing was written",
+            allow_retries=False,
+        )
+    return value
 
 
 @contextlib.contextmanager
@@ -191,9 +211,18 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
             still_held(context, store, located),
             index_clients(context.resources, index_keys) as clients,
         ):
-            done = restore.restore_indexes(
-                clients, store, located, policy, mode, rebuild, database_url
-            )
+            try:
+                done = restore.restore_indexes(
+                    clients, store, located, policy, mode, rebuild, database_url,
+                    log=context.log.info, skip_refused=options.skip_refused,
+                    sql_report=sql_report,
+                )  # fmt: skip
+            except PartialRestore as exc:
+                raise dg.Failure(
+                    description=str(exc),
+                    metadata={"stores": dg.MetadataValue.json(exc.states)},
+                    allow_retries=False,  # a rerun of the partition (same tags) finishes it
+                ) from exc
         context.add_output_metadata(
             {name: dg.MetadataValue.json(report) for name, report in done.items()}
         )
@@ -211,7 +240,11 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
             policy = context.resources.policy.load()
             with index_clients(context.resources, index_keys) as clients:
                 result = restore.verify_restore(
-                    context.resources.postgres_db.database_url, located, policy, clients
+                    context.resources.postgres_db.database_url,
+                    located,
+                    policy,
+                    clients,
+                    skipped=restore.skipped_of(index_report),
                 )
         context.add_output_metadata({"verification": dg.MetadataValue.json(result)})
         if result["problems"]:

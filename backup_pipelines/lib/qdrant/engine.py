@@ -38,8 +38,10 @@ class QdrantEngine:
     def ids(self, store: BackupStore, ref: ArtifactRef, manifest: dict, collection: str) -> Side:
         return ids_from_qdrant_artifact(store, ref, manifest, collection=collection)
 
-    def restore(self, client, store, ref, manifest, collection: str, target: str, mode: Mode):
-        return restore.restore_from_snapshot(client, store, ref, collection, target, mode)
+    def restore(
+        self, client, store, ref, manifest, collection: str, target: str, mode: Mode, refused=None
+    ):
+        return restore.restore_from_snapshot(client, store, ref, collection, target, mode, refused)
 
     def column_problems(self, mapping: IndexMapping, columns: Mapping) -> list[str]:
         problems = []
@@ -62,9 +64,11 @@ class QdrantEngine:
                 problems.append(f"{mapping.described(f'fields[{number}].type')}: {problem}")
         return problems
 
-    def rebuild(self, client, target: str, rows: Iterator[Row], mode: Mode, mapping) -> dict:
+    def rebuild(
+        self, client, target: str, rows: Iterator[Row], mode: Mode, mapping, refused=None
+    ) -> dict:
         # Points are added where missing in either mode: a rebuild never drops newer points.
-        return restore.rebuild_from_rows(client, target, rows, mapping)
+        return restore.rebuild_from_rows(client, target, rows, mapping, refused)
 
     def count(self, client, collection: str) -> int:
         return client.count(collection)

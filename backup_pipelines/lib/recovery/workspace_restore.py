@@ -28,12 +28,12 @@ from typing import Any
 from psycopg import sql
 
 from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, Refusals
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
-from backup_pipelines.lib.recovery import consistency
+from backup_pipelines.lib.recovery import consistency, partial
 from backup_pipelines.lib.recovery.mappings import check_mappings
 from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
@@ -159,18 +159,20 @@ def restore_index(
     database_url: str,
     target: str | None = None,
     log: Log | None = None,
+    refused: Refusals | None = None,
 ) -> dict:
     """One engine's collection of the workspace back, into `target` (default: its own name):
     from the artifact, or rebuilt from the SQL rows when the gate says the index is stale or
-    the artifact does not hold the collection."""
+    the artifact does not hold the collection. Entries the index refuses go to `refused`
+    (without it: EntriesRefused once every other entry is in)."""
     collection = engine.memory_collection(policy, located.workspace)
     target = target or collection
     manifest = located.manifests.get(engine.asset)
     if rebuild or manifest is None or not engine.holds(manifest, collection):
         return rebuild_index(engine, client, located.workspace, policy, mode, database_url,
-                             target, target != collection, log)  # fmt: skip
+                             target, target != collection, log, refused)  # fmt: skip
     ref = located.refs[engine.asset]
-    return engine.restore(client, store, ref, manifest, collection, target, mode)
+    return engine.restore(client, store, ref, manifest, collection, target, mode, refused)
 
 
 def rebuild_index(
@@ -183,6 +185,7 @@ def rebuild_index(
     target: str,
     scratch: bool = False,
     log: Log | None = None,
+    refused: Refusals | None = None,
 ) -> dict:
     """`target` built from the workspace's SQL rows in `database_url`: by the platform's own
     reindexer when the policy names one, else by the built-in mapping."""
@@ -204,7 +207,7 @@ def rebuild_index(
         )
     with connect(database_url) as conn:
         rows = iter_index_rows(conn, workspace, mapping, policy.schema)
-        return engine.rebuild(client, target, rows, mode, mapping)
+        return engine.rebuild(client, target, rows, mode, mapping, refused)
 
 
 def restore_indexes(
@@ -218,25 +221,46 @@ def restore_indexes(
     targets: Mapping[str, str] | None = None,
     lap=None,
     log: Log | None = None,
+    skip_refused: bool = False,
+    sql_report: Mapping[str, dict] | None = None,
 ) -> dict[str, dict]:
-    """Every engine's collection of the workspace back (engine name -> what it did)."""
-    done: dict[str, dict] = {}
+    """Every engine's collection of the workspace back (engine name -> what it did). One
+    engine failing, or refusing entries (skipped only with `skip_refused`), does not stop the
+    others; then PartialRestore says what each store holds (`sql_report`: the SQL step's) and
+    how to finish (recovery.partial)."""
+    progress = partial.IndexProgress(
+        f"{located.date}|{located.workspace}", mode, skip_refused, sql_report, log
+    )
     for engine in index_engines(indexes):
-        done[engine.name] = restore_index(
-            engine,
-            indexes[engine.name],
-            store,
-            located,
-            policy,
-            mode,
-            rebuild,
-            database_url,
-            (targets or {}).get(engine.name),
-            log,
+        target = (targets or {}).get(engine.name) or engine.memory_collection(
+            policy, located.workspace
         )
+        progress.plan(engine, indexes[engine.name], target, backed_up_rows(located, policy, engine))
+    for step in progress.steps:
+        with progress.running(step):  # a failure is reported with every store's state
+            step.result = restore_index(
+                step.engine, step.client, store, located, policy, mode, rebuild, database_url,
+                step.collection, log, step.refused,
+            )  # fmt: skip
         if lap is not None:
-            lap(engine.name)
-    return done
+            lap(step.engine.name)
+    return progress.finish()
+
+
+def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
+    """The backed-up rows of the table `engine`'s index is derived from."""
+    table = f"{policy.schema}.{policy.index_mapping(engine.name).table}"
+    _ref, manifest = located.sql
+    return next((e["rows"] for e in manifest["tables"] if e["table"] == table), 0)
+
+
+def skipped_of(index_results: Mapping[str, Any]) -> dict[str, dict]:
+    """Engine name -> the refused entries a restore skipped (its results' refused_skipped)."""
+    return {
+        name: result["refused_skipped"]
+        for name, result in index_results.items()
+        if isinstance(result, dict) and result.get("refused_skipped")
+    }
 
 
 def verify_restore(
@@ -245,12 +269,14 @@ def verify_restore(
     policy: Policy,
     indexes: Mapping[str, Any] | None = None,
     targets: Mapping[str, str] | None = None,
+    skipped: Mapping[str, dict] | None = None,
 ) -> dict:
     """What is configured, checked: every table's live rows at least the backup's; each index
     (in `targets`' collections where given: where it was restored to) holding at least the
-    backed-up rows of its mapped table; and where the mapping names a probe column, a search
-    in the index finding the newest restored row."""
-    indexes, targets = indexes or {}, targets or {}
+    backed-up rows of its mapped table, less the refused entries the restore skipped
+    (`skipped`: engine name -> refused_skipped); and where the mapping names a probe column, a
+    search in the index finding the newest restored row (unless that row was skipped)."""
+    indexes, targets, skipped = indexes or {}, targets or {}, skipped or {}
     _ref, manifest = located.sql
     problems: list[str] = []
     result: dict = {"sql_rows": {}}
@@ -275,17 +301,22 @@ def verify_restore(
                 policy, located.workspace
             )
             mapping = policy.index_mapping(engine.name)
-            expected = backed_up.get(f"{policy.schema}.{mapping.table}", 0)
+            left_out = skipped.get(engine.name) or {"count": 0, "entries": []}
+            expected = backed_up.get(f"{policy.schema}.{mapping.table}", 0) - left_out["count"]
             entries = engine.count(client, collection)
             result[f"{engine.name}_entries"] = entries
             if entries < expected:
                 problems.append(
                     f"{engine.label} collection {collection} holds {entries} entries, fewer than "
                     f"the {expected} backed-up rows of {policy.schema}.{mapping.table}"
+                    + (" not refused and skipped" if left_out["count"] else "")
                 )
             probe = probe_row(conn, located.workspace, mapping, policy.schema)
             if probe is None:
                 continue  # no probe configured (counts only), or no row to look for
+            if str(probe[mapping.id_column]) in {e["id"] for e in left_out["entries"]}:
+                result[f"{engine.name}_search_skipped"] = "the newest row was refused and skipped"
+                continue
             found = engine.finds(client, collection, probe, mapping)
             result[f"{engine.name}_search_found_memory"] = found
             if not found:
@@ -318,6 +349,7 @@ def restore_workspace(
     index_targets: Mapping[str, str] | None = None,
     lease_owner: str | None = None,
     lease_purpose: str = "restore",
+    skip_refused: bool = False,
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
     steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
@@ -329,20 +361,24 @@ def restore_workspace(
 
     The workspace's lease is held from the first read to the last write: a backup of this
     workspace (from any scheduler or process) waits, another restore is refused naming the
-    holder, and a whole-database restore in progress refuses this one."""
+    holder, and a whole-database restore in progress refuses this one.
+
+    Entries an index refuses are skipped (and reported by id) only with `skip_refused`; a
+    failure after the SQL commit is a PartialRestore saying what each store holds, and the
+    same call again finishes what is missing."""
     log = log or (lambda _m: None)
     with store.lease(workspace, lease_purpose, lease_owner, log=log):
         if lease_purpose == "restore":
             store.refuse_overlapping_restores(workspace)
         return _restore_workspace_held(
             store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
-            override_gate, log, index_targets or {},
+            override_gate, log, index_targets or {}, skip_refused,
         )  # fmt: skip
 
 
 def _restore_workspace_held(
     store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
-    targets,
+    targets, skip_refused=False,
 ) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -369,14 +405,17 @@ def _restore_workspace_held(
         return report
     rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
     report.indexes = restore_indexes(
-        indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log
+        indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+        skip_refused, report.sql,
+    )  # fmt: skip
+    skipped = skipped_of(report.indexes)
+    report.verification.update(
+        verify_restore(database_url, located, policy, indexes, targets, skipped)
     )
-    report.verification.update(verify_restore(database_url, located, policy, indexes, targets))
     lap("verify")
     report.seconds = timings
     if report.verification["problems"]:
-        raise BackupError(
-            f"restore of {date}|{workspace} did not verify: "
-            + "; ".join(report.verification["problems"])
+        raise partial.not_verified(
+            f"{date}|{workspace}", mode, report.sql, report.indexes, report.verification
         )
     return report

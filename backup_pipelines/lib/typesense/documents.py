@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from backup_pipelines.lib.errors import BackupError, Refusals
 from backup_pipelines.lib.mapping import Row, typed_value
 from backup_pipelines.lib.policy import IndexMapping
 
@@ -40,10 +41,25 @@ def to_typesense_document(row: Row, mapping: IndexMapping) -> dict:
     return document
 
 
-def typesense_jsonl(rows: Iterator[Row], mapping: IndexMapping) -> Iterator[bytes]:
-    """The rows as Typesense import lines (JSONL), one document per row."""
+def typesense_jsonl(
+    rows: Iterator[Row], mapping: IndexMapping, refused: Refusals | None = None
+) -> Iterator[bytes]:
+    """The rows as Typesense import lines (JSONL), one document per row. A row that cannot
+    become a document (a value its field's type cannot hold) is added to `refused` by id and
+    left out; without `refused` it is an error naming the row."""
     for row in rows:
-        yield json.dumps(to_typesense_document(row, mapping), ensure_ascii=False).encode() + b"\n"
+        try:
+            document = to_typesense_document(row, mapping)
+            line = json.dumps(document, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+        except (ValueError, TypeError, ArithmeticError) as error:
+            reason = f"cannot be a document by indexes.typesense: {type(error).__name__}: {error}"
+            if refused is None:
+                raise BackupError(
+                    f"{mapping.table} row {row.get(mapping.id_column)!r} {reason}"
+                ) from error
+            refused.add(row.get(mapping.id_column), reason)
+            continue
+        yield line
 
 
 def ensure_typesense_collection(client, collection: str, mapping: IndexMapping) -> None:

@@ -41,8 +41,10 @@ class TypesenseEngine:
     def ids(self, store: BackupStore, ref: ArtifactRef, manifest: dict, collection: str) -> Side:
         return typesense_side(store, ref, manifest, collection)
 
-    def restore(self, client, store, ref, manifest, collection: str, target: str, mode: Mode):
-        return restore.restore_from_export(client, store, ref, manifest, target, mode)
+    def restore(
+        self, client, store, ref, manifest, collection: str, target: str, mode: Mode, refused=None
+    ):
+        return restore.restore_from_export(client, store, ref, manifest, target, mode, refused)
 
     def column_problems(self, mapping: IndexMapping, columns: Mapping) -> list[str]:
         problems = []
@@ -60,8 +62,10 @@ class TypesenseEngine:
                 )
         return problems
 
-    def rebuild(self, client, target: str, rows: Iterator[Row], mode: Mode, mapping) -> dict:
-        return restore.rebuild_from_rows(client, target, rows, mode, mapping)
+    def rebuild(
+        self, client, target: str, rows: Iterator[Row], mode: Mode, mapping, refused=None
+    ) -> dict:
+        return restore.rebuild_from_rows(client, target, rows, mode, mapping, refused)
 
     def count(self, client, collection: str) -> int:
         return client.num_documents(collection)
