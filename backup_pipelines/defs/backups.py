@@ -16,8 +16,8 @@ from backup_pipelines.defs.resources import (
     PolicyResource,
     PostgresResource,
 )
+from backup_pipelines.lib.monitoring import rpo
 from backup_pipelines.lib.postgres.catalog import list_workspaces
-from backup_pipelines.lib.store import ArtifactRef
 
 
 def build_backup_jobs(backup_assets: list[str]) -> tuple:
@@ -134,11 +134,14 @@ def first_backups(
     """A backup now for each new workspace, so its RPO clock starts today — but never for one
     the store already holds for that date: a workspace new to this Dagster instance (a fresh
     instance, or one rebuilt after an incident) may have good artifacts that a backup of its
-    current, possibly damaged, state must not replace."""
+    current, possibly damaged, state must not replace. The store is asked with listings (a
+    manifest present = held), not one read per workspace: 10,000 new workspaces (a first
+    deployment) cost one listing of the date's folder."""
+    held = rpo.committed_workspaces(store, asset, date, workspaces_found)
     return [
         dg.RunRequest(partition_key=multi_key(date, w), run_key=f"first-{multi_key(date, w)}")
         for w in workspaces_found
-        if store.read_manifest(ArtifactRef(asset, date, w)) is None
+        if w not in held
     ]
 
 

@@ -122,6 +122,7 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
             backup_assets,
             rpo_defs.utc_now(),
             horizon_days=loaded.keep_weekly_days,
+            log=context.log.warning,
         )
         copy_store = copy_store_from_env()
         copy = None
