@@ -5,8 +5,6 @@ daemon's queue. Real PostgreSQL, Typesense and the Qdrant stand-in; the CLI as a
 
 from __future__ import annotations
 
-import time
-
 import dagster as dg
 import psycopg
 import pytest
@@ -15,6 +13,7 @@ from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.recovery import full_restore
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.store import ArtifactRef, LeaseHeld, LocalStore, lease_name
+from backup_pipelines_tests.faults.store_faults import wait_until
 from backup_pipelines_tests.helpers import DATE, back_up, restore_env
 from backup_pipelines_tests.pg_checks import fingerprint
 from backup_pipelines_tests.recovery.test_restore import cli, lose_workspace_memory
@@ -23,16 +22,6 @@ pytestmark = pytest.mark.faults
 
 WORKSPACE = "ws_globex"
 SQL_REF = ArtifactRef("postgres/workspace_dump", DATE, WORKSPACE)
-
-
-def wait_until(condition, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def generation(store, ref: ArtifactRef) -> str:
@@ -86,7 +75,9 @@ def test_concurrent_backup_and_restores_wait_or_are_refused_while_a_cli_restore_
         tables = ", ".join(t["table"] for t in store.require_manifest(SQL_REF)["tables"])
         locker.execute(f"LOCK TABLE {tables} IN SHARE MODE")  # reads go on; writes wait
         first = cli(["restore", "workspace", "--date", DATE, "--workspace", WORKSPACE], env)
-        wait_until(lambda: blocked_inserts(indexed_source["db"]), "the restore's blocked INSERT")
+        wait_until(
+            lambda: blocked_inserts(indexed_source["db"]), 120, "the restore's blocked INSERT"
+        )
         holder = store.read_lease(lease_name(WORKSPACE))
         assert holder.record.owner.purpose == "restore"
         assert holder.record.owner.who.endswith("(command line)")
@@ -135,6 +126,8 @@ def test_lease_dagster_restore_job_hands_the_lease_between_steps_and_gives_it_ba
     defs = build_definitions()
     restored = run_job(defs, "workspace_restore_job", f"{DATE}|{WORKSPACE}")
     assert restored.success
+    # Each later step took up the lease the first one kept; none had to take it afresh.
+    assert not [e for e in restored.all_events if "taken again" in (e.message or "")]
     assert store.read_lease(lease_name(WORKSPACE)) is None
 
     # A memory written and indexed after the SQL backup, then only the indexes backed up: the

@@ -394,7 +394,7 @@ class LeaseStore(ABC):
     ) -> Iterator[HeldLease]:
         """Hold again the lease an earlier step of the same run (same `owner`) took and kept.
         When it is gone (the run was retried from a failed step, or it expired between steps)
-        it is taken afresh and `held.retaken` is True: the caller then checks that what it
+        it is taken afresh (and said): the caller checks anyway that what it
         pinned earlier (the artifact generations it gated on) is still what the store holds.
         Someone else holding it is LeaseHeld, as for lease()."""
         name = lease_name(workspace)
@@ -413,7 +413,6 @@ class LeaseStore(ABC):
         if log is not None:
             log(f"lease {name} taken again: the hold of this run's earlier step had ended")
         with self._holding(taken, log, keep) as held:
-            held.retaken = True
             yield held
 
     @contextlib.contextmanager
@@ -512,7 +511,6 @@ class HeldLease:
         self.store = store
         self.lease = lease
         self.lost: LeaseLost | None = None
-        self.retaken = False  # continue_lease had to take it afresh
         self._log = log or (lambda _m: None)
         self._stop = threading.Event()
         self._thread = threading.Thread(
