@@ -7,7 +7,9 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines workspaces list | remove W [W ...] [--force]   # Dagster's partitions
     backup-pipelines verify [--asset A] [--date D] [--workspace W]
     backup-pipelines restore workspace --date D --workspace W [W ...] [--mode merge|replace]
-                                       [--dry-run] [--override-gate REASON]
+                                       [--dry-run] [--override-gate REASON] [--skip-refused]
+    backup-pipelines restore workspace --to '2026-12-01 13:05:00+00:00' --workspace W [W ...] [--dry-run]
+    backup-pipelines restore platform --to '2026-12-01 13:05:00+00:00' [--target-dir D --port P | --overwrite-live] [--dry-run]
     backup-pipelines restore full --date D [--target-database NAME | --overwrite-live] [--jobs N]
                                   [--resume] [--command-before CMD ...] [--command-after CMD ...]
     backup-pipelines release-database NAME     # drop a <live>_before_restore_<time> database
@@ -15,7 +17,11 @@ so it works when Dagster (its daemon, webserver or database) is gone.
     backup-pipelines release --date D [--workspace W]
     backup-pipelines kept
     backup-pipelines retention [--dry-run] [--today D]
+    backup-pipelines copy [--asset A] [--date D] [--workspace W] | --all-missing
+    backup-pipelines lease list
+    backup-pipelines lease break (--workspace W | --database) [--force]
     backup-pipelines pitr setup | info | backup [--type auto|full|diff|incr]
+    backup-pipelines keys new [--id ID]        # a new encryption key, printed as id:base64
     backup-pipelines restore pitr --to '2026-12-01 13:05:00+00' [--target-dir D --port P | --overwrite-live]
     backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N]
 """
@@ -23,13 +29,16 @@ so it works when Dagster (its daemon, webserver or database) is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import traceback
+from collections.abc import Iterator
 from datetime import date as Date
 
-from backup_pipelines import cli_pitr, cli_workspaces
+from backup_pipelines import cli_copy, cli_instant, cli_pitr, cli_workspaces
 from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.policy import load_policy
 from backup_pipelines.lib.store import ArtifactRef, store_from_url
@@ -113,8 +122,15 @@ def _selected(store, args):
         yield ref
 
 
+def pg_dump_major(version_text: str) -> int:
+    """The major version of `pg_dump --version` output, distribution suffixes and all:
+    "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" is 15."""
+    match = re.search(r"\(PostgreSQL\)\s+(\d+)", version_text) or re.search(r"(\d+)", version_text)
+    return int(match.group(1)) if match else 0
+
+
 def cmd_doctor(args) -> int:
-    from backup_pipelines.lib.engines import index_engines
+    from backup_pipelines.lib.engines import configured_engines, index_engines
     from backup_pipelines.lib.postgres import connection as postgres
 
     failures = 0
@@ -124,12 +140,22 @@ def cmd_doctor(args) -> int:
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:<12} {detail}")
 
+    policy = None
+    try:
+        policy = load_policy()
+        source = os.environ.get("BACKUP_POLICY_FILE") or "built-in defaults"
+        report("policy", True, f"{source} loads")
+    except BackupError as exc:
+        report("policy", False, str(exc))
+    store = None
     try:
         store = _store()
         store.check_writable()
         report("store", True, f"{store.describe()} is writable")
     except BackupError as exc:
         report("store", False, str(exc))
+    cli_copy.doctor_checks(report, store)  # the copy store; Object Lock against the buckets
+    _doctor_encryption(report)
     database_url = os.environ.get("DATABASE_URL")
     if database_url:
         try:
@@ -137,11 +163,13 @@ def cmd_doctor(args) -> int:
                 server = conn.execute("SHOW server_version").fetchone()[0]
             client = postgres.tool_version(postgres.pg_bin("pg_dump"))
             detail = f"{postgres.describe_database(database_url)}: server {server}; {client}"
-            if postgres.major_version(client.split(")")[-1]) < postgres.major_version(server):
+            if pg_dump_major(client) < postgres.major_version(server):
                 detail += " — WARNING: pg_dump is older than the server; install a newer client or set PG_BIN_DIR"
             report("postgres", True, detail)
         except BackupError as exc:
             report("postgres", False, str(exc))
+        if policy is not None:
+            _doctor_schema(report, database_url, policy, configured_engines())
     else:
         print("--   postgres     DATABASE_URL not set: not part of this deployment")
     for engine in index_engines():
@@ -154,6 +182,77 @@ def cmd_doctor(args) -> int:
         except BackupError as exc:
             report(engine.name, False, str(exc))
     return 1 if failures else 0
+
+
+def _doctor_encryption(report) -> None:
+    """Whether new backups are encrypted, and with which key id (ids only, never a key)."""
+    from backup_pipelines.lib.store.cipher import Keyring
+
+    try:
+        keyring = Keyring.from_env()
+    except BackupError as exc:
+        report("encryption", False, str(exc))
+        return
+    known = ", ".join(sorted(keyring.keys)) or "none"
+    if keyring.active:
+        report(
+            "encryption", True, f"new backups encrypted with key {keyring.active!r} (keys: {known})"
+        )
+    else:
+        print(f"--   encryption   off: BACKUP_ENCRYPTION_KEY_ID not set (keys listed: {known})")
+
+
+def cmd_keys_new(args) -> int:
+    """A new random 256-bit key as `id:base64`, the form BACKUP_ENCRYPTION_KEYS takes."""
+    from backup_pipelines.lib.store.cipher import new_key
+
+    key_id = args.id or f"k{Date.today():%Y%m%d}"
+    print(f"{key_id}:{new_key()}")
+    return 0
+
+
+def key_id_argument(text: str) -> str:
+    from backup_pipelines.lib.store.cipher import KEY_ID
+
+    if not KEY_ID.fullmatch(text or ""):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key id (letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 64 characters)"
+        )
+    return text
+
+
+def _doctor_schema(report, database_url: str, policy, engines) -> None:
+    """The workspace registry and each configured index's mapping against the live schema."""
+    from backup_pipelines.lib.postgres import connection as postgres
+    from backup_pipelines.lib.postgres.catalog import list_workspaces
+    from backup_pipelines.lib.recovery.mappings import mapping_problems
+
+    try:
+        valid, invalid = list_workspaces(database_url, policy)
+        registry = f"{policy.schema}.{policy.workspace_registry_table}"
+        extra = f" ({len(invalid)} invalid ids skipped)" if invalid else ""
+        report("workspaces", True, f"{len(valid)} in {registry}{extra}")
+    except BackupError as exc:
+        report("workspaces", False, str(exc))
+    for engine in engines:
+        mapping = policy.index_mapping(engine.name)
+        try:
+            with postgres.connect(database_url) as conn:
+                problems = mapping_problems(conn, policy, [engine])
+        except BackupError as exc:
+            problems = [str(exc)]
+        name = f"{engine.name} map"
+        if problems:
+            report(name, False, "; ".join(problems))
+        else:
+            probe = f"probe by {mapping.probe_column}" if mapping.probe_column else "no probe"
+            how = "rebuild command" if mapping.rebuild_command else "built-in mapping"
+            report(
+                name,
+                True,
+                f"{policy.schema}.{mapping.table} by {mapping.id_column} ({how}, {probe})",
+            )
 
 
 def cmd_list(args) -> int:
@@ -190,6 +289,9 @@ def _list_columns(store, ref, verdicts: bool) -> str:
         if k != "tables"
     }
     line = f"{size:>14,}  {json.dumps(counts)}"
+    key_ids = sorted({f["encryption"]["key_id"] for f in manifest["files"] if f.get("encryption")})
+    if key_ids:  # which keys a restore needs (rotation: drop a key only when none lists it)
+        line += f"  encrypted with {', '.join(key_ids)}"
     if verdicts and ref.asset == "postgres/workspace_dump":
         try:
             line += f"  {_verdict(store, ref, manifest)}"
@@ -254,26 +356,38 @@ def cmd_restore_workspace(args) -> int:
     from backup_pipelines.lib.engines import Mode
     from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 
+    if args.to:  # one instant across stores (SQL by PITR, indexes caught up)
+        return cli_instant.cmd_restore_workspace_to(args)
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         print("DATABASE_URL is not set: it names the database to restore into", file=sys.stderr)
         return 2
     store, policy = _store(), load_policy()
-    failed = 0
+    failed: list[str] = []
     for workspace in args.workspace:
-        indexes = _index_clients()
+        indexes: dict = {}
         try:
+            indexes = _index_clients()
             report = restore_workspace(
                 store, args.date, workspace, database_url, policy, indexes,
                 mode=Mode(args.mode), dry_run=args.dry_run, override_gate=args.override_gate or "", log=print,
+                skip_refused=args.skip_refused,
             )  # fmt: skip
             print(json.dumps(report.to_dict(), indent=2, default=str))
-        except BackupError as exc:
-            failed += 1
-            print(f"restore of {args.date}|{workspace} FAILED: {exc}", file=sys.stderr)
+        except Exception as exc:  # one workspace's failure never stops the others
+            failed.append(workspace)
+            # Our own errors say what and where; anything else needs its type to be read.
+            reason = str(exc) if isinstance(exc, BackupError) else f"{type(exc).__name__}: {exc}"
+            print(f"restore of {args.date}|{workspace} FAILED: {reason}", file=sys.stderr)
         finally:
             _close_all(indexes)
-    return 1 if failed else 0
+    done = len(args.workspace) - len(failed)
+    summary = f"restored {done} of {len(args.workspace)} workspace(s) to {args.date}"
+    if failed:
+        print(f"{summary}; FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
 
 
 def cmd_restore_full(args) -> int:
@@ -456,14 +570,70 @@ def cmd_retention(args) -> int:
 
     # --today was checked by date_argument: None means not given, never an empty string.
     today = Date.fromisoformat(args.today) if args.today is not None else datetime.now(UTC).date()
-    _plan, result = run_retention(_store(), load_policy(), today, dry_run=args.dry_run, log=print)
-    if result is None:
-        print("dry run: nothing deleted")
+    from backup_pipelines.lib.store.copy import copy_store_from_env
+
+    primary, policy, failed = _store(), load_policy(), False
+    stores = [(primary, None)]
+    copy = copy_store_from_env()
+    if copy is not None:  # pruned by the same policy, with the primary's keep markers
+        stores.append((copy, primary))
+    for store, control in stores:
+        if control is not None:
+            print(f"copy store {store.describe()}:")
+        _plan, result = run_retention(
+            store, policy, today, dry_run=args.dry_run, log=print, control=control
+        )
+        if result is None:
+            print("dry run: nothing deleted")
+            continue
+        print(f"deleted {len(result.deleted)} artifacts and {result.leftovers_cleaned} leftovers")
+        for ref, until in result.locked:
+            print(f"not deleted (Object Lock): {ref} until {until}")
+        for error in result.errors:
+            print(f"FAILED {error}", file=sys.stderr)
+        failed = failed or bool(result.errors)
+    return 1 if failed else 0
+
+
+def cmd_lease_list(args) -> int:
+    leases = _store().list_leases()
+    print(f"{'lease':<28} {'state':<10} {'purpose':<10} {'held by':<32} {'until'}")
+    for lease in leases:
+        if lease.record is None:
+            print(f"{lease.name:<28} {'UNREADABLE':<10} {'-':<10} {'-':<32} {lease.problem}")
+            continue
+        r = lease.record
+        who = f"{r.owner.who} ({r.owner.host} pid {r.owner.pid})"
+        state = "expired" if lease.expired() else "held"
+        print(f"{lease.name:<28} {state:<10} {r.owner.purpose:<10} {who:<32} {r.expires_at}")
+    if not leases:
+        print("(no leases: no backup or restore holds a partition)")
+    return 0
+
+
+def cmd_lease_break(args) -> int:
+    from backup_pipelines.lib.store import lease_name
+
+    try:
+        name = lease_name(None if args.database else args.workspace)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = _store()
+    lease = store.read_lease(name)
+    if lease is None:
+        print(f"no lease {name}: nothing to break")
         return 0
-    print(f"deleted {len(result.deleted)} artifacts and {result.leftovers_cleaned} leftovers")
-    for error in result.errors:
-        print(f"FAILED {error}", file=sys.stderr)
-    return 1 if result.errors else 0
+    if not lease.expired() and lease.record is not None and not args.force:
+        print(
+            f"lease {name} is live: {lease.describe()}. Break it only if that process is gone "
+            "(check the host and pid, or the Dagster run); then add --force",
+            file=sys.stderr,
+        )
+        return 2
+    broken = store.break_lease(name, lease.version)
+    print(f"broke lease {name}: {broken.describe() if broken else 'already gone'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,12 +667,25 @@ def build_parser() -> argparse.ArgumentParser:
     workspace = restore.add_parser(
         "workspace", help="restore workspaces to a date (SQL rows and indexes)"
     )
-    workspace.add_argument("--date", required=True, type=date_argument, help="YYYY-MM-DD")
+    when = workspace.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", type=date_argument, help="YYYY-MM-DD: that day's backups")
+    when.add_argument(
+        "--to",
+        type=text_argument,
+        help="an instant, e.g. '2026-12-01 13:05:00+00:00': SQL by point-in-time recovery, "
+        "indexes from their artifacts caught up to it",
+    )
     workspace.add_argument("--workspace", required=True, nargs="+", type=workspace_argument)
     workspace.add_argument("--mode", choices=["merge", "replace"], default="merge")
     workspace.add_argument("--dry-run", action="store_true")
     workspace.add_argument(
         "--override-gate", metavar="REASON", help="restore despite a FAIL verdict (recorded)"
+    )
+    workspace.add_argument(
+        "--skip-refused",
+        action="store_true",
+        help="with --date: skip the entries an index refuses (reported by id); without it "
+        "they fail the restore, which then says each store's state",
     )
     workspace.set_defaults(run=cmd_restore_workspace)
     full = restore.add_parser(
@@ -570,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--override-gate", metavar="REASON")
     agent.set_defaults(run=cmd_restore_agent)
     cli_pitr.add_restore_parsers(restore)  # restore pitr, restore managed
+    cli_instant.add_restore_parsers(restore)  # restore platform
     keep = commands.add_parser(
         "keep", help="hold a backup (all artifacts of the partition) until released"
     )
@@ -606,21 +790,79 @@ def build_parser() -> argparse.ArgumentParser:
         "--today", type=date_argument, help="plan as of this UTC date, YYYY-MM-DD (default: today)"
     )
     prune.set_defaults(run=cmd_retention)
+    lease = commands.add_parser(
+        "lease", help="leases: which backup or restore holds a partition; break a stale one"
+    ).add_subparsers(dest="lease_command", required=True)
+    lease.add_parser("list", help="every lease in the store").set_defaults(run=cmd_lease_list)
+    breaking = lease.add_parser("break", help="remove a stale lease (its holder is gone)")
+    which = breaking.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--workspace", type=workspace_argument, help="the lease of this workspace's partitions"
+    )
+    which.add_argument("--database", action="store_true", help="the whole-database lease")
+    breaking.add_argument(
+        "--force", action="store_true", help="break it even though it has not expired yet"
+    )
+    breaking.set_defaults(run=cmd_lease_break)
     cli_pitr.add_commands(commands)  # pitr setup | info | backup
     cli_workspaces.add_commands(commands, workspace_argument)  # workspaces list | remove
+    cli_copy.add_commands(commands, date_argument, workspace_argument, asset_argument)  # copy
+    keys = commands.add_parser(
+        "keys", help="client-side encryption keys of the artifacts"
+    ).add_subparsers(dest="keys_command", required=True)
+    new_key = keys.add_parser(
+        "new",
+        help="print a new random key as id:base64 (add it to BACKUP_ENCRYPTION_KEYS or the key "
+        "file, and keep a copy outside the store: a lost key is a lost backup)",
+    )
+    new_key.add_argument("--id", type=key_id_argument, help="the key id (default: k<YYYYMMDD>)")
+    new_key.set_defaults(run=cmd_keys_new)
     return parser
 
 
+class _ScrubbedStream:
+    """A text stream whose every write is scrubbed of secrets (lib/secrets.py)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from backup_pipelines.lib.secrets import scrub
+
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    """Everything the command prints, its errors and tracebacks included, goes out scrubbed:
+    a library's message can quote a secret (psycopg quotes a malformed DATABASE_URL whole)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ScrubbedStream(sys.stdout), _ScrubbedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return args.run(args)
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with _scrubbed_output():
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse refused the input (its message is printed): exit 2
+            return exc.code if isinstance(exc.code, int) else 2
+        try:
+            return args.run(args)
+        except BackupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # not ours: show where, for a bug report, but scrubbed
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

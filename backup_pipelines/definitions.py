@@ -3,7 +3,7 @@ configures (a store whose variables are unset is not part of it: no assets, no a
 
 import dagster as dg
 
-from backup_pipelines.defs import automation, lifecycle, postgres, qdrant, typesense
+from backup_pipelines.defs import automation, lifecycle, postgres, qdrant, scrubbing, typesense
 from backup_pipelines.defs.backups import build_backup_defs
 from backup_pipelines.defs.monitoring import health, rpo, run_alerts
 from backup_pipelines.defs.mssql import build_mssql_defs
@@ -16,6 +16,8 @@ INDEX_DEFS = {"typesense": typesense.defs, "qdrant": qdrant.defs}
 
 
 def build_definitions() -> dg.Definitions:
+    # Before anything of ours runs in this process: secrets never reach Dagster's records.
+    scrubbing.install()
     stores = configured_stores()
     engines = index_engines(stores)
     parts = [
@@ -98,8 +100,10 @@ def optional_tiers() -> list[dg.Definitions]:
     tiers = []
     if pitr_lib.configured():
         from backup_pipelines.defs.pitr import build_pitr_defs
+        from backup_pipelines.defs.recovery.instant import build_instant_defs
 
         tiers.append(build_pitr_defs())
+        tiers.append(build_instant_defs(configured_stores()))  # one instant across stores
     if do_lib.configured():
         from backup_pipelines.defs.managed import build_managed_defs
 

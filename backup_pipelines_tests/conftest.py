@@ -99,21 +99,23 @@ def indexed_source(source_db, typesense_server, qdrant_url):
     """The seeded database with every workspace's memories indexed in Typesense and Qdrant,
     as the platform would; collections are dropped afterwards."""
     from backup_pipelines.lib.policy import Policy
-    from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows
+    from backup_pipelines.lib.postgres.memory_rows import iter_index_rows
     from backup_pipelines.lib.qdrant.client import QdrantHttp
     from backup_pipelines.lib.qdrant.points import index_into_qdrant
     from backup_pipelines.lib.typesense.client import TypesenseClient
     from backup_pipelines.lib.typesense.documents import index_into_typesense
 
     policy = Policy()
+    documents, points = policy.index_mapping("typesense"), policy.index_mapping("qdrant")
     typesense = TypesenseClient(typesense_server.url, typesense_server.api_key)
     qdrant = QdrantHttp(qdrant_url, os.environ.get("QDRANT_API_KEY"))
     with psycopg.connect(source_db) as conn:
         for workspace in WORKSPACES:
-            rows = iter_memory_rows(conn, workspace, policy)
-            index_into_typesense(typesense, policy.typesense_collection_for(workspace), rows)
-            rows = iter_memory_rows(conn, workspace, policy)
-            index_into_qdrant(qdrant, policy.qdrant_collections_for(workspace)[0], rows)
+            rows = iter_index_rows(conn, workspace, documents, policy.schema)
+            collection = policy.typesense_collection_for(workspace)
+            index_into_typesense(typesense, collection, rows, documents)
+            rows = iter_index_rows(conn, workspace, points, policy.schema)
+            index_into_qdrant(qdrant, policy.qdrant_collections_for(workspace)[0], rows, points)
     yield {
         "db": source_db,
         "typesense": typesense,

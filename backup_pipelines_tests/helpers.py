@@ -54,3 +54,24 @@ def restore_env(indexed, tmp_path) -> dict:
         "TYPESENSE_API_KEY": indexed["typesense_api_key"],
         "QDRANT_URL": indexed["qdrant_url"],
     }
+
+
+def index_workspace(conn, workspace, policy, typesense, qdrant, only_ids=None) -> None:
+    """Index a workspace's rows in Typesense and Qdrant as the platform's indexer would (by the
+    policy's mapping); `only_ids`: just those rows."""
+    from backup_pipelines.lib.postgres.memory_rows import iter_index_rows
+    from backup_pipelines.lib.qdrant.points import index_into_qdrant
+    from backup_pipelines.lib.typesense.documents import index_into_typesense
+
+    for name, index in (("typesense", index_into_typesense), ("qdrant", index_into_qdrant)):
+        mapping = policy.index_mapping(name)
+        rows = iter_index_rows(conn, workspace, mapping, policy.schema)
+        if only_ids is not None:
+            rows = iter([r for r in rows if r[mapping.id_column] in only_ids])
+        client = typesense if name == "typesense" else qdrant
+        collection = (
+            policy.typesense_collection_for(workspace)
+            if name == "typesense"
+            else policy.qdrant_collections_for(workspace)[0]
+        )
+        index(client, collection, rows, mapping)

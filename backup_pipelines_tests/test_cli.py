@@ -51,7 +51,9 @@ def write_artifact(store, day: str, workspace: str) -> ArtifactRef:
     ref = ArtifactRef(SQL, day, workspace)
     with store.begin(ref) as writer:
         writer.write_bytes("data.bin", bytes(range(256)))
-        writer.commit(captured_at=f"{day}T00:30:00Z", counts={"rows": {"t": 1}}, source={}, tool={})
+        writer.commit(
+            captured_at=f"{day}T00:30:00Z", counts={"rows": {"t": 1}}, source={}, tool={}, tables=[]
+        )
     return ref
 
 

@@ -14,6 +14,13 @@ Generation of the database is timed and printed separately; it is excluded from 
 See bench/README.md for how to run it and what each column means.
 
     .venv/bin/python bench/bench_full_dump.py [--memories 300000] [--skip-runbook]
+    .venv/bin/python bench/bench_full_dump.py --scale 4 --restore    # 4x the 1.34 GB stream
+
+--scale N sizes the database as N times the reference one (300,000 memory entries: a 1.34 GB
+pg_dump stream, shared/FACTS.md). --restore also times the restores into a NEW database:
+`restore_full_database` (verify, decompress, parallel `pg_restore -j 2` by section, row counts
+and objects checked) from the library's artifact, against `pg_restore` of the runbook's
+`-Z9` dump (one job, as the runbook runs it, and `-j 2`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ AIM_DUMP_OVER_FLOOR = 1.15
 AIM_RUNBOOK_OVER_DUMP = 10.0
 AIM_SIZE_OVER_RUNBOOK = 1.05
 AIM_PEAK_RSS_S3 = 200 * MB
+REFERENCE_MEMORIES = 300_000  # scale 1: the 1.34 GB pg_dump stream of shared/FACTS.md
+RESTORE_JOBS = 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,7 +203,8 @@ class RssSampler:
 
 
 def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    load = os.getloadavg()[0]
+    print(f"[{time.strftime('%H:%M:%S')} load {load:.1f}] {message}", flush=True)
 
 
 def run_child(mode: str, env: dict, work: Path, label: str) -> dict:
@@ -233,7 +243,7 @@ def run_child(mode: str, env: dict, work: Path, label: str) -> dict:
     return out
 
 
-def timed_pg_dump(database_url: str, flags: list[str], target: Path) -> dict:
+def timed_pg_dump(database_url: str, flags: list[str], target: Path, keep: bool = False) -> dict:
     import subprocess
 
     from backup_pipelines.lib.postgres.connection import client_env, pg_bin
@@ -246,8 +256,9 @@ def timed_pg_dump(database_url: str, flags: list[str], target: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     size = target.stat().st_size
-    target.unlink()
-    return {"wall": wall, "bytes": size}
+    if not keep:
+        target.unlink()
+    return {"wall": wall, "bytes": size, "load": os.getloadavg()}
 
 
 def local_artifact_bytes(store_dir: Path) -> int:
@@ -268,6 +279,62 @@ def s3_delete_prefix(client, bucket: str, prefix: str) -> None:
         keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
+def drop_database(database_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def timed_pg_restore(database_url: str, dump: Path, target: str, jobs: int) -> dict:
+    """pg_restore of a custom-format dump into a new database (created first, untimed)."""
+    import subprocess
+
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from backup_pipelines.lib.postgres.connection import client_env, pg_bin
+
+    drop_database(database_url, target)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
+    argv = [pg_bin("pg_restore"), "--no-password", "--no-owner", f"--jobs={jobs}",
+            "-d", target, str(dump)]  # fmt: skip
+    load = os.getloadavg()
+    started = time.monotonic()
+    done = subprocess.run(
+        argv, env=client_env(make_conninfo(database_url, dbname=target)), capture_output=True,
+        text=True,
+    )  # fmt: skip
+    wall = time.monotonic() - started
+    drop_database(database_url, target)
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_restore -j {jobs} failed: {done.stderr.strip()[-2000:]}")
+    return {"wall": wall, "jobs": jobs, "load": load}
+
+
+def timed_restore_full_database(database_url: str, store_dir: Path, target: str) -> dict:
+    """The product's restore of the whole database into a new one, with its own step log."""
+    from backup_pipelines.lib.postgres.full_restore import restore_full_database
+    from backup_pipelines.lib.store import LocalStore
+
+    steps: list[tuple[float, str]] = []
+    drop_database(database_url, target)
+    load = os.getloadavg()
+    started = time.monotonic()
+    restored = restore_full_database(
+        LocalStore(store_dir), PARTITION, database_url, target_database=target,
+        jobs=RESTORE_JOBS, log=lambda line: steps.append((time.monotonic() - started, line)),
+    )  # fmt: skip
+    wall = time.monotonic() - started
+    drop_database(database_url, target)
+    return {"wall": wall, "steps": steps, "rows": restored["rows"], "load": load}
 
 
 def generate(cluster, memories: int, workspaces: int) -> tuple[str, dict, float, int]:
@@ -362,6 +429,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workspaces", type=int, default=3)
     parser.add_argument(
+        "--scale",
+        type=float,
+        help=f"size the database as N x the reference one ({REFERENCE_MEMORIES:,} memory "
+        "entries, a 1.34 GB pg_dump stream); overrides --memories",
+    )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="also time restore_full_database (from the library's artifact) against "
+        "pg_restore of the runbook's dump, each into a new database",
+    )
+    parser.add_argument(
         "--skip-runbook",
         action="store_true",
         help="skip the slow pg_dump --compress=9 (quick iterations only; the reported run needs it)",
@@ -375,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale is not None:
+        args.memories = round(REFERENCE_MEMORIES * args.scale)
+    if args.restore and (args.skip_library or args.skip_runbook):
+        parser.error("--restore needs the library's artifact and the runbook's dump")
     if args.child:
         mode, result_path = args.child
         return {"dagster": child_dagster, "library": child_library}[mode](result_path)
@@ -402,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     try:
         log(f"python {sys.executable}; {tool_version(pg_bin('pg_dump'))}; {os.cpu_count()} CPUs")
+        log(f"load average (1, 5, 15 min) at the start: {os.getloadavg()}")
+        import shutil as _shutil
+
+        free = _shutil.disk_usage(args.work_dir).free
+        log(f"free disk under {args.work_dir}: {free / 1e9:.1f} GB")
         log(f"work folder {work}")
         cluster.start()
         log(f"PostgreSQL on port {cluster.port}; generating {args.memories:,} memory entries ...")
@@ -459,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             out = run_child("library", env, work, "library-local")
             out["artifact_bytes"] = local_artifact_bytes(lib_dir)
             results["library"] = out
-            shutil.rmtree(lib_dir, ignore_errors=True)
+            if not args.restore:
+                shutil.rmtree(lib_dir, ignore_errors=True)
             log(f"  {out['seconds']:.2f} s")
 
         if not args.skip_runbook:
@@ -468,8 +557,28 @@ def main(argv: list[str] | None = None) -> int:
                 url,
                 ["--format=custom", "--compress=9", "--no-acl", "--no-owner"],
                 work / "runbook.dump",
+                keep=args.restore,
             )
             log(f"  {results['runbook']['wall']:.2f} s, {results['runbook']['bytes']:,} bytes")
+
+        if args.restore:
+            log(f"restore_full_database -j {RESTORE_JOBS} into a new database ...")
+            results["restore_ours"] = timed_restore_full_database(
+                url, work / "store-library", "bench_restored_ours"
+            )
+            for at, line in results["restore_ours"]["steps"]:
+                log(f"  +{at:7.1f} s  {line}")
+            log(f"  {results['restore_ours']['wall']:.2f} s")
+            shutil.rmtree(work / "store-library", ignore_errors=True)
+            for jobs in (1, RESTORE_JOBS):
+                log(
+                    f"runbook restore: pg_restore -j {jobs} of the -Z9 dump into a new database ..."
+                )
+                results[f"restore_runbook_j{jobs}"] = timed_pg_restore(
+                    url, work / "runbook.dump", f"bench_restored_runbook_{jobs}", jobs
+                )
+                log(f"  {results[f'restore_runbook_j{jobs}']['wall']:.2f} s")
+            (work / "runbook.dump").unlink(missing_ok=True)
 
         log("floor #2: pg_dump --format=custom --compress=0 ...")
         results["floor2"] = timed_pg_dump(url, floor_flags, work / "floor.dump")
@@ -490,6 +599,12 @@ def report(results: dict, gen_seconds: float, db_size: int, args) -> None:
     runbook = results.get("runbook")
     print()
     print("=" * 100)
+    scale = args.memories / REFERENCE_MEMORIES
+    print(
+        f"scale {scale:g} x the reference database ({REFERENCE_MEMORIES:,} entries, 1.34 GB "
+        f"stream): the floor's stream here is {floor_bytes / 1e9:.2f} GB "
+        f"({floor_bytes / 1.34e9:.2f} x 1.34 GB)"
+    )
     print(
         f"database: {args.memories:,} memory entries in {args.workspaces} workspaces, "
         f"pg_database_size {db_size:,} bytes ({db_size / 1e9:.2f} GB); generation {gen_seconds:.1f} s (excluded)"
@@ -630,6 +745,31 @@ def report(results: dict, gen_seconds: float, db_size: int, args) -> None:
         print(
             f"  library dump_full_database / floor     = {lib['seconds']:.2f} / {floor:.2f} = {ratio:.3f}"
             f"  (info; same aim {AIM_DUMP_OVER_FLOOR})"
+        )
+    dump = results.get("dagster_local") or results.get("dagster_s3")
+    if dump:
+        print(
+            f"  full_dump size / floor size            = {dump['bytes']:,} / {floor_bytes:,} = "
+            f"{dump['bytes'] / floor_bytes:.3f}  (zstd -1 against no compression)"
+        )
+    ours = results.get("restore_ours")
+    if ours:
+        print()
+        print("restores into a NEW database (same server, same data):")
+        print(
+            f"  restore_full_database -j {RESTORE_JOBS} (verify, decompress, pg_restore by "
+            f"section, counts + objects checked): {ours['wall']:.2f} s  (load {ours['load'][0]:.1f})"
+        )
+        for jobs in (1, RESTORE_JOBS):
+            r = results[f"restore_runbook_j{jobs}"]
+            print(
+                f"  pg_restore -j {jobs} of the runbook's -Z9 dump: {r['wall']:.2f} s  "
+                f"(load {r['load'][0]:.1f}); ours / this = {ours['wall'] / r['wall']:.3f}"
+            )
+    loads = [r["load"][0] for r in results.values() if isinstance(r, dict) and "load" in r]
+    if loads:
+        print(
+            f"load average (1 min) before the timed commands: {', '.join(f'{x:.1f}' for x in loads)}"
         )
     print("=" * 100, flush=True)
 

@@ -127,19 +127,15 @@ def run_workers_alive(deployment: Deployment) -> bool:
 def index_workspace(database_url, typesense, qdrant_url):
     import psycopg
 
-    from backup_pipelines.lib import memory_index
     from backup_pipelines.lib.policy import Policy
     from backup_pipelines.lib.qdrant.client import QdrantHttp
     from backup_pipelines.lib.typesense.client import TypesenseClient
+    from backup_pipelines_tests.helpers import index_workspace as index
 
-    policy = Policy()
     ts = TypesenseClient(typesense.url, typesense.api_key)
     qd = QdrantHttp(qdrant_url, None)
     with psycopg.connect(database_url) as conn:
-        rows = memory_index.iter_memory_rows(conn, WORKSPACE, policy)
-        memory_index.index_into_typesense(ts, policy.typesense_collection_for(WORKSPACE), rows)
-        rows = memory_index.iter_memory_rows(conn, WORKSPACE, policy)
-        memory_index.index_into_qdrant(qd, policy.qdrant_collections_for(WORKSPACE)[0], rows)
+        index(conn, WORKSPACE, Policy(), ts, qd)
 
 
 def measure(executor: str, runs: int, pg, typesense, qdrant_url, source, base: Path) -> dict:

@@ -8,7 +8,7 @@ process) and filled:
   embeddings, sessions, turns, knowledge-graph nodes with embeddings and edges) plus a small
   neighbour workspace that must stay untouched, then `VACUUM (ANALYZE)`;
 * indexing, the platform's own mapping (`lib.typesense.documents.to_typesense_document` /
-  `to_qdrant_point`'s payload), but faster than `LocalStack.seed`: Typesense gets 10,000
+  the policy's Qdrant payload fields), but faster than `LocalStack.seed`: Typesense gets 10,000
   documents a request; the Qdrant collection is written with Qdrant's engine (qdrant-edge,
   as the stand-in does) straight into the stand-in's storage before it starts, with the
   embeddings read from PostgreSQL by a binary COPY into numpy (no JSON of 384 floats a point);
@@ -69,11 +69,10 @@ from backup_pipelines.devstack.qdrant.storage import Collection
 from backup_pipelines.devstack.stack import DATABASE_NAME
 from backup_pipelines.devstack.typesense_server import TypesenseServer
 from backup_pipelines.lib.engines import Mode
-from backup_pipelines.lib.mapping import MemoryRow
+from backup_pipelines.lib.mapping import Row, typed_value
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres import dump as postgres
 from backup_pipelines.lib.qdrant.client import QdrantHttp
-from backup_pipelines.lib.qdrant.points import to_qdrant_point
 from backup_pipelines.lib.qdrant.snapshot import snapshot_qdrant_collections
 from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
@@ -115,8 +114,8 @@ def scale_for(memories: int) -> sample_data.Scale:
 # Reading the workspace's memory rows fast (setup only)
 
 
-def iter_meta_rows(database_url: str, workspace: str, batch: int = 10_000) -> Iterator[MemoryRow]:
-    """Memory rows in id order WITHOUT their embedding (MemoryRow.embedding is empty)."""
+def iter_meta_rows(database_url: str, workspace: str, batch: int = 10_000) -> Iterator[Row]:
+    """Memory rows (column -> value) in id order WITHOUT their embedding."""
     query = sql.SQL("SELECT {} FROM memory_entries WHERE workspace_id = %s ORDER BY id").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in META_COLUMNS)
     )
@@ -124,7 +123,7 @@ def iter_meta_rows(database_url: str, workspace: str, batch: int = 10_000) -> It
         cursor.itersize = batch
         cursor.execute(query, (workspace,))
         for r in cursor:
-            yield MemoryRow(r[0], r[1], r[2], r[3], r[4], r[5], (), r[6], r[7])
+            yield dict(zip(META_COLUMNS, r, strict=True))
 
 
 def embedding_record(dim: int) -> np.dtype:
@@ -202,9 +201,10 @@ def iter_embedding_blocks(
 
 def index_typesense(client: TypesenseClient, database_url: str, workspace: str, policy) -> int:
     collection = policy.typesense_collection_for(workspace)
-    client.create_collection(typesense_schema(collection))
+    mapping = policy.index_mapping("typesense")
+    client.create_collection(typesense_schema(collection, mapping))
     documents = (
-        json.dumps(to_typesense_document(row), ensure_ascii=False).encode() + b"\n"
+        json.dumps(to_typesense_document(row, mapping), ensure_ascii=False).encode() + b"\n"
         for row in iter_meta_rows(database_url, workspace)
     )
     return client.import_jsonl(collection, documents, action="upsert", batch_size=INDEX_BATCH)
@@ -214,6 +214,7 @@ def build_qdrant_collection(storage: Path, database_url: str, workspace: str, po
     """The collection the stand-in would hold after upserting every point, written with the
     same engine and config into its storage folder (the stand-in is not running yet)."""
     name = policy.qdrant_collections_for(workspace)[0]
+    mapping = policy.index_mapping("qdrant")
     config = collection_config_from_request({"vectors": {"size": DIM, "distance": "Cosine"}})
     collection = Collection.create(name, storage / "collections" / name, config)
     count = 0
@@ -223,9 +224,12 @@ def build_qdrant_collection(storage: Path, database_url: str, workspace: str, po
             points = []
             for point_id, vector in zip(ids.tolist(), vectors, strict=True):
                 row = next(rows)
-                if row.id != point_id:
-                    raise RuntimeError(f"row {row.id} and embedding {point_id} out of step")
-                points.append(edge.Point(point_id, vector, to_qdrant_point(row)["payload"]))
+                if row["id"] != point_id:
+                    raise RuntimeError(f"row {row['id']} and embedding {point_id} out of step")
+                payload = {
+                    spec.field: typed_value(row[spec.column], spec.type) for spec in mapping.fields
+                }
+                points.append(edge.Point(point_id, vector, payload))
             collection.apply(edge.UpdateOperation.upsert_points(points))
             count += len(points)
         if next(rows, None) is not None:

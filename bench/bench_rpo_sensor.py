@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ MISSED_EVERY = 20  # one workspace in 20 missed last night
 
 
 def manifest(ref: ArtifactRef, captured: datetime) -> bytes:
-    generation = f"g-{captured:%Y%m%dT%H%M%S}-0000"
+    generation = f"g-{captured:%Y%m%dT%H%M%S}-00000000"
     return json.dumps(
         {
             "format_version": 1,
@@ -59,8 +60,16 @@ def manifest(ref: ArtifactRef, captured: datetime) -> bytes:
             "created_at": captured.isoformat(),
             "captured_at": captured.isoformat(),
             "generation": generation,
-            "files": [{"name": "data", "path": f"{generation}/data", "bytes": 4, "sha256": "x"}],
-            "counts": {},
+            "files": [
+                {
+                    "name": "data",
+                    "path": f"{generation}/data",
+                    "bytes": 4,
+                    "sha256": hashlib.sha256(b"data").hexdigest(),
+                }
+            ],
+            "counts": {"rows": {}},
+            "tables": [],
             "source": {},
             "tool": {"name": "bench"},
         }

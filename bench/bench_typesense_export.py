@@ -188,9 +188,10 @@ def generate_jsonl(count: int, seed: int = 20261121, batch: int = 5000):
     import random
     from datetime import UTC, datetime, timedelta
 
-    from backup_pipelines.lib.mapping import MemoryRow
+    from backup_pipelines.lib.policy import Policy
     from backup_pipelines.lib.typesense.documents import to_typesense_document
 
+    mapping = Policy().index_mapping("typesense")
     rng = random.Random(seed)
     words, cumulative = make_vocabulary(rng)
     start = datetime(2025, 1, 1, tzinfo=UTC)
@@ -204,18 +205,17 @@ def generate_jsonl(count: int, seed: int = 20261121, batch: int = 5000):
         content = " ".join(rng.choices(words, cum_weights=cumulative, k=n_words))
         if rng.random() < 0.05:
             content += "\n(edited)\t" + rng.choice(words)
-        row = MemoryRow(
-            id=doc_id,
-            workspace_id=WORKSPACE,
-            session_id=None if rng.random() < 0.1 else 1 + doc_id // 1000,
-            kind=rng.choices(KINDS, weights=KIND_WEIGHTS)[0],
-            content=content[:1].upper() + content[1:] + ".",
-            importance=round(rng.random(), 6),
-            embedding=[],
-            created_at=created,
-            updated_at=updated,
-        )
-        lines.append(dumps(to_typesense_document(row), ensure_ascii=False).encode())
+        row = {
+            "id": doc_id,
+            "workspace_id": WORKSPACE,
+            "session_id": None if rng.random() < 0.1 else 1 + doc_id // 1000,
+            "kind": rng.choices(KINDS, weights=KIND_WEIGHTS)[0],
+            "content": content[:1].upper() + content[1:] + ".",
+            "importance": round(rng.random(), 6),
+            "created_at": created,
+            "updated_at": updated,
+        }
+        lines.append(dumps(to_typesense_document(row, mapping), ensure_ascii=False).encode())
         if len(lines) == batch:
             yield b"\n".join(lines) + b"\n"
             lines = []
@@ -523,12 +523,13 @@ def run_ours(work: Path, env: dict, server_cpu: ServerCpu, index: int) -> dict:
 
 
 def generate(server, docs: int) -> tuple[float, int]:
+    from backup_pipelines.lib.policy import Policy
     from backup_pipelines.lib.typesense.client import TypesenseClient
     from backup_pipelines.lib.typesense.documents import typesense_schema
 
     t0 = time.perf_counter()
     with TypesenseClient(server.url, server.api_key) as client:
-        client.create_collection(typesense_schema(COLLECTION))
+        client.create_collection(typesense_schema(COLLECTION, Policy().index_mapping("typesense")))
         imported = client.import_jsonl(
             COLLECTION, generate_jsonl(docs), action="upsert", batch_size=10_000
         )

@@ -26,9 +26,8 @@ from backup_pipelines.defs.resources import (
     PolicyResource,
     WorkspaceRegistryResource,
 )
-from backup_pipelines.lib.monitoring import alerts
+from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.monitoring import workspaces as absent_lib
-from backup_pipelines.lib.store import ArtifactRef
 from backup_pipelines.lib.workspaces import is_valid_workspace_id
 
 WHOLE_DATABASE_ASSETS = ("postgres/full_dump",)
@@ -282,7 +281,10 @@ def first_backups(
     """A backup now for each new workspace, so its RPO clock starts today — but never for one
     the store already holds for that date: a workspace new to this Dagster instance (a fresh
     instance, or one rebuilt after an incident) may have good artifacts that a backup of its
-    current, possibly damaged, state must not replace."""
+    current, possibly damaged, state must not replace. The store is asked with listings (a
+    manifest present = held), not one read per workspace: 10,000 new workspaces (a first
+    deployment) cost one listing of the date's folder."""
+    held = rpo.committed_workspaces(store, asset, date, workspaces_found)
     return [
         dg.RunRequest(
             job_name="workspace_backup_job",
@@ -290,7 +292,7 @@ def first_backups(
             run_key=f"{prefix}-{multi_key(date, w)}",
         )
         for w in workspaces_found
-        if store.read_manifest(ArtifactRef(asset, date, w)) is None
+        if w not in held
     ]
 
 

@@ -87,6 +87,11 @@ def _metadata(
         "artifacts_kept": dg.MetadataValue.int(len(plan.kept)),
         "artifacts_to_delete": dg.MetadataValue.int(len(plan.to_delete)),
         "artifacts_deleted": dg.MetadataValue.int(len(result.deleted) if result else 0),
+        "not_deleted_object_lock": dg.MetadataValue.json(
+            [f"{retention.label(ref)} until {until}" for ref, until in result.locked[:200]]
+            if result
+            else []
+        ),
         **{
             key: dg.MetadataValue.int(reasons.get(reason, 0)) for reason, key in REASON_KEYS.items()
         },
@@ -103,6 +108,29 @@ def _metadata(
     }
 
 
+def _prune_copy_store(context, primary, today, dry_run: bool, metadata: dict) -> list[str]:
+    """The copy store (BACKUP_COPY_STORE_URL) pruned by the same policy, held by the
+    primary's keep markers and leases; its figures added to `metadata` as copy_*."""
+    from backup_pipelines.lib.store.copy import copy_store_from_env
+
+    copy = copy_store_from_env()
+    if copy is None:
+        return []
+    context.log.info(f"retention of the copy store {copy.describe()}")
+    plan, result = retention.run_retention(
+        copy, context.resources.policy.load(), today, dry_run=dry_run,
+        log=context.log.info, control=primary,
+    )  # fmt: skip
+    metadata["copy_store"] = dg.MetadataValue.text(copy.describe())
+    metadata["copy_kept"] = dg.MetadataValue.int(len(plan.kept))
+    metadata["copy_to_delete"] = dg.MetadataValue.int(len(plan.to_delete))
+    if result is None:
+        return []
+    metadata["copy_deleted"] = dg.MetadataValue.int(len(result.deleted))
+    metadata["copy_not_deleted_object_lock"] = dg.MetadataValue.int(len(result.locked))
+    return result.errors
+
+
 @dg.op(required_resource_keys={"backup_store", "policy"})
 def apply_retention(context: dg.OpExecutionContext, config: RetentionConfig) -> dict:
     """Plan retention for today's UTC date, log it, and apply it unless dry run."""
@@ -114,7 +142,15 @@ def apply_retention(context: dg.OpExecutionContext, config: RetentionConfig) -> 
     )
     for ref in plan.failed_verification:
         context.log.warning(f"artifact {ref} failed verification (see the log above)")
-    context.add_output_metadata(_metadata(plan, result, dry_run))
+    metadata = _metadata(plan, result, dry_run)
+    copy_errors = _prune_copy_store(context, store, today, dry_run, metadata)
+    context.add_output_metadata(metadata)
+    if copy_errors:
+        raise dg.Failure(
+            description=f"{len(copy_errors)} deletions in the copy store failed: "
+            + "; ".join(copy_errors[:5]),
+            metadata=metadata,
+        )
     if result is not None and result.errors:
         raise dg.Failure(
             description=f"{len(result.errors)} deletions failed: " + "; ".join(result.errors[:5]),

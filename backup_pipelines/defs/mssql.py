@@ -7,6 +7,7 @@ import dagster as dg
 from backup_pipelines.defs.artifacts import (
     artifact_metadata,
     backup_freshness,
+    copy_to_second_store,
     verify_artifact_check,
 )
 from backup_pipelines.defs.partitions import daily, date_and_window, every_4_hours, every_15_minutes
@@ -65,6 +66,7 @@ def build_backup_asset(kind: Kind) -> dg.AssetsDefinition:
                 return
             manifest = writer.commit(**fields)
         metadata = artifact_metadata(store, ref, manifest, time.monotonic() - started)
+        metadata.update(copy_to_second_store(context, store, ref))
         header = manifest["header"]
         metadata.update(
             {

@@ -146,8 +146,23 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"artifacts kept in {store.describe()}" + (" (local folder)" if store_url else ""))
+    print(where_artifacts_are(store, demo_s3=use_s3))
     return 0
+
+
+def where_artifacts_are(store, demo_s3: bool) -> str:
+    """The demo's last line: where its artifacts are, and whether they outlive it (the demo's
+    own S3 endpoint is an in-memory moto server, stopped with the stack)."""
+    from backup_pipelines.lib.store import LocalStore
+
+    if isinstance(store, LocalStore):
+        return f"artifacts kept in {store.describe()} (local folder)"
+    if demo_s3:
+        return (
+            f"artifacts were written to {store.describe()} on the demo's S3 endpoint (moto, "
+            "in memory), stopped with the stack: set BACKUP_STORE_URL to keep them"
+        )
+    return f"artifacts kept in {store.describe()} (S3 bucket)"
 
 
 if __name__ == "__main__":

@@ -86,18 +86,20 @@ class LocalStack:
         self.stop()
 
 
-def index_workspaces(stack: LocalStack, workspaces: list[str]) -> dict[str, int]:
-    """Index every memory entry of each workspace, as the platform itself would."""
+def index_workspaces(stack: LocalStack, workspaces: list[str], policy=None) -> dict[str, int]:
+    """Index every memory entry of each workspace, as the platform itself would (by the
+    policy's mapping: the built-in defaults unless one is given)."""
     import psycopg
 
     from backup_pipelines.lib.policy import Policy
-    from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows
+    from backup_pipelines.lib.postgres.memory_rows import iter_index_rows
     from backup_pipelines.lib.qdrant.client import QdrantHttp
     from backup_pipelines.lib.qdrant.points import index_into_qdrant
     from backup_pipelines.lib.typesense.client import TypesenseClient
     from backup_pipelines.lib.typesense.documents import index_into_typesense
 
-    policy = Policy()
+    policy = policy or Policy()
+    documents, points = policy.index_mapping("typesense"), policy.index_mapping("qdrant")
     counts = {"typesense_documents": 0, "qdrant_points": 0}
     with (
         psycopg.connect(stack.database_url) as conn,
@@ -105,13 +107,13 @@ def index_workspaces(stack: LocalStack, workspaces: list[str]) -> dict[str, int]
         QdrantHttp(stack.qdrant.url) as qdrant,
     ):
         for workspace in workspaces:
-            rows = iter_memory_rows(conn, workspace, policy)
+            rows = iter_index_rows(conn, workspace, documents, policy.schema)
             counts["typesense_documents"] += index_into_typesense(
-                typesense, policy.typesense_collection_for(workspace), rows
+                typesense, policy.typesense_collection_for(workspace), rows, documents
             )
-            rows = iter_memory_rows(conn, workspace, policy)
+            rows = iter_index_rows(conn, workspace, points, policy.schema)
             counts["qdrant_points"] += index_into_qdrant(
-                qdrant, policy.qdrant_collections_for(workspace)[0], rows
+                qdrant, policy.qdrant_collections_for(workspace)[0], rows, points
             )
     return counts
 

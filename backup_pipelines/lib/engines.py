@@ -3,8 +3,10 @@
 `recovery` (the consistency gate, restores, the drill) and `monitoring` never reach into an
 engine package: they ask the registry for the engines of a deployment and call what every
 index engine offers — its backup asset, the ids an artifact holds, a restore from an
-artifact, a rebuild from the SQL rows, a search that must find a restored memory. Adding an
-engine is adding a package with an `engine.py` exposing `ENGINE`, and one line in
+artifact, a rebuild from the SQL rows (read by the policy's mapping for that engine,
+`indexes.<name>`), a count and a search that must find a restored memory, and the
+catch-up of a restore to an instant (the ids a collection holds, upsert rows, delete ids).
+Adding an engine is adding a package with an `engine.py` exposing `ENGINE`, and one line in
 ENGINE_MODULES.
 """
 
@@ -16,9 +18,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
+import numpy as np
+
+from backup_pipelines.lib.errors import Refusals
 from backup_pipelines.lib.ids import Side
-from backup_pipelines.lib.mapping import MemoryRow
-from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.mapping import Row
+from backup_pipelines.lib.policy import IndexMapping, Policy
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
 
@@ -60,14 +65,37 @@ class IndexEngine(Protocol):
         collection: str,
         target: str,
         mode: Mode,
+        refused: Refusals | None = None,
     ) -> dict:
-        """Put the backed-up `collection` back as `target` (merge: only what is missing)."""
+        """Put the backed-up `collection` back as `target` (merge: only what is missing).
+        An entry the index refuses does not stop the others: it goes to `refused` (by id, with
+        the index's reason); without `refused`, EntriesRefused is raised once the others are
+        in."""
 
-    def rebuild(self, client: Any, target: str, rows: Iterator[MemoryRow], mode: Mode) -> dict:
-        """Build `target` from memory rows (the SQL truth), as the platform's indexer would."""
+    def column_problems(self, mapping: IndexMapping, columns: Mapping[str, Any]) -> list[str]:
+        """What is wrong with `mapping` for this engine given the mapped table's columns
+        (column name -> postgres.catalog.ColumnInfo): e.g. a value type the engine cannot
+        hold. Each problem names the policy key."""
 
-    def finds(self, client: Any, collection: str, probe: MemoryRow) -> bool:
-        """A real search in `collection` returns the probe's entry."""
+    def rebuild(
+        self,
+        client: Any,
+        target: str,
+        rows: Iterator[Row],
+        mode: Mode,
+        mapping: IndexMapping,
+        refused: Refusals | None = None,
+    ) -> dict:
+        """Build `target` from rows (the SQL truth, column -> value, with the columns of
+        `mapping`), as the platform's indexer would. A row the index refuses (or that cannot
+        become an entry) goes to `refused` as in restore."""
+
+    def count(self, client: Any, collection: str) -> int:
+        """How many entries `collection` holds."""
+
+    def finds(self, client: Any, collection: str, probe: Row, mapping: IndexMapping) -> bool:
+        """A real search in `collection` returns the probe row's entry (the mapping has a
+        probe_column)."""
 
     def restore_missing(
         self,
@@ -85,6 +113,24 @@ class IndexEngine(Protocol):
     ) -> None:
         """Make `target` ready for a restore into a scratch place without touching anything
         live (the drill): e.g. the collection's definition without its aliases."""
+
+    # Catching an index up to an instant (recovery/instant.py): after the newest artifact
+    # taken before it, the entries of rows changed since are written and the entries of rows
+    # gone by then removed.
+
+    def entry_ids(self, client: Any, collection: str) -> np.ndarray:
+        """The ids `collection` holds now, streamed into an array like an artifact's (int64,
+        or bytes for non-integer ids; lib.ids); empty when the collection does not exist."""
+
+    def upsert_rows(
+        self, client: Any, collection: str, rows: Iterator[Row], mapping: IndexMapping
+    ) -> int:
+        """Write the entries of `rows` (created, or replaced when present), creating the
+        collection by the mapping when it is missing; returns how many were written."""
+
+    def delete_ids(self, client: Any, collection: str, ids: list) -> int:
+        """Remove the entries with these ids (ints or id text) from `collection`; ids it does
+        not hold are no error. Returns how many were asked for."""
 
 
 ENGINE_MODULES = {

@@ -1,9 +1,17 @@
-"""HTTP calls to the index stores (Typesense, Qdrant) with bounded retries.
+"""HTTP calls to the index stores (Typesense, Qdrant) with bounded retries and waits.
 
 Transient failures (connection refused or reset, timeouts, HTTP 429 and 5xx) are retried with
-exponential backoff; anything else fails at once. Errors name the store, the operation and the
-URL path, never the API key: the key travels in a header only, and every message is scrubbed
-of it anyway in case a server echoes it back.
+exponential backoff; anything else fails at once. No call waits forever on a hung server:
+
+- an ordinary call waits BACKUP_READ_TIMEOUT for each answer, and its retries stop once
+  3 x that has passed (a hung server fails in about a minute, not 5 x 120 s);
+- a streamed call (export, snapshot download, import results) may last hours, so only
+  silence counts: BACKUP_STALL_SECONDS without a byte ends it;
+- a caller that knows an operation is long on the server's side passes its own read_timeout.
+
+Errors name the store, the operation, the URL path and how long they waited, never the API
+key: the key travels in a header only, and every message is scrubbed of it anyway in case a
+server echoes it back.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
+from backup_pipelines.lib import timeouts
 from backup_pipelines.lib.errors import BackupError
 
 log = logging.getLogger(__name__)
@@ -38,8 +48,13 @@ class RetryPolicy:
     multiplier: float = 2.0
     # Jitter spreads the retries of parallel workers so they do not hammer a store in step.
     jitter: float = 0.1
-    connect_timeout: float = 5.0
-    read_timeout: float = 120.0
+    connect_timeout: float = field(default_factory=timeouts.connect_timeout)
+    # Each answer of an ordinary call; retries stop once give_up_after (default: 3 read
+    # timeouts) has passed since the first attempt.
+    read_timeout: float = field(default_factory=timeouts.read_timeout)
+    # Streamed bodies: the longest silence tolerated between two bytes.
+    stall_timeout: float = field(default_factory=timeouts.stall_seconds)
+    give_up_after: float | None = None
 
     def delay_before(self, retry_number: int) -> float:
         """Seconds to sleep before retry 1, 2, ... (exponential, capped, jittered)."""
@@ -49,6 +64,13 @@ class RetryPolicy:
     @property
     def timeout(self) -> tuple[float, float]:
         return (self.connect_timeout, self.read_timeout)
+
+    @property
+    def deadline(self) -> float:
+        """Seconds after the first attempt past which no retry starts."""
+        if self.give_up_after is not None:
+            return self.give_up_after
+        return timeouts.READ_TIMEOUTS_PER_CALL * self.read_timeout
 
 
 class IndexStoreError(BackupError):
@@ -63,13 +85,18 @@ class IndexStoreError(BackupError):
         *,
         status: int | None = None,
         attempts: int = 1,
+        waited: float | None = None,
     ) -> None:
         self.store = store
         self.operation = operation
         self.path = path
         self.status = status
+        self.reason = reason  # the server's answer alone, without store and path
         self.attempts = attempts
+        self.waited = waited
         tries = f" after {attempts} attempts" if attempts > 1 else ""
+        if waited is not None and waited >= 1:
+            tries += f" in {waited:.1f} s"
         super().__init__(f"{store} {operation} failed{tries} ({path}): {reason}")
 
 
@@ -112,28 +139,55 @@ class StoreHttp:
         is unsafe (a non-idempotent write).
         """
         attempts = self.policy.attempts if retry else 1
-        timeout = (self.policy.connect_timeout, read_timeout or self.policy.read_timeout)
-        last_reason, last_status = "not attempted", None
+        per_attempt, waits_for = self._read_timeout(read_timeout, kwargs.get("stream", False))
+        timeout = (self.policy.connect_timeout, per_attempt)
+        started = time.monotonic()
+        last_reason, last_status, made = "not attempted", None, 0
         for attempt in range(1, attempts + 1):
             if attempt > 1:
+                if not self.may_retry(started):
+                    break
                 self._pause_before_retry(attempt - 1, method, path, operation, last_reason)
+            made = attempt
             if body_factory is not None:
                 kwargs["data"] = body_factory()
             try:
                 response = self.session.request(
                     method, self.base_url + path, timeout=timeout, **kwargs
                 )
+            except requests.ConnectTimeout:
+                last_reason, last_status = self._no_connection(), None
+                continue
             except (requests.ConnectionError, requests.Timeout) as error:
-                last_reason = f"{type(error).__name__}: {self.redact(str(error))}"
+                # A read timeout in the middle of a body comes as a ConnectionError.
+                if _is_read_timeout(error):
+                    last_reason = f"no answer within {per_attempt:g} s ({waits_for})"
+                else:
+                    last_reason = f"{type(error).__name__}: {self.redact(str(error))}"
                 last_status = None
                 continue
             if response.status_code in accept_statuses:
+                response.stall_timeout = (per_attempt, waits_for)  # for stream_chunks
                 return response
             last_reason, last_status = self._describe_status(response), response.status_code
             response.close()
             if last_status not in RETRYABLE_STATUSES:
-                raise self.error(operation, path, last_reason, last_status, attempt)
-        raise self.error(operation, path, last_reason, last_status, attempts)
+                raise self.error(operation, path, last_reason, last_status, made, _since(started))
+        raise self.error(operation, path, last_reason, last_status, made, _since(started))
+
+    def _read_timeout(self, explicit: float | None, streamed: bool) -> tuple[float, str]:
+        """The read timeout of one attempt and what set it (named in errors)."""
+        if explicit:
+            return explicit, "the operation's own read timeout"
+        if streamed:
+            return self.policy.stall_timeout, timeouts.STALL_VARIABLE
+        return self.policy.read_timeout, timeouts.READ_TIMEOUT_VARIABLE
+
+    def _no_connection(self) -> str:
+        return (
+            f"no connection within {self.policy.connect_timeout:g} s "
+            f"({timeouts.CONNECT_TIMEOUT_VARIABLE})"
+        )
 
     def json(self, method: str, path: str, operation: str, **kwargs: Any) -> Any:
         """request() and decode the JSON body."""
@@ -146,14 +200,39 @@ class StoreHttp:
     def stream_chunks(
         self, response: requests.Response, operation: str, path: str, chunk_size: int
     ) -> Iterator[bytes]:
-        """The body of a streamed response in chunks; a broken connection becomes our error."""
+        """The body of a streamed response in chunks; a broken connection, or a body that stops
+        coming (a hung server), becomes our error."""
+        started, received = time.monotonic(), 0
         try:
-            yield from response.iter_content(chunk_size=chunk_size)
+            for chunk in response.iter_content(chunk_size=chunk_size):
+                received += len(chunk)
+                yield chunk
         except (requests.RequestException, OSError) as error:
-            reason = f"body cut off: {type(error).__name__}: {self.redact(str(error))}"
-            raise self.error(operation, path, reason) from error
+            stalled = self.stall_reason(response, error)
+            if stalled:
+                reason = f"{stalled} after {received:,} bytes in {_since(started):.1f} s"
+            else:
+                reason = f"body cut off: {type(error).__name__}: {self.redact(str(error))}"
+            raise self.error(operation, path, reason, waited=_since(started)) from error
         finally:
             response.close()
+
+    def stall_reason(self, response: requests.Response, error: BaseException) -> str | None:
+        """ "stalled: no data for N s (VARIABLE)" when a streamed body failed by going silent
+        (a hung server), else None."""
+        if not _is_read_timeout(error):
+            return None
+        silence, waits_for = getattr(response, "stall_timeout", (None, "read timeout"))
+        return f"stalled: no data for {silence:g} s ({waits_for})"
+
+    def no_answer(self) -> str:
+        """Why an ordinary call timed out, with the wait and the variable that sets it."""
+        return f"no answer within {self.policy.read_timeout:g} s ({timeouts.READ_TIMEOUT_VARIABLE})"
+
+    def may_retry(self, started: float) -> bool:
+        """Whether another attempt of a call begun at `started` may start: retries stop once
+        policy.deadline has passed (a hung server is given up on, not waited on 5 times)."""
+        return _since(started) < self.policy.deadline
 
     def error(
         self,
@@ -162,6 +241,7 @@ class StoreHttp:
         reason: str,
         status: int | None = None,
         attempts: int = 1,
+        waited: float | None = None,
     ) -> IndexStoreError:
         return IndexStoreError(
             self.store,
@@ -170,6 +250,7 @@ class StoreHttp:
             self.redact(reason),
             status=status,
             attempts=attempts,
+            waited=waited,
         )
 
     def redact(self, text: str) -> str:
@@ -202,6 +283,17 @@ class StoreHttp:
         head = next(response.iter_content(MAX_DETAIL_CHARS), b"")
         detail = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
         return f"HTTP {response.status_code} {response.reason or ''}: {detail}".strip()
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
+
+
+def _is_read_timeout(error: BaseException) -> bool:
+    """requests wraps a read timeout in the middle of a body as a ConnectionError."""
+    if isinstance(error, requests.Timeout | TimeoutError):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in error.args)
 
 
 def _without_query(path: str) -> str:

@@ -37,18 +37,12 @@ BACKUPS_DONE_SECONDS = 600
 
 
 def index_workspaces(indexed: dict, workspaces: list[str]) -> None:
-    from backup_pipelines.lib import memory_index
+    from backup_pipelines_tests.helpers import index_workspace
 
-    policy = indexed["policy"]
     with psycopg.connect(indexed["db"]) as conn:
         for workspace in workspaces:
-            rows = memory_index.iter_memory_rows(conn, workspace, policy)
-            memory_index.index_into_typesense(
-                indexed["typesense"], policy.typesense_collection_for(workspace), rows
-            )
-            rows = memory_index.iter_memory_rows(conn, workspace, policy)
-            memory_index.index_into_qdrant(
-                indexed["qdrant"], policy.qdrant_collections_for(workspace)[0], rows
+            index_workspace(
+                conn, workspace, indexed["policy"], indexed["typesense"], indexed["qdrant"]
             )
 
 

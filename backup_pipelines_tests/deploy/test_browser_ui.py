@@ -13,7 +13,7 @@ import pytest
 
 from backup_pipelines.defs.partitions import last_completed_date, multi_key
 from backup_pipelines_tests.deploy.deployment import wait_for
-from backup_pipelines_tests.helpers import back_up
+from backup_pipelines_tests.helpers import back_up, index_workspace
 from backup_pipelines_tests.pg_checks import fingerprint
 
 # The package fixture (Dagster start, first backups) counts towards the first test's time.
@@ -126,7 +126,6 @@ def make_inconsistent_partition(stack: dict, workspace: str, date: str) -> int:
     """SQL taken; then a memory written and indexed; then the indexes taken: the index
     artifacts hold an id the SQL artifact lacks (an orphan). Live SQL and indexes both keep
     the new memory, so they stay consistent for the other tests."""
-    from backup_pipelines.lib import memory_index
     from backup_pipelines.lib.store import LocalStore
 
     store = LocalStore(stack["store_dir"])
@@ -141,13 +140,9 @@ def make_inconsistent_partition(stack: dict, workspace: str, date: str) -> int:
             (workspace,),
         ).fetchone()[0]
     with psycopg.connect(stack["db"]) as conn:  # a transaction: the rows come from a cursor
-        rows = [r for r in memory_index.iter_memory_rows(conn, workspace, policy) if r.id == new_id]
-    memory_index.index_into_typesense(
-        stack["typesense"], policy.typesense_collection_for(workspace), iter(rows)
-    )
-    memory_index.index_into_qdrant(
-        stack["qdrant"], policy.qdrant_collections_for(workspace)[0], iter(rows)
-    )
+        index_workspace(
+            conn, workspace, policy, stack["typesense"], stack["qdrant"], only_ids={new_id}
+        )
     back_up(store, stack, workspace, sql=False, date=date)
     return new_id
 

@@ -28,7 +28,11 @@ def commit_artifact(store, asset: str, captured: datetime, workspace: str | None
     with store.begin(ArtifactRef(asset, day, workspace)) as writer:
         writer.write_bytes("rows.copy.zst", b"data")
         writer.commit(
-            captured_at=captured.isoformat(), counts={"rows": {}}, source={}, tool={"name": "t"}
+            captured_at=captured.isoformat(),
+            counts={"rows": {}},
+            source={},
+            tool={"name": "t"},
+            tables=[],
         )
 
 
@@ -309,7 +313,11 @@ def test_a_rerun_of_the_same_partition_is_seen_on_the_next_tick(setting, alert_r
     with store.begin(ref) as writer:
         writer.write_bytes("rows.copy.zst", b"data")
         writer.commit(
-            captured_at=(NOW - timedelta(hours=1)).isoformat(), counts={}, source={}, tool={}
+            captured_at=(NOW - timedelta(hours=1)).isoformat(),
+            counts={},
+            source={},
+            tool={},
+            tables=[],
         )
     result = tick(sensor, instance, resources, cursor)
     assert [p["kind"] for p in alert_receiver.webhook] == ["rpo_breach", "rpo_recovered"]

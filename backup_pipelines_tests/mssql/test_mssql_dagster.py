@@ -12,7 +12,7 @@ import pytest
 from backup_pipelines.lib.mssql.connection import connected, run
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines_tests.mssql.platform import add_episodes, create_platform, rows
-from backup_pipelines_tests.mssql.test_mssql_restore import index_episodes
+from backup_pipelines_tests.mssql.test_mssql_restore import index_episodes, next_second
 
 EXPECTED_ASSET_KEYS = [
     "monitoring/backup_health_report",
@@ -154,7 +154,12 @@ def test_mssql_agent_restore_job_brings_one_agent_back(deployment, monkeypatch):
 
     from backup_pipelines.lib.qdrant.client import QdrantHttp
 
-    defs, cs, db = deployment["defs"], deployment["cs"], deployment["db"]
+    defs, cs, db, store = (
+        deployment["defs"],
+        deployment["cs"],
+        deployment["db"],
+        deployment["store"],
+    )
 
     qdrant = QdrantHttp(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"))
     for name in ("agent_a1", "agent_a2"):
@@ -165,6 +170,9 @@ def test_mssql_agent_restore_job_brings_one_agent_back(deployment, monkeypatch):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("workspaces", ["a1", "a2"])
         assert materialize(defs, "mssql_full_backup_job", DAY, instance).success
+        # a Qdrant snapshot's creation time is whole seconds: take it a second after the full
+        full = store.require_manifest(ArtifactRef("mssql/full_backup", DAY))
+        next_second({"cs": cs}, full)
         assert materialize(defs, "workspace_backup_job", f"{DAY}|a1", instance).success
         before = rows(cs, db, "a1")
         add_episodes(cs, db, "a2", 1)  # another agent goes on

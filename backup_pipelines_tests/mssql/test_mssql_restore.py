@@ -46,6 +46,16 @@ def tick(platform) -> None:
         wait_until_server_time_passes(conn, server_now(platform["cs"]).replace(tzinfo=None), 20)
 
 
+def next_second(platform, manifest: dict) -> None:
+    """Wait until the server's clock is a whole second past the backup's end: a Qdrant
+    snapshot's creation time is whole seconds, and the agent restore stops there."""
+    from datetime import datetime
+
+    finished = datetime.fromisoformat(manifest["header"]["finished_at"].replace("Z", "+00:00"))
+    with connected(platform["cs"], "master") as conn:
+        wait_until_server_time_passes(conn, finished.replace(tzinfo=None), 1000)
+
+
 def take(platform, kind: Kind, **kwargs):
     return back_up(
         platform["cs"], platform["db"], platform["store"], kind, platform["folders"], **kwargs
@@ -239,8 +249,8 @@ def test_mssql_agent_restore_at_the_qdrant_snapshot_instant(platform, qdrant):
             qdrant.delete_collection(name)
     index_episodes(qdrant, "a1", add_episodes(cs, db, "a1", 5))
     index_episodes(qdrant, "a2", add_episodes(cs, db, "a2", 3))
-    take(platform, Kind.FULL)
-    tick(platform)
+    full = take(platform, Kind.FULL)
+    next_second(platform, full)
     snapshot_agent(store, qdrant, "a1", "2026-12-01")
     at_snapshot = rows(cs, db, "a1")
     tick(platform)

@@ -203,8 +203,15 @@ def write_sql_dump(store, rows, columns=COLUMNS, table="public.memory_entries", 
     body = b"".join(("\t".join(copy_escape(v) for v in row) + "\n").encode() for row in rows)
     file = f"{table}.copy.zst"
     with store.begin(SQL_REF) as writer:
+        writer.write_bytes("public.workspaces.copy.zst", compress(b"ws_acme\n"))
         writer.write_bytes(file, compress(body + extra))
-        entry = {"table": table, "columns": columns, "rows": len(rows), "file": file}
+        entry = {
+            "table": table,
+            "columns": columns,
+            "workspace_column": "workspace_id",
+            "rows": len(rows),
+            "file": file,
+        }
         return writer.commit(
             captured_at=T0,
             counts={"rows": {table: len(rows)}},
@@ -214,6 +221,7 @@ def write_sql_dump(store, rows, columns=COLUMNS, table="public.memory_entries", 
                 {
                     "table": "public.workspaces",
                     "columns": ["workspace_id"],
+                    "workspace_column": "workspace_id",
                     "rows": 1,
                     "file": "public.workspaces.copy.zst",
                 },
@@ -282,7 +290,8 @@ def test_sql_id_column_found_through_the_manifest(store):
 
 def test_sql_text_ids_are_unescaped(store):
     ids = [str(uuid.uuid4()) for _ in range(3)] + ["odd\tid", "back\\slash"]
-    manifest = write_sql_dump(store, [(i, "c\td") for i in ids], ["id", "content"])
+    rows = [(i, "ws_acme", "c\td") for i in ids]
+    manifest = write_sql_dump(store, rows, ["id", "workspace_id", "content"])
     side = sql_ids_from_workspace_dump(store, SQL_REF, manifest)
     assert side.ids.dtype.kind == "S"
     assert [v.decode() for v in side.ids] == ids

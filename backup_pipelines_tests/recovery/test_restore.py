@@ -129,7 +129,7 @@ def test_inconsistent_pair_fails_the_restore_job_at_the_gate_before_any_write(
     """SQL taken; then a memory written and indexed; then the indexes taken: the index artifacts
     hold an id the SQL artifact lacks (an orphan) — restoring both would point the index at a
     memory the restored SQL does not have."""
-    from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows
+    from backup_pipelines.lib.postgres.memory_rows import iter_index_rows
     from backup_pipelines.lib.qdrant.points import index_into_qdrant
     from backup_pipelines.lib.typesense.documents import index_into_typesense
 
@@ -141,14 +141,16 @@ def test_inconsistent_pair_fails_the_restore_job_at_the_gate_before_any_write(
             "SELECT 'ws_initech', 'fact', 'written between the two backups', 0.5, embedding, now(), now() "
             "FROM memory_entries WHERE workspace_id = 'ws_initech' LIMIT 1 RETURNING id"
         ).fetchone()[0]
-    with psycopg.connect(indexed_source["db"]) as conn:
-        rows = [
-            r
-            for r in iter_memory_rows(conn, "ws_initech", indexed_source["policy"])
-            if r.id == new_id
-        ]
-    index_into_typesense(indexed_source["typesense"], "memory_ws_initech", iter(rows))
-    index_into_qdrant(indexed_source["qdrant"], "agent_ws_initech", iter(rows))
+    policy = indexed_source["policy"]
+    for engine, index_into, collection in (
+        ("typesense", index_into_typesense, "memory_ws_initech"),
+        ("qdrant", index_into_qdrant, "agent_ws_initech"),
+    ):
+        mapping = policy.index_mapping(engine)
+        with psycopg.connect(indexed_source["db"]) as conn:
+            rows = iter_index_rows(conn, "ws_initech", mapping, policy.schema)
+            new_rows = [r for r in rows if r["id"] == new_id]
+        index_into(indexed_source[engine], collection, iter(new_rows), mapping)
     back_up(store, indexed_source, "ws_initech", sql=False)
     lose_workspace_memory(indexed_source, "ws_initech")
     live_before = fingerprint(indexed_source["db"], "ws_initech")

@@ -17,6 +17,7 @@ FIELDS = {
     "counts": {"rows": {"t": 2}},
     "source": {},
     "tool": {},
+    "tables": [],  # a workspace dump's manifest lists its tables (none here)
 }
 
 

@@ -18,8 +18,9 @@ from backup_pipelines.defs.resources import (
     PolicyResource,
     WorkspaceRegistryResource,
 )
-from backup_pipelines.lib.monitoring import rpo
+from backup_pipelines.lib.monitoring import rpo, rpo_copy
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.store.copy import copy_store_from_env
 
 HEALTH_REPORT = dg.AssetKey(["monitoring", "backup_health_report"])
 RESTORE_DRILL = dg.AssetKey(["monitoring", "restore_drill"])
@@ -37,12 +38,14 @@ WORKSPACE_COLUMNS = [
     dg.TableColumn("drill", "string", description="OK, FAILED, RTO MISSED or NEVER"),
     dg.TableColumn("drill_date", "string", description="date restored by the last drill"),
     dg.TableColumn("drill_seconds", "float", description="measured RTO"),
+    dg.TableColumn("copy", "string", description="the copy store: OK, or LATE and how far behind"),
 ]
 WHOLE_DATABASE_COLUMNS = [
     dg.TableColumn("backup", "string"),
     dg.TableColumn("rpo", "string", description="OK or LATE"),
     dg.TableColumn("age_hours", "float", description="empty: none"),
     dg.TableColumn("newest_backup", "string"),
+    dg.TableColumn("copy", "string", description="the copy store: OK, or LATE and how far behind"),
 ]
 
 
@@ -87,10 +90,28 @@ def _late(items: list[rpo.Freshness]) -> str | None:
     return ", ".join(late) or None
 
 
+def copy_states(primary: rpo.Evaluation, copy: rpo.Evaluation | None) -> dict[str, str]:
+    """Per workspace (None: the whole-database assets, by asset): empty without a copy store,
+    OK, or LATE naming how far each asset's copy is behind."""
+    if copy is None:
+        return {}
+    by_key = {item.key: item for item in primary.items}
+    states: dict[str, list[str]] = {}
+    for item in copy.items:
+        lines = states.setdefault(item.workspace or item.asset, [])
+        if item.late:
+            lines.append(f"{item.asset}: {rpo_copy.describe(by_key.get(item.key), item)}")
+    return {w: ("LATE " + "; ".join(lines)) if lines else "OK" for w, lines in states.items()}
+
+
 def workspace_rows(
-    evaluation: rpo.Evaluation, drills: dict[str, dict], gone: list[str] = ()
+    evaluation: rpo.Evaluation,
+    drills: dict[str, dict],
+    gone: list[str] = (),
+    copies: dict[str, str] | None = None,
 ) -> list[dict]:
     """A row per workspace the RPO was evaluated for, then one per workspace gone from SQL."""
+    copies = copies or {}
     by_workspace: dict[str, list[rpo.Freshness]] = {}
     for item in evaluation.items:
         if item.workspace is not None:
@@ -112,6 +133,7 @@ def workspace_rows(
                 "drill_seconds": (
                     round(float(drill["seconds"]), 2) if drill and "seconds" in drill else None
                 ),
+                "copy": copies.get(workspace),
             }
         )
     for workspace in sorted(gone):
@@ -126,13 +148,17 @@ def workspace_rows(
                 "drill": drill_state(drill) if drill else None,
                 "drill_date": (drill or {}).get("date") or None,
                 "drill_seconds": None,
+                "copy": copies.get(workspace),
             }
         )
     return rows
 
 
-def whole_database_rows(evaluation: rpo.Evaluation, policy: Policy) -> list[dict]:
+def whole_database_rows(
+    evaluation: rpo.Evaluation, policy: Policy, copies: dict[str, str] | None = None
+) -> list[dict]:
     """A row per whole-database backup asset, and the WAL archive's when PITR is configured."""
+    copies = copies or {}
     rows = []
     for item in evaluation.items:
         if item.workspace is None:
@@ -143,6 +169,7 @@ def whole_database_rows(evaluation: rpo.Evaluation, policy: Policy) -> list[dict
                     "rpo": "LATE" if item.late else "OK",
                     "age_hours": age,
                     "newest_backup": newest,
+                    "copy": copies.get(item.asset),
                 }
             )
     for wal in pitr_defs.health_rows(policy):
@@ -153,6 +180,7 @@ def whole_database_rows(evaluation: rpo.Evaluation, policy: Policy) -> list[dict
                 "rpo": wal["rpo"],
                 "age_hours": age if age is not None and age >= 0 else None,
                 "newest_backup": None,
+                "copy": None,
             }
         )
     return sorted(rows, key=lambda r: r["backup"])
@@ -171,9 +199,11 @@ def report_metadata(
     policy: Policy,
     gone: list[str] = (),
     horizon_days: int | None = None,
+    copy: rpo.Evaluation | None = None,
 ) -> dict:
-    rows = workspace_rows(evaluation, drills, gone)
-    whole = whole_database_rows(evaluation, policy)
+    copies = copy_states(evaluation, copy)
+    rows = workspace_rows(evaluation, drills, gone, copies)
+    whole = whole_database_rows(evaluation, policy, copies)
     watched = [r for r in rows if r["rpo"] != GONE_FROM_SQL]
     return {
         "workspaces": dg.MetadataValue.int(len(watched)),
@@ -184,6 +214,9 @@ def report_metadata(
             sum(r["drill"] in ("FAILED", "RTO MISSED") for r in watched)
         ),
         "whole_database_late": dg.MetadataValue.int(sum(r["rpo"] == "LATE" for r in whole)),
+        "copies_late": dg.MetadataValue.int(
+            sum((r["copy"] or "").startswith("LATE") for r in [*rows, *whole])
+        ),
         "rto_target_seconds": dg.MetadataValue.float(float(policy.rto_minutes * 60)),
         "searched_days": dg.MetadataValue.int(
             horizon_days if horizon_days is not None else rpo.rpo_window_days(policy) + 1
@@ -198,12 +231,13 @@ def sensor_report(
     evaluation: rpo.Evaluation,
     policy: Policy,
     gone: list[str],
+    copy: rpo.Evaluation | None = None,
 ) -> dg.AssetMaterialization:
     """The report from an RPO tick's evaluation: what the sensor records every tick."""
     return dg.AssetMaterialization(
         asset_key=HEALTH_REPORT,
         description="Recorded by rpo_sensor",
-        metadata=report_metadata(evaluation, last_drills(instance), policy, gone),
+        metadata=report_metadata(evaluation, last_drills(instance), policy, gone, copy=copy),
     )
 
 
@@ -234,9 +268,21 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
             rpo_defs.utc_now(),
             horizon_days=loaded.keep_weekly_days,
             in_sql=in_sql,
+            log=context.log.warning,
         )
+        copy_store = copy_store_from_env()
+        copy = None
+        if copy_store is not None:
+            copy = rpo_copy.evaluate_copy(
+                copy_store, evaluation, loaded, evaluation.now, loaded.keep_weekly_days
+            )
         metadata = report_metadata(
-            evaluation, last_drills(context.instance), loaded, gone, loaded.keep_weekly_days
+            evaluation,
+            last_drills(context.instance),
+            loaded,
+            gone,
+            loaded.keep_weekly_days,
+            copy=copy,
         )
         context.log.info(
             f"{metadata['workspaces'].value} workspaces, {metadata['workspaces_late'].value} "

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from backup_pipelines.defs.resources import PolicyResource
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.monitoring import alerts
 from backup_pipelines.lib.policy import Policy
 
@@ -218,8 +219,13 @@ def build_run_alert_sensor(
             context.instance, jobs, after, our_assets, already_alerted=set(alerted)
         )
         alerted = (alerted + [a.details["run_id"] for a in failed])[-ALERTED_RUNS_KEPT:]
+        try:
+            loaded = policy.load()
+        except ConfigError as exc:  # failed runs are alerted all the same (they carry it)
+            context.log.error(f"{exc} — stuck-run limits use the built-in defaults")
+            loaded = Policy()
         stuck, in_flight = stuck_run_alerts(
-            context.instance, jobs, policy.load(), now, set(state.get("stuck", [])), our_assets
+            context.instance, jobs, loaded, now, set(state.get("stuck", [])), our_assets
         )
         pending = alerts.send_keeping_pending(
             failed + stuck, state.get("pending", []), context.log.warning

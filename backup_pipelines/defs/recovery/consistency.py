@@ -26,7 +26,14 @@ def check_against_sql(store, policy, index_asset: str, partition_key: str) -> dg
             severity=dg.AssetCheckSeverity.ERROR,
             description=f"no complete {', '.join(absent)} artifact for {date}|{workspace}: nothing to compare",
         )
-    verdict = evaluate_partition(store, refs, manifests, policy)
+    try:
+        verdict = evaluate_partition(store, refs, manifests, policy)
+    except ValueError as exc:  # the artifact lacks the table or id column the mapping names
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"cannot compare {index_asset} with {SQL_ASSET}: {exc}"[:2000],
+        )
     return dg.AssetCheckResult(
         passed=verdict.outcome == Outcome.PASS,
         severity=SEVERITY.get(verdict.outcome, dg.AssetCheckSeverity.ERROR),

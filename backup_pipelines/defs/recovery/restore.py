@@ -6,37 +6,46 @@ Per-backfill options come from run tags, because the UI's backfill dialog passes
 not config; config keeps safe defaults:
     restore/mode            merge (default: add what is missing, never overwrite) | replace
     restore/override_gate   a reason: restore despite a FAIL verdict (logged loudly)
+    restore/skip_refused    true: entries an index refuses are skipped and reported by id
+                            (default false: they fail the run, which says each store's state)
 A gate refusal is a decision, not a crash: the run fails with the verdict and its evidence,
 alerts once as `restore_refused`, and nothing is written.
 """
 
-import functools
+import contextlib
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
 
+from backup_pipelines.defs.artifacts import run_owner
 from backup_pipelines.defs.monitoring.run_alerts import ALERT_SENT_TAG
 from backup_pipelines.defs.partitions import daily, daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.resources import WorkspaceRegistryResource, index_clients
 from backup_pipelines.lib.engines import Mode, index_engines
-from backup_pipelines.lib.errors import BackupError, ConfigError
+from backup_pipelines.lib.errors import BackupError, ConfigError, PartialRestore
 from backup_pipelines.lib.monitoring.alerts import Alert, configured_channels, deliver, ui_url
 from backup_pipelines.lib.recovery import catalog, full_restore, restore_plan
 from backup_pipelines.lib.recovery import workspace_restore as restore
 from backup_pipelines.lib.recovery.consistency import Outcome
+from backup_pipelines.lib.store import lease_name
+from backup_pipelines.lib.store.copy import lease_store
 
 MODE_TAG = "restore/mode"
 DRY_RUN_TAG = "restore/dry_run"
 OVERRIDE_TAG = "restore/override_gate"
 RESTORE_JOB = "workspace_restore_job"
 DRY_RUN_JOB = "workspace_restore_dry_run_job"
+SKIP_REFUSED_TAG = "restore/skip_refused"
+FLAG_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 OTHER_DATES_SHOWN = 5
 
 
 class RestoreOptions(dg.Config):
     mode: str = "merge"
     override_gate: str = ""
+    skip_refused: bool = False
 
 
 def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> RestoreOptions:
@@ -45,13 +54,28 @@ def options_of(context: dg.OpExecutionContext, config: RestoreOptions) -> Restor
     mode = tags.get(MODE_TAG, config.mode)
     if mode not in {m.value for m in Mode}:
         raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not one of merge, replace")
-    return RestoreOptions(mode=mode, override_gate=tags.get(OVERRIDE_TAG, config.override_gate))
+    return RestoreOptions(
+        mode=mode,
+        override_gate=tags.get(OVERRIDE_TAG, config.override_gate),
+        skip_refused=_flag(tags, SKIP_REFUSED_TAG, config.skip_refused),
+    )
+
+
+def _flag(tags: dict, tag: str, default: bool) -> bool:
+    value = FLAG_VALUES.get(tags.get(tag, str(default)).strip().lower())
+    if value is None:
+        raise dg.Failure(
+            f"run tag {tag}={tags[tag]!r} is not true or false (1/0, yes/no); nothing was written",
+            allow_retries=False,
+        )
+    return value
 
 
 def refuse_dry_run_tag(context: dg.OpExecutionContext) -> None:
     """The dry run is its own job: a run of the restore job restores, so that a partition of it
-    is "completed" only when it was really restored."""
-    if context.run.tags.get(DRY_RUN_TAG, "").strip().lower() in {"1", "true", "yes"}:
+    is "completed" only when it was really restored. Strict: a typo in the tag must not run a
+    real restore either."""
+    if _flag(context.run.tags, DRY_RUN_TAG, False):
         raise dg.Failure(
             description=f"run tag {DRY_RUN_TAG}=true on {RESTORE_JOB}: nothing done. A dry run "
             f"is its own job now: launch {DRY_RUN_JOB} for the same partitions (it writes "
@@ -68,8 +92,12 @@ def other_dates(store, workspace: str, assets: list[str], policy, before: str = 
     return [p.date for p in points if p.restorable(assets) and p.date != before]
 
 
-@functools.cache  # one op definition per set of index assets: both restore jobs share it
-def build_locate_op(index_assets: tuple[str, ...]) -> dg.OpDefinition:
+def build_locate_op(index_assets: tuple[str, ...], hold_lease: bool) -> dg.OpDefinition:
+    """The first step of both workspace restore jobs. `hold_lease` (the restore job): the
+    workspace's lease is taken here and handed from op to op until verify_restored (or the
+    failure hook) releases it, so no backup replaces what the run gated on; the dry run writes
+    nothing and blocks no backup."""
+
     @dg.op(
         name="locate_and_verify_artifacts",
         required_resource_keys={"backup_store", "postgres_db", "policy"},
@@ -78,6 +106,8 @@ def build_locate_op(index_assets: tuple[str, ...]) -> dg.OpDefinition:
     )
     def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
         date, workspace = date_and_workspace(context.partition_key)
+        if hold_lease:
+            refuse_dry_run_tag(context)
         store = context.resources.backup_store.get_store()
         policy = context.resources.policy.load()
         registry = WorkspaceRegistryResource(
@@ -86,21 +116,28 @@ def build_locate_op(index_assets: tuple[str, ...]) -> dg.OpDefinition:
             policy_file=context.resources.policy.policy_file,
         )
         registered = workspace in registry.workspaces()
-        try:
-            located = restore.locate_and_verify(store, date, workspace, index_assets)
-        except BackupError as exc:
-            failure = nothing_to_restore(store, policy, date, workspace, registered, registry, exc)
-            raise failure from None  # a decision with its reason, not a crash to debug
+        with restore_lease(context, store, workspace, hold_lease):
+            try:
+                located = restore.locate_and_verify(
+                    store, date, workspace, index_assets, log=context.log.warning
+                )
+            except BackupError as exc:  # missing or failing artifacts: say what else there is
+                failure = nothing_to_restore(
+                    store, policy, date, workspace, registered, registry, exc
+                )
+                raise failure from None  # a decision with its reason, not a crash to debug
         if not registered:
             context.log.warning(
                 f"workspace {workspace} is not in {registry.describe()} (deleted?): restoring "
                 "it brings its registry row back with its rows, and discovery picks it up again"
             )
+        source = restore.artifact_source(store, located)
         context.add_output_metadata(
             {
                 "artifacts": dg.MetadataValue.json(
-                    {a: store.location(r) for a, r in located.refs.items()}
+                    {a: source.location(r) for a, r in located.refs.items()}
                 ),
+                "read_from": dg.MetadataValue.text(located.fallback or "the primary store"),
                 "bytes_verified": dg.MetadataValue.int(located.verified_bytes),
                 "in_registry": dg.MetadataValue.bool(registered),
             }
@@ -162,12 +199,57 @@ def send_own_alert(context, alert: Alert) -> None:
         context.instance.add_run_tags(context.run_id, {ALERT_SENT_TAG: "true"})
 
 
+@contextlib.contextmanager
+def restore_lease(context, store, workspace: str, hold: bool) -> Iterator[None]:
+    if not hold:
+        yield
+        return
+    leases = lease_store(store, context.log.info)
+    with leases.lease(workspace, "restore", run_owner(context), log=context.log.info, keep=True):
+        leases.refuse_overlapping_restores(workspace)
+        yield
+
+
+@contextlib.contextmanager
+def still_held(
+    context: dg.OpExecutionContext, store, located: restore.Located, last_step: bool = False
+) -> Iterator[None]:
+    """Run a later step of the workspace restore under the lease the first step took (taken
+    again if it ended, e.g. on a retry from this step), on exactly the artifacts it gated on."""
+    with lease_store(store, context.log.info).continue_lease(
+        located.workspace, "restore", run_owner(context), log=context.log.info, keep=not last_step
+    ):
+        restore.check_pinned(store, located)
+        yield
+
+
+@dg.failure_hook(required_resource_keys={"backup_store"})
+def release_restore_lease(context: dg.HookContext) -> None:
+    """A failed step ends the run: give back the workspace's lease this run holds, at once
+    rather than when it expires."""
+    run = context.instance.get_run_by_id(context.run_id)
+    partition = run.tags.get("dagster/partition") if run else None
+    if not partition:
+        return
+    _date, workspace = date_and_workspace(partition)
+    store = context.resources.backup_store.get_store()
+    store = lease_store(store, context.log.info)
+    lease = store.read_lease(lease_name(workspace))
+    if (
+        lease is not None
+        and lease.record is not None
+        and lease.record.owner.who == run_owner(context)
+    ):
+        store.break_lease(lease.name, lease.version)
+        context.log.info(f"released lease {lease.name} after the failed step")
+
+
 def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     """The workspace restore job over the index stores this deployment has."""
     engines = index_engines(index_stores)
     index_assets = [engine.asset for engine in engines]
     index_keys = {engine.name for engine in engines}
-    locate_and_verify_artifacts = build_locate_op(tuple(index_assets))
+    locate_and_verify_artifacts = build_locate_op(tuple(index_assets), hold_lease=True)
 
     @dg.op(
         required_resource_keys={"backup_store", "policy"},
@@ -177,11 +259,11 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     def consistency_gate(
         context: dg.OpExecutionContext, config: RestoreOptions, located: restore.Located
     ) -> str:
-        refuse_dry_run_tag(context)
         options = options_of(context, config)
         store = context.resources.backup_store.get_store()
         policy = context.resources.policy.load()
-        verdict = restore.consistency_gate(store, located, policy)
+        with still_held(context, store, located):
+            verdict = restore.consistency_gate(store, located, policy)
         evidence = {
             "verdict": dg.MetadataValue.text(str(verdict.outcome)),
             "gate": dg.MetadataValue.text(verdict.summary()),
@@ -203,7 +285,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         return str(verdict.outcome)
 
     @dg.op(
-        required_resource_keys={"backup_store", "postgres_db"},
+        required_resource_keys={"backup_store", "postgres_db", "policy"},
         description="Insert the backed-up rows the live tables lack, parents first, in one "
         "transaction (never overwrites, never touches another workspace).",
     )
@@ -211,12 +293,19 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         context: dg.OpExecutionContext, located: restore.Located, verdict: str
     ) -> dict:
         started = time.monotonic()
-        report = restore.merge_sql(
-            context.resources.postgres_db.database_url,
-            context.resources.backup_store.get_store(),
-            located,
-            log=context.log.info,
-        )
+        try:  # the index mapping must fit the database before any row is written
+            restore.check_before_writing(
+                context.resources.postgres_db.database_url,
+                context.resources.policy.load(),
+                index_keys,
+            )
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        store = context.resources.backup_store.get_store()
+        with still_held(context, store, located):
+            report = restore.merge_sql(
+                context.resources.postgres_db.database_url, store, located, log=context.log.info
+            )
         context.add_output_metadata(
             {
                 "tables": sql_table(report),
@@ -247,28 +336,46 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         database_url = context.resources.postgres_db.database_url
         rebuild = verdict == Outcome.REBUILD_INDEX
         mode = Mode(options.mode)
-        with index_clients(context.resources, index_keys) as clients:
-            done = restore.restore_indexes(
-                clients, store, located, policy, mode, rebuild, database_url
-            )
+        with (
+            still_held(context, store, located),
+            index_clients(context.resources, index_keys) as clients,
+        ):
+            try:
+                done = restore.restore_indexes(
+                    clients, store, located, policy, mode, rebuild, database_url,
+                    log=context.log.info, skip_refused=options.skip_refused,
+                    sql_report=sql_report,
+                )  # fmt: skip
+            except PartialRestore as exc:
+                raise dg.Failure(
+                    description=str(exc),
+                    metadata={"stores": dg.MetadataValue.json(exc.states)},
+                    allow_retries=False,  # a rerun of the partition (same tags) finishes it
+                ) from exc
         context.add_output_metadata(
             {name: dg.MetadataValue.json(report) for name, report in done.items()}
         )
         return done
 
     @dg.op(
-        required_resource_keys={"postgres_db", "policy", *index_keys},
+        required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
         description="Every backed-up row present again, and a search in each index finds a "
-        "restored memory.",
+        "restored memory; gives the workspace's lease back.",
     )
     def verify_restored(
         context: dg.OpExecutionContext, located: restore.Located, index_report: dict
     ) -> None:
-        policy = context.resources.policy.load()
-        with index_clients(context.resources, index_keys) as clients:
-            result = restore.verify_restore(
-                context.resources.postgres_db.database_url, located, policy, clients
-            )
+        store = context.resources.backup_store.get_store()
+        with still_held(context, store, located, last_step=True):
+            policy = context.resources.policy.load()
+            with index_clients(context.resources, index_keys) as clients:
+                result = restore.verify_restore(
+                    context.resources.postgres_db.database_url,
+                    located,
+                    policy,
+                    clients,
+                    skipped=restore.skipped_of(index_report),
+                )
         context.add_output_metadata({"verification": dg.MetadataValue.json(result)})
         if result["problems"]:
             raise dg.Failure(
@@ -282,6 +389,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         description="Restore one workspace (SQL rows, Typesense, Qdrant) to a date; refuses "
         f"when SQL and index disagree. A plan without writing: {DRY_RUN_JOB}.",
         tags={"restore": "workspace"},
+        hooks={release_restore_lease},
     )
     def workspace_restore_job():
         located = locate_and_verify_artifacts()
@@ -331,7 +439,9 @@ def build_dry_run_job(index_stores: set[str]) -> dg.JobDefinition:
     partition of the restore job is "completed" only when really restored."""
     engines = index_engines(index_stores)
     index_keys = {engine.name for engine in engines}
-    locate_and_verify_artifacts = build_locate_op(tuple(engine.asset for engine in engines))
+    locate_and_verify_artifacts = build_locate_op(
+        tuple(engine.asset for engine in engines), hold_lease=False
+    )
 
     @dg.op(
         required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
@@ -426,6 +536,7 @@ def build_full_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                 policy=context.resources.policy.load(),
                 indexes=clients if config.restore_indexes else None,
                 log=context.log.info,
+                lease_owner=run_owner(context),
             )
             health = full_restore.health_check(database_url, clients)
         context.add_output_metadata(_full_restore_metadata(result, health))

@@ -35,9 +35,11 @@ Leftovers of crashed runs (scan.py) are cleaned by the same plan; keep markers: 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -46,8 +48,11 @@ from backup_pipelines.lib.errors import BackupError, ConfigError, StoreError
 from backup_pipelines.lib.lifecycle.markers import KeepMarker, Partition, list_kept, marker_key
 from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers, scan_store
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store
+from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store, lease_name
+from backup_pipelines.lib.store.s3 import ObjectLocked
 
+# Series whose newest artifacts are re-read at once (the S3 client keeps 8 connections).
+VERIFIERS = 8
 # Deleted last within a partition: a run interrupted mid-delete then still holds the SQL dump,
 # which restores on its own (indexes can be rebuilt from it); index artifacts alone restore nothing.
 SQL_ASSETS = ("postgres/workspace_dump", "postgres/full_dump")
@@ -328,6 +333,7 @@ def plan_retention(
     is_verified: Callable[[Artifact], bool] | None = None,
     asset_rules: Mapping[str, list[AssetRule]] | None = None,
     log: Log = _quiet,
+    control: BackupStore | None = None,
 ) -> RetentionPlan:
     """What to keep and delete on `today` (a UTC date). `now` (epoch seconds, default the
     clock) ages the leftovers of crashed runs; `is_verified` defaults to `verify_with_store`;
@@ -337,16 +343,17 @@ def plan_retention(
     today = _check_today(today)
     now = time.time() if now is None else now
     folders = scan_store(store)
-    markers = list_kept(store)
+    # The copy store is pruned by the primary's keep markers (`control`): an operator marks
+    # a backup kept in the primary, and its copy must be kept as long.
+    markers = list_kept(control or store)
     held = {m.partition: m for m in markers}
-    verifier = _CountingVerifier(is_verified or verify_with_store(store, log))
+    verifier = _CountingVerifier(is_verified or verify_with_store(store, _in_series_order(log)))
     series = _series_of(folders)
-    failed: list[ArtifactRef] = []
     for one in series.values():
         if one.asset not in OWN_AGE_RULES:
             _apply_age_rules(one, today, windows)
         _apply_markers(one, held)
-        failed += _protect_newest_verified(one, verifier, log)
+    failed = _protect_every_series(list(series.values()), verifier, log)
     context = RuleContext(today, windows, series, store, log, policy)
     if asset_rules is None:
         asset_rules = _load_rules()
@@ -369,11 +376,62 @@ class _CountingVerifier:
 
     def __init__(self, verify: Callable[[Artifact], bool]) -> None:
         self._verify = verify
+        self._lock = threading.Lock()
         self.calls = 0
 
     def __call__(self, artifact: Artifact) -> bool:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         return self._verify(artifact)
+
+
+_SERIES_LINES = threading.local()
+
+
+def _in_series_order(log: Log) -> Log:
+    """`log`, except while a series is being verified: then into that series' lines."""
+
+    def write(line: str) -> None:
+        lines = getattr(_SERIES_LINES, "lines", None)
+        if lines is None:
+            log(line)
+        else:
+            lines.append(line)
+
+    return write
+
+
+def _protect_every_series(
+    series: list[Series], is_verified: Callable[[Artifact], bool], log: Log
+) -> list[ArtifactRef]:
+    """_protect_newest_verified on every series, VERIFIERS series at a time: the series are
+    independent and each keeps its own newest-first order, so the decisions are those of one
+    series after the other; their log lines are written in series order afterwards. (10,000
+    workspaces are 30,000 series, each re-reading its newest artifact: reads that wait on
+    the store.)"""
+
+    def protect(one: Series) -> tuple[list[ArtifactRef], list[str]]:
+        lines: list[str] = []
+        _SERIES_LINES.lines = lines  # the default verifier's lines join its series' lines
+        try:
+            return _protect_newest_verified(one, is_verified, lines.append), lines
+        finally:
+            _SERIES_LINES.lines = None
+
+    at_risk = [one for one in series if any(not a.keep for a in one.artifacts)]
+    if len(at_risk) > 1:
+        with ThreadPoolExecutor(VERIFIERS) as pool:
+            outcomes = dict(zip(map(id, at_risk), pool.map(protect, at_risk), strict=True))
+    else:
+        outcomes = {id(one): protect(one) for one in at_risk}
+    failed: list[ArtifactRef] = []
+    for one in series:
+        if id(one) in outcomes:
+            one_failed, lines = outcomes[id(one)]
+            for line in lines:
+                log(line)
+            failed += one_failed
+    return failed
 
 
 def _series_of(folders: dict[ArtifactRef, Folder]) -> dict[SeriesKey, Series]:
@@ -467,9 +525,13 @@ class ApplyResult:
     leftovers_cleaned: int = 0
     bytes_freed: int = 0
     errors: list[str] = field(default_factory=list)
+    # Under S3 Object Lock retention: not deleted (never tried), with the latest retain-until.
+    locked: list[tuple[ArtifactRef, str]] = field(default_factory=list)
 
 
-def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> ApplyResult:
+def apply_plan(
+    store: BackupStore, plan: RetentionPlan, log: Log = print, control: BackupStore | None = None
+) -> ApplyResult:
     """Delete each doomed artifact, then clean the leftovers. Within a partition the SQL dump
     goes last. Errors are collected (one bad artifact does not stop the rest) and returned;
     a rerun finishes what an interrupted one left, since the rules give the same answer for
@@ -477,14 +539,26 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     result = ApplyResult()
     doomed = sorted(plan.to_delete, key=_deletion_order)
     marked: dict[Partition, bool] = {}  # read once per partition, just before its deletions
+    readers: dict[str, str] = {}  # lease name -> the restore reading it ("" when none)
     for number, artifact in enumerate(doomed, 1):
         where = f"[{number}/{len(doomed)}] {artifact}"
         if artifact.partition not in marked:
-            marked[artifact.partition] = store._get(marker_key(artifact.partition)) is not None
+            marker = (control or store)._get(marker_key(artifact.partition))
+            marked[artifact.partition] = marker is not None
         if marked[artifact.partition]:
             # Marked after the plan was made: the marker wins.
             result.skipped.append((artifact.ref, "keep marker placed since planning"))
             log(f"{where}: kept, marked since planning")
+            continue
+        reader = _restore_reading(control or store, artifact.ref, readers)
+        if reader:
+            result.skipped.append((artifact.ref, reader))
+            log(f"{where}: kept for now, {reader}")
+            continue
+        until = locked_until(store, artifact.ref)
+        if until:
+            result.locked.append((artifact.ref, until))
+            log(f"{where}: NOT deleted, under Object Lock retention until {until}")
             continue
         try:
             delete_artifact(store, artifact.folder)
@@ -498,6 +572,9 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
     for leftover in plan.leftovers:
         try:
             clean_leftover(store, leftover)
+        except ObjectLocked as exc:  # a crashed run's locked files: cleaned once unlocked
+            log(f"not cleaned {leftover.key}: {exc}")
+            continue
         except StoreError as exc:
             result.errors.append(f"{leftover.key}: {exc}")
             continue
@@ -505,6 +582,35 @@ def apply_plan(store: BackupStore, plan: RetentionPlan, log: Log = print) -> App
         result.bytes_freed += leftover.bytes
         log(f"cleaned {leftover.kind} {leftover.key} ({leftover.age_hours:.0f} h old)")
     return result
+
+
+def locked_until(store: BackupStore, ref: ArtifactRef) -> str:
+    """The latest Object Lock retain-until among the artifact's objects ("" when none is
+    locked): retention never tries to delete a locked object; the next run after that moment
+    deletes it."""
+    if not isinstance(store, S3Store) or store.object_lock is None:
+        return ""
+    until = store.retained_until(f"{ref.folder}/")
+    return max(until.values()).isoformat(timespec="seconds") if until else ""
+
+
+def _restore_reading(store: BackupStore, ref: ArtifactRef, seen: dict[str, str]) -> str:
+    """Who is restoring (or drilling) from this artifact's partition now, "" when nobody: a
+    restore holds the partition's lease while it reads, and its artifacts stay until it ends
+    (the next retention run deletes them)."""
+    if ref.workspace is None and ref.asset.startswith("mssql/"):
+        return ""  # SQL Server restores read their chain under no PostgreSQL lease
+    name = lease_name(ref.workspace)
+    if name not in seen:
+        lease = store.read_lease(name)
+        busy = (
+            lease is not None
+            and lease.record is not None
+            and lease.record.owner.purpose in ("restore", "drill")
+            and not lease.expired()
+        )
+        seen[name] = f"being read by a restore: {lease.describe()}" if busy else ""
+    return seen[name]
 
 
 def _deletion_order(artifact: Artifact) -> tuple:
@@ -542,13 +648,17 @@ def run_retention(
     now: float | None = None,
     is_verified: Callable[[Artifact], bool] | None = None,
     log: Log = print,
+    control: BackupStore | None = None,
 ) -> tuple[RetentionPlan, ApplyResult | None]:
     """Plan, log the plan, and apply it unless `dry_run` (then the result is None). A dry
-    run logs every decision (asset, partition, keep or delete, and why)."""
-    plan = plan_retention(store, policy, today, now=now, is_verified=is_verified, log=log)
+    run logs every decision (asset, partition, keep or delete, and why). `control`: the
+    store whose keep markers and leases rule (the primary, when `store` is the copy store)."""
+    plan = plan_retention(
+        store, policy, today, now=now, is_verified=is_verified, log=log, control=control
+    )
     log(plan.summary())
     if not dry_run:
-        return plan, apply_plan(store, plan, log)  # logs each deletion as it happens
+        return plan, apply_plan(store, plan, log, control)  # logs each deletion as it happens
     for line in plan_lines(plan):
         log(line)
     for leftover in plan.leftovers:

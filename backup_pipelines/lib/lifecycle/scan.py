@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.lifecycle.markers import DATE_PATTERN, KEEP_PREFIX
 from backup_pipelines.lib.store import (
-    GENERATION_PREFIX,
+    LEASE_PREFIX,
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
     S3Store,
+    is_generation,
+    listing,
     parse_artifact_folder,
 )
 
-RESERVED_PREFIXES = (KEEP_PREFIX, "_health/")
+# Not artifacts: keep markers, the writability probe, leases, monitoring's captured-at catalog
+# (never listed, never cleaned).
+RESERVED_PREFIXES = (KEEP_PREFIX, "_health/", LEASE_PREFIX, "_catalog/")
 
 
 @dataclass
@@ -52,18 +56,26 @@ class Folder:
 
 
 def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
-    """Every artifact folder, committed or not, from a single listing of the store."""
+    """Every artifact folder, committed or not, from a single listing of the store (the fast
+    listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    for key, size, mtime in store._list(""):
+    parsed: dict[str, ArtifactRef | None] = {}  # an artifact folder holds ~10 keys: parse once
+
+    def parse(folder: str) -> ArtifactRef | None:
+        if folder not in parsed:
+            parsed[folder] = parse_artifact_folder(folder)
+        return parsed[folder]
+
+    for key, size, mtime in listing.iter_keys(store, ""):
         if key.startswith(RESERVED_PREFIXES):
             continue
         parent = key.rpartition("/")[0]
-        ref, generation = parse_artifact_folder(parent), None
+        ref, generation = parse(parent), None
         if ref is None:  # maybe <artifact folder>/<generation>/<file>
             grandparent, _, generation = parent.rpartition("/")
-            if not generation.startswith(GENERATION_PREFIX):
+            if not is_generation(generation):  # only folders named as the writer names them
                 continue
-            ref = parse_artifact_folder(grandparent)
+            ref = parse(grandparent)
             if ref is None:
                 continue
         if not DATE_PATTERN.fullmatch(ref.date):

@@ -4,6 +4,9 @@ Channels come from the environment only (`ALERT_WEBHOOK_URL`, `SLACK_TOKEN` + `S
 with none configured, alerts are only logged. Delivery never raises: a channel that keeps
 failing is logged and its undelivered alerts are handed back, so a sensor can keep them in its
 cursor and try again on the next tick instead of crashing or dropping them.
+
+An alert is scrubbed of secrets when it is made (its title and details often quote an
+error), so neither a channel, a log line nor a sensor cursor ever holds one.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from urllib.parse import urlsplit
 
 import requests
 
+from backup_pipelines.lib.secrets import scrub, scrub_value
+
 Log = Callable[[str], None]
 
 KINDS = (
     "rpo_breach",
     "rpo_recovered",
+    "copy_rpo_breach",  # the copy store (BACKUP_COPY_STORE_URL) behind its RPO
+    "copy_rpo_recovered",
     "run_failed",
     "run_stuck",
     "drill_failed",
@@ -53,6 +60,8 @@ class Alert:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown alert kind {self.kind!r}; known: {', '.join(KINDS)}")
+        for name in ("title", "workspace", "asset", "details", "url"):
+            object.__setattr__(self, name, scrub_value(getattr(self, name)))
 
     def payload(self) -> dict:
         """The webhook body: flat, stable keys a receiver can route on."""
@@ -189,7 +198,8 @@ def _send_with_retries(channel: Channel, alert: Alert, log: Log, attempts: int, 
         except Exception as exc:  # any channel failure is logged, never propagated
             log(
                 f"alert channel {channel.name} failed ({attempt}/{attempts}) for "
-                f"{alert.kind} {alert.workspace or ''}: {type(exc).__name__}: {str(exc)[:200]}"
+                f"{alert.kind} {alert.workspace or ''}: {type(exc).__name__}: "
+                f"{scrub(str(exc))[:200]}"
             )
             if attempt < attempts:
                 sleep(FIRST_DELAY_SECONDS * 2 ** (attempt - 1))
@@ -209,7 +219,7 @@ def configured_channels(log: Log) -> list[Channel]:
     try:
         return channels_from_env()
     except (ValueError, ImportError) as exc:
-        log(f"alert channels misconfigured, alerts are only logged: {exc}")
+        log(f"alert channels misconfigured, alerts are only logged: {scrub(str(exc))}")
         return []
 
 

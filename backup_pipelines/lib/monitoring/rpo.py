@@ -1,29 +1,35 @@
 """Recovery point objective, per asset x workspace: how old is the newest committed artifact?
 
-The store's catalog is the truth (only what it holds can be restored); Dagster's run history
-is the witness. Both are read for the recent window, and where they disagree — a
-materialization the store does not hold, or an artifact Dagster never recorded — the
-evaluation says so. A workspace that was never backed up is late.
+The store is the truth (only what it holds can be restored): listed on every evaluation, one
+listing per asset and date for all workspaces, with the age taken from each newest manifest's
+`captured_at` (remembered in the captured-at catalog, catalog.py, so each manifest is read
+once). Dagster's run history is the witness. Both are read for the recent window, and where
+they disagree — a materialization the store does not hold, or an artifact Dagster never
+recorded — the evaluation says so. A workspace that was never backed up is late.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from backup_pipelines.lib.monitoring import catalog
 from backup_pipelines.lib.monitoring.alerts import Alert
+from backup_pipelines.lib.monitoring.catalog import Manifest, committed_in, parse_time
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.store import (
-    MANIFEST_NAME,
-    ArtifactRef,
-    BackupStore,
-    parse_artifact_folder,
-)
+from backup_pipelines.lib.store import ArtifactRef, BackupStore, ManifestInvalid, listing
 
-MANIFEST_READERS = 16
+Log = Callable[[str], object]
+STORE_READERS = 16  # parallel requests where one per artifact is unavoidable
+LIST_PAGE_KEYS = 1000  # keys per page of an S3 listing
+DEEP_SEARCH_DAYS = 7  # past this, only the date folders the store holds are searched
+PROBE_AT_MOST = 100  # more workspaces than this: one listing of the date's folder instead
+# What one evaluation spends at most reading manifests the captured-at catalog lacks.
+MANIFEST_READ_SECONDS = 20.0
 # More breaches than this in one tick (an outage, a first deployment) make one summary message.
 MAX_ALERTS_PER_TICK = 20
 
@@ -34,6 +40,9 @@ class Newest:
 
     date: str
     captured_at: datetime
+    # The manifest was not read in time: captured_at is its write time, which is never earlier
+    # than the captured moment, so the age is at least this (a late verdict is certain).
+    lower_bound: bool = False
 
 
 @dataclass
@@ -48,6 +57,7 @@ class Freshness:
     history_date: str | None = None  # newest materialization in Dagster's run history
     disagreement: str = ""
     searched_days: int = 0
+    age_is_lower_bound: bool = False
 
     @property
     def key(self) -> str:
@@ -62,6 +72,8 @@ class Freshness:
     def describe_age(self) -> str:
         if self.age_hours is None:
             return f"no backup in the last {self.searched_days} days"
+        if self.age_is_lower_bound:
+            return f"at least {self.age_hours:.1f} h (manifest not read yet)"
         return f"{self.age_hours:.1f} h"
 
     def to_row(self) -> dict:
@@ -72,35 +84,67 @@ class Freshness:
             "age_hours": None if self.age_hours is None else round(self.age_hours, 2),
             "target_hours": self.target_hours,
             "late": self.late,
+            "age_is_lower_bound": self.age_is_lower_bound,
             "history_date": self.history_date,
             "disagreement": self.disagreement,
         }
 
 
 # --------------------------------------------------------------------------------------------
-# The store's side
+# The store's side: listings, not one read per manifest
 
 
 def _dates_back(today: date, days: int) -> list[str]:
     return [(today - timedelta(days=n)).isoformat() for n in range(days + 1)]
 
 
-def _committed_workspaces(
-    store: BackupStore, asset: str, day: str
-) -> dict[str | None, tuple[ArtifactRef, float]]:
-    """Workspaces with a manifest (= a committed artifact) of `asset` for `day` — the newest
-    time window's for sub-daily assets — and the manifest's modification time (a re-run of the
-    partition changes it)."""
-    found: dict[str | None, tuple[ArtifactRef, float]] = {}
-    for key, _size, mtime in store._list(f"{asset}/date={day}/"):
-        if key.endswith("/" + MANIFEST_NAME):
-            ref = parse_artifact_folder(key[: -len(MANIFEST_NAME) - 1])
-            if ref is None:
-                continue
-            known = found.get(ref.workspace)
-            if known is None or (ref.window or "") > (known[0].window or ""):
-                found[ref.workspace] = (ref, mtime)
+def _newest_of(committed: dict[ArtifactRef, Manifest]) -> dict[str | None, Manifest]:
+    """The committed artifact of each workspace, the newest time window's for sub-daily
+    assets."""
+    found: dict[str | None, Manifest] = {}
+    for ref, manifest in committed.items():
+        known = found.get(ref.workspace)
+        if known is None or (ref.window or "") > (known.ref.window or ""):
+            found[ref.workspace] = manifest
     return found
+
+
+def _committed_on(store: BackupStore, asset: str, day: str) -> tuple[dict, int]:
+    """Committed artifacts of `asset` for `day` by workspace, from one listing of the date's
+    folder, and how many keys that listing returned (what listing a day costs)."""
+    objects = list(listing.iter_objects(store, f"{asset}/date={day}/"))
+    return _newest_of(committed_in(objects)), len(objects)
+
+
+def _committed_of(
+    store: BackupStore, asset: str, day: str, workspaces: set[str]
+) -> dict[str | None, Manifest]:
+    """The same for a few workspaces: one small listing of each one's folder, in parallel."""
+
+    def probe(workspace: str) -> dict[str | None, Manifest]:
+        objects = listing.iter_objects(store, f"{asset}/date={day}/workspace={workspace}/")
+        return _newest_of(committed_in(objects))
+
+    found: dict[str | None, Manifest] = {}
+    with ThreadPoolExecutor(STORE_READERS) as pool:
+        for one in pool.map(probe, sorted(workspaces)):
+            found.update(one)
+    return found
+
+
+def committed_workspaces(
+    store: BackupStore, asset: str, day: str, workspaces: Iterable[str]
+) -> set[str]:
+    """Which of `workspaces` hold a committed `asset` artifact (a manifest) for `day`: each
+    one's own folder listed when they are few, else one listing of the date's folder."""
+    wanted = set(workspaces)
+    if not wanted:
+        return set()
+    if len(wanted) <= PROBE_AT_MOST:
+        found = _committed_of(store, asset, day, wanted)
+    else:
+        found, _keys = _committed_on(store, asset, day)
+    return {w for w in found if w in wanted}
 
 
 def newest_dates(
@@ -109,67 +153,99 @@ def newest_dates(
     workspaces: Iterable[str | None],
     today: date,
     horizon_days: int,
-) -> dict[str | None, tuple[ArtifactRef, float]]:
-    """Newest committed artifact per workspace (with its manifest's mtime), scanning date
-    folders from today backwards only until every workspace is found: one listing per day,
-    not per workspace, so 1,000 workspaces cost a handful of listings."""
+) -> dict[str | None, Manifest]:
+    """Newest committed artifact per workspace, scanning date folders from today backwards
+    only until every workspace is found. A day is read with one listing of its folder while
+    many workspaces are still missing (1,000 workspaces cost a handful of listings); once
+    fewer are missing than that listing has pages, each missing workspace's own folder is
+    listed instead. Past a week, only dates the store holds are looked at."""
     wanted = set(workspaces)
-    newest: dict[str | None, tuple[ArtifactRef, float]] = {}
-    for day in _dates_back(today, horizon_days):
-        for workspace, found in _committed_workspaces(store, asset, day).items():
-            if workspace in wanted:
-                newest[workspace] = found
-        wanted -= set(newest)
+    newest: dict[str | None, Manifest] = {}
+    days = _dates_back(today, horizon_days)
+    if horizon_days > DEEP_SEARCH_DAYS:
+        held = set(listing.list_folders(store, f"{asset}/"))
+        days = days[: DEEP_SEARCH_DAYS + 1] + [
+            d for d in days[DEEP_SEARCH_DAYS + 1 :] if f"date={d}" in held
+        ]
+    pages_a_day = 1.0
+    for day in days:
         if not wanted:
             break
+        if None in wanted or len(wanted) >= pages_a_day:
+            found, keys = _committed_on(store, asset, day)
+            pages_a_day = max(pages_a_day, keys / LIST_PAGE_KEYS)
+        else:
+            found = _committed_of(store, asset, day, wanted)  # type: ignore[arg-type]
+        for workspace, manifest in found.items():
+            if workspace in wanted:
+                newest[workspace] = manifest
+                wanted.discard(workspace)
     return newest
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-# captured_at of manifests already read, by (store, asset, workspace, date, manifest mtime): a
-# sensor's code server lives across ticks, so a steady-state tick reads only the manifests
-# committed since the last one (on S3 each read is a round trip).
-_CAPTURED: dict[tuple, datetime] = {}
-_CAPTURED_MAX = 200_000
-
-
 def captured_times(
-    store: BackupStore, asset: str, found: dict[str | None, tuple[ArtifactRef, float]]
+    store: BackupStore,
+    asset: str,
+    found: dict[str | None, Manifest],
+    today: date,
+    log: Log | None = None,
+    deadline: float | None = None,
 ) -> dict[str | None, Newest]:
-    """The moment each newest artifact represents (its manifest's captured_at), read in
-    parallel where not known yet."""
-    where = store.describe()
+    """The moment each newest artifact represents (its manifest's captured_at): from the
+    captured-at catalog where the manifest is the one read before, else read (in parallel)
+    and remembered. Reads still running at `deadline` (time.monotonic()) are left for the
+    next evaluation: those artifacts get their manifest's write time, a lower bound of their
+    age (a first tick on a store of 10,000 workspaces would otherwise read 30,000 manifests
+    before answering, past Dagster's 60 s limit for a sensor tick)."""
+    known = catalog.catalog_for(store, asset, log)
+    newest: dict[str | None, Newest] = {}
+    unread: list[tuple[str | None, Manifest]] = []
+    for workspace, manifest in found.items():
+        moment = known.lookup(manifest)
+        if moment is not None:
+            newest[workspace] = Newest(manifest.ref.date, moment)
+        else:
+            unread.append((workspace, manifest))
+    if not unread:
+        return newest
 
-    def read(
-        item: tuple[str | None, tuple[ArtifactRef, float]],
-    ) -> tuple[str | None, Newest | None]:
-        workspace, (ref, mtime) = item
-        day = ref.date
-        key = (where, ref.folder, mtime)
-        if key in _CAPTURED:
-            return workspace, Newest(day, _CAPTURED[key])
-        manifest = store.read_manifest(ref)
-        if manifest is None:  # deleted between the listing and now
+    def read(item: tuple[str | None, Manifest]) -> tuple[str | None, Newest | None]:
+        workspace, manifest = item
+        try:
+            body = store.read_manifest(manifest.ref)  # the validated model (manifest.py)
+        except ManifestInvalid as exc:
+            # Damaged or tampered with: not a backup anyone can restore, so not a recovery
+            # point either (the workspace shows as late), and never remembered.
+            if log is not None:
+                log(f"not counted as a backup: {exc}")
             return workspace, None
-        moment = _parse_time(manifest.get("captured_at")) or _parse_time(manifest.get("created_at"))
+        if body is None:  # deleted between the listing and now
+            return workspace, None
+        moment = parse_time(body.get("captured_at")) or parse_time(body.get("created_at"))
         if moment is None:
             return workspace, None
-        _CAPTURED[key] = moment
-        return workspace, Newest(day, moment)
+        known.record(manifest, moment)
+        return workspace, Newest(manifest.ref.date, moment)
 
-    if len(_CAPTURED) > _CAPTURED_MAX:
-        _CAPTURED.clear()
-    with ThreadPoolExecutor(MANIFEST_READERS) as pool:
-        return {w: n for w, n in pool.map(read, found.items()) if n is not None}
+    left = None if deadline is None else deadline - time.monotonic()
+    late: list[tuple[str | None, Manifest]] = unread if left is not None and left <= 0 else []
+    if not late:
+        pool = ThreadPoolExecutor(STORE_READERS)
+        try:
+            futures = {pool.submit(read, item): item for item in unread}
+            done, pending = wait(futures, timeout=left)
+            for future in done:
+                workspace, one = future.result()
+                if one is not None:
+                    newest[workspace] = one
+            late = [futures[future] for future in pending]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    for workspace, manifest in late:
+        written = datetime.fromtimestamp(manifest.mtime, UTC)
+        newest[workspace] = Newest(manifest.ref.date, written, lower_bound=True)
+    catalog.save(store, known, today, log)
+    return newest
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,6 +276,7 @@ def evaluate(
     policy: Policy,
     now: datetime,
     horizon_days: int | None = None,
+    log: Log | None = None,
 ) -> Evaluation:
     """Freshness of every (asset, workspace) in `subjects` (asset -> workspaces; None for a
     whole-database asset). `history` is Dagster's newest materialized date per asset and
@@ -209,10 +286,11 @@ def evaluate(
     today = now.astimezone(UTC).date()
     window_days = rpo_window_days(policy)
     horizon = horizon_days if horizon_days is not None else window_days + 1
+    deadline = time.monotonic() + MANIFEST_READ_SECONDS
     evaluation = Evaluation(now)
     for asset, workspaces in subjects.items():
         dates = newest_dates(store, asset, workspaces, today, horizon)
-        newest = captured_times(store, asset, dates)
+        newest = captured_times(store, asset, dates, today, log, deadline)
         window_start = (today - timedelta(days=window_days)).isoformat()
         for workspace in workspaces:
             item = Freshness(asset, workspace, *policy.rpo_for(asset))
@@ -221,6 +299,7 @@ def evaluate(
             if found is not None:
                 item.newest_date, item.captured_at = found.date, found.captured_at
                 item.age_hours = max(0.0, (now - found.captured_at).total_seconds() / 3600)
+                item.age_is_lower_bound = found.lower_bound
             item.history_date = history.get(asset, {}).get(workspace)
             item.disagreement = _disagreement(item, window_start)
             evaluation.items.append(item)

@@ -119,13 +119,23 @@ def list_workspaces(database_url: str, policy: Policy) -> tuple[list[str], list[
         col=sql.Identifier(policy.workspace_registry_column),
         tbl=sql.Identifier(policy.schema, policy.workspace_registry_table),
     )
+    table = f"{policy.schema}.{policy.workspace_registry_table}"
     with connect(database_url) as conn:
         try:
             ids = [r[0] for r in conn.execute(query)]
         except psycopg.errors.UndefinedTable as exc:
             raise SourceError(
-                f"workspace registry table {policy.schema}.{policy.workspace_registry_table} "
-                f"does not exist in {describe_database(database_url)}"
+                f"workspace registry table {table} does not exist in "
+                f"{describe_database(database_url)}; set the policy's workspace_registry_table"
+            ) from exc
+        except psycopg.errors.UndefinedColumn as exc:
+            conn.rollback()
+            present = live_columns(conn, policy.schema, policy.workspace_registry_table)
+            raise SourceError(
+                f"workspace registry table {table} has no column "
+                f"{policy.workspace_registry_column!r} (in {describe_database(database_url)}); "
+                "set the policy's workspace_registry_column to the column holding the "
+                f"workspace ids; the table's columns: {', '.join(present)}"
             ) from exc
     valid = [i for i in ids if is_valid_workspace_id(i)]
     return valid, [i for i in ids if not is_valid_workspace_id(i)]
@@ -159,3 +169,89 @@ def primary_key(conn, schema: str, name: str) -> list[str]:
         (sql.Identifier(schema, name).as_string(conn),),
     ).fetchall()
     return [r[0] for r in rows]
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """What a column holds, as the mapping checks need it."""
+
+    name: str
+    type: str  # as PostgreSQL prints it: "bigint", "real[]", "timestamp with time zone"
+    base: str  # pg_type.typname: int8, _float4, bytea, uuid, jsonb, vector, an enum's name
+    category: str  # pg_type.typcategory: N numeric, S string, D date/time, B boolean,
+    #                A array, E enum, U user-defined (uuid, bytea, json, jsonb, vector)
+    element_category: str | None  # an array's element's category
+    nullable: bool
+
+
+def columns_of(conn: psycopg.Connection, schema: str, name: str) -> dict[str, ColumnInfo] | None:
+    """The columns of table `schema.name` (None when there is no such table)."""
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory,
+               e.typcategory, NOT a.attnotnull
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+        WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+          AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (schema, name),
+    ).fetchall()
+    if not rows:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            (schema, name),
+        ).fetchone()
+        return {} if exists else None
+    return {r[0]: ColumnInfo(*r) for r in rows}
+
+
+def unique_columns(conn: psycopg.Connection, schema: str, name: str) -> set[str]:
+    """Columns that alone are the primary key or carry a unique index."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s::regclass AND i.indisunique "
+        "AND i.indnatts = 1 AND i.indpred IS NULL",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def enum_types_ddl(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """CREATE TYPE statements of the enum types the columns of `tables` ("schema.name") use,
+    directly or as array elements: `pg_dump --table` leaves types out of a table's DDL."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT tn.nspname, t.typname, t.oid
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_type at ON at.oid = a.atttypid
+        JOIN pg_type t ON t.oid = CASE WHEN at.typcategory = 'A' THEN at.typelem ELSE at.oid END
+        JOIN pg_namespace tn ON tn.oid = t.typnamespace
+        WHERE n.nspname || '.' || c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+          AND t.typtype = 'e'
+        ORDER BY 1, 2
+        """,
+        (tables,),
+    ).fetchall()
+    statements = []
+    for schema, name, oid in rows:
+        labels = [
+            r[0]
+            for r in conn.execute(
+                "SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder", (oid,)
+            )
+        ]
+        statements.append(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; CREATE TYPE {} AS ENUM ({})")
+            .format(
+                sql.Identifier(schema),
+                sql.Identifier(schema, name),
+                sql.SQL(", ").join(sql.Literal(label) for label in labels),
+            )
+            .as_string(conn)
+        )
+    return statements

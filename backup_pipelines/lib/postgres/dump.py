@@ -4,6 +4,10 @@
 workspace table with `COPY (SELECT ... WHERE workspace_id = ...) TO STDOUT` inside ONE
 `REPEATABLE READ READ ONLY` transaction; its exported snapshot also feeds `pg_dump
 --schema-only`, so the DDL and every table are the same point in time.
+
+A server that stops answering mid-dump is not waited on forever: a watchdog abandons the dump
+once nothing moved for BACKUP_STALL_SECONDS (it kills pg_dump and closes the connection), and
+the error says so.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ from backup_pipelines.lib.postgres.catalog import (
     table_columns,
 )
 from backup_pipelines.lib.postgres.connection import (
+    abort_connection,
+    client_conninfo,
     client_env,
+    client_failure,
     connect,
     describe_database,
     pg_bin,
+    server_answers,
     tool_version,
 )
 from backup_pipelines.lib.store import ArtifactWriter
 from backup_pipelines.lib.streams import Log, Progress, zstd_compressing
+from backup_pipelines.lib.timeouts import Watchdog
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 CHUNK = 1 << 20
@@ -79,18 +88,25 @@ class _StderrTail:
         return "\n".join(self.lines)
 
 
-def _run_pg_dump(args: list[str], database_url: str, sink, progress: Progress | None) -> None:
-    """Run pg_dump with stdout streamed into `sink`; raise with its stderr when it fails."""
+def _run_pg_dump(
+    args: list[str], database_url: str, sink, progress: Progress | None, watchdog: Watchdog
+) -> None:
+    """Run pg_dump with stdout streamed into `sink`; raise with its stderr when it fails.
+    `watchdog` kills it when its output stops."""
     process = subprocess.Popen(
-        [pg_bin("pg_dump"), "--no-password", *args],
+        [pg_bin("pg_dump"), "--no-password", *args, f"--dbname={client_conninfo(database_url)}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=client_env(database_url),
     )
+    watchdog.stop_with(process.kill)
     stderr = _StderrTail(process.stderr)
     try:
-        while chunk := process.stdout.read(CHUNK):
-            sink.write(chunk)
+        # read1: whatever arrived, so a slow but moving dump is progress, not a stall.
+        while chunk := process.stdout.read1(CHUNK):
+            watchdog.progress()
+            with watchdog.paused():  # a slow store is not a stalled server
+                sink.write(chunk)
             if progress:
                 progress.add(bytes_in=len(chunk))
     except BaseException:
@@ -100,8 +116,17 @@ def _run_pg_dump(args: list[str], database_url: str, sink, progress: Progress | 
     if process.wait() != 0:
         raise SourceError(
             f"pg_dump of {describe_database(database_url)} failed (exit {process.returncode}): "
-            f"{stderr.text() or 'no message'}"
+            f"{client_failure(stderr.text())}"
         )
+
+
+def _dump_watchdog(conn: psycopg.Connection, database_url: str, what: str) -> Watchdog:
+    """A watchdog over one dump: on a stall of a server that no longer answers, it closes the
+    snapshot connection (else even the rollback on the way out would wait on the hung
+    server) and kills pg_dump if running."""
+    watchdog = Watchdog("PostgreSQL", what, answers=lambda: server_answers(database_url))
+    watchdog.stop_with(lambda: abort_connection(conn))
+    return watchdog
 
 
 def _source_facts(database_url: str, snap: Snapshot) -> dict:
@@ -136,7 +161,11 @@ def dump_full_database(
     Returns the manifest fields.
     """
     progress = Progress(f"{writer.ref.asset} {writer.ref.date}", log)
-    with connect(database_url, autocommit=True) as conn:
+    what = f"the full dump of {describe_database(database_url)}"
+    with (
+        connect(database_url, autocommit=True) as conn,
+        _dump_watchdog(conn, database_url, what) as watchdog,
+    ):
         snap = open_snapshot(conn)
         with writer.open_file(FULL_DUMP_FILE) as out:
             with zstd_compressing(out, level) as compressed:
@@ -145,8 +174,10 @@ def dump_full_database(
                     database_url,
                     compressed,
                     progress,
+                    watchdog,
                 )
             progress.add(bytes_out=out.bytes_written)
+        watchdog.progress()
         rows = count_all_tables(conn)  # same snapshot as the dump: exact counts at its moment
         conn.execute("COMMIT")
     if log:
@@ -173,16 +204,21 @@ def dump_workspace(
     """Every workspace table's rows of one workspace, from one snapshot, one file per table."""
     workspace = validate_workspace_id(workspace)  # before any connection or SQL
     progress = Progress(f"{writer.ref.asset} {writer.ref.date}|{workspace}", log)
-    with connect(database_url, autocommit=True) as conn:
+    what = f"the dump of workspace {workspace} from {describe_database(database_url)}"
+    with (
+        connect(database_url, autocommit=True) as conn,
+        _dump_watchdog(conn, database_url, what) as watchdog,
+    ):
         snap = open_snapshot(conn)
         tables = discover_tables(conn, policy)
         with writer.open_file(SCHEMA_FILE) as out:
             args = ["--schema-only", "--no-owner", "--no-acl", f"--snapshot={snap.snapshot_id}"]
             for table in tables:
                 args.append(f"--table={table.schema}.{table.name}")
-            _run_pg_dump(args, database_url, out, None)
+            _run_pg_dump(args, database_url, out, None, watchdog)
         table_entries = [
-            _copy_table(conn, table, workspace, writer, policy, progress) for table in tables
+            _copy_table(conn, table, workspace, writer, policy, progress, watchdog)
+            for table in tables
         ]
         conn.execute("COMMIT")
     if log:
@@ -203,8 +239,15 @@ def dump_workspace(
 
 
 def _copy_table(
-    conn, table: Table, workspace: str, writer, policy: Policy, progress: Progress
+    conn,
+    table: Table,
+    workspace: str,
+    writer,
+    policy: Policy,
+    progress: Progress,
+    watchdog: Watchdog,
 ) -> dict:
+    watchdog.progress()
     columns = table_columns(conn, table)
     query = sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {col} = {ws}) TO STDOUT").format(
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
@@ -220,11 +263,13 @@ def _copy_table(
             cur.copy(query) as copy,
         ):
             for chunk in copy:
+                watchdog.progress()
                 data = bytes(chunk)
                 # COPY text format: one row per line (newlines inside values are escaped).
                 lines = data.count(b"\n")
                 rows += lines
-                compressed.write(data)
+                with watchdog.paused():
+                    compressed.write(data)
                 progress.add(bytes_in=len(data), rows=lines)
         progress.add(bytes_out=out.bytes_written)
     return {

@@ -59,15 +59,25 @@ def _copy_unescape(value: bytes) -> bytes:
 
 
 def sql_ids_from_workspace_dump(
-    store: BackupStore, ref: ArtifactRef, manifest: dict, table: str = MEMORY_TABLE
+    store: BackupStore,
+    ref: ArtifactRef,
+    manifest: dict,
+    table: str = MEMORY_TABLE,
+    id_column: str = "id",
 ) -> Side:
-    """The ids of `table` in a workspace dump (its `id` column, found through the manifest)."""
+    """The ids of `table` in a workspace dump (its `id_column`, found through the manifest)."""
     entry = next((t for t in manifest.get("tables", []) if t["table"] == table), None)
     if entry is None:
-        raise ValueError(f"{store.location(ref)}: the manifest lists no table {table}")
-    if "id" not in entry["columns"]:
-        raise ValueError(f"{store.location(ref)}: table {table} has no id column")
-    column = entry["columns"].index("id")
+        raise ValueError(
+            f"{store.location(ref)}: the backup holds no table {table} (the table an index "
+            "mapping of the policy derives the index from)"
+        )
+    if id_column not in entry["columns"]:
+        raise ValueError(
+            f"{store.location(ref)}: table {table} of the backup has no column {id_column!r} "
+            f"(the policy's index mapping id_column); its columns: {', '.join(entry['columns'])}"
+        )
+    column = entry["columns"].index(id_column)
     collector = IdCollector()
     for buf, start, stop in line_blocks(decompressed(store, ref, manifest, entry["file"])):
         collector.add(_copy_fields(buf, start, stop, column), _copy_unescape)

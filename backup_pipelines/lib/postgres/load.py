@@ -3,6 +3,10 @@
 Every reader verifies sha256 as it streams (VerifyingReader raises at the end of a file whose
 bytes differ); callers that must not write anything from a corrupt artifact verify the whole
 artifact first (`BackupStore.verify`).
+
+A watchdog abandons a load once nothing moved for BACKUP_STALL_SECONDS and the server does
+not answer a new connection either (psql/pg_restore killed, the COPY's connection closed); a
+server that answers is busy (an index build after the last byte), and is waited on.
 """
 
 from __future__ import annotations
@@ -15,20 +19,38 @@ import psycopg
 from psycopg import sql
 
 from backup_pipelines.lib.errors import BackupError
-from backup_pipelines.lib.postgres.connection import client_env, pg_bin
+from backup_pipelines.lib.postgres.connection import (
+    abort_connection,
+    client_conninfo,
+    client_env,
+    client_failure,
+    connect,
+    describe_database,
+    pg_bin,
+    server_answers,
+    server_answers_for,
+)
 from backup_pipelines.lib.postgres.dump import FULL_DUMP_FILE, SCHEMA_FILE
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, iter_chunks
 from backup_pipelines.lib.streams import iter_decompressed
+from backup_pipelines.lib.timeouts import Watchdog
 
 
-def _pump(chunks, stdin) -> list[BaseException]:
-    """Feed a child's stdin from a chunk iterator on a thread; errors are returned to the caller."""
+def _pump(chunks, stdin, watchdog: Watchdog) -> list[BaseException]:
+    """Feed a child's stdin from a chunk iterator on a thread; errors are returned to the
+    caller. Only the writes are watched: reading the artifact is the store's time."""
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            for chunk in chunks:
+            source = iter(chunks)
+            while True:
+                with watchdog.paused():
+                    chunk = next(source, None)
+                if chunk is None:
+                    break
                 stdin.write(chunk)
+                watchdog.progress()
         except BrokenPipeError:
             pass
         except BaseException as exc:
@@ -44,21 +66,32 @@ def _pump(chunks, stdin) -> list[BaseException]:
 
 
 def _run_fed(argv: list[str], chunks, database_url: str, what: str) -> str:
+    """Run a client (psql, pg_restore) fed `chunks` on stdin; abandoned if the server stops
+    taking data for BACKUP_STALL_SECONDS."""
     process = subprocess.Popen(
-        argv,
+        [*argv, f"--dbname={client_conninfo(database_url)}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=client_env(database_url),
     )
-    pending = _pump(chunks, process.stdin)
-    output = process.stdout.read().decode(errors="replace")
-    process.wait()
-    pending.pop(0).join()
+    with Watchdog(
+        "PostgreSQL",
+        f"{what} into {describe_database(database_url)}",
+        answers=lambda: server_answers(database_url),
+    ) as watchdog:
+        watchdog.stop_with(process.kill)
+        pending = _pump(chunks, process.stdin, watchdog)
+        output = process.stdout.read().decode(errors="replace")
+        process.wait()
+        pending.pop(0).join()
     if pending:
         raise pending[0]
     if process.returncode != 0:
-        raise BackupError(f"{what} failed (exit {process.returncode}): {output.strip()[-2000:]}")
+        raise BackupError(
+            f"{what} into PostgreSQL {describe_database(database_url)} failed "
+            f"(exit {process.returncode}): {client_failure(output[-2000:])}"
+        )
     return output
 
 
@@ -84,10 +117,22 @@ def copy_table_in(
     """Stream one table file of a workspace dump into `target` (a table) with COPY FROM STDIN."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)
-    with store.open_file(ref, manifest, entry["file"]) as reader, conn.cursor() as cur:
+    what = f"COPY of {entry['table']} from {ref}"
+    with (
+        Watchdog("PostgreSQL", what, answers=lambda: server_answers_for(conn)) as watchdog,
+        store.open_file(ref, manifest, entry["file"]) as reader,
+        conn.cursor() as cur,
+    ):
+        watchdog.stop_with(lambda: abort_connection(conn))
         with cur.copy(statement) as copy:
-            for chunk in iter_decompressed(reader):
+            source = iter_decompressed(reader)
+            while True:
+                with watchdog.paused():  # reading the artifact is the store's time
+                    chunk = next(source, None)
+                if chunk is None:
+                    break
                 copy.write(chunk)
+                watchdog.progress()
         return cur.rowcount
 
 
@@ -98,7 +143,7 @@ def load_workspace_dump_into_empty_database(
     manifest = store.require_manifest(ref)
     apply_schema(store, ref, manifest, target_url)
     loaded = {}
-    with psycopg.connect(target_url) as conn:
+    with connect(target_url) as conn:
         for entry in manifest["tables"]:
             schema, name = entry["table"].split(".", 1)
             loaded[entry["table"]] = copy_table_in(
@@ -127,17 +172,9 @@ def pg_restore_full_dump(
                 "--no-password",
                 "--exit-on-error",
                 "--no-owner",
-                "-d",
-                _dbname(target_url),
                 *(extra_args or []),
             ],
             iter_decompressed(reader),
             target_url,
             f"pg_restore of {ref}",
         )
-
-
-def _dbname(database_url: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
-    return conninfo_to_dict(database_url).get("dbname", "postgres")

@@ -1,5 +1,5 @@
-"""Memory rows read from PostgreSQL: one workspace's, streamed, and its newest one (a probe a
-restore must bring back)."""
+"""The rows an index is derived from, read from PostgreSQL with the columns its mapping names:
+one workspace's, streamed, and the probe a restore must bring back (its newest row)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,55 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from backup_pipelines.lib.mapping import MEMORY_COLUMNS, MemoryRow
-from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.mapping import Row
+from backup_pipelines.lib.policy import IndexMapping
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 
-def iter_memory_rows(
+def _select(mapping: IndexMapping, schema: str) -> sql.Composed:
+    return sql.SQL("SELECT {cols} FROM {tbl} WHERE {ws} = %s").format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in mapping.columns()),
+        tbl=sql.Identifier(schema, mapping.table),
+        ws=sql.Identifier(mapping.workspace_column),
+    )
+
+
+def iter_index_rows(
     conn: psycopg.Connection,
     workspace: str,
-    policy: Policy,
+    mapping: IndexMapping,
+    schema: str,
     batch: int = 2000,
-    schema: str | None = None,
-) -> Iterator[MemoryRow]:
-    """Stream one workspace's memory rows (a server-side cursor: memory stays flat)."""
+) -> Iterator[Row]:
+    """Stream one workspace's rows of the mapping's table, as column -> value mappings, in id
+    order (a server-side cursor: memory stays flat)."""
     workspace = validate_workspace_id(workspace)
-    query = sql.SQL("SELECT {cols} FROM {tbl} WHERE workspace_id = %s ORDER BY id").format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in MEMORY_COLUMNS),
-        tbl=sql.Identifier(schema or policy.schema, policy.memory_table),
+    query = sql.SQL("{} ORDER BY {}").format(
+        _select(mapping, schema), sql.Identifier(mapping.id_column)
     )
-    with conn.cursor(name=f"memory_rows_{workspace}") as cursor:
+    with conn.cursor(name=f"index_rows_{workspace}") as cursor:
         cursor.itersize = batch
         cursor.execute(query, (workspace,))
+        names = [column.name for column in cursor.description]
         for record in cursor:
-            yield MemoryRow(*record)
+            yield dict(zip(names, record, strict=True))
 
 
-def newest_memory(conn: psycopg.Connection, workspace: str, policy: Policy) -> MemoryRow | None:
-    """The workspace's most recent memory row (a probe that a restore brought back)."""
-    query = sql.SQL(
-        "SELECT {cols} FROM {tbl} WHERE workspace_id = %s ORDER BY id DESC LIMIT 1"
-    ).format(
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in MEMORY_COLUMNS),
-        tbl=sql.Identifier(policy.schema, policy.memory_table),
+def probe_row(
+    conn: psycopg.Connection, workspace: str, mapping: IndexMapping, schema: str
+) -> Row | None:
+    """The workspace's newest row by the mapping's probe column (a memory that a restore
+    brought back and a search must find); None when no probe is configured or no row exists."""
+    if not mapping.probe_column:
+        return None
+    query = sql.SQL("{} ORDER BY {} DESC NULLS LAST, {} DESC LIMIT 1").format(
+        _select(mapping, schema),
+        sql.Identifier(mapping.probe_column),
+        sql.Identifier(mapping.id_column),
     )
-    row = conn.execute(query, (validate_workspace_id(workspace),)).fetchone()
-    return MemoryRow(*row) if row else None
+    with conn.cursor() as cursor:
+        cursor.execute(query, (validate_workspace_id(workspace),))
+        record = cursor.fetchone()
+        if record is None:
+            return None
+        return dict(zip([c.name for c in cursor.description], record, strict=True))

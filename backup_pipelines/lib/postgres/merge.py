@@ -33,18 +33,27 @@ def merge_sql_rows(
     with connect(database_url) as conn:
         conn.execute("SET LOCAL lock_timeout = '60s'")
         for entry in manifest["tables"]:
-            report[entry["table"]] = _merge_table(conn, store, ref, manifest, entry, workspace)
+            report[entry["table"]] = _merge_table(
+                conn, store, ref, manifest, entry, workspace, dry_run
+            )
             if log:
                 log(f"{entry['table']}: {report[entry['table']]}")
-        _advance_sequences(conn, manifest["tables"])
         if dry_run:
+            # setval is not transactional: a rollback would not undo it, so a dry run only
+            # says which sequences a restore would move.
+            for sequence, value in _sequences_to_advance(conn, manifest["tables"]):
+                if log:
+                    log(f"dry run: would move sequence {sequence} to {value}")
             conn.rollback()
         else:
+            _advance_sequences(conn, manifest["tables"])
             conn.commit()
     return report
 
 
-def _merge_table(conn, store, ref, manifest, entry: dict, workspace: str) -> dict:
+def _merge_table(
+    conn, store, ref, manifest, entry: dict, workspace: str, dry_run: bool = False
+) -> dict:
     schema, name = entry["table"].split(".", 1)
     live = sql.Identifier(schema, name)
     present = live_columns(conn, schema, name)
@@ -66,6 +75,17 @@ def _merge_table(conn, store, ref, manifest, entry: dict, workspace: str) -> dic
         raise BackupError(
             f"{entry['table']}: staged {staged} rows, the manifest says {entry['rows']}"
         )
+    drawing = _columns_drawing_from_sequences(conn, schema, name, entry["columns"])
+    if dry_run and drawing:
+        # Inserting would call nextval() for these columns, which no rollback undoes: a dry
+        # run counts the rows a restore would add instead.
+        inserted = _rows_absent(conn, schema, name, stage, entry["workspace_column"], workspace)
+        return {
+            "in_backup": staged,
+            "inserted": inserted,
+            "already_present": staged - inserted,
+            "dry_run": f"counted, not inserted: {', '.join(drawing)} would draw from a sequence",
+        }
     inserted = conn.execute(
         sql.SQL(
             "INSERT INTO {live} ({cols}) SELECT {cols} FROM {stage} WHERE {ws} = %s ON CONFLICT DO NOTHING"
@@ -94,8 +114,36 @@ def _rows_still_missing(conn, schema: str, name: str, stage: sql.Identifier) -> 
     return conn.execute(query).fetchone()[0]
 
 
-def _advance_sequences(conn, tables: list[dict]) -> None:
-    """Rows restored with their ids: move identity/serial sequences past them."""
+def _columns_drawing_from_sequences(conn, schema: str, name: str, backed_up: list[str]) -> list:
+    """Live columns the backup lacks whose default takes a sequence's next value."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid "
+        "AND d.adnum = a.attnum WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT "
+        "a.attisdropped AND (a.attidentity <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE "
+        "'%%nextval(%%')",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchall()
+    return [r[0] for r in rows if r[0] not in backed_up]
+
+
+def _rows_absent(conn, schema, name, stage, workspace_column: str, workspace: str) -> int:
+    """Staged rows of the workspace whose primary key the live table lacks."""
+    key = primary_key(conn, schema, name)
+    query = sql.SQL("SELECT count(*) FROM {stage} s WHERE s.{ws} = %s").format(
+        stage=stage, ws=sql.Identifier(workspace_column)
+    )
+    if key:
+        match = sql.SQL(" AND ").join(
+            sql.SQL("l.{c} = s.{c}").format(c=sql.Identifier(c)) for c in key
+        )
+        query += sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {live} l WHERE {m})").format(
+            live=sql.Identifier(schema, name), m=match
+        )
+    return conn.execute(query, (workspace,)).fetchone()[0]
+
+
+def _serial_sequences(conn, tables: list[dict]):
+    """(sequence, table identifier, column) of every identity/serial column of the tables."""
     for entry in tables:
         schema, name = entry["table"].split(".", 1)
         qualified = sql.Identifier(schema, name).as_string(conn)
@@ -104,14 +152,28 @@ def _advance_sequences(conn, tables: list[dict]) -> None:
                 "SELECT pg_get_serial_sequence(%s, %s)", (qualified, column)
             ).fetchone()[0]
             if sequence:
-                conn.execute(
-                    sql.SQL(
-                        "SELECT setval(%s, GREATEST((SELECT coalesce(max({c}), 1) FROM {t}), "
-                        "(SELECT last_value FROM {s})))"
-                    ).format(
-                        c=sql.Identifier(column),
-                        t=sql.Identifier(schema, name),
-                        s=sql.SQL(sequence),
-                    ),
-                    (sequence,),
-                )
+                yield sequence, sql.Identifier(schema, name), column
+
+
+def _target_value(sequence: str, table: sql.Identifier, column: str) -> sql.Composed:
+    return sql.SQL(
+        "GREATEST((SELECT coalesce(max({c}), 1) FROM {t}), (SELECT last_value FROM {s}))"
+    ).format(c=sql.Identifier(column), t=table, s=sql.SQL(sequence))
+
+
+def _advance_sequences(conn, tables: list[dict]) -> None:
+    """Rows restored with their ids: move identity/serial sequences past them."""
+    for sequence, table, column in list(_serial_sequences(conn, tables)):
+        conn.execute(
+            sql.SQL("SELECT setval(%s, {})").format(_target_value(sequence, table, column)),
+            (sequence,),
+        )
+
+
+def _sequences_to_advance(conn, tables: list[dict]) -> list[tuple[str, int]]:
+    """(sequence, value) a restore would set — read only, for a dry run."""
+    moves = []
+    for sequence, table, column in list(_serial_sequences(conn, tables)):
+        target = conn.execute(sql.SQL("SELECT {}").format(_target_value(sequence, table, column)))
+        moves.append((sequence, target.fetchone()[0]))
+    return moves

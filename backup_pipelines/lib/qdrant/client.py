@@ -207,6 +207,15 @@ class QdrantHttp:
             lambda: self.api.upsert(collection, points=structs, wait=True),
         )
 
+    def delete_points(self, collection: str, ids: list) -> None:
+        """Delete the points with these ids (absent ones are no error) and wait until applied."""
+        selector = models.PointIdsList(points=ids)
+        self._call(
+            "delete points",
+            _path(collection, "points/delete"),
+            lambda: self.api.delete(collection, points_selector=selector, wait=True),
+        )
+
     def scroll(
         self,
         collection: str,
@@ -359,30 +368,42 @@ class QdrantHttp:
 
     def _call(self, operation: str, path: str, call: Callable[[], T], retry: bool = True) -> T:
         attempts = self.http.policy.attempts if retry else 1
+        started = time.monotonic()
         for attempt in range(1, attempts + 1):
             try:
                 return call()
             except UnexpectedResponse as error:
                 status, reason = error.status_code, describe_unexpected(error)
-                if status not in RETRYABLE_STATUSES or attempt == attempts:
-                    raise self._error(operation, path, reason, status, attempt) from None
+                last = attempt == attempts or not self.http.may_retry(started)
+                if status not in RETRYABLE_STATUSES or last:
+                    raise self._error(operation, path, reason, status, attempt, started) from None
             except ResourceExhaustedResponse as error:
                 status, reason = 429, f"HTTP 429 rate limited: {error}"
-                if attempt == attempts:
-                    raise self._error(operation, path, reason, status, attempt) from None
+                if attempt == attempts or not self.http.may_retry(started):
+                    raise self._error(operation, path, reason, status, attempt, started) from None
             except ResponseHandlingException as error:
                 status, reason = None, f"{type(error.source).__name__}: {error.source}"
-                if not is_transport_failure(error.source) or attempt == attempts:
-                    raise self._error(operation, path, reason, status, attempt) from None
+                if isinstance(error.source, httpx.TimeoutException):
+                    reason = self.http.no_answer()  # names the wait (a hung server)
+                last = attempt == attempts or not self.http.may_retry(started)
+                if not is_transport_failure(error.source) or last:
+                    raise self._error(operation, path, reason, status, attempt, started) from None
             self._pause(attempt, operation, path, reason)
         raise AssertionError("unreachable")
 
     def _error(
-        self, operation: str, path: str, reason: str, status: int | None, attempts: int = 1
+        self,
+        operation: str,
+        path: str,
+        reason: str,
+        status: int | None,
+        attempts: int = 1,
+        started: float | None = None,
     ) -> IndexStoreError:
         if status in ACCESS_HINTS:
             reason = f"{reason} — {ACCESS_HINTS[status]}"
-        return self.http.error(operation, path, reason, status, attempts)
+        waited = None if started is None else time.monotonic() - started
+        return self.http.error(operation, path, reason, status, attempts, waited)
 
     def _pause(self, attempt: int, operation: str, path: str, reason: str) -> None:
         delay = self.http.policy.delay_before(attempt)
@@ -436,7 +457,8 @@ class QdrantHttp:
                 reason = f"cut off after {received}{of_expected} bytes (its Content-Length)"
                 raise self.http.error("download snapshot", path, reason)
         except (requests.RequestException, OSError) as error:
-            reason = f"cut off after {received}{of_expected} bytes: {type(error).__name__}: {error}"
+            cause = self.http.stall_reason(response, error) or f"{type(error).__name__}: {error}"
+            reason = f"cut off after {received}{of_expected} bytes: {cause}"
             raise self.http.error("download snapshot", path, reason) from error
         finally:
             response.close()

@@ -49,3 +49,19 @@ def ids_from_qdrant_artifact(
         collector.array(),
         declared,
     )
+
+
+def ids_in_collection(client, collection: str, page_size: int = 1000) -> np.ndarray:
+    """The point ids a live collection holds (scrolled without payloads or vectors); empty
+    when the collection does not exist."""
+    if not client.collection_exists(collection):
+        return np.empty(0, np.int64)
+    collector = IdCollector()
+    page: list[bytes] = []
+    for point in client.scroll(collection, page_size, with_payload=False, with_vector=False):
+        page.append(str(point["id"]).encode())
+        if len(page) >= page_size:
+            collector.add(page)
+            page = []
+    collector.add(page)
+    return collector.array()

@@ -1,6 +1,6 @@
 """Putting a Qdrant collection back: recovered from its snapshot (uploaded with
 priority=snapshot and the checksum), merged through a scratch collection, or rebuilt from
-memory rows.
+SQL rows by the policy's mapping.
 
 What a real server does, and what is done about it here:
 - It reads snapshots of its own or the previous minor version only: the backup's version is
@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from backup_pipelines.lib.engines import Mode
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, EntriesRefused, Refusals
 from backup_pipelines.lib.http import IndexStoreError
-from backup_pipelines.lib.mapping import MemoryRow, batched
+from backup_pipelines.lib.mapping import Row, batched
+from backup_pipelines.lib.policy import IndexMapping
 from backup_pipelines.lib.qdrant.client import unique_upload_name
 from backup_pipelines.lib.qdrant.offline import SnapshotError, read_snapshot_config
 from backup_pipelines.lib.qdrant.points import to_qdrant_point
@@ -44,6 +45,11 @@ from backup_pipelines.lib.qdrant.versions import IncompatibleVersion, refusal
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 
 log = logging.getLogger(__name__)
+
+LABEL = "Qdrant"
+# Answers that refuse what was sent (a malformed point), as opposed to a failing server.
+REFUSAL_STATUSES = frozenset({400, 422})
+MAX_REFUSED_POINTS = 100
 
 
 class IncompatibleCollection(BackupError):
@@ -97,58 +103,135 @@ def recover_qdrant_collection(
 
 
 def restore_from_snapshot(
-    client, store: BackupStore, ref: ArtifactRef, collection: str, target: str, mode: Mode
+    client,
+    store: BackupStore,
+    ref: ArtifactRef,
+    collection: str,
+    target: str,
+    mode: Mode,
+    refused: Refusals | None = None,
 ) -> dict:
     """Replace (or fill a missing collection) by recovering the snapshot; merge recovers into a
-    scratch collection and copies over only the points the live one lacks."""
+    scratch collection and copies over only the points the live one lacks (a point the live
+    collection refuses goes to `refused`; without it, EntriesRefused once the others are in)."""
     if mode is Mode.REPLACE or not client.collection_exists(target):
         return {
             "source": "snapshot",
             **recover_qdrant_collection(client, store, ref, collection, target),
         }
-    return merge_from_snapshot(client, store, ref, collection, target)
+    return merge_from_snapshot(client, store, ref, collection, target, refused)
 
 
 def merge_from_snapshot(
-    client, store: BackupStore, ref: ArtifactRef, collection: str, target: str
+    client,
+    store: BackupStore,
+    ref: ArtifactRef,
+    collection: str,
+    target: str,
+    refused: Refusals | None = None,
 ) -> dict:
     """The points of the backed-up `collection` that `target` lacks, added to it through a
     scratch collection recovered beside it (removed again, with its uploaded file, whatever
     happens)."""
     scratch = f"{target}__restore_{secrets.token_hex(4)}"
+    collected = refused if refused is not None else Refusals(LABEL, target)
     try:
         recover_qdrant_collection(client, store, ref, collection, scratch, restore_aliases=False)
         check_same_vectors(client, scratch, target)
-        added, kept = upsert_missing_points(client, target, client.scroll(scratch), create=False)
+        points = client.scroll(scratch)
+        added, kept = upsert_missing_points(client, target, points, False, refused=collected)
     finally:
         if client.collection_exists(scratch):
             client.delete_collection(scratch)
+    raise_unless_collected(collected, refused)
     return {"source": "snapshot", "added": added, "already_present": kept}
 
 
-def rebuild_from_rows(client, target: str, rows: Iterator[MemoryRow]) -> dict:
-    points = (to_qdrant_point(row) for row in rows)
-    added, kept = upsert_missing_points(client, target, points, create=True)
+def rebuild_from_rows(
+    client,
+    target: str,
+    rows: Iterator[Row],
+    mapping: IndexMapping,
+    refused: Refusals | None = None,
+) -> dict:
+    """The rows' points `target` lacks, added (the collection created when missing, sized by
+    the first point). A row that cannot become a point, or a point Qdrant refuses, goes to
+    `refused`; without it, EntriesRefused once the others are in."""
+    collected = refused if refused is not None else Refusals(LABEL, target)
+    points = points_of(rows, mapping, collected)
+    added, kept = upsert_missing_points(client, target, points, True, mapping.distance, collected)
+    raise_unless_collected(collected, refused)
     return {"source": "sql", "added": added, "already_present": kept}
 
 
+def points_of(rows: Iterator[Row], mapping: IndexMapping, refused: Refusals) -> Iterator[dict]:
+    """The rows as points; a row without a usable id or vector is refused by id, not fatal."""
+    for row in rows:
+        try:
+            yield to_qdrant_point(row, mapping)
+        except BackupError as error:
+            refused.add(row.get(mapping.id_column), f"cannot be a point: {error}")
+
+
 def upsert_missing_points(
-    client, collection: str, points: Iterable[dict], create: bool
+    client,
+    collection: str,
+    points: Iterable[dict],
+    create: bool,
+    distance: str = "Cosine",
+    refused: Refusals | None = None,
 ) -> tuple[int, int]:
-    """Upsert the points whose id the collection lacks (newer points win); (added, kept)."""
+    """Upsert the points whose id the collection lacks (newer points win); (added, kept).
+    Points Qdrant refuses go to `refused` (isolated by splitting the batch); without it, the
+    first refused batch is an error."""
     added = kept = 0
     for group in batched(iter(points), 256):
         if create and added + kept == 0 and not client.collection_exists(collection):
-            client.create_collection(collection, size=len(group[0]["vector"]), distance="Cosine")
+            client.create_collection(collection, size=len(group[0]["vector"]), distance=distance)
         present = client.existing_ids(collection, [p["id"] for p in group])
-        missing = [p for p in group if p["id"] not in present]
+        missing = [
+            {k: p[k] for k in ("id", "vector", "payload")} for p in group if p["id"] not in present
+        ]
         if missing:
-            client.upsert_points(
-                collection, [{k: p[k] for k in ("id", "vector", "payload")} for p in missing]
-            )
-        added += len(missing)
+            added += upsert_isolating_refused(client, collection, missing, refused)
         kept += len(group) - len(missing)
     return added, kept
+
+
+def upsert_isolating_refused(
+    client, collection: str, points: list[dict], refused: Refusals | None
+) -> int:
+    """Upsert `points`; returns how many went in. Qdrant refuses a whole batch for one bad
+    point (a wrong vector dimension...), so a refused batch is split in halves until the
+    refused points stand alone: about 2 x log2(batch) requests per refused point, and at most
+    MAX_REFUSED_POINTS refused points per collection are isolated (more is a mapping or
+    collection problem, not a few bad rows)."""
+    try:
+        client.upsert_points(collection, points)
+        return len(points)
+    except IndexStoreError as error:
+        if refused is None or error.status not in REFUSAL_STATUSES:
+            raise
+        if len(points) == 1:
+            refused.add(points[0]["id"], error.reason)
+            if refused.count > MAX_REFUSED_POINTS:
+                raise EntriesRefused(
+                    refused,
+                    f"more than {MAX_REFUSED_POINTS} points refused, so the restore stopped "
+                    "isolating them: this is a mapping or collection problem (vector size, "
+                    "distance), not a few bad rows",
+                ) from error
+            return 0
+    half = len(points) // 2
+    return upsert_isolating_refused(
+        client, collection, points[:half], refused
+    ) + upsert_isolating_refused(client, collection, points[half:], refused)
+
+
+def raise_unless_collected(collected: Refusals, caller_collects: Refusals | None) -> None:
+    """A caller that passed no collector of its own gets the refusals as an error."""
+    if caller_collects is None and collected.count:
+        raise EntriesRefused(collected)
 
 
 # ---------------------------------------------------------------------------------------------

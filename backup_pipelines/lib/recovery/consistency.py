@@ -56,17 +56,47 @@ def worst(outcomes: Iterable[Outcome]) -> Outcome:
 
 def evaluate_partition(store: BackupStore, refs: dict, manifests: dict, policy) -> Verdict:
     """The gate for one partition: its SQL dump against every index artifact it has (refs and
-    manifests are keyed by asset)."""
+    manifests are keyed by asset). Each index is compared with the ids of the table and id
+    column its mapping names (policy `indexes.<engine>`); with no index artifact there is
+    nothing to compare and the SQL dump is not read."""
     workspace = refs[SQL_ASSET].workspace
-    table = f"{policy.schema}.{policy.memory_table}"
-    sql = sql_ids_from_workspace_dump(store, refs[SQL_ASSET], manifests[SQL_ASSET], table)
-    indexes = []
+    groups: dict[tuple[str, str], list[Side]] = {}
     for asset in refs:
         engine = engine_for_asset(asset)
         if engine is not None:
+            mapping = policy.index_mapping(engine.name)
+            key = (f"{policy.schema}.{mapping.table}", mapping.id_column)
             collection = engine.memory_collection(policy, workspace)
-            indexes.append(engine.ids(store, refs[asset], manifests[asset], collection))
-    return evaluate(sql, indexes, policy.max_clock_skew_seconds)
+            side = engine.ids(store, refs[asset], manifests[asset], collection)
+            groups.setdefault(key, []).append(side)
+    if not groups:
+        captured = manifests[SQL_ASSET].get("captured_at", "")
+        nothing = Side("postgres (no index to compare)", captured, np.empty(0, np.int64), None)
+        return evaluate(nothing, [], policy.max_clock_skew_seconds)
+    verdicts = [
+        evaluate(
+            sql_ids_from_workspace_dump(store, refs[SQL_ASSET], manifests[SQL_ASSET], *key),
+            sides,
+            policy.max_clock_skew_seconds,
+        )
+        for key, sides in groups.items()
+    ]
+    return verdicts[0] if len(verdicts) == 1 else _combined(verdicts)
+
+
+def _combined(verdicts: list[Verdict]) -> Verdict:
+    """Indexes derived from different tables: one verdict, the worst outcome, every finding."""
+    first = verdicts[0]
+    return Verdict(
+        outcome=worst(v.outcome for v in verdicts),
+        sql_name=" + ".join(v.sql_name for v in verdicts),
+        sql_captured_at=first.sql_captured_at,
+        sql_count=sum(v.sql_count for v in verdicts),
+        sql_declared_count=None,
+        max_skew_seconds=first.max_skew_seconds,
+        findings=[f for v in verdicts for f in v.findings],
+        sql_problems=[p for v in verdicts for p in v.sql_problems],
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from backup_pipelines.lib.engines import Mode, index_engines
 from backup_pipelines.lib.errors import BackupError, SourceError
 from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.postgres.catalog import enum_types_ddl
 from backup_pipelines.lib.postgres.connection import connect, describe_database
 from backup_pipelines.lib.postgres.load import apply_schema
 from backup_pipelines.lib.recovery import workspace_restore as restore
@@ -228,7 +229,7 @@ def drill_workspace(
     started = time.monotonic()
     try:
         report = _restore_into_scratch(
-            store, workspace, date, policy, targets, database, indexes, log
+            store, workspace, date, policy, targets, database, indexes, log, database_url
         )
         result.seconds = round(time.monotonic() - started, 3)
         result.counts, result.verdict = _counts(report), report.verdict
@@ -253,13 +254,27 @@ def drill_workspace(
     return result
 
 
+def _create_enum_types(source_url: str, scratch_url: str, tables: list[str]) -> None:
+    """The enum types the backed-up tables use, as the source defines them: the workspace
+    dump's DDL (pg_dump --table) does not carry them, and the tables cannot be created
+    without them."""
+    with connect(source_url) as source:
+        statements = enum_types_ddl(source, tables)
+    if statements:
+        with connect(scratch_url, autocommit=True) as scratch:
+            for statement in statements:
+                scratch.execute(statement)
+
+
 def _restore_into_scratch(
-    store, workspace, date, policy, targets, database, indexes, log
+    store, workspace, date, policy, targets, database, indexes, log, source_url
 ) -> restore.RestoreReport:
     database.create(policy.schema)
     log(f"drill of {date}|{workspace}: scratch database {database.describe()}")
     sql_ref = ArtifactRef(restore.SQL_ASSET, date, workspace)
-    apply_schema(store, sql_ref, store.require_manifest(sql_ref), database.url)
+    manifest = store.require_manifest(sql_ref)
+    _create_enum_types(source_url, database.url, [t["table"] for t in manifest["tables"]])
+    apply_schema(store, sql_ref, manifest, database.url)
     for engine in index_engines(indexes):
         ref = ArtifactRef(engine.asset, date, workspace)
         manifest = store.read_manifest(ref)
@@ -277,6 +292,7 @@ def _restore_into_scratch(
         mode=Mode.REPLACE,
         log=log,
         index_targets=targets,
+        lease_purpose="drill",
     )
 
 

@@ -36,7 +36,9 @@ from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres import database_swap as swap
 from backup_pipelines.lib.postgres import full_restore as database
 from backup_pipelines.lib.postgres.connection import connect
-from backup_pipelines.lib.store import BackupStore
+from backup_pipelines.lib.postgres.full_restore import FULL_DUMP_ASSET
+from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.store.copy import lease_store, readable_source
 from backup_pipelines.lib.streams import Log
 
 MAX_JOBS = 64
@@ -81,12 +83,32 @@ def restore_full(
     indexes: Mapping[str, Any] | None = None,
     log: Log | None = None,
     now: datetime | None = None,
+    lease_owner: str | None = None,
 ) -> dict:
     """Run the whole restore `request` asks for; returns what was done (see the module doc).
     `indexes` (engine name -> client) restores the collections the servers lack; `now`
-    names the kept live database (default: the clock)."""
+    names the kept live database (default: the clock). The whole-database lease is held
+    throughout: a full backup waits, and no workspace restore runs beside it."""
     log = log or (lambda _m: None)
     request.check()
+    leases = lease_store(store, log)
+    with leases.lease(None, "restore", lease_owner, log=log):
+        leases.refuse_overlapping_restores(None)
+        return _restore_full_held(store, request, database_url, policy, indexes, log, now)
+
+
+def _restore_full_held(store, request, database_url, policy, indexes, log, now) -> dict:
+    # The lease stays in the primary; the artifacts are read from the copy store when the
+    # primary's dump is missing, unreachable or fails verification (and that is said).
+    source, fallback = readable_source(store, ArtifactRef(FULL_DUMP_ASSET, request.date), log=log)
+    result = _restore_full_from(source, request, database_url, policy, indexes, log, now)
+    if fallback:
+        result["source"] = source.describe()
+        result["fallback"] = fallback
+    return result
+
+
+def _restore_full_from(store, request, database_url, policy, indexes, log, now) -> dict:
     if request.overwrite_live:
         return _overwrite_live(store, request, database_url, policy, indexes, log, now)
     run_commands(request.commands_before, log, "before restore")

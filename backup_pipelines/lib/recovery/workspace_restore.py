@@ -7,7 +7,11 @@
 4. indexes: each engine restores its collection from its artifact, or rebuilds it from the SQL
    rows when the verdict is REBUILD_INDEX — in `merge` mode only what is missing is added, so
    newer data is never overwritten; `replace` puts the backup's state back as it was;
-5. verify: every backed-up row is present, and a search in each index finds a restored memory.
+5. verify: every backed-up row is present, each index holds at least the backed-up entries,
+   and (where the policy's mapping names a probe column) a search finds a restored memory.
+
+Before anything is written the policy's index mapping is checked against the database
+(recovery.mappings): a schema it does not fit is refused with the table, column and key.
 
 Plain Python reading only the store and the live systems, so the Dagster job and the command
 line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
@@ -17,20 +21,28 @@ through backup_pipelines.lib.engines only.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from backup_pipelines.lib.engines import IndexEngine, Mode, index_engines
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, Refusals
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.postgres.memory_rows import iter_memory_rows, newest_memory
+from backup_pipelines.lib.postgres.connection import connect
+from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
-from backup_pipelines.lib.recovery import consistency
-from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.recovery import consistency, partial
+from backup_pipelines.lib.recovery.mappings import check_mappings
+from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
+from backup_pipelines.lib.store import ArtifactRef, BackupStore, store_from_url
+from backup_pipelines.lib.store.copy import (
+    COPY_STORE_VARIABLE,
+    FROM_ENV,
+    copy_store_from_env,
+    lease_store,
+)
 from backup_pipelines.lib.streams import Log
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
@@ -58,6 +70,10 @@ class Located:
     refs: dict[str, ArtifactRef]
     manifests: dict[str, dict]
     verified_bytes: int
+    # Where the artifacts are read from when not the primary store: the copy store's URL
+    # (restore fell back to it), and why.
+    source: str = ""
+    fallback: str = ""
 
     @property
     def sql(self) -> tuple[ArtifactRef, dict]:
@@ -70,6 +86,7 @@ class RestoreReport:
     date: str
     mode: str
     verdict: str
+    source: str = ""  # the copy store restored from, when the primary failed
     sql: dict = field(default_factory=dict)
     indexes: dict[str, dict] = field(default_factory=dict)  # engine name -> what it did
     verification: dict = field(default_factory=dict)
@@ -86,10 +103,42 @@ def index_assets(indexes: Mapping[str, Any]) -> list[str]:
 
 
 def locate_and_verify(
-    store: BackupStore, date: str, workspace: str, index_assets: list[str]
+    store: BackupStore,
+    date: str,
+    workspace: str,
+    index_assets: list[str],
+    copy_store: BackupStore | object | None = FROM_ENV,
+    log: Log | None = None,
 ) -> Located:
-    """Every artifact of the partition, each file checked against its manifest's sha256."""
+    """Every artifact of the partition, each file checked against its manifest's sha256.
+    When the primary store fails (unreachable, an artifact missing or failing verification)
+    and a copy store is configured (BACKUP_COPY_STORE_URL, or `copy_store`), the partition is
+    located and verified there instead, and the restore reads from the copy — saying so."""
     workspace = validate_workspace_id(workspace)
+    try:
+        return _locate_in(store, date, workspace, index_assets)
+    except BackupError as exc:
+        copy = copy_store_from_env() if copy_store is FROM_ENV else copy_store
+        if copy is None:
+            raise
+        primary_failure = exc
+    try:
+        located = _locate_in(copy, date, workspace, index_assets)
+    except BackupError as copy_failure:
+        raise BackupError(
+            f"{primary_failure}; the copy store {copy.describe()} cannot serve it either: "
+            f"{copy_failure}"
+        ) from primary_failure
+    located.source = copy.describe()
+    located.fallback = (
+        f"the primary store {store.describe()} failed ({primary_failure}); restoring "
+        f"{date}|{workspace} from the copy store {copy.describe()}, verified there"
+    )
+    (log or (lambda _m: None))(located.fallback)
+    return located
+
+
+def _locate_in(store: BackupStore, date: str, workspace: str, index_assets: list[str]) -> Located:
     refs, manifests, problems, verified = {}, {}, [], 0
     for asset in [SQL_ASSET, *index_assets]:
         ref = ArtifactRef(asset, date, workspace)
@@ -106,9 +155,41 @@ def locate_and_verify(
     return Located(date, workspace, refs, manifests, verified)
 
 
+def artifact_source(store: BackupStore, located: Located) -> BackupStore:
+    """The store the located artifacts are read from: the primary, or the copy store
+    locate_and_verify fell back to. Leases stay in the primary."""
+    if not located.source:
+        return store
+    if located.source == store.describe():
+        return store
+    return store_from_url(located.source, COPY_STORE_VARIABLE)
+
+
+def check_pinned(store: BackupStore, located: Located) -> None:
+    """The artifacts are still the generations that were verified and gated. Within one held
+    lease nothing can replace them; this catches a run whose lease ended between its steps
+    (a retry from a failed step) while a backup committed a newer generation."""
+    changed = []
+    store = artifact_source(store, located)
+    for asset, ref in located.refs.items():
+        now = store.read_manifest(ref)
+        pinned = located.manifests[asset].get("generation")
+        current = None if now is None else now.get("generation")
+        if current != pinned:
+            changed.append(f"{asset}: verified generation {pinned}, now {current or 'none'}")
+    if changed:
+        raise BackupError(
+            f"the artifacts of {located.date}|{located.workspace} changed since this restore "
+            "verified and gated them (a backup committed in between): "
+            + "; ".join(changed)
+            + " — start the restore again, so the gate judges what is restored"
+        )
+
+
 def consistency_gate(store: BackupStore, located: Located, policy: Policy):
     """The verdict of the partition's SQL artifact against each of its index artifacts."""
-    return consistency.evaluate_partition(store, located.refs, located.manifests, policy)
+    source = artifact_source(store, located)
+    return consistency.evaluate_partition(source, located.refs, located.manifests, policy)
 
 
 def merge_sql(
@@ -119,7 +200,8 @@ def merge_sql(
     log: Log | None = None,
 ) -> dict:
     ref, manifest = located.sql
-    return merge_sql_rows(database_url, store, ref, manifest, dry_run=dry_run, log=log)
+    source = artifact_source(store, located)
+    return merge_sql_rows(database_url, source, ref, manifest, dry_run=dry_run, log=log)
 
 
 def restore_index(
@@ -132,19 +214,57 @@ def restore_index(
     rebuild: bool,
     database_url: str,
     target: str | None = None,
+    log: Log | None = None,
+    refused: Refusals | None = None,
 ) -> dict:
     """One engine's collection of the workspace back, into `target` (default: its own name):
     from the artifact, or rebuilt from the SQL rows when the gate says the index is stale or
-    the artifact does not hold the collection."""
+    the artifact does not hold the collection. Entries the index refuses go to `refused`
+    (without it: EntriesRefused once every other entry is in)."""
     collection = engine.memory_collection(policy, located.workspace)
     target = target or collection
     manifest = located.manifests.get(engine.asset)
     if rebuild or manifest is None or not engine.holds(manifest, collection):
-        with psycopg.connect(database_url) as conn:
-            rows = iter_memory_rows(conn, located.workspace, policy)
-            return engine.rebuild(client, target, rows, mode)
+        return rebuild_index(engine, client, located.workspace, policy, mode, database_url,
+                             target, target != collection, log, refused)  # fmt: skip
     ref = located.refs[engine.asset]
-    return engine.restore(client, store, ref, manifest, collection, target, mode)
+    source = artifact_source(store, located)
+    return engine.restore(client, source, ref, manifest, collection, target, mode, refused)
+
+
+def rebuild_index(
+    engine: IndexEngine,
+    client,
+    workspace: str,
+    policy: Policy,
+    mode: Mode,
+    database_url: str,
+    target: str,
+    scratch: bool = False,
+    log: Log | None = None,
+    refused: Refusals | None = None,
+) -> dict:
+    """`target` built from the workspace's SQL rows in `database_url`: by the platform's own
+    reindexer when the policy names one, else by the built-in mapping."""
+    mapping = policy.index_mapping(engine.name)
+    if mapping.rebuild_command:
+        if scratch and not any("{collection}" in part for part in mapping.rebuild_command):
+            raise BackupError(
+                f"{mapping.described('rebuild_command')} takes no {{collection}}: it would "
+                f"rebuild the live {engine.label} index, not the scratch collection {target}; "
+                "add {collection} to the command so it can build into another collection"
+            )
+        return run_rebuild_command(
+            mapping.rebuild_command,
+            workspace,
+            target,
+            database_url,
+            mapping.rebuild_timeout_seconds,
+            log or (lambda _m: None),
+        )
+    with connect(database_url) as conn:
+        rows = iter_index_rows(conn, workspace, mapping, policy.schema)
+        return engine.rebuild(client, target, rows, mode, mapping, refused)
 
 
 def restore_indexes(
@@ -157,24 +277,47 @@ def restore_indexes(
     database_url: str,
     targets: Mapping[str, str] | None = None,
     lap=None,
+    log: Log | None = None,
+    skip_refused: bool = False,
+    sql_report: Mapping[str, dict] | None = None,
 ) -> dict[str, dict]:
-    """Every engine's collection of the workspace back (engine name -> what it did)."""
-    done: dict[str, dict] = {}
+    """Every engine's collection of the workspace back (engine name -> what it did). One
+    engine failing, or refusing entries (skipped only with `skip_refused`), does not stop the
+    others; then PartialRestore says what each store holds (`sql_report`: the SQL step's) and
+    how to finish (recovery.partial)."""
+    progress = partial.IndexProgress(
+        f"{located.date}|{located.workspace}", mode, skip_refused, sql_report, log
+    )
     for engine in index_engines(indexes):
-        done[engine.name] = restore_index(
-            engine,
-            indexes[engine.name],
-            store,
-            located,
-            policy,
-            mode,
-            rebuild,
-            database_url,
-            (targets or {}).get(engine.name),
+        target = (targets or {}).get(engine.name) or engine.memory_collection(
+            policy, located.workspace
         )
+        progress.plan(engine, indexes[engine.name], target, backed_up_rows(located, policy, engine))
+    for step in progress.steps:
+        with progress.running(step):  # a failure is reported with every store's state
+            step.result = restore_index(
+                step.engine, step.client, store, located, policy, mode, rebuild, database_url,
+                step.collection, log, step.refused,
+            )  # fmt: skip
         if lap is not None:
-            lap(engine.name)
-    return done
+            lap(step.engine.name)
+    return progress.finish()
+
+
+def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
+    """The backed-up rows of the table `engine`'s index is derived from."""
+    table = f"{policy.schema}.{policy.index_mapping(engine.name).table}"
+    _ref, manifest = located.sql
+    return next((e["rows"] for e in manifest["tables"] if e["table"] == table), 0)
+
+
+def skipped_of(index_results: Mapping[str, Any]) -> dict[str, dict]:
+    """Engine name -> the refused entries a restore skipped (its results' refused_skipped)."""
+    return {
+        name: result["refused_skipped"]
+        for name, result in index_results.items()
+        if isinstance(result, dict) and result.get("refused_skipped")
+    }
 
 
 def verify_restore(
@@ -183,14 +326,19 @@ def verify_restore(
     policy: Policy,
     indexes: Mapping[str, Any] | None = None,
     targets: Mapping[str, str] | None = None,
+    skipped: Mapping[str, dict] | None = None,
 ) -> dict:
-    """Counts at least the backup's, and a restored memory found by search in every index
-    (in `targets`' collections where given: where it was restored to)."""
-    indexes, targets = indexes or {}, targets or {}
+    """What is configured, checked: every table's live rows at least the backup's; each index
+    (in `targets`' collections where given: where it was restored to) holding at least the
+    backed-up rows of its mapped table, less the refused entries the restore skipped
+    (`skipped`: engine name -> refused_skipped); and where the mapping names a probe column, a
+    search in the index finding the newest restored row (unless that row was skipped)."""
+    indexes, targets, skipped = indexes or {}, targets or {}, skipped or {}
     _ref, manifest = located.sql
     problems: list[str] = []
     result: dict = {"sql_rows": {}}
-    with psycopg.connect(database_url) as conn:
+    backed_up = {entry["table"]: entry["rows"] for entry in manifest["tables"]}
+    with connect(database_url) as conn:
         for entry in manifest["tables"]:
             schema, name = entry["table"].split(".", 1)
             live = conn.execute(
@@ -204,15 +352,44 @@ def verify_restore(
                 problems.append(
                     f"{entry['table']}: {live} rows live, {entry['rows']} in the backup"
                 )
-        probe = newest_memory(conn, located.workspace, policy)
-    for engine in index_engines(indexes) if probe is not None else []:
-        collection = targets.get(engine.name) or engine.memory_collection(policy, located.workspace)
-        found = engine.finds(indexes[engine.name], collection, probe)
-        result[f"{engine.name}_search_found_memory"] = found
-        if not found:
-            problems.append(f"{engine.label} search did not return restored memory {probe.id}")
+        for engine in index_engines(indexes):
+            client = indexes[engine.name]
+            collection = targets.get(engine.name) or engine.memory_collection(
+                policy, located.workspace
+            )
+            mapping = policy.index_mapping(engine.name)
+            left_out = skipped.get(engine.name) or {"count": 0, "entries": []}
+            expected = backed_up.get(f"{policy.schema}.{mapping.table}", 0) - left_out["count"]
+            entries = engine.count(client, collection)
+            result[f"{engine.name}_entries"] = entries
+            if entries < expected:
+                problems.append(
+                    f"{engine.label} collection {collection} holds {entries} entries, fewer than "
+                    f"the {expected} backed-up rows of {policy.schema}.{mapping.table}"
+                    + (" not refused and skipped" if left_out["count"] else "")
+                )
+            probe = probe_row(conn, located.workspace, mapping, policy.schema)
+            if probe is None:
+                continue  # no probe configured (counts only), or no row to look for
+            if str(probe[mapping.id_column]) in {e["id"] for e in left_out["entries"]}:
+                result[f"{engine.name}_search_skipped"] = "the newest row was refused and skipped"
+                continue
+            found = engine.finds(client, collection, probe, mapping)
+            result[f"{engine.name}_search_found_memory"] = found
+            if not found:
+                problems.append(
+                    f"{engine.label} search did not return restored row "
+                    f"{probe[mapping.id_column]} of {policy.schema}.{mapping.table}"
+                )
     result["problems"] = problems
     return result
+
+
+def check_before_writing(database_url: str, policy: Policy, engine_names: Iterable[str]) -> None:
+    """The policy's mappings of the index engines named against the database a restore
+    writes to: refused with every problem (table, column, policy key) before anything is
+    written."""
+    check_mappings(database_url, policy, index_engines(engine_names))
 
 
 def restore_workspace(
@@ -227,6 +404,9 @@ def restore_workspace(
     override_gate: str = "",
     log: Log | None = None,
     index_targets: Mapping[str, str] | None = None,
+    lease_owner: str | None = None,
+    lease_purpose: str = "restore",
+    skip_refused: bool = False,
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
     steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
@@ -234,23 +414,45 @@ def restore_workspace(
     `index_targets` (engine name -> collection) names the collections to restore INTO
     (default: the policy's); the backed-up collections are still looked up, gated and
     recovered by the policy's names. The restore drill uses it to restore into scratch
-    collections beside the live ones."""
+    collections beside the live ones.
+
+    The workspace's lease is held from the first read to the last write: a backup of this
+    workspace (from any scheduler or process) waits, another restore is refused naming the
+    holder, and a whole-database restore in progress refuses this one.
+
+    Entries an index refuses are skipped (and reported by id) only with `skip_refused`; a
+    failure after the SQL commit is a PartialRestore saying what each store holds, and the
+    same call again finishes what is missing."""
     log = log or (lambda _m: None)
-    indexes, targets = indexes or {}, index_targets or {}
+    leases = lease_store(store, log)
+    with leases.lease(workspace, lease_purpose, lease_owner, log=log):
+        if lease_purpose == "restore":
+            leases.refuse_overlapping_restores(workspace)
+        return _restore_workspace_held(
+            store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
+            override_gate, log, index_targets or {}, skip_refused,
+        )  # fmt: skip
+
+
+def _restore_workspace_held(
+    store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
+    targets, skip_refused=False,
+) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.monotonic()
 
     def lap(step: str) -> None:
         timings[step] = time.monotonic() - started - sum(timings.values())
 
-    located = locate_and_verify(store, date, workspace, index_assets(indexes))
+    located = locate_and_verify(store, date, workspace, index_assets(indexes), log=log)
+    check_before_writing(database_url, policy, list(indexes))
     lap("locate_and_verify")
     verdict = consistency_gate(store, located, policy)
     lap("consistency_gate")
     log(f"consistency gate: {verdict.summary()}")
     if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
         raise GateRefused(verdict)
-    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome))
+    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome), located.source)
     if override_gate and verdict.outcome == consistency.Outcome.FAIL:
         log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
         report.verification["gate_overridden"] = override_gate
@@ -261,14 +463,17 @@ def restore_workspace(
         return report
     rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
     report.indexes = restore_indexes(
-        indexes, store, located, policy, mode, rebuild, database_url, targets, lap
+        indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+        skip_refused, report.sql,
+    )  # fmt: skip
+    skipped = skipped_of(report.indexes)
+    report.verification.update(
+        verify_restore(database_url, located, policy, indexes, targets, skipped)
     )
-    report.verification.update(verify_restore(database_url, located, policy, indexes, targets))
     lap("verify")
     report.seconds = timings
     if report.verification["problems"]:
-        raise BackupError(
-            f"restore of {date}|{workspace} did not verify: "
-            + "; ".join(report.verification["problems"])
+        raise partial.not_verified(
+            f"{date}|{workspace}", mode, report.sql, report.indexes, report.verification
         )
     return report

@@ -7,7 +7,8 @@ leaves files that no manifest names: never read, and replaced cleanly by the nex
 same partition.
 
     refs.py      which artifact (asset, date, workspace) and its folder
-    manifest.py  the manifest: commit point, and untrusted data when read back
+    manifest.py  the manifest: commit point, and the validated model of what is read back
+    lease.py     leases: mutual exclusion of work on one partition, held in the store
     writer.py    staging files (streamed, hashed off the critical path) and the commit
     reader.py    reading a file back, checked against its sha256
     base.py      BackupStore: what both back ends offer on top of moving bytes by key
@@ -17,11 +18,29 @@ same partition.
 """
 
 from backup_pipelines.lib.store.base import BackupStore
+from backup_pipelines.lib.store.lease import (
+    DEFAULT_LEASE_TTL,
+    LEASE_PREFIX,
+    WHOLE_DATABASE_LEASE,
+    HeldLease,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    LeaseOwner,
+    default_owner,
+    lease_name,
+)
 from backup_pipelines.lib.store.local import LocalStore
 from backup_pipelines.lib.store.manifest import (
     GENERATION_PREFIX,
     MANIFEST_FORMAT_VERSION,
     MANIFEST_NAME,
+    ManifestInvalid,
+    UnsafeName,
+    UnsafeObject,
+    is_generation,
+    is_plain_name,
+    require_plain_name,
 )
 from backup_pipelines.lib.store.reader import CHUNK, VerifyingReader, VerifyResult, iter_chunks
 from backup_pipelines.lib.store.refs import ArtifactRef, parse_artifact_folder, utc_now_iso
@@ -31,21 +50,37 @@ from backup_pipelines.lib.store.writer import ArtifactWriter, FileWriter
 
 __all__ = [
     "CHUNK",
+    "DEFAULT_LEASE_TTL",
     "DEFAULT_LOCAL_STORE",
     "GENERATION_PREFIX",
+    "LEASE_PREFIX",
     "MANIFEST_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "WHOLE_DATABASE_LEASE",
     "ArtifactRef",
     "ArtifactWriter",
     "BackupStore",
     "FileWriter",
+    "HeldLease",
+    "Lease",
+    "LeaseHeld",
+    "LeaseLost",
+    "LeaseOwner",
     "LocalStore",
+    "ManifestInvalid",
     "S3Store",
+    "UnsafeName",
+    "UnsafeObject",
     "VerifyResult",
     "VerifyingReader",
+    "default_owner",
+    "is_generation",
+    "is_plain_name",
     "iter_chunks",
+    "lease_name",
     "make_s3_client",
     "parse_artifact_folder",
+    "require_plain_name",
     "store_from_url",
     "utc_now_iso",
 ]

@@ -20,6 +20,7 @@ Keys come from the environment, never from the store: `BACKUP_ENCRYPTION_KEYS` (
 named by `BACKUP_ENCRYPTION_KEY_FILE`) lists `id:base64-key` pairs, comma- or line-separated;
 `BACKUP_ENCRYPTION_KEY_ID` names the one new backups use. Rotation: add a new key, point the id
 at it, keep the old ones listed for as long as backups made with them are kept.
+`BACKUP_ENCRYPTION_REQUIRED=1` refuses writing or reading any artifact file unencrypted.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backup_pipelines.lib.errors import ChecksumMismatch, ConfigError, StoreError
 
+# The manifest's name for this format (files[].encryption.scheme).
+SCHEME = "aes-256-gcm-chunked-v1"
 MAGIC = b"BPAE1"
 CHUNK = 1 << 20
 TAG = 16
@@ -57,17 +60,24 @@ class Keyring:
     keys: Mapping[str, bytes]
     active: str | None  # the key id new artifacts are encrypted with; None: encryption off
 
-    def key(self, key_id: str) -> bytes:
+    def key(self, key_id: str, where: str = "this artifact") -> bytes:
         if key_id not in self.keys:
             raise KeyMissing(
-                f"this artifact is encrypted with key {key_id!r}, which is not in "
+                f"{where} is encrypted with key {key_id!r}, which is not in "
                 "BACKUP_ENCRYPTION_KEYS / BACKUP_ENCRYPTION_KEY_FILE: add it (keys are never "
                 "stored with the backups; a lost key is a lost backup)"
             )
         return self.keys[key_id]
 
+    def encryptor(self) -> Encryptor | None:
+        """What a new artifact file is encrypted with; None when encryption is off."""
+        return Encryptor(self.active, self.keys[self.active]) if self.active else None
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Keyring:
+    def from_env(cls, env: Mapping[str, str] | None = None, writing: bool = True) -> Keyring:
+        """The keys of the environment. `writing=False` (a reader) ignores the active id: a
+        reader needs only the keys the artifacts name, and reading must not fail because the
+        id for new backups is misconfigured."""
         env = os.environ if env is None else env
         text = env.get("BACKUP_ENCRYPTION_KEYS", "")
         if env.get("BACKUP_ENCRYPTION_KEY_FILE"):
@@ -79,13 +89,26 @@ class Keyring:
                     f"BACKUP_ENCRYPTION_KEY_FILE {env['BACKUP_ENCRYPTION_KEY_FILE']}: {exc.strerror}"
                 ) from None
         keys = parse_keys(text)
-        active = env.get("BACKUP_ENCRYPTION_KEY_ID") or None
+        active = (env.get("BACKUP_ENCRYPTION_KEY_ID") or None) if writing else None
         if active is not None and active not in keys:
             raise ConfigError(
                 f"BACKUP_ENCRYPTION_KEY_ID {active!r} names no key of BACKUP_ENCRYPTION_KEYS / "
                 f"BACKUP_ENCRYPTION_KEY_FILE (known ids: {', '.join(sorted(keys)) or 'none'})"
             )
         return cls(keys, active)
+
+
+def encryption_required(env: Mapping[str, str] | None = None) -> bool:
+    """BACKUP_ENCRYPTION_REQUIRED: no artifact file is written or read unencrypted. Without
+    it, a manifest that names plaintext files is read as such (artifacts made before
+    encryption was turned on); with it, a planted or downgraded manifest is refused too."""
+    env = os.environ if env is None else env
+    value = (env.get("BACKUP_ENCRYPTION_REQUIRED") or "").strip().lower()
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    raise ConfigError(f"BACKUP_ENCRYPTION_REQUIRED={value!r}: use 1/true/yes or 0/false/no")
 
 
 def parse_keys(text: str) -> dict[str, bytes]:
@@ -132,6 +155,7 @@ class Encryptor:
 
     def __init__(self, key_id: str, master: bytes) -> None:
         salt = secrets.token_bytes(SALT)
+        self.key_id = key_id
         self.header = MAGIC + bytes([len(key_id)]) + key_id.encode() + salt
         self._aead = _file_key(master, salt)
         self._pending = bytearray()
@@ -139,23 +163,32 @@ class Encryptor:
         self._started = False
 
     def update(self, data: bytes) -> bytes:
-        self._pending += data
-        out = bytearray()
+        out: list[bytes] = []
         if not self._started:
-            out += self.header
+            out.append(self.header)
             self._started = True
+        view = memoryview(data)
         # Keep at least one byte back: the last chunk must be sealed with the last flag.
-        while len(self._pending) > CHUNK:
-            out += self._seal(bytes(self._pending[:CHUNK]), last=False)
-            del self._pending[:CHUNK]
-        return bytes(out)
+        if self._pending:
+            room = CHUNK - len(self._pending)
+            self._pending += view[:room]
+            view = view[room:]
+            if not view:
+                return b"".join(out)
+            out.append(self._seal(self._pending, last=False))
+            self._pending = bytearray()
+        while len(view) > CHUNK:  # whole chunks straight from the caller's buffer, no copy
+            out.append(self._seal(view[:CHUNK], last=False))
+            view = view[CHUNK:]
+        self._pending += view
+        return b"".join(out)
 
     def finalize(self) -> bytes:
         head = b"" if self._started else self.header
         self._started = True
         return head + self._seal(bytes(self._pending), last=True)
 
-    def _seal(self, chunk: bytes, last: bool) -> bytes:
+    def _seal(self, chunk, last: bool) -> bytes:
         sealed = self._aead.encrypt(
             _nonce(self._index), chunk, _aad(self.header, self._index, last)
         )
@@ -188,15 +221,28 @@ def _read_exactly(raw, size: int) -> bytes:
 
 class DecryptingReader(io.RawIOBase):
     """A read()-able plaintext view of an encrypted stream; every chunk is authenticated
-    before a byte of it is returned."""
+    before a byte of it is returned. `expected_key_id` (the manifest's) must be the one the
+    file's own header names: a manifest and a file that disagree were tampered with."""
 
-    def __init__(self, raw, keyring: Keyring, where: str = "an artifact file") -> None:
+    def __init__(
+        self,
+        raw,
+        keyring: Keyring,
+        where: str = "an artifact file",
+        expected_key_id: str | None = None,
+    ) -> None:
         self._raw = raw
         self._where = where
         self.header, self.key_id, salt = read_header(raw)
-        self._aead = _file_key(keyring.key(self.key_id), salt)
+        if expected_key_id is not None and self.key_id != expected_key_id:
+            raise ChecksumMismatch(
+                f"{where}: the manifest says key {expected_key_id!r} but the file is sealed "
+                f"with key {self.key_id!r}; the artifact was tampered with — do not restore "
+                "from it"
+            )
+        self._aead = _file_key(keyring.key(self.key_id, where), salt)
         self._index = 0
-        self._buffer = b""
+        self._buffer = memoryview(b"")
         self._next = self._read_sealed()
         self._done = False
 
@@ -231,8 +277,9 @@ class DecryptingReader(io.RawIOBase):
         return plain
 
     def readinto(self, buffer) -> int:
+        # A memoryview of the open chunk: handing it out piece by piece copies nothing twice.
         while not self._buffer and not self._done:
-            self._buffer = self._open_next()
+            self._buffer = memoryview(self._open_next())
         if not self._buffer:
             return 0
         size = min(len(buffer), len(self._buffer))

@@ -3,15 +3,19 @@ multipart uploads; the manifest is one PUT after every upload completed."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
-from backup_pipelines.lib.errors import ConfigError, StoreError
-from backup_pipelines.lib.store.base import BackupStore
+from backup_pipelines.lib.errors import ArtifactNotFound, ConfigError, StoreError
+from backup_pipelines.lib.store.base import SMALL_OBJECT_BYTES, BackupStore
 from backup_pipelines.lib.store.writer import Sink
 
 # ------------------------------------------------------------------------------------------------
@@ -23,6 +27,71 @@ S3_PART_SIZE = int(os.environ.get("BACKUP_S3_PART_MB", "8")) << 20
 # and two in flight put a Dagster + boto3 backup process at ~240 MB peak RSS.
 S3_PARTS_IN_FLIGHT = 1
 S3_MAX_PARTS = 10_000
+
+
+# ------------------------------------------------------------------------------------------------
+# S3 Object Lock: artifact objects (files and manifests; never leases, keep markers or probes,
+# whose keys start with "_") are written with a retention mode and a retain-until date, so
+# nobody — ransomware, a leaked key, a mistaken retention run — can delete a version before
+# then. Needs a bucket created with Object Lock (versioning on); `doctor` checks it.
+
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+
+
+class ObjectLocked(StoreError):
+    """A delete refused because an object version is under Object Lock retention."""
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    mode: str  # GOVERNANCE or COMPLIANCE
+    days: int  # retain-until = write time + days
+
+    def retain_until(self, now: datetime | None = None) -> datetime:
+        return (now or datetime.now(UTC)) + timedelta(days=self.days)
+
+    def describe(self) -> str:
+        return f"{self.mode} for {self.days} day(s)"
+
+
+def object_lock_from_env(env: Mapping[str, str] | None = None) -> ObjectLock | None:
+    """BACKUP_OBJECT_LOCK_MODE (governance|compliance; empty or off: no lock) and
+    BACKUP_OBJECT_LOCK_DAYS (default: the policy's keep_daily_days, the shortest time
+    retention keeps any artifact, at least 1)."""
+    env = os.environ if env is None else env
+    mode = (env.get("BACKUP_OBJECT_LOCK_MODE") or "").strip().upper()
+    if mode in ("", "OFF", "NONE"):
+        return None
+    if mode not in LOCK_MODES:
+        raise ConfigError(
+            f"BACKUP_OBJECT_LOCK_MODE={mode.lower()!r}: use governance, compliance or off"
+        )
+    days_text = (env.get("BACKUP_OBJECT_LOCK_DAYS") or "").strip()
+    if days_text:
+        try:
+            days = int(days_text)
+        except ValueError:
+            days = 0
+        if not 1 <= days <= 36500:
+            raise ConfigError(
+                f"BACKUP_OBJECT_LOCK_DAYS={days_text!r}: a whole number of days from 1 to 36500"
+            )
+    else:
+        from backup_pipelines.lib.policy import load_policy
+
+        days = max(1, load_policy().keep_daily_days)
+    return ObjectLock(mode, days)
+
+
+def is_lockable(key: str) -> bool:
+    """Artifact objects are locked; the store's bookkeeping (_leases/, _keep/, _health/) is
+    not, since it must be replaced and removed."""
+    return not key.startswith("_")
+
+
+def content_md5(data: bytes) -> str:
+    """S3 requires Content-MD5 (or a checksum header) on a write that carries a retention."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def s3_part_size(part_number: int) -> int:
@@ -105,14 +174,7 @@ class _S3MultipartSink(Sink):
 
     def close(self) -> None:
         if self._upload_id is None:  # small file: one PUT, no multipart
-            self._store._call(
-                "write",
-                self._key,
-                self._store.client.put_object,
-                Bucket=self._store.bucket,
-                Key=self._store._full(self._key),
-                Body=bytes(self._buffer),
-            )
+            self._store._put_atomic(self._key, bytes(self._buffer))
             return
         if self._buffer:
             self._flush_part()
@@ -127,6 +189,7 @@ class _S3MultipartSink(Sink):
             UploadId=self._upload_id,
             MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
         )
+        self._store._lock_after_upload(self._key)
 
     def abort(self) -> None:
         self._error = self._error or StoreError("aborted")
@@ -141,7 +204,9 @@ class _S3MultipartSink(Sink):
 
 
 class S3Store(BackupStore):
-    def __init__(self, bucket: str, prefix: str = "", client=None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", client=None, object_lock: ObjectLock | None = None
+    ) -> None:
         if len(bucket) < 3:
             raise ConfigError(
                 f"BACKUP_STORE_URL: S3 bucket name {bucket!r} is too short (3+ characters)"
@@ -149,6 +214,7 @@ class S3Store(BackupStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client or make_s3_client()
+        self.object_lock = object_lock
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -156,47 +222,130 @@ class S3Store(BackupStore):
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _call(self, action: str, key: str, function, **kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _call(self, action: str, key: str, function, *, allowed: tuple[str, ...] = (), **kwargs):
+        """One S3 request; every failure is a StoreError naming the store, the action and the
+        key. Error codes in `allowed` are returned (as the code string) instead of raised."""
+        from botocore.exceptions import ClientError
 
         try:
             return function(**kwargs)
         except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            if code in allowed:
+                return code
+            raise self._failure(action, key, exc) from exc
+        except Exception as exc:
+            raise self._failure(action, key, exc) from exc
+
+    def _failure(self, action: str, key: str, exc: Exception) -> StoreError:
+        """A StoreError for a failed request: refused (an S3 error answer) or unreachable."""
+        from botocore.exceptions import ClientError
+
+        from backup_pipelines.lib.store.s3_client import StoreUnreachable
+
+        if isinstance(exc, StoreUnreachable):
+            return StoreError(
+                f"backup store {self.describe()} unreachable while trying to {action} {key!r}: "
+                f"{exc} — check that the S3 endpoint is up and reachable, then retry"
+            )
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
-            raise StoreError(
+            return StoreError(
                 f"backup store {self.describe()} refused to {action} {key!r}: "
                 f"{error.get('Code', '?')} {error.get('Message', '')}".rstrip()
-            ) from exc
-        except BotoCoreError as exc:
-            raise StoreError(
-                f"backup store {self.describe()} unreachable while trying to {action} {key!r}: {exc}"
-            ) from exc
+            )
+        return StoreError(
+            f"backup store {self.describe()} unreachable while trying to {action} {key!r}: "
+            f"{exc} — check that the S3 endpoint is up and reachable (AWS_ENDPOINT_URL_S3), "
+            "then retry"
+        )
 
     def _open_sink(self, key: str) -> Sink:
         return _S3MultipartSink(self, key)
 
     def _put_atomic(self, key: str, data: bytes) -> None:
         self._call(
-            "write", key, self.client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data
+            "write", key, self.client.put_object, Bucket=self.bucket, Key=self._full(key),
+            Body=data, **self._lock_arguments(key, data),
+        )  # fmt: skip
+
+    # -- Object Lock ------------------------------------------------------------------------
+    def _lock_arguments(self, key: str, data: bytes) -> dict:
+        if self.object_lock is None or not is_lockable(key):
+            return {}
+        return {
+            "ObjectLockMode": self.object_lock.mode,
+            "ObjectLockRetainUntilDate": self.object_lock.retain_until(),
+            "ContentMD5": content_md5(data),
+        }
+
+    def _lock_after_upload(self, key: str) -> None:
+        """A multipart upload's object gets its retention once complete (one request; setting
+        it at creation needs checksums on every part)."""
+        if self.object_lock is None or not is_lockable(key):
+            return
+        self._call(
+            "set the Object Lock retention of", key, self.client.put_object_retention,
+            Bucket=self.bucket, Key=self._full(key),
+            Retention={
+                "Mode": self.object_lock.mode,
+                "RetainUntilDate": self.object_lock.retain_until(),
+            },
+        )  # fmt: skip
+
+    def retained_until(self, prefix: str) -> dict[str, datetime]:
+        """Current objects under `prefix` still under Object Lock retention: key -> until."""
+        now = datetime.now(UTC)
+        locked: dict[str, datetime] = {}
+        for key, _size, _mtime in list(self._list(prefix)):
+            answer = self._call(
+                "read the retention of", key, self.client.head_object, allowed=self._ABSENT,
+                Bucket=self.bucket, Key=self._full(key),
+            )  # fmt: skip
+            until = None if isinstance(answer, str) else answer.get("ObjectLockRetainUntilDate")
+            if until is not None and until > now:
+                locked[key] = until
+        return locked
+
+    def lock_settings(self) -> dict:
+        """The bucket's versioning and Object Lock configuration, as S3 reports them."""
+        versioning = self._call(
+            "read the versioning of", "", self.client.get_bucket_versioning, Bucket=self.bucket
         )
+        lock = self._call(
+            "read the Object Lock configuration of", "",
+            self.client.get_object_lock_configuration, Bucket=self.bucket,
+            allowed=("ObjectLockConfigurationNotFoundError", "404"),
+        )  # fmt: skip
+        config = {} if isinstance(lock, str) else lock.get("ObjectLockConfiguration", {})
+        return {
+            "versioning": versioning.get("Status") or "Off",
+            "object_lock": config.get("ObjectLockEnabled") or "Off",
+            "default_retention": (config.get("Rule") or {}).get("DefaultRetention"),
+        }
 
-    def _get(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
+    def _get(self, key: str, max_bytes: int = SMALL_OBJECT_BYTES) -> bytes | None:
+        found = self._read_versioned(key, max_bytes)
+        return None if found is None else found[0]
 
+    def _read_body(self, key: str, body, max_bytes: int) -> bytes:
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-                return None
-            raise StoreError(
-                f"backup store {self.describe()} refused to read {key!r}: {exc}"
-            ) from exc
-        return answer["Body"].read()
+            with contextlib.closing(body):
+                return body.read(max_bytes + 1)
+        except Exception as exc:  # botocore/urllib3 errors of a dropped connection
+            raise self._failure("read", key, exc) from exc
 
     def _open_read(self, key: str) -> BinaryIO:
         answer = self._call(
-            "read", key, self.client.get_object, Bucket=self.bucket, Key=self._full(key)
-        )
+            "read", key, self.client.get_object, allowed=self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key),
+        )  # fmt: skip
+        if isinstance(answer, str):
+            raise ArtifactNotFound(
+                f"backup store {self.describe()}: {key!r} does not exist (missing file)"
+            )
         return answer["Body"]
 
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
@@ -207,26 +356,72 @@ class S3Store(BackupStore):
                 for item in page.get("Contents", []):
                     yield item["Key"][strip:], item["Size"], item["LastModified"].timestamp()
         except Exception as exc:
-            raise StoreError(
-                f"backup store {self.describe()} refused to list {prefix!r}: {exc}"
-            ) from exc
+            raise self._failure("list", prefix, exc) from exc
 
     def _delete_prefix(self, prefix: str) -> None:
+        if self.object_lock is not None and is_lockable(prefix):
+            self._delete_versions(prefix)
+            return
         batch: list[dict] = []
         for key, _size, _mtime in list(self._list(prefix)):
             batch.append({"Key": self._full(key)})
             if len(batch) == 1000:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+                self._delete_batch(prefix, batch)
                 batch = []
         if batch:
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            self._delete_batch(prefix, batch)
+
+    def _delete_versions(self, prefix: str) -> None:
+        """With Object Lock, a delete removes versions (a plain delete would only hide them
+        behind a delete marker): S3 refuses those still retained, and so does this, naming
+        them and until when."""
+        paginator = self.client.get_paginator("list_object_versions")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        batch: list[dict] = []
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+                for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+        except Exception as exc:
+            raise self._failure("list the versions under", prefix, exc) from exc
+        refused: list[str] = []
+        for start in range(0, len(batch), 1000):
+            answer = self._call(
+                "delete", prefix, self.client.delete_objects, Bucket=self.bucket,
+                Delete={"Objects": batch[start : start + 1000]},
+            )  # fmt: skip
+            refused += [e.get("Key", "?")[strip:] for e in answer.get("Errors") or []]
+        if refused:
+            until = self.retained_until(prefix)
+            latest = max(until.values()).isoformat(timespec="seconds") if until else "unknown"
+            raise ObjectLocked(
+                f"backup store {self.describe()} refused to delete {len(refused)} object "
+                f"version(s) under {prefix!r} (e.g. {refused[0]!r}): under Object Lock "
+                f"retention until {latest}; they stay until then"
+            )
+
+    def _delete_batch(self, prefix: str, batch: list[dict]) -> None:
+        answer = self._call(
+            "delete", prefix, self.client.delete_objects, Bucket=self.bucket,
+            Delete={"Objects": batch},
+        )  # fmt: skip
+        errors = answer.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise StoreError(
+                f"backup store {self.describe()} refused to delete {len(errors)} object(s) under "
+                f"{prefix!r}, e.g. {first.get('Key')!r}: {first.get('Code')} {first.get('Message', '')}"
+            )
 
     def incomplete_uploads(self) -> Iterator[tuple[str, str, float]]:
         """Multipart uploads never completed (crashed runs): (key, upload id, started epoch)."""
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full("")):
-            for upload in page.get("Uploads", []):
-                yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full("")):
+                for upload in page.get("Uploads", []):
+                    yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
+        except Exception as exc:
+            raise self._failure("list unfinished uploads under", "", exc) from exc
 
     def upload_last_part_time(self, key: str, upload_id: str) -> float | None:
         """When the newest part of an unfinished upload arrived (epoch seconds), None without
@@ -234,10 +429,13 @@ class S3Store(BackupStore):
         paginator = self.client.get_paginator("list_parts")
         newest = None
         pages = paginator.paginate(Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
-        for page in pages:
-            for part in page.get("Parts", []):
-                moment = part["LastModified"].timestamp()
-                newest = moment if newest is None else max(newest, moment)
+        try:
+            for page in pages:
+                for part in page.get("Parts", []):
+                    moment = part["LastModified"].timestamp()
+                    newest = moment if newest is None else max(newest, moment)
+        except Exception as exc:
+            raise self._failure("list the parts of", key, exc) from exc
         return newest
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -252,18 +450,82 @@ class S3Store(BackupStore):
             UploadId=upload_id,
         )
 
+    # -- conditional writes (leases) -------------------------------------------------------
+    # S3 conditional writes: If-None-Match: * creates only if absent, If-Match: <ETag>
+    # replaces or deletes only the version read. 412 PreconditionFailed (and 409
+    # ConditionalRequestConflict, AWS's answer to concurrent conditional writes) mean
+    # "someone else got there first".
+    _LOST_RACE = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+    _ABSENT = ("NoSuchKey", "404")
+
+    def _create_exclusive(self, key: str, data: bytes) -> str | None:
+        answer = self._call(
+            "create", key, self.client.put_object, allowed=self._LOST_RACE,
+            Bucket=self.bucket, Key=self._full(key), Body=data, IfNoneMatch="*",
+        )  # fmt: skip
+        return None if isinstance(answer, str) else answer["ETag"]
+
+    def _read_versioned(self, key: str, max_bytes: int) -> tuple[bytes, str] | None:
+        answer = self._call(
+            "read", key, self.client.get_object, allowed=self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key),
+        )  # fmt: skip
+        if isinstance(answer, str):
+            return None
+        return self._read_body(key, answer["Body"], max_bytes), answer["ETag"]
+
+    def _replace_if(self, key: str, data: bytes, version: str) -> str | None:
+        answer = self._call(
+            "replace", key, self.client.put_object, allowed=self._LOST_RACE + self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key), Body=data, IfMatch=version,
+        )  # fmt: skip
+        return None if isinstance(answer, str) else answer["ETag"]
+
+    def _delete_if(self, key: str, version: str) -> bool:
+        answer = self._call(
+            "delete", key, self.client.delete_object, allowed=self._LOST_RACE + self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key), IfMatch=version,
+        )  # fmt: skip
+        return not isinstance(answer, str)
+
 
 def make_s3_client():
-    import boto3
-    from botocore.config import Config
+    """A boto3 S3 client whose calls cannot hang and whose failures name S3, the operation,
+    the key and the wait, never a secret (lib/store/s3_client.py)."""
+    from backup_pipelines.lib.store.s3_client import bounded_s3_client
 
-    # boto3 1.36+ sends CRC checksum headers that several S3-compatible stores reject; our
-    # own sha256 in the manifest is the integrity check that matters.
-    config = Config(
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"max_attempts": 5, "mode": "standard"},
-        max_pool_connections=8,
-    )
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None, config=config)
+    return bounded_s3_client()
+
+
+def lock_problems(settings: dict, object_lock: ObjectLock | None) -> list[str]:
+    """Where the bucket's versioning and Object Lock (`S3Store.lock_settings`) disagree with
+    the configuration (BACKUP_OBJECT_LOCK_MODE); empty when they match."""
+    problems = []
+    default = settings.get("default_retention") or {}
+    if object_lock is not None:
+        if settings.get("object_lock") != "Enabled":
+            problems.append(
+                f"BACKUP_OBJECT_LOCK_MODE={object_lock.mode.lower()} but the bucket has no "
+                "Object Lock: nothing would be locked and every write would fail; create the "
+                "bucket with Object Lock enabled (it cannot be turned on for an existing bucket "
+                "on every provider) or unset BACKUP_OBJECT_LOCK_MODE"
+            )
+        if settings.get("versioning") != "Enabled":
+            problems.append(
+                f"bucket versioning is {settings.get('versioning')}, Object Lock needs it Enabled"
+            )
+        if default and default.get("Mode") and default.get("Mode") != object_lock.mode:
+            problems.append(
+                f"the bucket's default retention is {default.get('Mode')}, the configuration "
+                f"says {object_lock.mode}: new objects get {object_lock.mode}, older ones "
+                "keep theirs"
+            )
+    elif default:
+        problems.append(
+            f"the bucket locks every new object by default ({default.get('Mode')}, "
+            f"{default.get('Days') or default.get('Years')} "
+            f"{'days' if default.get('Days') else 'years'}) but BACKUP_OBJECT_LOCK_MODE is "
+            "unset: retention's deletes would only hide locked versions behind delete "
+            "markers; set BACKUP_OBJECT_LOCK_MODE (and _DAYS) to match"
+        )
+    return problems

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+from backup_pipelines.lib.errors import Refusals
 from backup_pipelines.lib.http import IndexStoreError, RetryPolicy, StoreHttp
 
 STORE = "Typesense"
@@ -24,6 +25,7 @@ IDEMPOTENT_IMPORT_ACTIONS = frozenset({"upsert", "update", "emplace"})
 DEFAULT_IMPORT_BATCH = 2_000
 REQUEST_BODY_PIECE = 1 << 20
 FAILURES_SHOWN = 5
+DELETE_BATCH = 100  # ids per delete-by-filter request (keeps the query string short)
 
 
 class ExportIncomplete(IndexStoreError):
@@ -31,15 +33,16 @@ class ExportIncomplete(IndexStoreError):
 
 
 class ImportFailed(IndexStoreError):
-    """Typesense answered an import with HTTP 200 but refused some documents."""
+    """Typesense answered an import with HTTP 200 but refused some documents (every other
+    document of the stream was imported)."""
 
     def __init__(self, collection: str, failed: int, sent: int, imported: int, first: list[str]):
         self.failed = failed
         self.imported = imported
         self.first_failures = first
         reason = (
-            f"{failed} of {sent} documents in a batch were refused "
-            f"({imported} imported before it); first failures: " + "; ".join(first)
+            f"{failed} of {sent} documents were refused ({imported} imported); "
+            "first failures: " + "; ".join(first)
         )
         super().__init__(STORE, "import", _collection_path(collection, "documents/import"), reason)
 
@@ -234,21 +237,28 @@ class TypesenseClient:
         chunks: Iterable[bytes],
         action: str = "upsert",
         batch_size: int = DEFAULT_IMPORT_BATCH,
+        refused: Refusals | None = None,
     ) -> int:
         """Import JSONL arriving in arbitrary bytes chunks; returns the documents imported.
 
         Lines go in batches of batch_size documents, one request each, so memory stays at one
         batch and a batch can be resent after a transient failure (idempotent actions only).
-        Raises ImportFailed when Typesense refuses any document of a batch.
+        A document Typesense refuses does not stop the others: it is added to `refused` (by
+        id, with Typesense's reason); without `refused`, ImportFailed is raised at the end.
         """
-        return self._import(collection, chunks, action, batch_size, keep_existing=False)[0]
+        return self._import(collection, chunks, action, batch_size, False, refused)[0]
 
     def import_missing(
-        self, collection: str, chunks: Iterable[bytes], batch_size: int = DEFAULT_IMPORT_BATCH
+        self,
+        collection: str,
+        chunks: Iterable[bytes],
+        batch_size: int = DEFAULT_IMPORT_BATCH,
+        refused: Refusals | None = None,
     ) -> tuple[int, int]:
         """Create the documents whose id the collection lacks and leave every existing one
-        as it is (newer data wins, like ON CONFLICT DO NOTHING); returns (created, kept)."""
-        return self._import(collection, chunks, "create", batch_size, keep_existing=True)
+        as it is (newer data wins, like ON CONFLICT DO NOTHING); returns (created, kept).
+        Refused documents as in import_jsonl."""
+        return self._import(collection, chunks, "create", batch_size, True, refused)
 
     def _import(
         self,
@@ -257,18 +267,32 @@ class TypesenseClient:
         action: str,
         batch_size: int,
         keep_existing: bool,
+        refused: Refusals | None,
     ) -> tuple[int, int]:
-        sent = kept = 0
+        failures = refused if refused is not None else Refusals(STORE, collection)
+        first: list[str] = []  # for ImportFailed: line numbers help whoever reads a file
+        sent = kept = failed = 0
         lines = iter(_jsonl_lines(chunks))
         while batch := list(itertools.islice(lines, batch_size)):
-            kept += self._import_batch(collection, batch, action, sent + 1, keep_existing)
+            batch_kept, batch_failures = self._import_batch(
+                collection, batch, action, sent + 1, keep_existing
+            )
+            for failure in batch_failures:
+                failures.add(failure.doc_id, failure.reason())
+                if len(first) < FAILURES_SHOWN:
+                    first.append(str(failure))
+            kept += batch_kept
+            failed += len(batch_failures)
             sent += len(batch)
-        return sent - kept, kept
+        if refused is None and failed:
+            raise ImportFailed(collection, failed, sent, sent - kept - failed, first)
+        return sent - kept - failed, kept
 
     def _import_batch(
         self, collection: str, batch: list[bytes], action: str, first_line: int, keep_existing: bool
-    ) -> int:
-        """Send one batch; returns how many documents already existed (kept as they were)."""
+    ) -> tuple[int, list[_Failure]]:
+        """Send one batch; returns how many documents already existed (kept as they were) and
+        the documents refused."""
         path = _collection_path(collection, "documents/import")
         response = self.http.request(
             "POST",
@@ -289,15 +313,39 @@ class TypesenseClient:
                 "import", path, f"sent {len(batch)} documents, got {outcome.answered} results"
             )
         failures = [f for f in outcome.failures if not (keep_existing and f.code == 409)]
-        if failures:
-            raise ImportFailed(
-                collection,
-                len(failures),
-                len(batch),
-                first_line - 1,
-                [str(f) for f in failures[:FAILURES_SHOWN]],
+        return len(outcome.failures) - len(failures), failures
+
+    def export_ids(self, collection: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The collection's document ids as JSONL (`{"id":"..."}` a line), streamed."""
+        path = _collection_path(collection, "documents/export")
+        response = self.http.request(
+            "GET", path, "export ids", params={"include_fields": "id"}, stream=True
+        )
+        yield from self.http.stream_chunks(response, "export ids", path, chunk_size)
+
+    def delete_documents(self, collection: str, ids: Iterable[str]) -> int:
+        """Delete the documents with these ids (absent ones are no error), a batch of ids per
+        `DELETE .../documents?filter_by=id:[...]`; an id a filter cannot quote (a backtick)
+        is deleted on its own. Returns how many Typesense reports deleted."""
+        deleted = 0
+        plain, odd = [], []
+        for value in ids:
+            (odd if "`" in value else plain).append(value)
+        path = _collection_path(collection, "documents")
+        for start in range(0, len(plain), DELETE_BATCH):
+            batch = plain[start : start + DELETE_BATCH]
+            filter_by = "id:[" + ",".join(f"`{value}`" for value in batch) + "]"
+            answer = self.http.json(
+                "DELETE", path, "delete documents", params={"filter_by": filter_by}
             )
-        return len(outcome.failures) - len(failures)
+            deleted += int(answer.get("num_deleted", 0))
+        for value in odd:
+            one = _collection_path(collection, f"documents/{_quote(value)}")
+            response = self.http.request(
+                "DELETE", one, "delete document", accept_statuses=(200, 404)
+            )
+            deleted += response.status_code == 200
+        return deleted
 
     # Verification
 
@@ -349,6 +397,11 @@ class _Failure:
 
     def __str__(self) -> str:
         return f"line {self.line_number} (id {self.doc_id!r}): code {self.code}: {self.error}"
+
+    def reason(self) -> str:
+        """Typesense's answer; the line too when the document's id could not be read."""
+        where = f"line {self.line_number}: " if self.doc_id is None else ""
+        return f"{where}code {self.code}: {self.error}"
 
 
 def clean_schema(collection: dict[str, Any]) -> dict[str, Any]:

@@ -85,3 +85,14 @@ def typesense_side(store: BackupStore, ref: ArtifactRef, manifest: dict, collect
     if not manifest.get("collection_exists", True):
         return Side(name, manifest["captured_at"], np.empty(0, np.int64), 0)
     return ids_from_typesense_export(store, ref, manifest, name)
+
+
+def ids_in_collection(client, collection: str) -> np.ndarray:
+    """The document ids a live collection holds (its id-only export, streamed); empty when the
+    collection does not exist."""
+    if not client.collection_exists(collection):
+        return np.empty(0, np.int64)
+    collector = IdCollector()
+    for buf, start, stop in line_blocks(client.export_ids(collection)):
+        collector.add(_jsonl_ids(buf, start, stop))
+    return collector.array()

@@ -1,5 +1,5 @@
 """Putting a Typesense collection back: from its export (recreating schema, synonyms, overrides
-and aliases when the collection is missing), or rebuilt from memory rows."""
+and aliases when the collection is missing), or rebuilt from SQL rows by the policy's mapping."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 from collections.abc import Iterator
 
 from backup_pipelines.lib.engines import Mode
-from backup_pipelines.lib.errors import BackupError
-from backup_pipelines.lib.mapping import MemoryRow
+from backup_pipelines.lib.errors import BackupError, EntriesRefused, Refusals
+from backup_pipelines.lib.mapping import Row
+from backup_pipelines.lib.policy import IndexMapping
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, iter_chunks
 from backup_pipelines.lib.streams import iter_decompressed
 from backup_pipelines.lib.typesense.documents import ensure_typesense_collection, typesense_jsonl
@@ -17,6 +18,8 @@ from backup_pipelines.lib.typesense.export import (
     TYPESENSE_DOCUMENTS_FILE,
 )
 
+LABEL = "Typesense"
+
 
 def typesense_definition(store: BackupStore, ref: ArtifactRef, manifest: dict) -> dict:
     with store.open_file(ref, manifest, TYPESENSE_COLLECTION_FILE) as reader:
@@ -24,10 +27,11 @@ def typesense_definition(store: BackupStore, ref: ArtifactRef, manifest: dict) -
 
 
 def restore_typesense_collection(
-    client, store: BackupStore, ref: ArtifactRef, collection: str
+    client, store: BackupStore, ref: ArtifactRef, collection: str, refused: Refusals | None = None
 ) -> int:
     """Recreate the collection from the saved schema when it is missing (synonyms, overrides and
-    aliases with it), then import every exported document with action=upsert."""
+    aliases with it), then import every exported document with action=upsert. Documents
+    Typesense refuses go to `refused` (without it: ImportFailed once all others are in)."""
     manifest = store.require_manifest(ref)
     if not manifest.get("collection_exists", True):
         raise BackupError(
@@ -43,32 +47,63 @@ def restore_typesense_collection(
             name=collection,
         )
     with store.open_file(ref, manifest, TYPESENSE_DOCUMENTS_FILE) as reader:
-        return client.import_jsonl(collection, iter_decompressed(reader), action="upsert")
+        return client.import_jsonl(
+            collection, iter_decompressed(reader), action="upsert", refused=refused
+        )
 
 
 def restore_from_export(
-    client, store: BackupStore, ref: ArtifactRef, manifest: dict, target: str, mode: Mode
+    client,
+    store: BackupStore,
+    ref: ArtifactRef,
+    manifest: dict,
+    target: str,
+    mode: Mode,
+    refused: Refusals | None = None,
 ) -> dict:
     """Replace (or fill a missing collection) with upsert; merge creates only the documents
     the live collection lacks (409 "already exists" counts as kept, like ON CONFLICT DO
-    NOTHING), so documents changed after the backup are never overwritten."""
+    NOTHING), so documents changed after the backup are never overwritten. Either way a rerun
+    after a failure finishes the import. A refused document does not stop the others: it goes
+    to `refused`, or without it, EntriesRefused is raised once the others are in."""
+    collected = refused if refused is not None else Refusals(LABEL, target)
     if mode is Mode.REPLACE or not client.collection_exists(target):
-        return {
-            "source": "export",
-            "upserted": restore_typesense_collection(client, store, ref, target),
-        }
-    with store.open_file(ref, manifest, TYPESENSE_DOCUMENTS_FILE) as reader:
-        created, kept = client.import_missing(target, iter_decompressed(reader))
-    return {"source": "export", "created": created, "already_present": kept}
+        upserted = restore_typesense_collection(client, store, ref, target, collected)
+        result = {"source": "export", "upserted": upserted}
+    else:
+        with store.open_file(ref, manifest, TYPESENSE_DOCUMENTS_FILE) as reader:
+            created, kept = client.import_missing(
+                target, iter_decompressed(reader), refused=collected
+            )
+        result = {"source": "export", "created": created, "already_present": kept}
+    raise_unless_collected(collected, refused)
+    return result
 
 
-def rebuild_from_rows(client, target: str, rows: Iterator[MemoryRow], mode: Mode) -> dict:
-    ensure_typesense_collection(client, target)
-    documents = typesense_jsonl(rows)
+def rebuild_from_rows(
+    client,
+    target: str,
+    rows: Iterator[Row],
+    mode: Mode,
+    mapping: IndexMapping,
+    refused: Refusals | None = None,
+) -> dict:
+    """`target` (created from the mapping when missing) filled from the rows: replace upserts
+    every document, merge creates the missing ones. Refused as in restore_from_export."""
+    collected = refused if refused is not None else Refusals(LABEL, target)
+    ensure_typesense_collection(client, target, mapping)
+    documents = typesense_jsonl(rows, mapping, collected)
     if mode is Mode.REPLACE:
-        return {
-            "source": "sql",
-            "upserted": client.import_jsonl(target, documents, action="upsert"),
-        }
-    created, kept = client.import_missing(target, documents)
-    return {"source": "sql", "created": created, "already_present": kept}
+        upserted = client.import_jsonl(target, documents, action="upsert", refused=collected)
+        result = {"source": "sql", "upserted": upserted}
+    else:
+        created, kept = client.import_missing(target, documents, refused=collected)
+        result = {"source": "sql", "created": created, "already_present": kept}
+    raise_unless_collected(collected, refused)
+    return result
+
+
+def raise_unless_collected(collected: Refusals, caller_collects: Refusals | None) -> None:
+    """A caller that passed no collector of its own gets the refusals as an error."""
+    if caller_collects is None and collected.count:
+        raise EntriesRefused(collected)

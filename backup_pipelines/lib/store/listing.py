@@ -1,0 +1,195 @@
+"""Listing a store fast: what monitoring and retention read on every tick or run.
+
+`BackupStore._list` is correct but costly at scale. On S3, botocore's generic XML parser takes
+40-100 ms a page of 1,000 keys on this project's 2-core machines (most of it dateutil parsing
+each LastModified); on a local folder, pathlib objects per file cost ~20 us each. A store of
+10,000 workspaces holds ~180,000 keys per day, so these costs decide whether a sensor tick
+takes 3 s or 30 s. Here the same listings are read with expat (S3) and os.scandir (local):
+the same keys, sizes and modification times, for a fraction of the CPU.
+
+    iter_keys(store, prefix)     every (key, size, mtime) under prefix, like BackupStore._list
+    iter_objects(store, prefix)  the same with a version tag: S3's ETag, a local file's inode
+                                 and mtime in ns (changes whenever the object is rewritten)
+    list_folders(store, prefix)  the immediate sub-folders of prefix (S3: Delimiter "/")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from datetime import datetime
+from urllib.parse import unquote_plus
+
+from backup_pipelines.lib.errors import StoreError
+from backup_pipelines.lib.store.base import BackupStore
+from backup_pipelines.lib.store.local import LocalStore
+from backup_pipelines.lib.store.s3 import S3Store
+
+Listed = tuple[str, int, float]  # key relative to the store, size, modified (epoch seconds)
+Tagged = tuple[str, int, float, str]  # ... and a tag that changes when the object is rewritten
+
+
+def iter_keys(store: BackupStore, prefix: str) -> Iterator[Listed]:
+    """Every object under `prefix` (a folder path ending with "/", or "" for the whole
+    store), as `store._list(prefix)` yields them."""
+    for key, size, mtime, _tag in iter_objects(store, prefix):
+        yield key, size, mtime
+
+
+def iter_objects(store: BackupStore, prefix: str) -> Iterator[Tagged]:
+    """iter_keys with each object's tag (S3: the ETag; local: inode and mtime in ns; other
+    stores: mtime and size)."""
+    if isinstance(store, S3Store):
+        return _s3_keys(store, prefix)
+    if isinstance(store, LocalStore):
+        return _local_keys(store, prefix)
+    return ((k, s, m, f"{m}:{s}") for k, s, m in store._list(prefix))
+
+
+def list_folders(store: BackupStore, prefix: str) -> list[str]:
+    """Names of the immediate sub-folders of `prefix` ("a/b/" -> ["date=...", ...])."""
+    if isinstance(store, S3Store):
+        return _s3_folders(store, prefix)
+    if isinstance(store, LocalStore):
+        return _local_folders(store, prefix)
+    names = set()
+    for key, _size, _mtime in store._list(prefix):
+        rest = key[len(prefix) :]
+        if "/" in rest:
+            names.add(rest.split("/", 1)[0])
+    return sorted(names)
+
+
+# --------------------------------------------------------------------------------------------
+# Local folder: os.scandir, symlinks never followed (as LocalStore._list)
+
+
+def _local_keys(store: LocalStore, prefix: str) -> Iterator[Tagged]:
+    root = str(store.root)
+    # store._path: the store's own check that a key stays inside its folder
+    start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
+    if not os.path.isdir(start) or os.path.islink(start):
+        return
+    base_len = len(root) + 1
+    stack = [start]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed since it was seen (a commit dropping a generation)
+        except OSError as exc:
+            raise StoreError(
+                f"backup store {store.describe()} refused to list {folder[base_len:]!r}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+                continue
+            if entry.is_symlink() and entry.is_dir():
+                continue  # as os.walk in LocalStore._list: a linked folder is neither walked nor listed
+            # As LocalStore._list: a symlink or special file is listed as itself (lstat) and
+            # refused when read, so a damaged artifact shows up instead of vanishing.
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            tag = f"{stat.st_ino}:{stat.st_mtime_ns}"
+            yield entry.path[base_len:], stat.st_size, stat.st_mtime, tag
+
+
+def _local_folders(store: LocalStore, prefix: str) -> list[str]:
+    folder = str(store._path(prefix.strip("/"))) if prefix.strip("/") else str(store.root)
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# S3: the store's own client and request path (credentials, endpoint, retries, errors), with
+# the ListObjectsV2 body read by expat in a `before-parse` hook, so that botocore's parser is
+# handed an empty result. The hook acts only on calls made from here (a thread-local flag).
+
+_S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_FAST = threading.local()
+_HOOK_ID = "backup-pipelines-fast-list"
+_EMPTY_RESULT = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+
+
+def _fast_parse_hook(response_dict=None, customized_response_dict=None, **_kwargs) -> None:
+    if not getattr(_FAST, "active", False) or response_dict is None:
+        return
+    if response_dict.get("status_code") != 200 or customized_response_dict is None:
+        return  # errors go through botocore's parser (ClientError with code and message)
+    try:
+        root = ElementTree.fromstring(response_dict["body"])
+    except ElementTree.ParseError:
+        return  # not XML we know: botocore's parser decides what it is
+    # botocore asks for url-encoded keys (EncodingType=url) and decodes them in its parser.
+    encoded = (root.findtext(f"{_S3}EncodingType") or "").lower() == "url"
+    name = unquote_plus if encoded else str
+    contents: list[Tagged] = []
+    folders: list[str] = []
+    truncated, token = False, None
+    for element in root:
+        tag = element.tag.removeprefix(_S3)
+        if tag == "Contents":
+            key = name(element.findtext(f"{_S3}Key") or "")
+            size = int(element.findtext(f"{_S3}Size") or 0)
+            moment = (element.findtext(f"{_S3}LastModified") or "").replace("Z", "+00:00")
+            tag = (element.findtext(f"{_S3}ETag") or "").strip('"')
+            contents.append((key, size, datetime.fromisoformat(moment).timestamp(), tag))
+        elif tag == "CommonPrefixes":
+            folders.append(name(element.findtext(f"{_S3}Prefix") or ""))
+        elif tag == "IsTruncated":
+            truncated = (element.text or "").strip().lower() == "true"
+        elif tag == "NextContinuationToken":
+            token = element.text
+    customized_response_dict["FastListing"] = (contents, folders, truncated, token)
+    response_dict["body"] = _EMPTY_RESULT
+
+
+def _s3_pages(store: S3Store, prefix: str, delimiter: str | None) -> Iterator[tuple]:
+    events = store.client.meta.events
+    events.register("before-parse.s3.ListObjectsV2", _fast_parse_hook, unique_id=_HOOK_ID)
+    arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": 1000}
+    if delimiter:
+        arguments["Delimiter"] = delimiter
+    while True:
+        _FAST.active = True
+        try:
+            answer = store._call("list", prefix, store.client.list_objects_v2, **arguments)
+        finally:
+            _FAST.active = False
+        if "FastListing" in answer:
+            contents, folders, truncated, token = answer["FastListing"]
+        else:  # parsed by botocore
+            contents = [
+                (i["Key"], i["Size"], i["LastModified"].timestamp(), i.get("ETag", "").strip('"'))
+                for i in answer.get("Contents", [])
+            ]
+            folders = [p["Prefix"] for p in answer.get("CommonPrefixes", [])]
+            truncated, token = answer.get("IsTruncated"), answer.get("NextContinuationToken")
+        yield contents, folders
+        if not truncated or not token:
+            return
+        arguments["ContinuationToken"] = token
+
+
+def _s3_keys(store: S3Store, prefix: str) -> Iterator[Tagged]:
+    strip = len(store.prefix) + 1 if store.prefix else 0
+    for contents, _folders in _s3_pages(store, prefix, None):
+        for key, size, mtime, tag in contents:
+            yield key[strip:], size, mtime, tag
+
+
+def _s3_folders(store: S3Store, prefix: str) -> list[str]:
+    base = len(store._full(prefix))
+    names = []
+    for _contents, folders in _s3_pages(store, prefix, "/"):
+        names += [folder[base:].rstrip("/") for folder in folders]
+    return sorted(names)
