@@ -63,7 +63,13 @@ def test_concurrent_backup_and_restores_wait_or_are_refused_while_a_cli_restore_
     back_up(store, indexed_source, WORKSPACE)
     good = {ref.asset: generation(store, ref) for ref in store.list_artifacts()}
     before = fingerprint(indexed_source["db"], WORKSPACE)
-    lose_workspace_memory(indexed_source, WORKSPACE)  # the damaged state
+    # The damaged state: memory lost, the workspace itself still registered (a backup of a
+    # workspace gone from SQL is refused before it asks for the lease).
+    with psycopg.connect(indexed_source["db"]) as conn:
+        kept = conn.execute(
+            "SELECT min(id) FROM memory_entries WHERE workspace_id = %s", (WORKSPACE,)
+        ).fetchone()[0]
+    lose_workspace_memory(indexed_source, WORKSPACE, keep_memory_id=kept)
     env = restore_env(indexed_source, tmp_path / "store")
     for key, value in {**env, "BACKUP_LEASE_WAIT_SECONDS": "1"}.items():
         monkeypatch.setenv(key, value)

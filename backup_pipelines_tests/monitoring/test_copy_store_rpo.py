@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import dagster as dg
 import pytest
 
 from backup_pipelines.defs.monitoring import health
@@ -77,11 +76,12 @@ def test_copy_store_health_report_column(tmp_path):
     evaluation = rpo.evaluate(primary, subjects, {}, policy, NOW)
     copied = rpo_copy.evaluate_copy(copy, evaluation, policy, NOW)
 
-    rows = {r["workspace"]: r for r in health.health_rows(evaluation, {}, policy, copied)}
+    copies = health.copy_states(evaluation, copied)
+    rows = {r["workspace"]: r for r in health.workspace_rows(evaluation, {}, copies=copies)}
 
     assert rows["ws_a"]["rpo"] == "OK"
     assert rows["ws_a"]["copy"].startswith("LATE postgres/workspace_dump: primary fresh, copy 2")
     assert rows["ws_b"]["copy"] == "OK"
-    without = health.health_rows(evaluation, {}, policy)
-    assert all(r["copy"] == "" for r in without)
-    assert dg.TableSchema(columns=health.COLUMNS)  # the column is declared
+    without = health.workspace_rows(evaluation, {})
+    assert all(r["copy"] is None for r in without)  # an empty cell, not a made-up state
+    assert "copy" in {c.name for c in health.WORKSPACE_COLUMNS}  # the column is declared

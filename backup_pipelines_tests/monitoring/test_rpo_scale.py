@@ -15,7 +15,11 @@ import zstandard
 
 from backup_pipelines.defs import backups
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
-from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+from backup_pipelines.defs.resources import (
+    BackupStoreResource,
+    PolicyResource,
+    WorkspaceRegistryResource,
+)
 from backup_pipelines.lib.monitoring import catalog, rpo
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, LocalStore
 
@@ -75,6 +79,7 @@ def setting(store, monkeypatch):
         resources = {
             "backup_store": BackupStoreResource(url=store.describe()),
             "policy": PolicyResource(),
+            "workspace_registry": WorkspaceRegistryResource(),  # no SQL source: all are held
         }
         yield store, instance, resources
     catalog.forget()

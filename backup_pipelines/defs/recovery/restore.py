@@ -13,6 +13,7 @@ alerts once as `restore_refused`, and nothing is written.
 """
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -92,8 +93,9 @@ def other_dates(store, workspace: str, assets: list[str], policy, before: str = 
     return [p.date for p in points if p.restorable(assets) and p.date != before]
 
 
-def build_locate_op(index_assets: tuple[str, ...], hold_lease: bool) -> dg.OpDefinition:
-    """The first step of both workspace restore jobs. `hold_lease` (the restore job): the
+@functools.cache  # one op definition per set of index assets: both restore jobs share it
+def build_locate_op(index_assets: tuple[str, ...]) -> dg.OpDefinition:
+    """The first step of both workspace restore jobs. In the restore job the
     workspace's lease is taken here and handed from op to op until verify_restored (or the
     failure hook) releases it, so no backup replaces what the run gated on; the dry run writes
     nothing and blocks no backup."""
@@ -106,6 +108,7 @@ def build_locate_op(index_assets: tuple[str, ...], hold_lease: bool) -> dg.OpDef
     )
     def locate_and_verify_artifacts(context: dg.OpExecutionContext) -> restore.Located:
         date, workspace = date_and_workspace(context.partition_key)
+        hold_lease = context.job_name == RESTORE_JOB
         if hold_lease:
             refuse_dry_run_tag(context)
         store = context.resources.backup_store.get_store()
@@ -249,7 +252,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     engines = index_engines(index_stores)
     index_assets = [engine.asset for engine in engines]
     index_keys = {engine.name for engine in engines}
-    locate_and_verify_artifacts = build_locate_op(tuple(index_assets), hold_lease=True)
+    locate_and_verify_artifacts = build_locate_op(tuple(index_assets))
 
     @dg.op(
         required_resource_keys={"backup_store", "policy"},
@@ -439,9 +442,7 @@ def build_dry_run_job(index_stores: set[str]) -> dg.JobDefinition:
     partition of the restore job is "completed" only when really restored."""
     engines = index_engines(index_stores)
     index_keys = {engine.name for engine in engines}
-    locate_and_verify_artifacts = build_locate_op(
-        tuple(engine.asset for engine in engines), hold_lease=False
-    )
+    locate_and_verify_artifacts = build_locate_op(tuple(engine.asset for engine in engines))
 
     @dg.op(
         required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},

@@ -25,6 +25,7 @@ from backup_pipelines.lib.store import (
     BackupStore,
     parse_artifact_folder,
 )
+from backup_pipelines.lib.store.listing import iter_keys
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 SQL_ASSET = "postgres/workspace_dump"
@@ -75,7 +76,7 @@ class Catalog:
 def _committed(store: BackupStore, asset: str) -> Iterable[ArtifactRef]:
     """Artifacts of `asset` with a manifest, from one listing (sub-daily windows fold into
     their date)."""
-    for key, _size, _mtime in store._list(f"{asset}/"):
+    for key, _size, _mtime in iter_keys(store, f"{asset}/"):
         if key.endswith("/" + MANIFEST_NAME):
             ref = parse_artifact_folder(key[: -len(MANIFEST_NAME) - 1])
             if ref is not None and ref.asset == asset:
@@ -119,7 +120,7 @@ def points_of(
         for asset in assets:
             ref = ArtifactRef(asset, day, workspace)
             manifest_key = f"{ref.folder}/{MANIFEST_NAME}"
-            if any(key == manifest_key for key, _s, _m in store._list(f"{ref.folder}/")):
+            if any(key == manifest_key for key, _s, _m in iter_keys(store, f"{ref.folder}/")):
                 point.assets.add(asset)
         if point.assets:
             found.append(point)

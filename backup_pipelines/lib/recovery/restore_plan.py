@@ -37,9 +37,10 @@ def decision(verdict, override_gate: str = "") -> str:
 
 
 def artifacts(store: BackupStore, located: restore.Located) -> dict[str, dict]:
+    source = restore.artifact_source(store, located)  # the copy store, after a fallback
     return {
         asset: {
-            "location": store.location(ref),
+            "location": source.location(ref),
             "files": len(located.manifests[asset]["files"]),
             "bytes": sum(f["bytes"] for f in located.manifests[asset]["files"]),
             "captured_at": located.manifests[asset].get("captured_at"),
