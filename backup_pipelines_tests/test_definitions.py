@@ -240,9 +240,12 @@ def test_discovery_sensor_adds_valid_workspaces_and_skips_invalid_ids(
         assert sorted(r.partition_key for r in backups) == sorted(
             f"{last_completed_date()}|{w}" for w in ["ws_globex", "ws_new"]
         )
-        # The first tick also refreshes the restore catalog.
-        assert [r.job_name for r in result.run_requests if r not in backups] == [
-            "restore_catalog_job"
+        # The first tick also takes a new deployment's first full dump (none in the store: its
+        # RPO would fail at once) and refreshes the restore catalog.
+        others = [(r.job_name, r.partition_key) for r in result.run_requests if r not in backups]
+        assert others == [
+            ("postgres_full_backup_job", last_completed_date()),
+            ("restore_catalog_job", None),
         ]
         instance.add_dynamic_partitions("workspaces", list(request.partition_keys))
         with dg.build_sensor_context(

@@ -26,8 +26,11 @@ from backup_pipelines.defs.resources import (
     PolicyResource,
     WorkspaceRegistryResource,
 )
+from backup_pipelines.lib import timeouts
 from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.monitoring import workspaces as absent_lib
+from backup_pipelines.lib.store import MANIFEST_NAME
+from backup_pipelines.lib.store.listing import iter_keys
 from backup_pipelines.lib.workspaces import is_valid_workspace_id
 
 WHOLE_DATABASE_ASSETS = ("postgres/full_dump",)
@@ -190,6 +193,7 @@ def discovery_tick(
     run_requests += first_backups(
         store, changes.returned, last_completed_date(), first_asset, prefix="returned"
     )
+    run_requests += first_full_dump(store, state, last_completed_date(), backup_assets)
     run_requests += catalog_request(context, state, backup_assets)
     requests = [workspaces.build_add_request(new)] if new else []
     if new:
@@ -211,7 +215,7 @@ def discovery_tick(
 
 
 def build_discovery_sensor(
-    workspace_backup_job,
+    backup_jobs: list,
     catalog_job,
     first_asset: str,
     restore_assets: list[str],
@@ -223,9 +227,11 @@ def build_discovery_sensor(
 
     @dg.sensor(
         name="workspace_discovery_sensor",
-        minimum_interval_seconds=300,
+        minimum_interval_seconds=max(
+            1, round(timeouts.seconds_from_env(timeouts.DISCOVERY_INTERVAL_VARIABLE))
+        ),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        jobs=[workspace_backup_job, catalog_job],
+        jobs=[*backup_jobs, catalog_job],
         description="Workspaces from SQL: adds a `workspaces` partition for each new one and "
         "backs it up at once; alerts once (workspace_vanished) when one disappears from SQL; "
         "refreshes the restore catalog after backups and retention.",
@@ -296,6 +302,26 @@ def first_backups(
     ]
 
 
+def first_full_dump(
+    store, state: absent_lib.DiscoveryState, date: str, backup_assets: list[str]
+) -> list[dg.RunRequest]:
+    """A new deployment's first whole-database dump, at once rather than at the next 01:00: the
+    RPO check would otherwise fail on the first tick and alert (make dev started red). Asked
+    once per date (cursor and run key) while the store holds no committed full dump at all (one
+    listing, stopped at the first manifest); a failed one is the schedule's and RPO's business."""
+    if "postgres/full_dump" not in backup_assets or state.first_full_dump == date:
+        return []
+    for key, _size, _mtime in iter_keys(store, "postgres/full_dump/"):
+        if key.endswith("/" + MANIFEST_NAME):
+            return []
+    state.first_full_dump = date
+    return [
+        dg.RunRequest(
+            job_name="postgres_full_backup_job", partition_key=date, run_key=f"first-full-{date}"
+        )
+    ]
+
+
 def build_backup_defs(backup_assets: list[str], source: str = "postgres") -> dg.Definitions:
     """Backup jobs and schedules of `backup_assets`, the restore catalog, and the discovery of
     workspaces from `source`'s SQL (postgres: the workspace registry; mssql: the agents table;
@@ -312,7 +338,7 @@ def build_backup_defs(backup_assets: list[str], source: str = "postgres") -> dg.
     catalog_defs = build_catalog_defs(per_workspace, whole_database)
     (catalog_job,) = catalog_defs.jobs
     sensor = build_discovery_sensor(
-        workspace_backup_job, catalog_job, per_workspace[0], per_workspace, backup_assets
+        jobs, catalog_job, per_workspace[0], per_workspace, backup_assets
     )
     return dg.Definitions.merge(
         catalog_defs, dg.Definitions(jobs=jobs, schedules=schedules, sensors=[sensor])

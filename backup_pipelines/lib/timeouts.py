@@ -11,6 +11,8 @@ Three settings, from the environment (read when used, so a process picks up its 
 - BACKUP_LEASE_WAIT_SECONDS (600 s): how long a backup waits for the lease of its partition
   while a restore (or another backup step of the same run) holds it, before failing with the
   holder named.
+- BACKUP_DISCOVERY_INTERVAL_SECONDS (300 s): how often the workspace discovery sensor reads the
+  SQL registry (a new workspace's first backup, a vanished workspace's alert, come this soon).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ CONNECT_TIMEOUT_VARIABLE = "BACKUP_CONNECT_TIMEOUT"
 READ_TIMEOUT_VARIABLE = "BACKUP_READ_TIMEOUT"
 STALL_VARIABLE = "BACKUP_STALL_SECONDS"
 LEASE_WAIT_VARIABLE = "BACKUP_LEASE_WAIT_SECONDS"
+DISCOVERY_INTERVAL_VARIABLE = "BACKUP_DISCOVERY_INTERVAL_SECONDS"
 DEFAULTS = {
     CONNECT_TIMEOUT_VARIABLE: 10.0,
     READ_TIMEOUT_VARIABLE: 20.0,
     STALL_VARIABLE: 300.0,
     LEASE_WAIT_VARIABLE: 600.0,
+    DISCOVERY_INTERVAL_VARIABLE: 300.0,
 }
 # Ordinary requests: retries stop once this many read timeouts have passed since the first try.
 READ_TIMEOUTS_PER_CALL = 3

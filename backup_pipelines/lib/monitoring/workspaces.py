@@ -52,6 +52,7 @@ class DiscoveryState:
     pending: list[dict] = field(default_factory=list)  # undelivered alerts
     catalog_mark: str = ""  # what the restore catalog was last refreshed for
     catalog_requested_at: float = 0.0
+    first_full_dump: str = ""  # the date a new deployment's first full dump was asked for
 
     def to_cursor(self) -> str:
         return json.dumps(
@@ -60,6 +61,7 @@ class DiscoveryState:
                 "pending": self.pending,
                 "catalog_mark": self.catalog_mark,
                 "catalog_requested_at": self.catalog_requested_at,
+                "first_full_dump": self.first_full_dump,
             },
             sort_keys=True,
         )
@@ -75,6 +77,7 @@ class DiscoveryState:
                 pending=list(raw.get("pending", [])),
                 catalog_mark=str(raw.get("catalog_mark", "")),
                 catalog_requested_at=float(raw.get("catalog_requested_at", 0.0)),
+                first_full_dump=str(raw.get("first_full_dump", "")),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor restarts the state (absent ones are re-judged)
