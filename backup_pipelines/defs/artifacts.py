@@ -131,6 +131,8 @@ def build_verify_check(
         name="artifact_verifies",
         blocking=True,
         partitions_def=partitions_def,
+        description="Every file of the committed artifact re-read against the manifest's sha256 "
+        "(blocking: a failure stops the run's later steps).",
     )
     def artifact_verifies(
         context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource

@@ -56,6 +56,8 @@ def collection_snapshot(
     name="artifact_verifies",
     blocking=True,
     partitions_def=daily_by_workspace,
+    description="Every file re-read against the manifest's sha256, then each snapshot opened "
+    "offline and its points counted against the manifest (blocking).",
 )
 def collection_snapshot_verifies(
     context: dg.AssetCheckExecutionContext, backup_store: BackupStoreResource

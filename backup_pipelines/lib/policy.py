@@ -649,13 +649,24 @@ def _known_keys_hint(problems: list[str]) -> list[str]:
     return problems
 
 
+class _PolicyLoader(yaml.SafeLoader):
+    """YAML's safe loader with dates left as text: PyYAML turns an impossible date
+    (2025-02-30) into a bare ValueError naming no key; as text, the key's validator names it."""
+
+
+_PolicyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_policy(path: str | os.PathLike | None = None) -> Policy:
     """The policy from `path` (or BACKUP_POLICY_FILE), else the built-in defaults."""
     path = path or os.environ.get("BACKUP_POLICY_FILE") or None
     if not path:
         return Policy()
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.load(Path(path).read_text(), Loader=_PolicyLoader) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"BACKUP_POLICY_FILE {path} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
