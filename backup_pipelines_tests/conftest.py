@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,6 +15,35 @@ from backup_pipelines.devstack import sample_data
 from backup_pipelines.devstack.postgres_cluster import PostgresCluster
 from backup_pipelines.devstack.s3_server import S3Server
 from backup_pipelines.lib.store import LocalStore, S3Store
+
+# The suite's artifacts carry fixed dates (helpers.DATE is 2026-11-21) while the partitions'
+# default start follows today (policy partitions_start: the first of the month keep_weekly_days
+# back). Pinned for this process, so the suite run months from now still finds those dates
+# among the partitions; the default itself is tested in recovery/test_operator_day.py.
+PARTITIONS_START = "2026-01-01"
+
+
+def pinned_policy_file(directory: Path | None = None) -> Path:
+    """A policy file of the built-in defaults with the suite's partitions_start."""
+    folder = directory or Path(tempfile.mkdtemp(prefix="suite-policy-"))
+    path = folder / "partitions_start.yaml"
+    path.write_text(f'partitions_start: "{PARTITIONS_START}"\n')
+    return path
+
+
+def _pin_partitions_start() -> None:
+    saved = os.environ.get("BACKUP_POLICY_FILE")
+    os.environ["BACKUP_POLICY_FILE"] = str(pinned_policy_file())
+    try:
+        import backup_pipelines.defs.partitions  # noqa: F401  (its start is read on import)
+    finally:
+        if saved is None:
+            del os.environ["BACKUP_POLICY_FILE"]
+        else:
+            os.environ["BACKUP_POLICY_FILE"] = saved
+
+
+_pin_partitions_start()
 
 WORKSPACES = ["ws_acme", "ws_globex", "ws_initech"]
 SMALL = sample_data.Scale(

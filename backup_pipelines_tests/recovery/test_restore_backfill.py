@@ -15,6 +15,7 @@ import requests
 from backup_pipelines.devstack.ports import free_port
 from backup_pipelines.lib.store import LocalStore
 from backup_pipelines_tests import processes
+from backup_pipelines_tests.conftest import pinned_policy_file
 from backup_pipelines_tests.pg_checks import fingerprint
 from backup_pipelines_tests.recovery.test_restore import (
     DATE,
@@ -75,7 +76,13 @@ def dagster_dev(env: dict, home: Path):
             "-p",
             str(port),
         ],
-        env={**os.environ, **env, **NO_AUTOMATION, "DAGSTER_HOME": str(home)},
+        env={
+            **os.environ,
+            **env,
+            **NO_AUTOMATION,
+            "DAGSTER_HOME": str(home),
+            "BACKUP_POLICY_FILE": str(pinned_policy_file(home)),  # DATE among the partitions
+        },
         log=home / "dagster-dev.log",
         cwd=PROJECT,
     )
