@@ -39,6 +39,12 @@ from backup_pipelines.lib.postgres.connection import (
     server_answers,
     tool_version,
 )
+from backup_pipelines.lib.postgres.copy_format import (
+    BINARY,
+    TEXT,
+    choose_format,
+    server_major,
+)
 from backup_pipelines.lib.store import ArtifactWriter
 from backup_pipelines.lib.streams import Log, Progress, zstd_compressing
 from backup_pipelines.lib.timeouts import Watchdog
@@ -200,8 +206,11 @@ def dump_workspace(
     policy: Policy,
     writer: ArtifactWriter,
     log: Log | None = None,
+    binary: bool = True,
 ) -> dict:
-    """Every workspace table's rows of one workspace, from one snapshot, one file per table."""
+    """Every workspace table's rows of one workspace, from one snapshot, one file per table:
+    binary COPY where every column's type allows it (copy_format), else text; each table's
+    manifest entry says which (`copy_format`). `binary=False` writes text only, as before."""
     workspace = validate_workspace_id(workspace)  # before any connection or SQL
     progress = Progress(f"{writer.ref.asset} {writer.ref.date}|{workspace}", log)
     what = f"the dump of workspace {workspace} from {describe_database(database_url)}"
@@ -217,7 +226,7 @@ def dump_workspace(
                 args.append(f"--table={table.schema}.{table.name}")
             _run_pg_dump(args, database_url, out, None, watchdog)
         table_entries = [
-            _copy_table(conn, table, workspace, writer, policy, progress, watchdog)
+            _copy_table(conn, table, workspace, writer, policy, progress, watchdog, binary)
             for table in tables
         ]
         conn.execute("COMMIT")
@@ -230,7 +239,7 @@ def dump_workspace(
         "source": _source_facts(database_url, snap),
         "tool": {
             **_tool_facts(policy.zstd_level),
-            "format": "copy-text",
+            "format": _formats_of(table_entries),
             "method": "COPY in one REPEATABLE READ snapshot",
         },
         "duration_seconds": round(progress.seconds, 3),
@@ -246,14 +255,17 @@ def _copy_table(
     policy: Policy,
     progress: Progress,
     watchdog: Watchdog,
+    binary: bool = True,
 ) -> dict:
     watchdog.progress()
     columns = table_columns(conn, table)
-    query = sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {col} = {ws}) TO STDOUT").format(
+    copy_format, types = copy_format_of(conn, table, columns, binary)
+    query = sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {col} = {ws}) TO STDOUT{fmt}").format(
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         tbl=table.identifier,
         col=sql.Identifier(table.workspace_column),
         ws=sql.Literal(workspace),
+        fmt=sql.SQL(" (FORMAT binary)" if copy_format == BINARY else ""),
     )
     rows = 0
     with writer.open_file(table.file_name) as out:
@@ -265,17 +277,46 @@ def _copy_table(
             for chunk in copy:
                 watchdog.progress()
                 data = bytes(chunk)
-                # COPY text format: one row per line (newlines inside values are escaped).
-                lines = data.count(b"\n")
+                # COPY text format: one row per line (newlines inside values are escaped);
+                # binary rows are counted by the server at the end (cur.rowcount).
+                lines = 0 if copy_format == BINARY else data.count(b"\n")
                 rows += lines
                 with watchdog.paused():
                     compressed.write(data)
                 progress.add(bytes_in=len(data), rows=lines)
+            if copy_format == BINARY:
+                rows = _copied_rows(cur, table)
+                progress.add(rows=rows)
         progress.add(bytes_out=out.bytes_written)
-    return {
+    entry = {
         "table": table.qualified,
         "workspace_column": table.workspace_column,
         "columns": columns,
         "rows": rows,
         "file": table.file_name,
+        "copy_format": copy_format,
     }
+    if copy_format == BINARY:
+        entry["column_types"] = types
+        entry["server_major"] = server_major(conn)
+    return entry
+
+
+def copy_format_of(conn, table: Table, columns: list[str], binary: bool) -> tuple[str, list]:
+    if not binary:
+        return TEXT, []
+    return choose_format(conn, table, columns)
+
+
+def _copied_rows(cur, table: Table) -> int:
+    """The rows the server says its COPY TO sent (binary rows have no line to count)."""
+    if cur.rowcount is None or cur.rowcount < 0:
+        raise SourceError(
+            f"COPY of {table.qualified}: the server did not say how many rows it sent"
+        )
+    return cur.rowcount
+
+
+def _formats_of(entries: list[dict]) -> str:
+    formats = sorted({e["copy_format"] for e in entries}) or [TEXT]
+    return "copy-" + "+".join(formats)

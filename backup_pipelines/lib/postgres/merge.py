@@ -11,9 +11,11 @@ from __future__ import annotations
 from psycopg import sql
 
 from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.ids import decompressed
 from backup_pipelines.lib.postgres.catalog import live_columns, primary_key
 from backup_pipelines.lib.postgres.connection import connect
-from backup_pipelines.lib.postgres.load import copy_table_in
+from backup_pipelines.lib.postgres.copy_format import BinaryCopyError, binary_column
+from backup_pipelines.lib.postgres.load import check_binary_target, copy_table_in, is_binary
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
 
@@ -31,6 +33,7 @@ def merge_sql_rows(
     workspace = ref.workspace
     report: dict[str, dict] = {}
     with connect(database_url) as conn:
+        check_binary_target(conn, ref, manifest)
         conn.execute("SET LOCAL lock_timeout = '60s'")
         for entry in manifest["tables"]:
             report[entry["table"]] = _merge_table(
@@ -51,11 +54,8 @@ def merge_sql_rows(
     return report
 
 
-def _merge_table(
-    conn, store, ref, manifest, entry: dict, workspace: str, dry_run: bool = False
-) -> dict:
+def _refuse_gone_columns(conn, entry: dict) -> None:
     schema, name = entry["table"].split(".", 1)
-    live = sql.Identifier(schema, name)
     present = live_columns(conn, schema, name)
     gone = [c for c in entry["columns"] if c not in present]
     if gone:
@@ -63,6 +63,54 @@ def _merge_table(
             f"{entry['table']}: column(s) {', '.join(gone)} of the backup no longer exist in the live "
             "table; restore the full dump into a new database instead"
         )
+
+
+def check_merge_possible(
+    database_url: str,
+    store: BackupStore,
+    ref: ArtifactRef,
+    manifest: dict,
+    skip_framing: set[str] = frozenset(),
+) -> None:
+    """What can refuse a merge before any server reads a row, checked without writing: every
+    backed-up column still exists, binary files come from the target's major version, and
+    each binary file (but those in `skip_framing`, already read whole) frames completely. A
+    caller that writes other stores beside the merge calls this first, so a damaged artifact
+    is refused before anything anywhere is written."""
+    with connect(database_url, autocommit=True) as conn:
+        check_binary_target(conn, ref, manifest)
+        for entry in manifest["tables"]:
+            _refuse_gone_columns(conn, entry)
+    for entry in manifest["tables"]:
+        if is_binary(entry) and entry["table"] not in skip_framing:
+            check_binary_framing(store, ref, manifest, entry)
+
+
+def check_binary_framing(store: BackupStore, ref: ArtifactRef, manifest: dict, entry: dict) -> None:
+    """Walk a binary table file to its trailer (its rows counted against the manifest)."""
+    rows = 0
+    try:
+        for values in binary_column(decompressed(store, ref, manifest, entry["file"]),
+                                    len(entry["columns"]), 0):  # fmt: skip
+            rows += len(values)
+    except BinaryCopyError as error:
+        raise BackupError(
+            f"the binary COPY file {entry['file']} of table {entry['table']} in {ref} is "
+            f"damaged: {error}; nothing was written. Restore another date"
+        ) from error
+    if rows != entry["rows"]:
+        raise BackupError(
+            f"the binary COPY file {entry['file']} of table {entry['table']} in {ref} holds "
+            f"{rows} rows, its manifest says {entry['rows']}; nothing was written"
+        )
+
+
+def _merge_table(
+    conn, store, ref, manifest, entry: dict, workspace: str, dry_run: bool = False
+) -> dict:
+    schema, name = entry["table"].split(".", 1)
+    live = sql.Identifier(schema, name)
+    _refuse_gone_columns(conn, entry)
     stage = sql.Identifier(f"restore_stage_{name}")
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
     conn.execute(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from backup_pipelines.lib.errors import BackupError, Refusals
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
-from backup_pipelines.lib.postgres.merge import merge_sql_rows
+from backup_pipelines.lib.postgres.merge import check_merge_possible, merge_sql_rows
 from backup_pipelines.lib.recovery import consistency, partial
 from backup_pipelines.lib.recovery.mappings import check_mappings
 from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
@@ -280,11 +281,16 @@ def restore_indexes(
     log: Log | None = None,
     skip_refused: bool = False,
     sql_report: Mapping[str, dict] | None = None,
+    sql_branch=None,
 ) -> dict[str, dict]:
     """Every engine's collection of the workspace back (engine name -> what it did). One
     engine failing, or refusing entries (skipped only with `skip_refused`), does not stop the
     others; then PartialRestore says what each store holds (`sql_report`: the SQL step's) and
-    how to finish (recovery.partial)."""
+    how to finish (recovery.partial).
+
+    With `sql_branch` (a callable merging the SQL rows, returning its report) the SQL merge and
+    the index steps all run at once (run_beside_sql); the SQL report is then
+    `progress.sql_report`, reached through the returned results' caller (restore_workspace)."""
     progress = partial.IndexProgress(
         f"{located.date}|{located.workspace}", mode, skip_refused, sql_report, log
     )
@@ -293,15 +299,52 @@ def restore_indexes(
             policy, located.workspace
         )
         progress.plan(engine, indexes[engine.name], target, backed_up_rows(located, policy, engine))
-    for step in progress.steps:
+
+    def run(step: partial.IndexStep) -> None:
         with progress.running(step):  # a failure is reported with every store's state
             step.result = restore_index(
                 step.engine, step.client, store, located, policy, mode, rebuild, database_url,
                 step.collection, log, step.refused,
             )  # fmt: skip
-        if lap is not None:
-            lap(step.engine.name)
+
+    if sql_branch is None:
+        for step in progress.steps:
+            run(step)
+            if lap is not None:
+                lap(step.engine.name)
+        return progress.finish()
+    run_beside_sql(progress, run, sql_branch, lap)
     return progress.finish()
+
+
+def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap) -> None:
+    """The SQL merge and every index step at once, each on its own thread (the work is in the
+    servers). A failing branch does not stop the others; the SQL outcome goes into `progress`
+    so PartialRestore states every store. `lap(name, seconds)` gets each branch's own time."""
+
+    def timed(name: str, work) -> None:
+        started = time.monotonic()
+        try:
+            work()
+        finally:
+            if lap is not None:
+                lap(name, time.monotonic() - started)
+
+    def sql() -> None:
+        progress.sql_running = True
+        try:
+            progress.sql_report = sql_branch()
+        except Exception as error:
+            progress.sql_failed(error)
+        finally:
+            progress.sql_running = False
+
+    branches = {"sql": sql} | {s.engine.name: (lambda s=s: run(s)) for s in progress.steps}
+    with ThreadPoolExecutor(len(branches), thread_name_prefix="restore") as pool:
+        futures = [pool.submit(timed, name, work) for name, work in branches.items()]
+        wait(futures)
+    for future in futures:
+        future.result()  # an interrupt inside a branch (BaseException) goes on up
 
 
 def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
@@ -439,6 +482,7 @@ def _restore_workspace_held(
     targets, skip_refused=False,
 ) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
+    branch_seconds: dict[str, float] = {}  # each branch's own time when they run at once
     started = time.monotonic()
 
     def lap(step: str) -> None:
@@ -456,24 +500,62 @@ def _restore_workspace_held(
     if override_gate and verdict.outcome == consistency.Outcome.FAIL:
         log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
         report.verification["gate_overridden"] = override_gate
-    report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
-    lap("sql")
-    if dry_run:
-        report.seconds = timings
-        return report
     rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
-    report.indexes = restore_indexes(
-        indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
-        skip_refused, report.sql,
-    )  # fmt: skip
+    if dry_run or rebuild or not indexes:
+        # A rebuild reads the merged SQL rows: it must wait for the SQL commit.
+        report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
+        lap("sql")
+        if dry_run:
+            report.seconds = timings
+            return report
+        report.indexes = restore_indexes(
+            indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+            skip_refused, report.sql,
+        )  # fmt: skip
+    else:
+        _sql_and_indexes_at_once(
+            report, store, located, policy, mode, database_url, indexes, targets,
+            branch_seconds, log, skip_refused,
+        )  # fmt: skip
+        lap("sql_and_indexes")
     skipped = skipped_of(report.indexes)
     report.verification.update(
         verify_restore(database_url, located, policy, indexes, targets, skipped)
     )
     lap("verify")
-    report.seconds = timings
+    report.seconds = timings | {f"{k}_branch": v for k, v in branch_seconds.items()}
     if report.verification["problems"]:
         raise partial.not_verified(
             f"{date}|{workspace}", mode, report.sql, report.indexes, report.verification
         )
     return report
+
+
+def _sql_and_indexes_at_once(
+    report: RestoreReport, store, located: Located, policy: Policy, mode: Mode, database_url,
+    indexes, targets, branch_seconds: dict, log: Log, skip_refused: bool,
+) -> None:  # fmt: skip
+    """The gate passed and the indexes come from their own artifacts, which do not depend on
+    the SQL rows: the SQL merge (one transaction) and each index restore run at the same time.
+    Everything that can refuse the SQL merge without a server's say is checked first (columns,
+    the target's major version for binary files, the framing of every binary file the gate did
+    not read), so a refusal still writes nothing anywhere. A failure of any branch after that
+    is a PartialRestore stating each store."""
+    ref, manifest = located.sql
+    source = artifact_source(store, located)
+    gated = {
+        f"{policy.schema}.{policy.index_mapping(e.name).table}" for e in index_engines(indexes)
+    }
+    check_merge_possible(database_url, source, ref, manifest, skip_framing=gated)
+
+    def merge() -> dict:
+        report.sql = merge_sql_rows(database_url, source, ref, manifest, log=log)
+        return report.sql
+
+    def lap(name: str, seconds: float) -> None:
+        branch_seconds[name] = seconds
+
+    report.indexes = restore_indexes(
+        indexes, store, located, policy, mode, False, database_url, targets, lap, log,
+        skip_refused, None, sql_branch=merge,
+    )  # fmt: skip

@@ -287,11 +287,22 @@ class TableEntry(_Model):
     workspace_column: Identifier
     rows: Count
     file: PlainName
+    # How the file's rows are written: COPY text (every artifact before binary COPY) or
+    # binary, with the built-in type of each column and the dumping server's major version.
+    copy_format: Literal["text", "binary"] = "text"
+    column_types: Annotated[list[Identifier], Field(max_length=MAX_COLUMNS)] | None = None
+    server_major: Annotated[StrictInt, Field(ge=7, le=999)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TableEntry:
         if len(set(self.columns)) != len(self.columns):
             raise ValueError("columns: a column is listed twice")
+        if self.copy_format == "binary" and (
+            self.column_types is None
+            or len(self.column_types) != len(self.columns)
+            or self.server_major is None
+        ):
+            raise ValueError("a binary table needs column_types (one per column) and server_major")
         if self.workspace_column not in self.columns:
             raise ValueError(f"workspace_column {self.workspace_column!r} is not one of columns")
         return self
