@@ -266,11 +266,12 @@ def test_restore_speed_parallel_index_failure_is_reported_as_partial(tmp_path, i
     assert fingerprint(env["db"], "ws_acme") == before
 
 
-def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, indexed_source):
-    """A value the server refuses (invalid UTF-8 in a binary text field: the framing is sound,
-    so only the server finds it) fails the SQL branch while the indexes are restored beside
-    it: the SQL transaction is rolled back, and PartialRestore says so and what the indexes
-    hold."""
+def test_restore_speed_value_the_server_refuses_is_refused_before_any_write(
+    tmp_path, indexed_source
+):
+    """Invalid UTF-8 in a binary text field (the framing is sound, so only the server finds
+    it): the SQL rows are staged while the gate runs, so the refusal comes before the SQL
+    merge inserts anything or any index is touched."""
     env = indexed_source
     store = LocalStore(tmp_path)
     back_up(store, env, "ws_acme")
@@ -279,19 +280,42 @@ def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, ind
             "SELECT content FROM memory_entries WHERE workspace_id = 'ws_acme' LIMIT 1"
         ).fetchone()[0]
     lose_workspace_memory(env, "ws_acme")
-    lost = fingerprint(env["db"], "ws_acme")
+    lost = {w: fingerprint(env["db"], w) for w in WORKSPACES}
     needle = content.encode()
     cut_file(
         store, ArtifactRef(SQL, DATE, "ws_acme"), "public.memory_entries.copy.zst",
         lambda plain: plain.replace(needle, b"\xff" + needle[1:], 1),
     )  # fmt: skip
 
+    with pytest.raises(BackupError, match=r"public\.memory_entries.*ws_acme.*damaged.*nothing"):
+        restore_workspace(store, DATE, "ws_acme", env["db"], env["policy"], env["indexes"])
+
+    assert {w: fingerprint(env["db"], w) for w in WORKSPACES} == lost
+    assert index_collections_exist(env, "ws_acme") == [False, False]
+
+
+def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, indexed_source):
+    """The SQL insert fails after the gate passed (a constraint added after the backup refuses
+    a backed-up row) while the indexes are restored beside it: the SQL transaction is rolled
+    back, and PartialRestore says so and what each index holds."""
+    env = indexed_source
+    store = LocalStore(tmp_path)
+    back_up(store, env, "ws_acme")
+    lose_workspace_memory(env, "ws_acme")
+    with psycopg.connect(env["db"], autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE memory_entries ADD CONSTRAINT no_acme_importance_above_zero "
+            "CHECK (workspace_id <> 'ws_acme' OR importance <= 0) NOT VALID"
+        )
+    lost = fingerprint(env["db"], "ws_acme")
+
     with pytest.raises(PartialRestore) as raised:
         restore_workspace(store, DATE, "ws_acme", env["db"], env["policy"], env["indexes"])
 
     states = raised.value.states
     assert states["sql"]["state"] == "failed" and states["sql"]["rolled_back"] is True
-    assert "public.memory_entries" in states["sql"]["error"]
-    assert states["typesense"]["state"] == "done" and states["qdrant"]["state"] == "done"
+    assert "no_acme_importance_above_zero" in states["sql"]["error"]
+    assert (states["typesense"]["state"], states["typesense"]["entries"]) == ("done", 120)
+    assert (states["qdrant"]["state"], states["qdrant"]["entries"]) == ("done", 120)
     assert "SQL: FAILED, rolled back" in str(raised.value)
     assert fingerprint(env["db"], "ws_acme") == lost

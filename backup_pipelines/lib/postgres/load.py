@@ -174,7 +174,7 @@ def _damaged_binary_named(binary: bool, entry: dict, ref: ArtifactRef):
             raise
         raise BackupError(
             f"the binary COPY file {entry['file']} of table {entry['table']} in {ref} is damaged "
-            f"or not readable by this server ({state}: {str(error).strip()}); nothing was written "
+            f"or not readable by this server ({state}: {_one_line(error)}); nothing was written "
             "(the restore's transaction was rolled back). Restore another date, or verify the "
             "artifact's source"
         ) from error
@@ -224,3 +224,7 @@ def pg_restore_full_dump(
             target_url,
             f"pg_restore of {ref}",
         )
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())

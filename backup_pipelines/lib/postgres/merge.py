@@ -8,16 +8,20 @@ behind and no concurrent restore can collide on a name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from psycopg import sql
 
 from backup_pipelines.lib.errors import BackupError
-from backup_pipelines.lib.ids import decompressed
 from backup_pipelines.lib.postgres.catalog import live_columns, primary_key
 from backup_pipelines.lib.postgres.connection import connect
-from backup_pipelines.lib.postgres.copy_format import BinaryCopyError, binary_column
-from backup_pipelines.lib.postgres.load import check_binary_target, copy_table_in, is_binary
+from backup_pipelines.lib.postgres.load import check_binary_target, copy_table_in
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
+
+
+class MergeAbandoned(BackupError):
+    """The caller said not to go on after staging (the gate refused): nothing was written."""
 
 
 def merge_sql_rows(
@@ -27,18 +31,28 @@ def merge_sql_rows(
     manifest: dict,
     dry_run: bool = False,
     log: Log | None = None,
+    staged: Callable[[], bool] | None = None,
 ) -> dict:
     """Insert the backed-up rows of workspace dump `ref` that the live tables lack, parents
-    first, in ONE transaction; returns per table what was in the backup, inserted, present."""
+    first, in ONE transaction; returns per table what was in the backup, inserted, present.
+
+    Every table is staged first (COPY into temporary tables: nothing any other session sees,
+    and every value already checked by the server), then inserted. `staged`, when given, is
+    called between the two and decides: True goes on, False rolls back (MergeAbandoned). A
+    restore stages while its consistency gate runs, and writes only once the gate passed."""
     workspace = ref.workspace
     report: dict[str, dict] = {}
     with connect(database_url) as conn:
         check_binary_target(conn, ref, manifest)
         conn.execute("SET LOCAL lock_timeout = '60s'")
-        for entry in manifest["tables"]:
-            report[entry["table"]] = _merge_table(
-                conn, store, ref, manifest, entry, workspace, dry_run
-            )
+        stages = [
+            _stage_table(conn, store, ref, manifest, entry, log) for entry in manifest["tables"]
+        ]
+        if staged is not None and not staged():
+            conn.rollback()
+            raise MergeAbandoned(f"the merge of {ref} was abandoned after staging: nothing written")
+        for entry, stage in zip(manifest["tables"], stages, strict=True):
+            report[entry["table"]] = _apply_table(conn, entry, stage, workspace, dry_run)
             if log:
                 log(f"{entry['table']}: {report[entry['table']]}")
         if dry_run:
@@ -65,57 +79,15 @@ def _refuse_gone_columns(conn, entry: dict) -> None:
         )
 
 
-def check_merge_possible(
-    database_url: str,
-    store: BackupStore,
-    ref: ArtifactRef,
-    manifest: dict,
-    skip_framing: set[str] = frozenset(),
-) -> None:
-    """What can refuse a merge before any server reads a row, checked without writing: every
-    backed-up column still exists, binary files come from the target's major version, and
-    each binary file (but those in `skip_framing`, already read whole) frames completely. A
-    caller that writes other stores beside the merge calls this first, so a damaged artifact
-    is refused before anything anywhere is written."""
-    with connect(database_url, autocommit=True) as conn:
-        check_binary_target(conn, ref, manifest)
-        for entry in manifest["tables"]:
-            _refuse_gone_columns(conn, entry)
-    for entry in manifest["tables"]:
-        if is_binary(entry) and entry["table"] not in skip_framing:
-            check_binary_framing(store, ref, manifest, entry)
-
-
-def check_binary_framing(store: BackupStore, ref: ArtifactRef, manifest: dict, entry: dict) -> None:
-    """Walk a binary table file to its trailer (its rows counted against the manifest)."""
-    rows = 0
-    try:
-        for values in binary_column(decompressed(store, ref, manifest, entry["file"]),
-                                    len(entry["columns"]), 0):  # fmt: skip
-            rows += len(values)
-    except BinaryCopyError as error:
-        raise BackupError(
-            f"the binary COPY file {entry['file']} of table {entry['table']} in {ref} is "
-            f"damaged: {error}; nothing was written. Restore another date"
-        ) from error
-    if rows != entry["rows"]:
-        raise BackupError(
-            f"the binary COPY file {entry['file']} of table {entry['table']} in {ref} holds "
-            f"{rows} rows, its manifest says {entry['rows']}; nothing was written"
-        )
-
-
-def _merge_table(
-    conn, store, ref, manifest, entry: dict, workspace: str, dry_run: bool = False
-) -> dict:
+def _stage_table(conn, store, ref, manifest, entry: dict, log) -> sql.Identifier:
+    """A temporary copy of the backed-up rows of one table (dropped at commit or rollback)."""
     schema, name = entry["table"].split(".", 1)
-    live = sql.Identifier(schema, name)
     _refuse_gone_columns(conn, entry)
     stage = sql.Identifier(f"restore_stage_{name}")
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-            stage, columns, live
+            stage, columns, sql.Identifier(schema, name)
         )
     )
     staged = copy_table_in(conn, store, ref, manifest, entry, stage)
@@ -123,6 +95,16 @@ def _merge_table(
         raise BackupError(
             f"{entry['table']}: staged {staged} rows, the manifest says {entry['rows']}"
         )
+    if log:
+        log(f"{entry['table']}: staged {staged} rows")
+    return stage
+
+
+def _apply_table(conn, entry: dict, stage, workspace: str, dry_run: bool = False) -> dict:
+    schema, name = entry["table"].split(".", 1)
+    live = sql.Identifier(schema, name)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
+    staged = entry["rows"]
     drawing = _columns_drawing_from_sequences(conn, schema, name, entry["columns"])
     if dry_run and drawing:
         # Inserting would call nextval() for these columns, which no rollback undoes: a dry

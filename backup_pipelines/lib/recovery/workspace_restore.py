@@ -20,6 +20,7 @@ through backup_pipelines.lib.engines only.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -33,7 +34,7 @@ from backup_pipelines.lib.errors import BackupError, Refusals
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.memory_rows import iter_index_rows, probe_row
-from backup_pipelines.lib.postgres.merge import check_merge_possible, merge_sql_rows
+from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.recovery import consistency, partial
 from backup_pipelines.lib.recovery.mappings import check_mappings
 from backup_pipelines.lib.recovery.rebuild_command import run_rebuild_command
@@ -450,6 +451,7 @@ def restore_workspace(
     lease_owner: str | None = None,
     lease_purpose: str = "restore",
     skip_refused: bool = False,
+    parallel: bool = True,
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
     steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
@@ -465,7 +467,11 @@ def restore_workspace(
 
     Entries an index refuses are skipped (and reported by id) only with `skip_refused`; a
     failure after the SQL commit is a PartialRestore saying what each store holds, and the
-    same call again finishes what is missing."""
+    same call again finishes what is missing.
+
+    Once the gate passed and the indexes come from their artifacts, the SQL merge and the
+    index restores run at the same time (`parallel=False`: one after another, as before; the
+    benchmark's baseline)."""
     log = log or (lambda _m: None)
     leases = lease_store(store, log)
     with leases.lease(workspace, lease_purpose, lease_owner, log=log):
@@ -473,13 +479,13 @@ def restore_workspace(
             leases.refuse_overlapping_restores(workspace)
         return _restore_workspace_held(
             store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
-            override_gate, log, index_targets or {}, skip_refused,
+            override_gate, log, index_targets or {}, skip_refused, parallel,
         )  # fmt: skip
 
 
 def _restore_workspace_held(
     store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
-    targets, skip_refused=False,
+    targets, skip_refused=False, parallel=True,
 ) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
     branch_seconds: dict[str, float] = {}  # each branch's own time when they run at once
@@ -491,18 +497,28 @@ def _restore_workspace_held(
     located = locate_and_verify(store, date, workspace, index_assets(indexes), log=log)
     check_before_writing(database_url, policy, list(indexes))
     lap("locate_and_verify")
-    verdict = consistency_gate(store, located, policy)
+    # Staging the SQL rows writes nothing anyone sees: it runs while the gate reads.
+    background = None
+    if parallel and indexes and not dry_run:
+        background = BackgroundMerge(database_url, artifact_source(store, located), located, log)
+    try:
+        verdict = consistency_gate(store, located, policy)
+    except BaseException as error:
+        if background is not None:
+            background.abandon(wait=isinstance(error, Exception))
+        raise
     lap("consistency_gate")
     log(f"consistency gate: {verdict.summary()}")
     if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
+        if background is not None:
+            background.abandon()
         raise GateRefused(verdict)
     report = RestoreReport(workspace, date, str(mode), str(verdict.outcome), located.source)
     if override_gate and verdict.outcome == consistency.Outcome.FAIL:
         log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
         report.verification["gate_overridden"] = override_gate
     rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
-    if dry_run or rebuild or not indexes:
-        # A rebuild reads the merged SQL rows: it must wait for the SQL commit.
+    if background is None:
         report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
         lap("sql")
         if dry_run:
@@ -513,11 +529,28 @@ def _restore_workspace_held(
             skip_refused, report.sql,
         )  # fmt: skip
     else:
-        _sql_and_indexes_at_once(
-            report, store, located, policy, mode, database_url, indexes, targets,
-            branch_seconds, log, skip_refused,
-        )  # fmt: skip
-        lap("sql_and_indexes")
+        background.wait_staged()  # a table the server refused: raised here, nothing written
+        lap("sql_staging")
+        branch_seconds["sql_staging"] = background.staging_seconds
+        background.proceed()
+        if rebuild:  # a rebuild reads the merged SQL rows: it waits for the SQL commit
+            report.sql = background.finish()
+            lap("sql")
+            report.indexes = restore_indexes(
+                indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+                skip_refused, report.sql,
+            )  # fmt: skip
+        else:
+
+            def branch_lap(name: str, seconds: float) -> None:
+                branch_seconds[name] = seconds
+
+            report.indexes = restore_indexes(
+                indexes, store, located, policy, mode, False, database_url, targets,
+                branch_lap, log, skip_refused, None, sql_branch=background.finish,
+            )  # fmt: skip
+            report.sql = background.report
+            lap("sql_and_indexes")
     skipped = skipped_of(report.indexes)
     report.verification.update(
         verify_restore(database_url, located, policy, indexes, targets, skipped)
@@ -531,31 +564,60 @@ def _restore_workspace_held(
     return report
 
 
-def _sql_and_indexes_at_once(
-    report: RestoreReport, store, located: Located, policy: Policy, mode: Mode, database_url,
-    indexes, targets, branch_seconds: dict, log: Log, skip_refused: bool,
-) -> None:  # fmt: skip
-    """The gate passed and the indexes come from their own artifacts, which do not depend on
-    the SQL rows: the SQL merge (one transaction) and each index restore run at the same time.
-    Everything that can refuse the SQL merge without a server's say is checked first (columns,
-    the target's major version for binary files, the framing of every binary file the gate did
-    not read), so a refusal still writes nothing anywhere. A failure of any branch after that
-    is a PartialRestore stating each store."""
-    ref, manifest = located.sql
-    source = artifact_source(store, located)
-    gated = {
-        f"{policy.schema}.{policy.index_mapping(e.name).table}" for e in index_engines(indexes)
-    }
-    check_merge_possible(database_url, source, ref, manifest, skip_framing=gated)
+class BackgroundMerge:
+    """The SQL merge (postgres.merge: one transaction) on its own thread, started before the
+    consistency gate: it stages every table (COPY into temporary tables, which no other session
+    sees; the server checks every value) while the gate reads, then waits. `proceed()` lets it
+    insert and commit; `abandon()` rolls it back. A table the server refuses is raised by
+    `wait_staged()` before anything was written anywhere."""
 
-    def merge() -> dict:
-        report.sql = merge_sql_rows(database_url, source, ref, manifest, log=log)
-        return report.sql
+    def __init__(self, database_url: str, source: BackupStore, located: Located, log: Log) -> None:
+        ref, manifest = located.sql
+        self.report: dict | None = None
+        self.error: BaseException | None = None
+        self.staging_seconds = 0.0
+        self._go, self._staged = threading.Event(), threading.Event()
+        self._proceed = False
+        self._started = time.monotonic()
 
-    def lap(name: str, seconds: float) -> None:
-        branch_seconds[name] = seconds
+        def run() -> None:
+            try:
+                self.report = merge_sql_rows(
+                    database_url, source, ref, manifest, log=log, staged=self._on_staged
+                )
+            except BaseException as error:  # handed to the caller's thread
+                self.error = error
+            finally:
+                self._staged.set()
 
-    report.indexes = restore_indexes(
-        indexes, store, located, policy, mode, False, database_url, targets, lap, log,
-        skip_refused, None, sql_branch=merge,
-    )  # fmt: skip
+        self._thread = threading.Thread(target=run, name="restore-sql", daemon=True)
+        self._thread.start()
+
+    def _on_staged(self) -> bool:
+        self.staging_seconds = time.monotonic() - self._started
+        self._staged.set()
+        self._go.wait()
+        return self._proceed
+
+    def wait_staged(self) -> None:
+        self._staged.wait()
+        if self.error is not None:
+            self._thread.join()
+            raise self.error
+
+    def proceed(self) -> None:
+        self._proceed = True
+        self._go.set()
+
+    def abandon(self, wait: bool = True) -> None:
+        """Roll the staged rows back; `wait` until the transaction is gone (not on an
+        interrupt, where the thread ends on its own and the server drops its temp tables)."""
+        self._go.set()
+        if wait:
+            self._thread.join()
+
+    def finish(self) -> dict:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.report
