@@ -103,6 +103,15 @@ def dumped(store, env, workspace=WS, binary=True, date=DATE) -> tuple[ArtifactRe
     return ref, store.require_manifest(ref)
 
 
+def without_ids_files(manifest: dict) -> dict:
+    """The manifest as if the dump had written no ids files: the gate walks the binary rows."""
+    tables = [
+        {k: v for k, v in t.items() if k not in ("ids_file", "ids_column")}
+        for t in manifest["tables"]
+    ]
+    return {**manifest, "tables": tables}
+
+
 def formats(manifest: dict) -> dict[str, str]:
     return {t["table"]: t["copy_format"] for t in manifest["tables"]}
 
@@ -125,10 +134,17 @@ def test_restore_speed_binary_dump_round_trip_of_an_operators_odd_types(
     facts = next(t for t in manifest["tables"] if t["table"] == "public.facts")
     assert facts["rows"] == 4 and facts["column_types"][:3] == ["int8", "text", "text"]
     assert isinstance(facts["server_major"], int)
-    binary_ids = sql_ids_from_workspace_dump(store, ref, manifest, "public.facts")
+    assert (facts["ids_file"], facts["ids_column"]) == ("public.facts.ids.zst", "id")
     text_ids = sql_ids_from_workspace_dump(store, text_ref, text_manifest, "public.facts")
-    assert sorted(binary_ids.ids.tolist()) == sorted(text_ids.ids.tolist())
-    assert sorted(binary_ids.ids.tolist()) == [-9007199254740993, 1, 2, 3]
+    from_ids_file = sql_ids_from_workspace_dump(store, ref, manifest, "public.facts")
+    walked = sql_ids_from_workspace_dump(store, ref, without_ids_files(manifest), "public.facts")
+    for ids in (text_ids, from_ids_file, walked):
+        assert sorted(ids.ids.tolist()) == [-9007199254740993, 1, 2, 3]
+    moods = sql_ids_from_workspace_dump(store, text_ref, text_manifest, "public.moods")
+    assert sorted(moods.ids.tolist()) == [
+        b"00000000-0000-0000-0000-000000000001",
+        b"00000000-0000-0000-0000-000000000002",
+    ]
 
     # merged back into the live database after a loss: every value as it was
     for artifact, artifact_manifest in ((ref, manifest), (text_ref, text_manifest)):
@@ -199,14 +215,18 @@ def test_restore_speed_truncated_binary_artifact_refused_with_nothing_changed(
     assert "damaged" in str(merged.value)
     assert {w: fingerprint(indexed_source["db"], w) for w in WORKSPACES} == lost
 
-    # a whole restore: the gate reads that file first and refuses it
+    # the gate, walking the binary rows (no ids file), refuses the cut stream too
     with pytest.raises(ValueError, match=r"public\.memory_entries.*damaged.*cut stream"):
+        sql_ids_from_workspace_dump(store, ref, without_ids_files(manifest))
+    # a whole restore: staged while the gate reads the ids, refused before any write
+    with pytest.raises(BackupError, match=r"public\.memory_entries.*ws_acme.*damaged.*nothing"):
         restore_workspace(
             store, DATE, "ws_acme", indexed_source["db"], indexed_source["policy"],
             indexed_source["indexes"],
         )  # fmt: skip
+    assert {w: fingerprint(indexed_source["db"], w) for w in WORKSPACES} == lost
 
-    # a file the gate does not read, cut: refused before the SQL merge or any index starts
+    # a small table's file, cut: refused before the SQL merge inserts or any index starts
     back_up(store, indexed_source, "ws_globex")
     lose_workspace_memory(indexed_source, "ws_globex")
     globex = ArtifactRef(SQL, DATE, "ws_globex")

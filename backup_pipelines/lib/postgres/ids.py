@@ -1,7 +1,9 @@
 """The memory-entry ids of a workspace dump, read from its COPY file for the consistency gate.
 
-A binary COPY file (the manifest's entry says `copy_format: binary`) is walked field by field
-(copy_format.binary_column) and its ids decoded by the column's recorded type. For COPY text:
+A binary COPY table's ids come from the ids file the dump wrote beside it (its primary key in
+COPY text, same snapshot, `ids_file`); without one (no one-column key, or the gate's id column
+is another) the binary file is walked field by field (copy_format.binary_column) and its ids
+decoded by the column's recorded type. For COPY text:
 
 Parsing uses bytes.find (memchr) from line to line and never looks at the rest of a row: the
 COPY id field is the text up to the tab that ends it (raw tabs and newlines only ever separate
@@ -88,10 +90,16 @@ def sql_ids_from_workspace_dump(
         )
     column = entry["columns"].index(id_column)
     collector = IdCollector()
-    chunks = decompressed(store, ref, manifest, entry["file"])
-    if entry.get("copy_format") == BINARY:
+    if entry.get("copy_format") == BINARY and entry.get("ids_column") == id_column:
+        # the dump wrote the key's values beside the binary rows, in COPY text
+        chunks = decompressed(store, ref, manifest, entry["ids_file"])
+        for buf, start, stop in line_blocks(chunks):
+            collector.add(_copy_fields(buf, start, stop, 0), _copy_unescape)
+    elif entry.get("copy_format") == BINARY:
+        chunks = decompressed(store, ref, manifest, entry["file"])
         _collect_binary(collector, chunks, entry, column, store.location(ref))
     else:
+        chunks = decompressed(store, ref, manifest, entry["file"])
         for buf, start, stop in line_blocks(chunks):
             collector.add(_copy_fields(buf, start, stop, column), _copy_unescape)
     return Side(f"postgres:{table}", manifest["captured_at"], collector.array(), entry.get("rows"))
