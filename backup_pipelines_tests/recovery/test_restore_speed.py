@@ -339,3 +339,28 @@ def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, ind
     assert (states["qdrant"]["state"], states["qdrant"]["entries"]) == ("done", 120)
     assert "SQL: FAILED, rolled back" in str(raised.value)
     assert fingerprint(env["db"], "ws_acme") == lost
+
+
+def test_restore_speed_binary_from_another_major_version_is_refused(odd, tmp_path):
+    """PostgreSQL does not promise binary COPY across major versions: a binary table dumped
+    by another major version than the target's is refused before anything is written."""
+    store = LocalStore(tmp_path / "store")
+    ref, _manifest = dumped(store, odd)
+
+    def from_another_major(raw: dict) -> None:
+        for table in raw["tables"]:
+            if table.get("copy_format") == "binary":
+                table["server_major"] = table["server_major"] - 1
+
+    tamper(store, ref, from_another_major)
+    manifest = store.require_manifest(ref)
+    with psycopg.connect(odd["db"], autocommit=True) as conn:
+        conn.execute("DELETE FROM moods WHERE workspace_id = %s", (WS,))
+        conn.execute("DELETE FROM facts WHERE workspace_id = %s", (WS,))
+    lost = {t: table_text(odd["db"], t) for t in ("workspaces", "facts", "moods")}
+
+    with pytest.raises(BackupError, match=r"public\.facts \(PostgreSQL \d+\).*major") as refused:
+        merge_sql_rows(odd["db"], store, ref, manifest)
+
+    assert "Nothing was written" in str(refused.value)
+    assert {t: table_text(odd["db"], t) for t in ("workspaces", "facts", "moods")} == lost

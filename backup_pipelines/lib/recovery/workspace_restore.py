@@ -502,22 +502,15 @@ def _restore_workspace_held(
     if parallel and indexes and not dry_run:
         background = BackgroundMerge(database_url, artifact_source(store, located), located, log)
     try:
-        verdict = consistency_gate(store, located, policy)
-    except BaseException as error:
+        report, rebuild = _gate(store, located, policy, override_gate, mode, lap, log)
         if background is not None:
+            background.wait_staged()  # a table the server refused: raised, nothing written
+            lap("sql_staging")
+            branch_seconds["sql_staging"] = background.staging_seconds
+    except BaseException as error:
+        if background is not None:  # rolled back; waited for unless interrupted
             background.abandon(wait=isinstance(error, Exception))
         raise
-    lap("consistency_gate")
-    log(f"consistency gate: {verdict.summary()}")
-    if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
-        if background is not None:
-            background.abandon()
-        raise GateRefused(verdict)
-    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome), located.source)
-    if override_gate and verdict.outcome == consistency.Outcome.FAIL:
-        log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
-        report.verification["gate_overridden"] = override_gate
-    rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
     if background is None:
         report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
         lap("sql")
@@ -528,29 +521,26 @@ def _restore_workspace_held(
             indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
             skip_refused, report.sql,
         )  # fmt: skip
-    else:
-        background.wait_staged()  # a table the server refused: raised here, nothing written
-        lap("sql_staging")
-        branch_seconds["sql_staging"] = background.staging_seconds
+    elif rebuild:  # a rebuild reads the merged SQL rows: it waits for the SQL commit
         background.proceed()
-        if rebuild:  # a rebuild reads the merged SQL rows: it waits for the SQL commit
-            report.sql = background.finish()
-            lap("sql")
-            report.indexes = restore_indexes(
-                indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
-                skip_refused, report.sql,
-            )  # fmt: skip
-        else:
+        report.sql = background.finish()
+        lap("sql")
+        report.indexes = restore_indexes(
+            indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+            skip_refused, report.sql,
+        )  # fmt: skip
+    else:
 
-            def branch_lap(name: str, seconds: float) -> None:
-                branch_seconds[name] = seconds
+        def branch_lap(name: str, seconds: float) -> None:
+            branch_seconds[name] = seconds
 
-            report.indexes = restore_indexes(
-                indexes, store, located, policy, mode, False, database_url, targets,
-                branch_lap, log, skip_refused, None, sql_branch=background.finish,
-            )  # fmt: skip
-            report.sql = background.report
-            lap("sql_and_indexes")
+        background.proceed()
+        report.indexes = restore_indexes(
+            indexes, store, located, policy, mode, False, database_url, targets, branch_lap,
+            log, skip_refused, None, sql_branch=background.finish,
+        )  # fmt: skip
+        report.sql = background.report
+        lap("sql_and_indexes")
     skipped = skipped_of(report.indexes)
     report.verification.update(
         verify_restore(database_url, located, policy, indexes, targets, skipped)
@@ -562,6 +552,23 @@ def _restore_workspace_held(
             f"{date}|{workspace}", mode, report.sql, report.indexes, report.verification
         )
     return report
+
+
+def _gate(store, located: Located, policy: Policy, override_gate: str, mode: Mode, lap, log):
+    """The consistency gate's verdict: refused (GateRefused), overridden (logged, in the
+    report), or passed; returns the report begun and whether the indexes must be rebuilt."""
+    verdict = consistency_gate(store, located, policy)
+    lap("consistency_gate")
+    log(f"consistency gate: {verdict.summary()}")
+    if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
+        raise GateRefused(verdict)
+    report = RestoreReport(
+        located.workspace, located.date, str(mode), str(verdict.outcome), located.source
+    )
+    if override_gate and verdict.outcome == consistency.Outcome.FAIL:
+        log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
+        report.verification["gate_overridden"] = override_gate
+    return report, verdict.outcome == consistency.Outcome.REBUILD_INDEX
 
 
 class BackgroundMerge:
