@@ -474,12 +474,16 @@ def measure_restore(label, date, parallel, store, url, policy, typesense, qdrant
     for step, (begin, end) in edges.items():
         low, high = sampler.at(begin), sampler.at(end)
         cpu[step] = {g: high[g] - low[g] for g in GROUPS}
-    # The SQL merge per table: from one table's log line to the next (tables go in order).
-    sql_tables, previous = {}, edges["consistency_gate"][1]
+    # The SQL merge per table, from one table's log line to the next (tables go in order):
+    # every table is staged ("staged N rows"; in the new path from the start, beside the
+    # gate), then inserted ("{'in_backup': ...}").
+    sql_tables = {}
+    previous = edges["locate_and_verify" if parallel else "consistency_gate"][1]
     for moment, message in messages:
         table, _, rest = message.partition(": ")
-        if rest.startswith("{'in_backup'"):
-            sql_tables[table] = moment - previous
+        kind = "staging" if rest.startswith("staged ") else "insert"
+        if kind == "staging" or rest.startswith("{'in_backup'"):
+            sql_tables[f"{table} {kind}"] = moment - previous
             previous = moment
     return {
         "label": label,
