@@ -13,6 +13,12 @@
 Before anything is written the policy's index mapping is checked against the database
 (recovery.mappings): a schema it does not fit is refused with the table, column and key.
 
+In-process (`restore_workspace`, the command line's path) the steps overlap where the gate
+allows it (issue 16): the SQL rows are staged into temporary tables while the gate reads (no
+other session sees them; nothing is inserted before the gate passed), and once it passed the
+SQL insert and every index restored from its artifact run at the same time. A rebuild from SQL
+rows still waits for the SQL commit. `parallel=False` runs them one after another.
+
 Plain Python reading only the store and the live systems, so the Dagster job and the command
 line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
 through backup_pipelines.lib.engines only.
