@@ -142,3 +142,70 @@ def test_refs_refuse_invalid_workspace_and_date():
         ArtifactRef("postgres/workspace_dump", "2026-11-21", "../etc")
     with pytest.raises(ValueError):
         ArtifactRef("postgres/workspace_dump", "2026-13-40", "ws")
+
+
+# ---------------------------------------------------------------------------------------------
+# memory of an S3 upload (issue 16, item 2): two part buffers at most, each released after its
+# upload, also when the upload fails
+
+
+def _track_part_buffers(monkeypatch) -> list:
+    created = []
+    real_init = store_module._PartBuffer.__init__
+
+    def tracking_init(self, capacity):
+        real_init(self, capacity)
+        created.append(self)
+
+    monkeypatch.setattr(store_module._PartBuffer, "__init__", tracking_init)
+    return created
+
+
+def test_memory_s3_upload_holds_at_most_two_part_buffers(s3_env, monkeypatch):
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)  # S3's minimum part size
+    created = _track_part_buffers(monkeypatch)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    open_at_upload = []
+    real_upload = store.client.upload_part
+
+    def observed_upload(**kwargs):
+        open_at_upload.append(sum(not buffer.closed for buffer in created))
+        assert isinstance(kwargs["Body"], store_module._PartBuffer)  # handed over, not copied
+        return real_upload(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", observed_upload)
+    blob = os.urandom(1 << 20)
+    with store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(22):  # parts of 5, 5, 5, 5 and 2 MiB
+                handle.write(blob)
+                assert sum(not buffer.closed for buffer in created) <= 2
+        manifest = writer.commit(**FIELDS)
+    assert len(open_at_upload) == 5 and max(open_at_upload) <= 2
+    assert all(buffer.closed for buffer in created)
+    assert manifest["files"][0]["bytes"] == 22 << 20
+    assert store.verify(REF).ok
+    assert read_all(store, REF, manifest, "big.bin") == blob * 22
+
+
+def test_memory_s3_failed_upload_releases_every_part_buffer(s3_env, monkeypatch):
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)
+    created = _track_part_buffers(monkeypatch)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    real_upload = store.client.upload_part
+
+    def failing_upload(**kwargs):
+        if kwargs["PartNumber"] == 2:
+            raise ConnectionError("endpoint went away")
+        return real_upload(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", failing_upload)
+    blob = os.urandom(1 << 20)
+    with pytest.raises(StoreError, match="upload part of"), store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(30):
+                handle.write(blob)
+        writer.commit(**FIELDS)
+    assert created and all(buffer.closed for buffer in created)
+    with pytest.raises(ArtifactNotFound):
+        store.require_manifest(REF)
