@@ -209,3 +209,23 @@ def test_memory_s3_failed_upload_releases_every_part_buffer(s3_env, monkeypatch)
     assert created and all(buffer.closed for buffer in created)
     with pytest.raises(ArtifactNotFound):
         store.require_manifest(REF)
+
+
+def test_memory_s3_parts_past_the_memory_limit_are_staged_on_disk(s3_env, monkeypatch, tmp_path):
+    """Parts grow past 1,000 parts (s3_part_size); past S3_MEMORY_PART_BYTES they go through
+    an unlinked temp file in BACKUP_WORK_DIR instead of memory, byte for byte the same."""
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)
+    monkeypatch.setattr(store_module, "S3_MEMORY_PART_BYTES", 0)  # every part on disk
+    monkeypatch.setenv("BACKUP_WORK_DIR", str(tmp_path))
+    created = _track_part_buffers(monkeypatch)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    blob = os.urandom(1 << 20)
+    with store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(11):
+                handle.write(blob)
+        manifest = writer.commit(**FIELDS)
+    assert created and all(buffer._map is None and buffer.closed for buffer in created)
+    assert list(tmp_path.iterdir()) == []  # unlinked temp files, nothing left behind
+    assert store.verify(REF).ok
+    assert read_all(store, REF, manifest, "big.bin") == blob * 11

@@ -10,6 +10,7 @@ import io
 import mmap
 import os
 import queue
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ S3_PART_SIZE = int(os.environ.get("BACKUP_S3_PART_MB", "8")) << 20
 # Memory bound per upload: two part buffers, one uploading while the next fills (issue 16:
 # three 8 MiB parts, the third one queued, added 62.7 MB to a full dump; two add ~17 MB).
 S3_PART_BUFFERS = 2
+# Parts up to this size are held in memory; bigger ones (a file past 1,000 parts, ~8.4 GB
+# stored at the default 8 MiB) are staged in an unlinked temp file under BACKUP_WORK_DIR, so
+# the process's memory stays flat however large the file grows.
+S3_MEMORY_PART_BYTES = 16 << 20
 S3_MAX_PARTS = 10_000
 
 
@@ -103,8 +108,9 @@ def s3_part_size(part_number: int) -> int:
 
 
 class _PartBuffer(io.RawIOBase):
-    """One part of a multipart upload, in its own anonymous memory map, read back as a
-    seekable file (botocore hashes, sends and, on a retry, re-sends it from there).
+    """One part of a multipart upload, in its own anonymous memory map (or, past
+    S3_MEMORY_PART_BYTES, an unlinked temp file), read back as a seekable file (botocore
+    hashes, sends and, on a retry, re-sends it from there).
 
     A map's memory goes back to the system the moment the part is released. A bytearray per
     part did not: after the first freed part glibc raises its mmap threshold, later parts come
@@ -112,15 +118,26 @@ class _PartBuffer(io.RawIOBase):
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
-        self._map = mmap.mmap(-1, capacity)
         self.capacity = capacity
         self.size = 0
         self._position = 0
+        self._map: mmap.mmap | None = None
+        self._file = None
+        if capacity <= S3_MEMORY_PART_BYTES:
+            self._map = mmap.mmap(-1, capacity)
+        else:  # on disk (page cache, not this process's memory)
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115 (closed in release)
+                prefix="s3-part-", dir=os.environ.get("BACKUP_WORK_DIR") or None
+            )
 
     def fill(self, data: memoryview) -> int:
         """Copy as much of `data` as fits; returns how many bytes were taken."""
         taken = min(len(data), self.capacity - self.size)
-        self._map[self.size : self.size + taken] = data[:taken]
+        if self._map is not None:
+            self._map[self.size : self.size + taken] = data[:taken]
+        else:
+            self._file.seek(self.size)
+            self._file.write(data[:taken])
         self.size += taken
         return taken
 
@@ -129,7 +146,8 @@ class _PartBuffer(io.RawIOBase):
         return self.size >= self.capacity
 
     def content(self) -> bytes:
-        return self._map[: self.size]
+        self.seek(0)
+        return self.read(self.size)
 
     def readable(self) -> bool:
         return True
@@ -139,7 +157,11 @@ class _PartBuffer(io.RawIOBase):
 
     def readinto(self, target) -> int:
         count = min(len(target), self.size - self._position)
-        target[:count] = self._map[self._position : self._position + count]
+        if self._map is not None:
+            target[:count] = self._map[self._position : self._position + count]
+        else:
+            self._file.seek(self._position)
+            count = self._file.readinto(memoryview(target)[:count])
         self._position += count
         return count
 
@@ -152,15 +174,17 @@ class _PartBuffer(io.RawIOBase):
         return self._position
 
     def release(self) -> None:
-        if not self._map.closed:
+        if self._map is not None and not self._map.closed:
             self._map.close()
+        if self._file is not None:
+            self._file.close()  # unlinked already: closing frees the disk
         self.close()
 
 
 class _S3MultipartSink(Sink):
     """Streams a file as a multipart upload; a part uploads on a worker while the next fills,
-    and a third waits for a free buffer (so memory is two parts, whatever the file's size up
-    to 1,000 parts; see s3_part_size)."""
+    and a third waits for a free buffer. Memory: two parts of the configured size (parts
+    grow past 1,000 parts, see s3_part_size, and are then staged on disk instead)."""
 
     def __init__(self, store: S3Store, key: str) -> None:
         self._store = store
