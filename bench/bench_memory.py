@@ -298,7 +298,14 @@ def start_s3():
 
 
 def s3_env(s3, prefix: str) -> dict:
-    return {**s3.env, "BACKUP_STORE_URL": f"s3://{s3.bucket}/{prefix}"}
+    # moto answers CompleteMultipartUpload only once it has copied every part into one object
+    # (over 20 s, the default read timeout, for 2.4 GB here; real S3 keeps the connection
+    # alive meanwhile), and a retry then gets a 500: give moto time.
+    return {
+        **s3.env,
+        "BACKUP_STORE_URL": f"s3://{s3.bucket}/{prefix}",
+        "BACKUP_READ_TIMEOUT": "900",
+    }
 
 
 # ---- (a) and item 4 ------------------------------------------------------------------------

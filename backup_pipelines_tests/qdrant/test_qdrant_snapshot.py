@@ -327,9 +327,8 @@ def test_standin_still_answers_wrong_input_for_a_bad_snapshot(standin, tmp_path)
 # ---------------------------------------------------------------------------------------------
 
 
-def test_memory_offline_copy_maps_vectors_instead_of_loading_them(snapshot, point_ids, tmp_path):
-    _, shard = unpack_collection_snapshot(snapshot[0], tmp_path)
-    storage_types = [
+def vector_storage_types(shard: Path) -> list[str]:
+    return [
         vector["storage_type"]
         for segment in (shard / "segments").iterdir()
         if (segment / "segment.json").exists()
@@ -337,9 +336,19 @@ def test_memory_offline_copy_maps_vectors_instead_of_loading_them(snapshot, poin
             "vector_data"
         ].values()
     ]
-    assert storage_types and all(not kind.startswith("InRam") for kind in storage_types)
+
+
+def test_memory_offline_copy_maps_vectors_instead_of_loading_them(snapshot, point_ids, tmp_path):
+    # As the server wrote them (and as the stand-in's own recovery keeps them): in RAM.
+    (tmp_path / "unpacked").mkdir()
+    _, shard = unpack_collection_snapshot(snapshot[0], tmp_path / "unpacked")
+    assert vector_storage_types(shard) == ["InRamChunkedMmap"] * len(vector_storage_types(shard))
+    # The offline reader's private copy maps them instead, and reads every id the same.
     (tmp_path / "read").mkdir()
     with read_snapshot_offline(snapshot[0], tmp_path / "read") as offline:
+        copy = next((tmp_path / "read").iterdir()) / "shard"
+        kinds = vector_storage_types(copy)
+        assert kinds and all(kind == "ChunkedMmap" for kind in kinds)
         assert offline.points == POINT_COUNT
         assert sorted(offline.iter_point_ids()) == sorted(point_ids)
 

@@ -287,7 +287,6 @@ def unpack_collection_snapshot(snapshot: Path, work: Path) -> tuple[dict, Path]:
     (merged / "wal").mkdir()
     try:
         next_operation = last_operation_number(merged) + 1
-        keep_vectors_on_disk(merged)
     except (ValueError, AttributeError, TypeError) as error:
         raise SnapshotError(f"a segment.json of the snapshot is damaged: {error}") from error
     (merged / "wal" / f"closed-{next_operation}").write_bytes(empty_wal_segment())
@@ -401,6 +400,10 @@ def read_snapshot_offline(
     try:
         verify_checksum(snapshot, checksum)
         config, shard_folder = unpack_collection_snapshot(snapshot, scratch)
+        try:
+            keep_vectors_on_disk(shard_folder)  # a private copy, only read
+        except (ValueError, AttributeError, TypeError) as error:
+            raise SnapshotError(f"a segment.json of the snapshot is damaged: {error}") from error
         try:
             shard = edge.EdgeShard.load(str(shard_folder))
         except Exception as error:
