@@ -329,7 +329,9 @@ def run_pg(args, work: Path) -> None:
         )
         s3 = start_s3()
         env = {**base_env(), **s3_env(s3, f"pg-{args.scale:g}"), "DATABASE_URL": url}
-        for code in codes(args):
+        for code in (
+            [] if args.skip_s3 else codes(args) * args.repeat
+        ):  # alternating, for a fair time comparison
             out = measure("full_dump", env, work, f"full_dump-s3-x{args.scale:g}", code)
             out.update(
                 size=f"{args.scale:g}x", scale=args.scale, memories=memories, db_size=db_size
@@ -367,6 +369,15 @@ def run_item4(args, full, url: str, work: Path, env: dict, memories: int, db_siz
     entry["ours_local"] = local
     save({"what": "memory", "backup": "(a) full dump -> local", **local,
           "size": f"{args.scale:g}x", "scale": args.scale})  # fmt: skip
+    if args.skip_restore:
+        shutil.rmtree(store_dir, ignore_errors=True)
+        floor_file.unlink(missing_ok=True)
+        log("floor #2 ...")
+        entry["floor2"] = full.timed_pg_dump(url, ["--format=custom", "--compress=0"], floor_file)
+        log(f"  {entry['floor2']['wall']:.1f} s")
+        save_partial(entry)
+        print_item4(entry)
+        return
     log(
         f"restore_full_database -j {full.RESTORE_JOBS} ... (/proc/loadavg {Path('/proc/loadavg').read_text().strip()})"
     )
@@ -578,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     pg = sub.add_parser("pg", help="(a) the full dump to S3; --item4 adds the dump/restore timings")
     pg.add_argument("--scale", type=float, default=1.0)
     pg.add_argument("--item4", action="store_true")
+    pg.add_argument("--repeat", type=int, default=1, help="S3 dumps per code version")
+    pg.add_argument("--skip-s3", action="store_true", help="no S3 dump (item 4 only)")
+    pg.add_argument(
+        "--skip-restore", action="store_true", help="with --item4: floor, ours, floor only"
+    )
     pg.add_argument("--variant", action="append", default=[],
                     help="NAME:K=V,... also measure the S3 dump with these variables set")  # fmt: skip
     pg.add_argument(
