@@ -270,6 +270,12 @@ def measure(kind: str, env: dict, work: Path, label: str, code: str = "") -> dic
     return out
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """NAME:K=V,K=V"""
+    name, _, pairs = text.partition(":")
+    return name, dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+
+
 def codes(args) -> list[str]:
     """The worktree's library code, then (with --compare DIR) the one under DIR."""
     return ["", *([str(Path(args.compare).resolve())] if args.compare else [])]
@@ -329,20 +335,18 @@ def run_pg(args, work: Path) -> None:
         )
         s3 = start_s3()
         env = {**base_env(), **s3_env(s3, f"pg-{args.scale:g}"), "DATABASE_URL": url}
-        for code in (
-            [] if args.skip_s3 else codes(args) * args.repeat
-        ):  # alternating, for a fair time comparison
-            out = measure("full_dump", env, work, f"full_dump-s3-x{args.scale:g}", code)
-            out.update(
-                size=f"{args.scale:g}x", scale=args.scale, memories=memories, db_size=db_size
-            )
-            save({"what": "memory", "backup": "(a) full dump -> S3", **out})
-        for variant in args.variant:  # NAME:K=V,K=V — the same dump with other settings
-            name, _, pairs = variant.partition(":")
-            extra = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
-            out = measure("full_dump", env | extra, work, f"full_dump-s3-x{args.scale:g}-{name}")
-            out.update(size=f"{args.scale:g}x", scale=args.scale, variant=name, env=extra)
-            save({"what": "variant", "backup": f"(a) full dump -> S3 [{name}]", **out})
+        variants = [parse_variant(v) for v in args.variant]
+        for _ in range(0 if args.skip_s3 else args.repeat):  # alternating: fair times
+            for code in codes(args):
+                out = measure("full_dump", env, work, f"full_dump-s3-x{args.scale:g}", code)
+                out.update(size=f"{args.scale:g}x", scale=args.scale, memories=memories,
+                           db_size=db_size)  # fmt: skip
+                save({"what": "memory", "backup": "(a) full dump -> S3", **out})
+            for name, extra in variants:  # the same dump with other settings
+                label = f"full_dump-s3-x{args.scale:g}-{name}"
+                out = measure("full_dump", env | extra, work, label)
+                out.update(size=f"{args.scale:g}x", scale=args.scale, variant=name, env=extra)
+                save({"what": "variant", "backup": f"(a) full dump -> S3 [{name}]", **out})
         s3.stop()
         s3 = None
         if args.item4:

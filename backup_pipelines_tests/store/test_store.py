@@ -229,3 +229,26 @@ def test_memory_s3_parts_past_the_memory_limit_are_staged_on_disk(s3_env, monkey
     assert list(tmp_path.iterdir()) == []  # unlinked temp files, nothing left behind
     assert store.verify(REF).ok
     assert read_all(store, REF, manifest, "big.bin") == blob * 11
+
+
+def test_memory_s3_part_buffers_setting(s3_env, monkeypatch):
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    monkeypatch.setenv("BACKUP_S3_PART_BUFFERS", "1")
+    with (
+        pytest.raises(ConfigError, match="BACKUP_S3_PART_BUFFERS='1'"),
+        store.begin(REF) as refused,
+        refused.open_file("a.bin") as handle,
+    ):
+        handle.write(b"x")
+    monkeypatch.setenv("BACKUP_S3_PART_BUFFERS", "3")
+    created = _track_part_buffers(monkeypatch)
+    blob = os.urandom(1 << 20)
+    with store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(16):
+                handle.write(blob)
+                assert sum(not buffer.closed for buffer in created) <= 3
+        manifest = writer.commit(**FIELDS)
+    assert all(buffer.closed for buffer in created)
+    assert read_all(store, REF, manifest, "big.bin") == blob * 16

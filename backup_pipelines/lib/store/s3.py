@@ -29,6 +29,19 @@ S3_PART_SIZE = int(os.environ.get("BACKUP_S3_PART_MB", "8")) << 20
 # Memory bound per upload: two part buffers, one uploading while the next fills (issue 16:
 # three 8 MiB parts, the third one queued, added 62.7 MB to a full dump; two add ~17 MB).
 S3_PART_BUFFERS = 2
+
+
+def s3_part_buffers() -> int:
+    """BACKUP_S3_PART_BUFFERS (2 to 16, default 2): parts held per upload. More buffers let
+    more parts wait while a slow endpoint catches up, at one part of memory each."""
+    text = os.environ.get("BACKUP_S3_PART_BUFFERS", "").strip()
+    if not text:
+        return S3_PART_BUFFERS
+    if not text.isdigit() or not 2 <= int(text) <= 16:
+        raise ConfigError(f"BACKUP_S3_PART_BUFFERS={text!r}: a whole number from 2 to 16")
+    return int(text)
+
+
 # Parts up to this size are held in memory; bigger ones (a file past 1,000 parts, ~8.4 GB
 # stored at the default 8 MiB) are staged in an unlinked temp file under BACKUP_WORK_DIR, so
 # the process's memory stays flat however large the file grows.
@@ -190,11 +203,12 @@ class _S3MultipartSink(Sink):
         self._store = store
         self._key = key
         self._buffer: _PartBuffer | None = None
-        self._free_buffers = threading.BoundedSemaphore(S3_PART_BUFFERS)
+        buffers = s3_part_buffers()
+        self._free_buffers = threading.BoundedSemaphore(buffers)
         self._parts: list[dict] = []
         self._parts_queued = 0
         self._upload_id: str | None = None
-        self._pending: queue.Queue = queue.Queue(maxsize=S3_PART_BUFFERS)
+        self._pending: queue.Queue = queue.Queue(maxsize=buffers)
         self._error: BaseException | None = None
         self._worker: threading.Thread | None = None
 
