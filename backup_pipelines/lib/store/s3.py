@@ -27,7 +27,8 @@ from backup_pipelines.lib.store.writer import Sink
 
 S3_PART_SIZE = int(os.environ.get("BACKUP_S3_PART_MB", "8")) << 20
 # Memory bound per upload: two part buffers, one uploading while the next fills (issue 16:
-# three 8 MiB parts, the third one queued, added 62.7 MB to a full dump; two add ~17 MB).
+# with three bytearray parts, one of them queued, a full dump added 50-63 MB of RSS; with two
+# mapped parts, 40 MB at 1x and 4x; bench/README.md, bench_memory.py).
 S3_PART_BUFFERS = 2
 
 
