@@ -23,7 +23,7 @@ from backup_pipelines.lib.store import (
 )
 
 # Not artifacts: keep markers, the writability probe, leases, monitoring's captured-at catalog
-# (never listed, never cleaned).
+# and retention's verification record (never listed, never cleaned).
 RESERVED_PREFIXES = (KEEP_PREFIX, "_health/", LEASE_PREFIX, "_catalog/")
 
 
@@ -42,9 +42,13 @@ class Folder:
     bytes: int = 0
     generations: dict[str, Generation] = field(default_factory=dict)
     loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
+    # Every object as listed: (key, size, tag), the tag changing whenever it is rewritten
+    # (verified.py: what a remembered verification is bound to).
+    objects: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def add(self, key: str, size: int, mtime: float, generation: str | None) -> None:
+    def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
         self.bytes += size
+        self.objects.append((key, size, tag))
         if generation is not None:
             entry = self.generations.setdefault(generation, Generation())
             entry.bytes += size
@@ -66,7 +70,7 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
             parsed[folder] = parse_artifact_folder(folder)
         return parsed[folder]
 
-    for key, size, mtime in listing.iter_keys(store, ""):
+    for key, size, mtime, tag in listing.iter_objects(store, ""):
         if key.startswith(RESERVED_PREFIXES):
             continue
         parent = key.rpartition("/")[0]
@@ -80,7 +84,7 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
                 continue
         if not DATE_PATTERN.fullmatch(ref.date):
             continue  # e.g. date=2026-3-1: not written by this project, never touched
-        folders.setdefault(ref, Folder(ref)).add(key, size, mtime, generation)
+        folders.setdefault(ref, Folder(ref)).add(key, size, mtime, generation, tag)
     return folders
 
 
