@@ -418,13 +418,18 @@ class _RememberingVerifier:
         self._now = now
         self._trust_seconds = trust_seconds
         self._lock = threading.Lock()
+        self._trusted: dict[ArtifactRef, bool] = {}
         self.calls = 0
         self.trusted = 0
 
     def trusts(self, artifact: Artifact) -> bool:
-        return self._record is not None and self._record.trusted(
-            artifact.folder, self._now, self._trust_seconds
-        )
+        if self._record is None:
+            return False
+        answer = self._trusted.get(artifact.ref)  # asked up to 3 times a series: hash once
+        if answer is None:
+            answer = self._record.trusted(artifact.folder, self._now, self._trust_seconds)
+            self._trusted[artifact.ref] = answer
+        return answer
 
     def __call__(self, artifact: Artifact) -> bool:
         if self.trusts(artifact):

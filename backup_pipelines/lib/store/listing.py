@@ -11,6 +11,9 @@ the same keys, sizes and modification times, for a fraction of the CPU.
     iter_objects(store, prefix)  the same with a version tag: S3's ETag, a local file's inode
                                  and mtime in ns (changes whenever the object is rewritten)
     list_folders(store, prefix)  the immediate sub-folders of prefix (S3: Delimiter "/")
+    iter_manifests(store, prefix)
+                                 iter_objects, but only the manifests (a local folder's
+                                 generation folders are not even opened)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from urllib.parse import unquote_plus
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.store.base import BackupStore
 from backup_pipelines.lib.store.local import LocalStore
+from backup_pipelines.lib.store.manifest import MANIFEST_NAME, is_generation
 from backup_pipelines.lib.store.s3 import S3Store
 
 Listed = tuple[str, int, float]  # key relative to the store, size, modified (epoch seconds)
@@ -48,6 +52,16 @@ def iter_objects(store: BackupStore, prefix: str) -> Iterator[Tagged]:
     return ((k, s, m, f"{m}:{s}") for k, s, m in store._list(prefix))
 
 
+def iter_manifests(store: BackupStore, prefix: str) -> Iterator[Tagged]:
+    """The objects named like a manifest under `prefix`, as iter_objects lists them. On a
+    local folder, generation folders (the files of an artifact: 3-8 each, where a manifest
+    never is) are skipped unopened: a sensor tick over 10,000 workspaces then stats 30,000
+    files instead of 300,000. S3 lists every key either way."""
+    if isinstance(store, LocalStore):
+        return _local_keys(store, prefix, manifests_only=True)
+    return (o for o in iter_objects(store, prefix) if o[0].rpartition("/")[2] == MANIFEST_NAME)
+
+
 def list_folders(store: BackupStore, prefix: str) -> list[str]:
     """Names of the immediate sub-folders of `prefix` ("a/b/" -> ["date=...", ...])."""
     if isinstance(store, S3Store):
@@ -66,7 +80,7 @@ def list_folders(store: BackupStore, prefix: str) -> list[str]:
 # Local folder: os.scandir, symlinks never followed (as LocalStore._list)
 
 
-def _local_keys(store: LocalStore, prefix: str) -> Iterator[Tagged]:
+def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) -> Iterator[Tagged]:
     root = str(store.root)
     # store._path: the store's own check that a key stays inside its folder
     start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
@@ -87,7 +101,10 @@ def _local_keys(store: LocalStore, prefix: str) -> Iterator[Tagged]:
             ) from exc
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+                if not (manifests_only and is_generation(entry.name)):
+                    stack.append(entry.path)
+                continue
+            if manifests_only and entry.name != MANIFEST_NAME:
                 continue
             if entry.is_symlink() and entry.is_dir():
                 continue  # as os.walk in LocalStore._list: a linked folder is neither walked nor listed
