@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import zstandard
 
@@ -165,3 +165,23 @@ def test_scale_retention_dry_run_and_zero_days_remember_nothing(store):
     plan_retention(store, never, TODAY)
     again = plan_retention(store, never, TODAY)
     assert (again.verifications, again.trusted) == (SERIES, 0)
+
+
+def test_scale_retention_cli_full_reverify_reads_again_what_a_plan_remembered(
+    tmp_path, monkeypatch, capsys
+):
+    from backup_pipelines import cli
+
+    store = LocalStore(tmp_path / "store")
+    today = datetime.now(UTC).date()
+    for day in (today.isoformat(), "2025-01-01"):  # the default policy deletes the old one
+        for asset in ASSETS:
+            for workspace in WORKSPACES:
+                write(store, asset, day, workspace)
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{store.root}")
+    monkeypatch.delenv("BACKUP_POLICY_FILE", raising=False)
+    plan_retention(store, Policy(), today)  # remembers the newest of every series
+    assert cli.main(["retention", "--dry-run"]) == 0
+    assert f"0 artifacts verified now, {SERIES} trusted" in capsys.readouterr().out
+    assert cli.main(["retention", "--dry-run", "--full-reverify"]) == 0
+    assert f"{SERIES} artifacts verified now, 0 trusted" in capsys.readouterr().out
