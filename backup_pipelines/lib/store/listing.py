@@ -94,6 +94,16 @@ def list_folders(store: BackupStore, prefix: str) -> list[str]:
 
 
 def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) -> Iterator[Tagged]:
+    for _folder, objects in local_folders(store, prefix, manifests_only):
+        yield from objects
+
+
+def local_folders(
+    store: LocalStore, prefix: str, manifests_only: bool = False
+) -> Iterator[tuple[str, list[Tagged]]]:
+    """Each folder under `prefix` (relative to the store, "" for its root) with the objects
+    directly in it, as iter_objects lists them (one batch a folder: retention's scan of
+    430,000 files then parses 170,000 folder names once each, not once per file)."""
     root = str(store.root)
     # store._path: the store's own check that a key stays inside its folder
     start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
@@ -112,6 +122,7 @@ def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) ->
                 f"backup store {store.describe()} refused to list {folder[base_len:]!r}: "
                 f"{exc.strerror or exc}"
             ) from exc
+        objects: list[Tagged] = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if not (manifests_only and is_generation(entry.name)):
@@ -128,7 +139,9 @@ def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) ->
             except FileNotFoundError:
                 continue
             tag = f"{stat.st_ino}:{stat.st_mtime_ns}"
-            yield entry.path[base_len:], stat.st_size, stat.st_mtime, tag
+            objects.append((entry.path[base_len:], stat.st_size, stat.st_mtime, tag))
+        if objects:
+            yield folder[base_len:], objects
 
 
 def _local_folders(store: LocalStore, prefix: str) -> list[str]:
