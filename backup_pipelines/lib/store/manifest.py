@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -73,8 +72,13 @@ class UnsafeName(StoreError, ValueError):
 # Names
 
 
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F (one regex search instead of
+# a category lookup per character: manifests are validated 30,000 at a time at scale).
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control_characters(value: str) -> bool:
-    return any(unicodedata.category(char) == "Cc" for char in value)
+    return _CONTROL_CHARACTERS.search(value) is not None
 
 
 def plain_name_problem(value: object) -> str | None:
