@@ -28,7 +28,6 @@ when a newer one of its series verified, the keep markers and leases as they are
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import zlib
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ import zstandard
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.lifecycle.scan import Folder
 from backup_pipelines.lib.store import BackupStore
+from backup_pipelines.lib.store.catalog_object import decode_catalog, encode_catalog
 from backup_pipelines.lib.store.refs import parse_artifact_folder
 
 VERIFIED_PREFIX = "_catalog/verified/"
@@ -123,11 +123,8 @@ class VerificationRecord:
                     for where, (print_, at) in self.entries.get(asset, {}).items()
                     if where in listed.get(asset, ())
                 }
-            body = json.dumps({"format": FORMAT, "asset": asset, "entries": entries})
             try:
-                store._put_atomic(
-                    self.key(asset), zstandard.ZstdCompressor(level=3).compress(body.encode())
-                )
+                store._put_atomic(self.key(asset), encode_catalog(FORMAT, asset, entries))
             except StoreError as exc:
                 problems.append(f"could not save the verification record of {asset}: {exc}")
         self.changed.clear()
@@ -143,18 +140,12 @@ def _spread(folder: Folder) -> float:
 def _parse(asset: str, data: bytes) -> dict[str, tuple[str, float]]:
     """The entries of a stored record; raises ValueError when it is not one this module
     writes. Entries that are not well formed are dropped one by one."""
-    text = zstandard.ZstdDecompressor().stream_reader(data).read(MAX_OBJECT_BYTES + 1)
-    if len(text) > MAX_OBJECT_BYTES:
-        raise ValueError(f"larger than {MAX_OBJECT_BYTES} bytes decompressed")
-    raw = json.loads(text)
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ValueError(f"not a verification record of format {FORMAT}")
-    if raw.get("asset") != asset or not isinstance(raw.get("entries"), dict):
-        raise ValueError(f"not the verification record of {asset}")
-    if len(raw["entries"]) > MAX_ENTRIES:
-        raise ValueError(f"more than {MAX_ENTRIES} entries")
+    stored = decode_catalog(
+        data, format_version=FORMAT, asset=asset, what="verification record",
+        max_bytes=MAX_OBJECT_BYTES, max_entries=MAX_ENTRIES,
+    )  # fmt: skip
     entries = {}
-    for where, entry in raw["entries"].items():
+    for where, entry in stored.items():
         parsed = _valid_entry(asset, where, entry)
         if parsed is not None:
             entries[where] = parsed
