@@ -581,8 +581,9 @@ def cmd_retention(args) -> int:
         if control is not None:
             print(f"copy store {store.describe()}:")
         _plan, result = run_retention(
-            store, policy, today, dry_run=args.dry_run, log=print, control=control
-        )
+            store, policy, today, dry_run=args.dry_run, log=print, control=control,
+            full_reverify=args.full_reverify,
+        )  # fmt: skip
         if result is None:
             print("dry run: nothing deleted")
             continue
@@ -788,6 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     prune.add_argument(
         "--today", type=date_argument, help="plan as of this UTC date, YYYY-MM-DD (default: today)"
+    )
+    prune.add_argument(
+        "--full-reverify",
+        action="store_true",
+        help="re-read every artifact the plan needs verified, trusting no earlier verification",
     )
     prune.set_defaults(run=cmd_retention)
     lease = commands.add_parser(

@@ -172,10 +172,14 @@ def test_workspace_backup_job_materializes_and_verifies(definitions, tmp_path):
         }
         assert sorted(checks) == BACKUP_RUN_CHECKS[1:]
         assert all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
-        assert (
-            checks["postgres/workspace_dump:artifact_verifies"].metadata["files_verified"].value
-            == 7
+        manifest = store_from_url(f"file://{tmp_path}/store").read_manifest(
+            ArtifactRef("postgres/workspace_dump", "2026-11-21", "ws_acme")
         )
+        ids_files = [table["ids_file"] for table in manifest["tables"] if table.get("ids_file")]
+        # the DDL and one file per table (7), and beside each binary table its key's ids file
+        assert ids_files and len(manifest["files"]) == 7 + len(ids_files)
+        verified = checks["postgres/workspace_dump:artifact_verifies"].metadata["files_verified"]
+        assert verified.value == len(manifest["files"])
         evidence = (
             checks["typesense/collection_export:consistent_with_sql"].metadata["evidence"].value
         )

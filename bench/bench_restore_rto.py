@@ -87,6 +87,14 @@ NEIGHBOUR = "ws_neighbour"
 DIM = 384
 AIM_SIZE = 1_000_000
 STEPS = ("locate_and_verify", "consistency_gate", "sql", "typesense", "qdrant", "verify")
+# The new path: the SQL merge and both index restores at once after the gate.
+# The SQL rows are staged (COPY into temp tables) while the gate runs; sql_staging is the wait
+# for staging after the gate ended.
+PARALLEL_STEPS = (
+    "locate_and_verify", "consistency_gate", "sql_staging", "sql_and_indexes", "verify"
+)  # fmt: skip
+BRANCHES = ("sql_staging", "sql", "typesense", "qdrant")
+BASELINE_DATE = "2026-11-20"  # the baseline's text-COPY artifact
 GROUPS = ("client", "postgres", "typesense", "qdrant")
 ASSETS = ("postgres/workspace_dump", "typesense/collection_export", "qdrant/collection_snapshot")
 INDEX_BATCH = 10_000  # documents / points per request while building the indexes (setup only)
@@ -369,19 +377,25 @@ def client_cpu() -> float:
 # One size
 
 
-def artifact_bytes(root: Path, asset: str) -> int:
-    folder = root / asset
+def artifact_bytes(root: Path, asset: str, date: str = DATE) -> int:
+    folder = root / asset / f"date={date}"
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
-def back_up(store, database_url, typesense, qdrant, policy, workspace) -> dict[str, float]:
+def back_up(
+    store, database_url, typesense, qdrant, policy, workspace, date=DATE, binary=True
+) -> dict[str, float]:
+    """The partition's three artifacts; `binary=False` writes the SQL dump in COPY text only,
+    as every workspace dump before binary COPY (the baseline's artifact)."""
     seconds = {}
     started = time.monotonic()
-    with store.begin(ArtifactRef(ASSETS[0], DATE, workspace)) as writer:
-        writer.commit(**postgres.dump_workspace(database_url, workspace, policy, writer))
+    with store.begin(ArtifactRef(ASSETS[0], date, workspace)) as writer:
+        writer.commit(
+            **postgres.dump_workspace(database_url, workspace, policy, writer, binary=binary)
+        )
     seconds["sql"] = time.monotonic() - started
     started = time.monotonic()
-    with store.begin(ArtifactRef(ASSETS[1], DATE, workspace)) as writer:
+    with store.begin(ArtifactRef(ASSETS[1], date, workspace)) as writer:
         writer.commit(
             **export_typesense_collection(
                 typesense,
@@ -392,7 +406,7 @@ def back_up(store, database_url, typesense, qdrant, policy, workspace) -> dict[s
         )
     seconds["typesense"] = time.monotonic() - started
     started = time.monotonic()
-    with store.begin(ArtifactRef(ASSETS[2], DATE, workspace)) as writer:
+    with store.begin(ArtifactRef(ASSETS[2], date, workspace)) as writer:
         writer.commit(
             **snapshot_qdrant_collections(
                 qdrant, qdrant.http.base_url, policy.qdrant_collections_for(workspace), writer
@@ -432,7 +446,68 @@ def workspace_counts(database_url: str, workspace: str) -> dict[str, int]:
         }
 
 
-def run_size(memories: int, work: Path, neighbour: int) -> dict:
+def measure_restore(label, date, parallel, store, url, policy, typesense, qdrant, groups) -> dict:
+    """One measured `restore_workspace(mode=merge)`: its own step timings, CPU per step and
+    process group, the SQL step per table and PostgreSQL's active statements."""
+    say(f"{label}: loadavg {load_average()}; restore_workspace(mode=merge, parallel={parallel})")
+    messages: list[tuple[float, str]] = []
+
+    def log(message: str) -> None:
+        messages.append((time.monotonic(), message))
+        say(f"  restore: {message}")
+
+    with CpuSampler(groups) as sampler, PgActivitySampler(url) as activity:
+        started = time.monotonic()
+        report = restore_workspace(
+            store, date, WORKSPACE, url, policy, {"typesense": typesense, "qdrant": qdrant},
+            mode=Mode.MERGE, log=log, parallel=parallel,
+        )  # fmt: skip
+        wall = time.monotonic() - started
+    steps = STEPS if not parallel else PARALLEL_STEPS
+    seconds = {s: report.seconds.get(s, 0.0) for s in steps}
+    branches = {b: report.seconds.get(f"{b}_branch", 0.0) for b in BRANCHES if parallel}
+    edges, moment = {}, started
+    for step in steps:
+        edges[step] = (moment, moment + seconds[step])
+        moment += seconds[step]
+    cpu = {}
+    for step, (begin, end) in edges.items():
+        low, high = sampler.at(begin), sampler.at(end)
+        cpu[step] = {g: high[g] - low[g] for g in GROUPS}
+    # The SQL merge per table, from one table's log line to the next (tables go in order):
+    # every table is staged ("staged N rows"; in the new path from the start, beside the
+    # gate), then inserted ("{'in_backup': ...}").
+    sql_tables = {}
+    previous = edges["locate_and_verify" if parallel else "consistency_gate"][1]
+    for moment, message in messages:
+        table, _, rest = message.partition(": ")
+        kind = "staging" if rest.startswith("staged ") else "insert"
+        if kind == "staging" or rest.startswith("{'in_backup'"):
+            sql_tables[f"{table} {kind}"] = moment - previous
+            previous = moment
+    return {
+        "label": label,
+        "parallel": parallel,
+        "verdict": report.verdict,
+        "verification_problems": report.verification.get("problems"),
+        "steps": list(steps),
+        "seconds": seconds,
+        "branches": branches,
+        "total": sum(seconds.values()),
+        "wall": wall,
+        "cpu": cpu,
+        "sql_tables": sql_tables,
+        "pg_statements": dict(sorted(activity.seconds.items(), key=lambda kv: -kv[1])),
+        "restored": {"sql": report.sql, **report.indexes},
+        "load_before": load_average(),
+    }
+
+
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def run_size(memories: int, work: Path, neighbour: int, baseline: bool = False) -> dict:
     policy = Policy()
     result: dict = {"memories": memories, "setup_seconds": {}}
     setup = result["setup_seconds"]
@@ -478,36 +553,26 @@ def run_size(memories: int, work: Path, neighbour: int) -> dict:
         store_root = work / f"store-{memories}"
         store = LocalStore(store_root)
         os.environ["BACKUP_WORK_DIR"] = str(work)
-        backups = back_up(store, url, typesense, qdrant, policy, WORKSPACE)
-        setup.update({f"backup_{k}": v for k, v in backups.items()})
-        result["artifact_bytes"] = {a: artifact_bytes(store_root, a) for a in ASSETS}
-        say(
-            "backed up (excluded): "
-            + ", ".join(
-                f"{a} {backups[k]:.1f} s, {result['artifact_bytes'][a] / 1e6:,.1f} MB"
-                for k, a in zip(("sql", "typesense", "qdrant"), ASSETS, strict=True)
+        runs = [("new", DATE, True)]
+        if baseline:
+            runs.insert(0, ("baseline", BASELINE_DATE, False))
+        result["artifact_bytes"] = {}
+        for label, date, binary in runs:
+            backups = back_up(store, url, typesense, qdrant, policy, WORKSPACE, date, binary)
+            setup.update({f"backup_{k}_{label}": v for k, v in backups.items()})
+            result["artifact_bytes"][label] = {
+                a: artifact_bytes(store_root, a, date) for a in ASSETS
+            }
+            say(
+                f"backed up for the {label} run ({'binary' if binary else 'text'} COPY; "
+                "excluded): "
+                + ", ".join(
+                    f"{a} {backups[k]:.1f} s, {result['artifact_bytes'][label][a] / 1e6:,.1f} MB"
+                    for k, a in zip(("sql", "typesense", "qdrant"), ASSETS, strict=True)
+                )
             )
-        )
         before = workspace_counts(url, WORKSPACE)
         neighbour_before = workspace_counts(url, NEIGHBOUR)
-
-        started = time.monotonic()
-        lose_workspace_memory(url, typesense, qdrant, policy, WORKSPACE)
-        result["incident_seconds"] = time.monotonic() - started
-        lost = workspace_counts(url, WORKSPACE)
-        if any(lost.values()):
-            raise RuntimeError(f"incident left rows behind: {lost}")
-        say(
-            f"incident: rows deleted, both collections dropped in {result['incident_seconds']:.1f} s"
-        )
-        started = time.monotonic()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM (ANALYZE)")
-        setup["vacuum_after_incident"] = time.monotonic() - started
-        say(
-            f"VACUUM (ANALYZE) after the incident: {setup['vacuum_after_incident']:.1f} s (excluded)"
-        )
-
         postmaster = psutil.Process(
             int((cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
         )
@@ -517,75 +582,129 @@ def run_size(memories: int, work: Path, neighbour: int) -> dict:
             "typesense": lambda: cpu_of(psutil.Process(typesense_server._process.pid)),
             "qdrant": lambda: cpu_of(psutil.Process(qdrant_process._process.pid)),
         }
-        say("restore_workspace(mode=merge) ...")
-        messages: list[tuple[float, str]] = []
-
-        def log(message: str) -> None:
-            messages.append((time.monotonic(), message))
-            say(f"  restore: {message}")
-
-        with CpuSampler(groups) as sampler, PgActivitySampler(url) as activity:
+        result["runs"] = {}
+        for label, date, binary in runs:
             started = time.monotonic()
-            report = restore_workspace(
-                store,
-                DATE,
-                WORKSPACE,
-                url,
-                policy,
-                {"typesense": typesense, "qdrant": qdrant},
-                mode=Mode.MERGE,
-                log=log,
+            lose_workspace_memory(url, typesense, qdrant, policy, WORKSPACE)
+            result[f"incident_seconds_{label}"] = time.monotonic() - started
+            lost = workspace_counts(url, WORKSPACE)
+            if any(lost.values()):
+                raise RuntimeError(f"incident left rows behind: {lost}")
+            started = time.monotonic()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("VACUUM (ANALYZE)")
+            setup[f"vacuum_after_incident_{label}"] = time.monotonic() - started
+            say(
+                f"incident before the {label} run: rows deleted, both collections dropped in "
+                f"{result[f'incident_seconds_{label}']:.1f} s; VACUUM (ANALYZE) "
+                f"{setup[f'vacuum_after_incident_{label}']:.1f} s (excluded)"
             )
-            wall = time.monotonic() - started
-        seconds = {s: report.seconds.get(s, 0.0) for s in STEPS}
-        edges, moment = {}, started
-        for step in STEPS:
-            edges[step] = (moment, moment + seconds[step])
-            moment += seconds[step]
-        cpu = {}
-        for step, (begin, end) in edges.items():
-            low, high = sampler.at(begin), sampler.at(end)
-            cpu[step] = {g: high[g] - low[g] for g in GROUPS}
-
-        # The SQL step per table: from one table's log line to the next (tables go in order).
-        sql_tables, previous = {}, edges["consistency_gate"][1]
-        for moment, message in messages:
-            table, _, rest = message.partition(": ")
-            if rest.startswith("{'in_backup'"):
-                sql_tables[table] = moment - previous
-                previous = moment
-
-        after = workspace_counts(url, WORKSPACE)
-        problems = []
-        if after != before:
-            problems.append(f"SQL rows {after} after the restore, {before} before the incident")
-        if workspace_counts(url, NEIGHBOUR) != neighbour_before:
-            problems.append("the neighbour workspace changed")
-        ts_count = typesense.num_documents(policy.typesense_collection_for(WORKSPACE))
-        qd_count = qdrant.count(policy.qdrant_collections_for(WORKSPACE)[0])
-        if not ts_count == qd_count == memories:
-            problems.append(f"indexes hold {ts_count} documents and {qd_count} points")
-        if report.verdict != "PASS" or report.verification.get("problems"):
-            problems.append(f"verdict {report.verdict}, {report.verification.get('problems')}")
-        result.update(
-            verdict=report.verdict,
-            seconds=seconds,
-            total=sum(seconds.values()),
-            wall=wall,
-            cpu=cpu,
-            sql_tables=sql_tables,
-            pg_statements=dict(sorted(activity.seconds.items(), key=lambda kv: -kv[1])),
-            restored={"sql": report.sql, **report.indexes},
-            checks={"sql_rows": after, "typesense": ts_count, "qdrant": qd_count},
-            problems=problems,
-        )
-        say(f"restored in {result['total']:.1f} s; checks: {problems or 'all OK'}")
+            run = measure_restore(
+                label, date, parallel=binary, store=store, url=url, policy=policy,
+                typesense=typesense, qdrant=qdrant, groups=groups,
+            )  # fmt: skip
+            after = workspace_counts(url, WORKSPACE)
+            problems = []
+            if after != before:
+                problems.append(f"SQL rows {after} after the restore, {before} before the incident")
+            if workspace_counts(url, NEIGHBOUR) != neighbour_before:
+                problems.append("the neighbour workspace changed")
+            ts_count = typesense.num_documents(policy.typesense_collection_for(WORKSPACE))
+            qd_count = qdrant.count(policy.qdrant_collections_for(WORKSPACE)[0])
+            if not ts_count == qd_count == memories:
+                problems.append(f"indexes hold {ts_count} documents and {qd_count} points")
+            if run["verdict"] != "PASS" or run["verification_problems"]:
+                problems.append(f"verdict {run['verdict']}, {run['verification_problems']}")
+            run.update(
+                checks={"sql_rows": after, "typesense": ts_count, "qdrant": qd_count},
+                problems=problems,
+            )
+            result["runs"][label] = run
+            say(f"{label}: restored in {run['total']:.1f} s; checks: {problems or 'all OK'}")
+        result["problems"] = [p for r in result["runs"].values() for p in r["problems"]]
     say("servers stopped")
     return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
+
+
+def print_run(r: dict, memories: int, aim: float) -> None:
+    how = (
+        "binary COPY where types allow, SQL merge and indexes at once"
+        if r["parallel"]
+        else "COPY text, one step after another (the old path)"
+    )
+    print(
+        f"{r['label']} ({how}): RTO {r['total']:.1f} s (wall around the call {r['wall']:.1f} s), "
+        f"verdict {r['verdict']}, checks {'OK' if not r['problems'] else '; '.join(r['problems'])}"
+    )
+    print(f"  load before it: {r['load_before']}")
+    cpus = psutil.cpu_count() or 1
+    print(
+        f"  {'step':<18} {'seconds':>8} {'share':>7}   CPU s: "
+        + " ".join(f"{g:>9}" for g in GROUPS)
+        + f"  {'CPUs busy':>9}"
+    )
+    for step in r["steps"]:
+        sec = r["seconds"][step]
+        share = 100 * sec / r["total"] if r["total"] else 0.0
+        cpu = r["cpu"][step]
+        busy = 100 * sum(cpu.values()) / (sec * cpus) if sec else 0.0
+        print(
+            f"  {step:<18} {sec:8.1f} {share:6.1f}%          "
+            + " ".join(f"{cpu[g]:9.1f}" for g in GROUPS)
+            + f"  {busy:8.0f}%"
+        )
+    print(f"  {'total':<18} {r['total']:8.1f} {100.0:6.1f}%")
+    if r["branches"]:
+        print(
+            "  branches of sql_and_indexes, each its own time (they overlap): "
+            + ", ".join(
+                f"{b} {v:.1f} s ({100 * v / r['total']:.0f}% of the total)"
+                for b, v in r["branches"].items()
+            )
+        )
+    print("  sql per table: " + ", ".join(f"{t} {v:.1f} s" for t, v in r["sql_tables"].items()))
+    print(
+        "  PostgreSQL statements active (sampled): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in r["pg_statements"].items())
+    )
+    if memories == AIM_SIZE:
+        verdict = "PASS" if r["total"] < aim and not r["problems"] else "MISS"
+        print(f"  aim: {AIM_SIZE:,} entries back in < {aim:.0f} s: {r['total']:.1f} s -> {verdict}")
+
+
+def store_seconds(r: dict) -> dict[str, float]:
+    """Time per store and step, comparable across both paths (a parallel run's branches)."""
+    out = {k: r["seconds"].get(k, 0.0) for k in ("locate_and_verify", "consistency_gate")}
+    for branch in ("sql", "typesense", "qdrant"):
+        out[branch] = r["branches"].get(branch, r["seconds"].get(branch, 0.0))
+    # the new path's SQL work: staging (beside the gate) + inserting (beside the indexes)
+    out["sql"] += r["branches"].get("sql_staging", 0.0)
+    out["verify"] = r["seconds"].get("verify", 0.0)
+    return out
+
+
+def print_ratios(base: dict, new: dict, memories: int, aim: float) -> None:
+    print(f"  before -> after, ratio baseline/new (> 1: faster now), {memories:,} entries:")
+    old_steps, new_steps = store_seconds(base), store_seconds(new)
+    for step, before in old_steps.items():
+        after = new_steps[step]
+        ratio = f"{before / after:5.2f}x" if after else "  n/a"
+        print(
+            f"    {step:<18} {before:7.1f} s ({100 * before / base['total']:4.1f}%) -> "
+            f"{after:7.1f} s ({100 * after / new['total']:4.1f}%)  {ratio}"
+        )
+    print(
+        f"    {'total (RTO)':<18} {base['total']:7.1f} s -> {new['total']:7.1f} s  "
+        f"{base['total'] / new['total']:5.2f}x"
+    )
+    if memories == AIM_SIZE:
+        for r in (base, new):
+            verdict = "PASS" if r["total"] < aim and not r["problems"] else "MISS"
+            print(f"    {r['label']}: {r['total']:.1f} s vs aim {aim:.0f} s -> {verdict}")
 
 
 def print_summary(results: list[dict], aim: float) -> None:
@@ -597,80 +716,38 @@ def print_summary(results: list[dict], aim: float) -> None:
     )
     for r in results:
         print("-" * 96)
-        s = r["setup_seconds"]
-        print(
-            f"{r['memories']:,} memory entries: RTO {r['total']:.1f} s "
-            f"(wall around the call {r['wall']:.1f} s), verdict {r['verdict']}, "
-            f"checks {'OK' if not r['problems'] else '; '.join(r['problems'])}"
-        )
-        print(
-            f"  excluded: generate {s['generate']:.1f} s, index Typesense "
-            f"{s['index_typesense']:.1f} s, index Qdrant {s['index_qdrant']:.1f} s, backup "
-            f"SQL/Typesense/Qdrant {s['backup_sql']:.1f}/{s['backup_typesense']:.1f}/"
-            f"{s['backup_qdrant']:.1f} s, incident {r['incident_seconds']:.1f} s, vacuum "
-            f"{s['vacuum_after_incident']:.1f} s"
-        )
-        sizes = r["artifact_bytes"]
-        print(
-            "  artifacts: "
-            + ", ".join(f"{a} {sizes[a] / 1e6:,.1f} MB" for a in ASSETS)
-            + f"; database {r['database_bytes'] / 1e9:.2f} GB"
-        )
-        cpus = psutil.cpu_count() or 1
-        print(
-            f"  {'step':<18} {'seconds':>8} {'share':>7}   CPU s: "
-            + " ".join(f"{g:>9}" for g in GROUPS)
-            + f"  {'CPUs busy':>9}"
-        )
-        for step in STEPS:
-            sec = r["seconds"][step]
-            share = 100 * sec / r["total"] if r["total"] else 0.0
-            cpu = r["cpu"][step]
-            busy = 100 * sum(cpu.values()) / (sec * cpus) if sec else 0.0
+        print(f"{r['memories']:,} memory entries; database {r['database_bytes'] / 1e9:.2f} GB")
+        print("  excluded: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["setup_seconds"].items()))
+        for label, sizes in r["artifact_bytes"].items():
             print(
-                f"  {step:<18} {sec:8.1f} {share:6.1f}%          "
-                + " ".join(f"{cpu[g]:9.1f}" for g in GROUPS)
-                + f"  {busy:8.0f}%"
+                f"  artifacts ({label}): "
+                + ", ".join(f"{a} {sizes[a] / 1e6:,.1f} MB" for a in ASSETS)
             )
-        print(f"  {'total':<18} {r['total']:8.1f} {100.0:6.1f}%")
-        print(
-            "  sql step per table: "
-            + ", ".join(f"{t} {v:.1f} s" for t, v in r["sql_tables"].items())
-        )
-        print(
-            "  PostgreSQL statements active (sampled): "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in r["pg_statements"].items())
-        )
-        if r["memories"] == AIM_SIZE:
-            verdict = "PASS" if r["total"] < aim and not r["problems"] else "MISS"
-            print(
-                f"  aim: {AIM_SIZE:,} entries back in < {aim:.0f} s: {r['total']:.1f} s -> {verdict}"
-            )
+        for run in r["runs"].values():
+            print_run(run, r["memories"], aim)
+        if "baseline" in r["runs"]:
+            print_ratios(r["runs"]["baseline"], r["runs"]["new"], r["memories"], aim)
     measured = sorted(results, key=lambda r: r["memories"])
     if len(measured) >= 2:
         print("-" * 96)
-        print("scaling, seconds per 100,000 entries: " + ", ".join(
-            f"{r['memories']:,}: {r['total'] / r['memories'] * 1e5:.1f}" for r in measured
+        print("scaling (new path), seconds per 100,000 entries: " + ", ".join(
+            f"{r['memories']:,}: {r['runs']['new']['total'] / r['memories'] * 1e5:.1f}"
+            for r in measured
         ))  # fmt: skip
     if not any(r["memories"] == AIM_SIZE for r in results) and len(measured) >= 2:
-        small, large = measured[-2], measured[-1]
+        small, large = (m["runs"]["new"] for m in measured[-2:])
+        sizes = [m["memories"] for m in measured[-2:]]
         print("-" * 96)
         print(
-            f"EXTRAPOLATED (NOT MEASURED) to {AIM_SIZE:,} entries, linear per step from "
-            f"{small['memories']:,} and {large['memories']:,}:"
+            f"EXTRAPOLATED (NOT MEASURED) to {AIM_SIZE:,} entries, new path, linear per step "
+            f"from {sizes[0]:,} and {sizes[1]:,}:"
         )
         total = 0.0
-        estimates = {}
-        for step in STEPS:
-            slope = (large["seconds"][step] - small["seconds"][step]) / (
-                large["memories"] - small["memories"]
-            )
-            estimates[step] = max(
-                0.0, large["seconds"][step] + slope * (AIM_SIZE - large["memories"])
-            )
-            total += estimates[step]
-        for step in STEPS:
-            print(f"  {step:<18} {estimates[step]:8.1f} {100 * estimates[step] / total:6.1f}%")
+        for step in large["steps"]:
+            slope = (large["seconds"][step] - small["seconds"][step]) / (sizes[1] - sizes[0])
+            estimate = max(0.0, large["seconds"][step] + slope * (AIM_SIZE - sizes[1]))
+            total += estimate
+            print(f"  {step:<18} {estimate:8.1f}")
         verdict = "PASS" if total < aim else "MISS"
         print(
             f"  total (extrapolated) {total:.1f} s vs aim {aim:.0f} s -> {verdict} (extrapolated)"
@@ -683,7 +760,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="100000,1000000", help="memory entries, comma-separated")
-    parser.add_argument("--aim-seconds", type=float, default=300.0)
+    parser.add_argument("--aim-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also restore a COPY-text artifact one step after another (the old path) in the "
+        "same run, before the new path, and print both with ratios",
+    )
     parser.add_argument("--work-dir", default=str(PROJECT_ROOT / ".bench"))
     parser.add_argument("--neighbour", type=int, default=10_000)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -697,10 +780,11 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="restore-rto-", dir=args.work_dir))
     say(f"python {sys.executable}; {psutil.cpu_count()} CPUs; work folder {work}")
+    say(f"loadavg at start: {load_average()}")
     results = []
     try:
         for memories in sizes:
-            results.append(run_size(memories, work, args.neighbour))
+            results.append(run_size(memories, work, args.neighbour, args.baseline))
             (Path(args.work_dir) / "restore-rto-results.json").write_text(
                 json.dumps(results, indent=2, default=str)
             )

@@ -18,15 +18,24 @@ partitions and a materialization per committed partition of the RPO window:
                   night's backup of 95% of them, which must not be replaced
   discovery +10   the same sensor when 10 workspaces are new among all the known ones
   health          `backup_health_report_job` (one run: the report asset's step)
-  retention plan  `plan_retention` with the real verifier, keep_daily_days = keep_weekly_days
-                  = 2, so every series has artifacts to delete and its newest verified one is
-                  re-read (the daily run's steady state: one verification per series)
+  retention, nothing remembered
+                  `plan_retention` with the real verifier, keep_daily_days = keep_weekly_days
+                  = 2, so every series has artifacts to delete, on a store without a
+                  verification record: the newest artifact of every series is re-read and
+                  hashed (what every daily plan cost before verified.py; = --full-reverify)
+  retention, remembered
+                  the next plan: every series' newest artifact trusted from that
+                  verification (its listed objects unchanged, younger than
+                  reverify_after_days), nothing re-read. On S3 above --s3-retention-max the
+                  record is carried over (set-up, untimed) from the local plan's
+                  verification of the same bytes, with the S3 listing's ETags.
 
 Each is run `--repeat` times; the best and the worst are printed, with the load average
 (os.getloadavg) before each, the growth from the smallest to the largest size (time ratio
 against workspace ratio: 1.0 = linear) and the ratio to the 10 s aim.
 
     .venv/bin/python bench/bench_scale.py [--sizes 1000,10000] [--repeat 2] [--stock-moto]
+        [--reuse] [--catch-up-ticks 2] [--s3-retention-max 1000]
 """
 
 from __future__ import annotations
@@ -315,8 +324,11 @@ def measure_store(
     registry: dict[str, str],
     repeat: int,
     max_s3_retention: int,
+    local_dir: Path,
+    catch_up_ticks: int,
 ) -> None:
     from backup_pipelines.lib.lifecycle.retention import plan_retention
+    from backup_pipelines.lib.lifecycle.verified import VERIFIED_PREFIX
     from backup_pipelines.lib.policy import Policy
 
     defs = definitions()
@@ -333,12 +345,20 @@ def measure_store(
     unconfirmed = sum(e.metadata["ages_unconfirmed"].value for e in first.asset_events)
     ticks, catching_up = 1, []
     cursor, last = first.cursor, first
+    carried = 0
     while unconfirmed:  # the ticks after it, until every newest manifest has been read once
+        if label == "s3" and len(catching_up) >= catch_up_ticks:
+            # Moto answers GETs one at a time (~30 min for 30,000 manifests): the rest of the
+            # catalog is carried over from the local run's (same bytes), then one more tick.
+            carried = carry_captured_catalog(store, local_dir)
         started = time.perf_counter()
         last = sensor_tick(defs, "rpo_sensor", instance, cursor)
-        catching_up.append(time.perf_counter() - started)
+        if not carried:
+            catching_up.append(time.perf_counter() - started)
         cursor, ticks = last.cursor, ticks + 1
         unconfirmed = sum(e.metadata["ages_unconfirmed"].value for e in last.asset_events)
+        if carried and unconfirmed:
+            raise AssertionError(f"{unconfirmed} ages unconfirmed after the carried catalog")
     # Checked once every age is confirmed: an unread manifest's age is a lower bound from its
     # write time, and moto's objects were all written at load time (real S3: at backup time).
     late = sum(e.metadata["workspaces_late"].value for e in last.asset_events)
@@ -352,6 +372,13 @@ def measure_store(
         + ", ".join(f"{t:.1f}" for t in catching_up)
         + " s; until then unread ages were lower bounds)"
     )
+    if carried:
+        never.note = (
+            f"{late} asset x workspace late; after {len(catching_up)} catch-up ticks ("
+            + ", ".join(f"{t:.1f}" for t in catching_up)
+            + f" s) the remaining {carried:,} captured-at entries were carried over from the "
+            "local run (set-up; moto reads ~16 manifests/s)"
+        )
     results.append(never)
     cold = Measured("rpo tick, restarted", size, label)
     timed(cold, lambda: sensor_tick(defs, "rpo_sensor", instance), repeat, restarted_code_server)
@@ -405,19 +432,79 @@ def measure_store(
     health.note = f"last run's step {step:.2f} s"
     results.append(health)
 
-    # Retention's planning pass (on S3 only up to --s3-retention-max workspaces: it re-reads
-    # one artifact per series, ~9 requests each, which moto answers one at a time).
-    if label == "s3" and size > max_s3_retention:
-        return
+    # Retention's planning pass (nothing remembered: on S3 only up to --s3-retention-max
+    # workspaces: it re-reads one artifact per series, ~9 requests each, which moto answers
+    # one at a time).
     policy = Policy(keep_daily_days=2, keep_weekly_days=2)
     today = datetime.now(UTC).date()
-    plan = Measured("retention plan", size, label)
+
+    def describe(made) -> str:
+        return (
+            f"{len(made.artifacts):,} artifacts, {made.verifications:,} verified now, "
+            f"{made.trusted:,} trusted from an earlier verification, "
+            f"{len(made.to_delete):,} to delete"
+        )
+
+    if label == "s3" and size > max_s3_retention:
+        carried = carry_verification_record(store, local_dir)
+        log(f"  verification record carried over from the local plan: {carried:,} entries "
+            "(set-up)")  # fmt: skip
+    else:
+        full = Measured("retention, nothing remembered", size, label)
+        made = timed(full, lambda: plan_retention(store, policy, today), repeat,
+                     lambda: store._delete_prefix(VERIFIED_PREFIX))  # fmt: skip
+        full.note = describe(made)
+        results.append(full)
+    plan = Measured("retention, remembered", size, label)
     made = timed(plan, lambda: plan_retention(store, policy, today), repeat)
-    plan.note = (
-        f"{len(made.artifacts):,} artifacts, {made.verifications:,} verified, "
-        f"{len(made.to_delete):,} to delete"
-    )
+    if made.verifications:
+        raise AssertionError(f"the remembered plan verified {made.verifications} artifacts")
+    plan.note = describe(made)
     results.append(plan)
+
+
+def carry_captured_catalog(store, local_dir: Path) -> int:
+    """Set-up: the captured-at entries the local run read, recorded against this store's
+    listing (its own tags): the same bytes were loaded into moto. Returns how many."""
+    from backup_pipelines.lib.monitoring import catalog
+    from backup_pipelines.lib.store import LocalStore, listing
+
+    local = LocalStore(local_dir)
+    today = datetime.now(UTC).date()
+    carried = 0
+    for asset in scale_store.ASSETS:
+        source = catalog.CapturedCatalog(asset)
+        data = local._get(source.key)
+        if data is None:
+            continue
+        source.merge_bytes(data)
+        target = catalog.catalog_for(store, asset)
+        for manifest in catalog.committed_in(listing.iter_objects(store, f"{asset}/")).values():
+            entry = source.entries.get(manifest.ref.folder)
+            if entry is not None and target.lookup(manifest) is None:
+                target.record(manifest, entry[1])
+                carried += 1
+        catalog.save(store, target, today)
+    return carried
+
+
+def carry_verification_record(store, local_dir: Path) -> int:
+    """Set-up: the local plan's verifications, recorded against this store's listing
+    (fingerprints of its own ETags): the same bytes were loaded into moto."""
+    from backup_pipelines.lib.lifecycle.scan import scan_store
+    from backup_pipelines.lib.lifecycle.verified import VerificationRecord
+    from backup_pipelines.lib.store import LocalStore
+
+    verified = VerificationRecord.load(LocalStore(local_dir), scale_store.ASSETS)
+    folders = scan_store(store)
+    record, now = VerificationRecord(), time.time()
+    for folder in folders.values():
+        entry = verified.entries.get(folder.ref.asset, {}).get(folder.ref.folder)
+        if entry is not None and folder.has_manifest:
+            record.remember(folder, now, True)
+    count = sum(len(e) for e in record.entries.values())
+    record.save(store, folders.values())
+    return count
 
 
 def stock_moto_page(moto: Moto, prefix: str) -> float:
@@ -453,17 +540,43 @@ def compare_listings(indexed: Moto, stock: Moto) -> str:
     return f"{len(ours):,} keys and {len(folders):,} folders identical"
 
 
+REUSE_HOURS = 6  # a reused store's newest backups are this much older: still on time
+
+
+def prepared_store(work: Path, size: int, reuse: bool) -> datetime | None:
+    """With --reuse: the moment the kept store of this size was made, when it can serve again
+    (same scenario, made less than REUSE_HOURS ago); it is then cleared of what the
+    measurements wrote (catalogs). Else None, and the work folder is emptied."""
+    stamp = work / "scenario.json"
+    if reuse and stamp.exists():
+        made = json.loads(stamp.read_text())
+        when = datetime.fromisoformat(made["now"])
+        if made["size"] == size and made["days"] == DAYS and \
+                datetime.now(UTC) - when < timedelta(hours=REUSE_HOURS):  # fmt: skip
+            shutil.rmtree(work / "store" / "_catalog", ignore_errors=True)
+            shutil.rmtree(work / "dagster", ignore_errors=True)
+            return when
+    shutil.rmtree(work, ignore_errors=True)
+    return None
+
+
 def run_size(size: int, args, templates, cluster, receiver, results: list[Measured]) -> None:
     work = Path(args.work_dir) / f"scale-{size}"
-    shutil.rmtree(work, ignore_errors=True)
     store_dir = work / "store"
     workspaces = scale_store.workspace_ids(size)
-    now = datetime.now(UTC)
+    reused = prepared_store(work, size, args.reuse)
+    now = reused or datetime.now(UTC)
     artifacts = list(scale_store.scenario(workspaces, now, DAYS))
-    log(f"{size:,} workspaces: writing {len(artifacts):,} artifacts ...")
-    started = time.monotonic()
-    count, files = scale_store.write_local(store_dir, artifacts, templates)
-    log(f"  {count:,} artifacts, {files:,} files in {time.monotonic() - started:.1f} s (set-up)")
+    if reused:
+        log(f"{size:,} workspaces: reusing the store made at {now:%H:%M:%S} (--reuse)")
+    else:
+        log(f"{size:,} workspaces: writing {len(artifacts):,} artifacts ...")
+        started = time.monotonic()
+        count, files = scale_store.write_local(store_dir, artifacts, templates)
+        log(f"  {count:,} artifacts, {files:,} files in {time.monotonic() - started:.1f} s "
+            "(set-up)")  # fmt: skip
+        stamp = {"size": size, "days": DAYS, "now": now.isoformat()}
+        (work / "scenario.json").write_text(json.dumps(stamp))
     registry = {
         "base": start_registry(cluster, workspaces),
         "plus": start_registry(cluster, workspaces + [f"wsnew_{n}" for n in range(10)]),
@@ -479,7 +592,7 @@ def run_size(size: int, args, templates, cluster, receiver, results: list[Measur
             deployment_env(f"file://{store_dir}", registry["base"], None)
             os.environ["ALERT_WEBHOOK_URL"] = f"{receiver.url}/hook"
             measure_store(results, "local", size, workspaces, instance, registry, args.repeat,
-                          args.s3_retention_max)  # fmt: skip
+                          args.s3_retention_max, store_dir, args.catch_up_ticks)  # fmt: skip
 
             indexed = Moto(store_dir, indexed=True)
             servers.append(indexed)
@@ -516,11 +629,11 @@ def run_size(size: int, args, templates, cluster, receiver, results: list[Measur
             deployment_env(f"s3://{BUCKET}/{S3_PREFIX}", registry["base"], indexed.env)
             os.environ["ALERT_WEBHOOK_URL"] = f"{receiver.url}/hook"
             measure_store(results, "s3", size, workspaces, instance, registry, args.repeat,
-                          args.s3_retention_max)  # fmt: skip
+                          args.s3_retention_max, store_dir, args.catch_up_ticks)  # fmt: skip
     finally:
         for server in servers:
             server.stop()
-        if not args.keep:
+        if not args.keep and not args.reuse:
             shutil.rmtree(work, ignore_errors=True)
 
 
@@ -536,7 +649,7 @@ def report(results: list[Measured], sizes: list[int]) -> None:
           f"({os.cpu_count()} CPUs); best of the repeats, worst in brackets; growth = "
           f"time ratio / workspace ratio ({large // small}x), 1.00 = linear")  # fmt: skip
     header = (
-        f"{'measurement':<26} {'store':<14}"
+        f"{'measurement':<30} {'store':<14}"
         + "".join(f"{f'{size:,} ws':>20}" for size in sizes)
         + f"{'growth':>9}{'x aim':>8}{'':>6}  load"
     )
@@ -562,7 +675,7 @@ def report(results: list[Measured], sizes: list[int]) -> None:
         loads = "/".join(
             f"{max(row[s].loads) if row[s].loads else 0:.1f}" for s in sizes if s in row
         )
-        print(f"{name:<26} {store:<14}{cells}{growth:>9}{aim:>8}{verdict:>6}  {loads}")
+        print(f"{name:<30} {store:<14}{cells}{growth:>9}{aim:>8}{verdict:>6}  {loads}")
     print("-" * len(header))
     for item in results:
         if item.note and item.size == large:
@@ -583,6 +696,12 @@ def main() -> int:
                         help="time retention's plan on S3 only up to this many workspaces")  # fmt: skip
     parser.add_argument("--work-dir", default=str(ROOT / ".bench"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"keep each size's store in --work-dir and use it again when made "
+                        f"less than {REUSE_HOURS} h before (implies --keep)")  # fmt: skip
+    parser.add_argument("--catch-up-ticks", type=int, default=2,
+                        help="timed RPO ticks after a first tick that left manifests unread; "
+                        "the rest of the catalog is then carried over from the local run")  # fmt: skip
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
 

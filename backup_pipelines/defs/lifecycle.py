@@ -100,6 +100,7 @@ def _metadata(
         "bytes_to_free": dg.MetadataValue.int(plan.bytes_to_free),
         "bytes_freed": dg.MetadataValue.int(result.bytes_freed if result else 0),
         "artifacts_verified": dg.MetadataValue.int(plan.verifications),
+        "artifacts_trusted": dg.MetadataValue.int(plan.trusted),  # verified earlier, unchanged
         "failed_verification": dg.MetadataValue.json([str(r) for r in plan.failed_verification]),
         "keep_markers": dg.MetadataValue.int(len(plan.markers)),
         "by_asset": dg.MetadataValue.json(plan.by_asset()),

@@ -196,6 +196,12 @@ class IdCollector:
             values = [decode(v) for v in values]
         self._parts.append(np.array(values, dtype=np.bytes_))
 
+    def add_ints(self, ints: np.ndarray) -> None:
+        """Add integer ids already decoded (int64), as canonical decimals once ids are bytes."""
+        if len(ints) == 0:
+            return
+        self._parts.append(ints if self._integers else ints.astype("S20"))
+
     def array(self) -> np.ndarray:
         if not self._parts:
             return np.empty(0, np.int64)

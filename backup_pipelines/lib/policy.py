@@ -457,6 +457,9 @@ class Policy(_Model, metaclass=_DefaultsOnTheClass):
     queued_max_minutes: Positive = 60.0
     # Uploads and generation folders without a manifest older than this are crashed runs'.
     incomplete_max_age_hours: Positive = 24.0
+    # Retention trusts its own verification of an artifact (every file re-read, sha256
+    # matched) for this long while the artifact's objects are unchanged; 0: re-read each run.
+    reverify_after_days: NonNegative = 7.0
     max_clock_skew_seconds: NonNegative = 900.0
     zstd_level: Annotated[int, Strict(), Field(ge=1, le=22)] = 1
     # Point-in-time tier (pgBackRest): WAL archive RPO, PITR window (repository retention),

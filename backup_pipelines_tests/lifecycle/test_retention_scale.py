@@ -33,7 +33,8 @@ def plan_of(store, verifiers: int, monkeypatch) -> tuple[list, list, int, list[s
     monkeypatch.setattr(retention, "VERIFIERS", verifiers)
     lines: list[str] = []
     policy = Policy(keep_daily_days=2, keep_weekly_days=2)
-    plan = plan_retention(store, policy, TODAY, log=lines.append)
+    # full_reverify: every plan verifies (the second would trust the first's verifications)
+    plan = plan_retention(store, policy, TODAY, log=lines.append, full_reverify=True)
     decisions = [(a.asset, a.where, a.decision, a.why) for a in plan.decisions()]
     return decisions, plan.failed_verification, plan.verifications, lines
 

@@ -2,7 +2,9 @@
 writes the real server's layout) counts and lists its points, and damaged files are refused."""
 
 import io
+import json
 import random
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,6 +19,8 @@ from backup_pipelines.devstack.qdrant import QdrantStandin
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.qdrant.offline import (
     SnapshotError,
+    empty_wal_segment,
+    last_operation_number,
     read_snapshot_offline,
     sha256_of_file,
     unpack_collection_snapshot,
@@ -316,3 +320,96 @@ def test_standin_still_answers_wrong_input_for_a_bad_snapshot(standin, tmp_path)
     # The upload handler's wording (the recover endpoint says "Snapshot checksum mismatch").
     assert error.startswith("Checksum mismatch: expected ") and error.endswith(f"actual {'0' * 64}")
     assert "restored" not in check(requests.get(f"{standin.url}/collections"))["collections"]
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: the offline copy maps its vectors (issue 16, item 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def vector_storage_types(shard: Path) -> list[str]:
+    return [
+        vector["storage_type"]
+        for segment in (shard / "segments").iterdir()
+        if (segment / "segment.json").exists()
+        for vector in json.loads((segment / "segment.json").read_text())["config"][
+            "vector_data"
+        ].values()
+    ]
+
+
+def test_memory_offline_copy_maps_vectors_instead_of_loading_them(snapshot, point_ids, tmp_path):
+    # As the server wrote them (and as the stand-in's own recovery keeps them): in RAM.
+    (tmp_path / "unpacked").mkdir()
+    _, shard = unpack_collection_snapshot(snapshot[0], tmp_path / "unpacked")
+    assert vector_storage_types(shard) == ["InRamChunkedMmap"] * len(vector_storage_types(shard))
+    # The offline reader's private copy maps them instead, and reads every id the same.
+    (tmp_path / "read").mkdir()
+    with read_snapshot_offline(snapshot[0], tmp_path / "read") as offline:
+        copy = next((tmp_path / "read").iterdir()) / "shard"
+        kinds = vector_storage_types(copy)
+        assert kinds and all(kind == "ChunkedMmap" for kind in kinds)
+        assert offline.points == POINT_COUNT
+        assert sorted(offline.iter_point_ids()) == sorted(point_ids)
+
+
+MEMORY_PROBE = """
+import json, re, sys
+from pathlib import Path
+import qdrant_edge as edge
+from backup_pipelines.lib.qdrant.offline import keep_vectors_on_disk
+
+def status(field):
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\\s+(\\d+) kB", text, re.M).group(1)) * 1024
+
+shard = Path(sys.argv[1])
+if sys.argv[2] == "mapped":
+    keep_vectors_on_disk(shard)
+rest = status("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")
+loaded = edge.EdgeShard.load(str(shard))
+count = loaded.count(edge.CountRequest(exact=True))
+loaded.close()
+print(json.dumps({"points": count, "added": status("VmHWM") - rest}))
+"""
+
+
+def test_memory_offline_read_does_not_hold_the_vectors(tmp_path):
+    """A shard written as the server writes it (vectors "InRamChunkedMmap"), opened by a fresh
+    process as the offline reader opens it: its peak RSS must not grow by the vectors' size."""
+    import numpy as np
+    import qdrant_edge as edge
+
+    from backup_pipelines.devstack.qdrant.models import collection_config_from_request
+    from backup_pipelines.devstack.qdrant.storage import Collection
+
+    points, dimension = 40_000, 384  # 61 MB of float32 vectors
+    config = collection_config_from_request({"vectors": {"size": dimension, "distance": "Cosine"}})
+    collection = Collection.create("probe", tmp_path / "probe", config)
+    vectors = np.random.default_rng(7).standard_normal((points, dimension), dtype=np.float32)
+    for start in range(0, points, 10_000):
+        batch = [edge.Point(i + 1, vectors[i], {}) for i in range(start, start + 10_000)]
+        collection.apply(edge.UpdateOperation.upsert_points(batch))
+    collection.shard.flush()
+    collection.close()
+    shard = next(p.parent for p in (tmp_path / "probe").rglob("segments"))
+    # As the offline reader leaves it: the server's WAL replaced by an empty one.
+    shutil.rmtree(shard / "wal")
+    (shard / "wal").mkdir()
+    next_operation = last_operation_number(shard) + 1
+    (shard / "wal" / f"closed-{next_operation}").write_bytes(empty_wal_segment())
+    vector_bytes = points * dimension * 4
+
+    def probe(mode: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(shard), mode],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return json.loads(done.stdout)
+
+    as_written = probe("as-written")  # the control: the probe does see the vectors
+    mapped = probe("mapped")
+    assert as_written["points"] == mapped["points"] == points
+    assert as_written["added"] > vector_bytes * 0.8, as_written
+    assert mapped["added"] < vector_bytes * 0.25, mapped

@@ -142,3 +142,113 @@ def test_refs_refuse_invalid_workspace_and_date():
         ArtifactRef("postgres/workspace_dump", "2026-11-21", "../etc")
     with pytest.raises(ValueError):
         ArtifactRef("postgres/workspace_dump", "2026-13-40", "ws")
+
+
+# ---------------------------------------------------------------------------------------------
+# memory of an S3 upload (issue 16, item 2): two part buffers at most, each released after its
+# upload, also when the upload fails
+
+
+def _track_part_buffers(monkeypatch) -> list:
+    created = []
+    real_init = store_module._PartBuffer.__init__
+
+    def tracking_init(self, capacity):
+        real_init(self, capacity)
+        created.append(self)
+
+    monkeypatch.setattr(store_module._PartBuffer, "__init__", tracking_init)
+    return created
+
+
+def test_memory_s3_upload_holds_at_most_two_part_buffers(s3_env, monkeypatch):
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)  # S3's minimum part size
+    created = _track_part_buffers(monkeypatch)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    open_at_upload = []
+    real_upload = store.client.upload_part
+
+    def observed_upload(**kwargs):
+        open_at_upload.append(sum(not buffer.closed for buffer in created))
+        assert isinstance(kwargs["Body"], store_module._PartBuffer)  # handed over, not copied
+        return real_upload(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", observed_upload)
+    blob = os.urandom(1 << 20)
+    with store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(22):  # parts of 5, 5, 5, 5 and 2 MiB
+                handle.write(blob)
+                assert sum(not buffer.closed for buffer in created) <= 2
+        manifest = writer.commit(**FIELDS)
+    assert len(open_at_upload) == 5 and max(open_at_upload) <= 2
+    assert all(buffer.closed for buffer in created)
+    assert manifest["files"][0]["bytes"] == 22 << 20
+    assert store.verify(REF).ok
+    assert read_all(store, REF, manifest, "big.bin") == blob * 22
+
+
+def test_memory_s3_failed_upload_releases_every_part_buffer(s3_env, monkeypatch):
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)
+    created = _track_part_buffers(monkeypatch)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    real_upload = store.client.upload_part
+
+    def failing_upload(**kwargs):
+        if kwargs["PartNumber"] == 2:
+            raise ConnectionError("endpoint went away")
+        return real_upload(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", failing_upload)
+    blob = os.urandom(1 << 20)
+    with pytest.raises(StoreError, match="upload part of"), store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(30):
+                handle.write(blob)
+        writer.commit(**FIELDS)
+    assert created and all(buffer.closed for buffer in created)
+    with pytest.raises(ArtifactNotFound):
+        store.require_manifest(REF)
+
+
+def test_memory_s3_parts_past_the_memory_limit_are_staged_on_disk(s3_env, monkeypatch, tmp_path):
+    """Parts grow past 1,000 parts (s3_part_size); past S3_MEMORY_PART_BYTES they go through
+    an unlinked temp file in BACKUP_WORK_DIR instead of memory, byte for byte the same."""
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)
+    monkeypatch.setattr(store_module, "S3_MEMORY_PART_BYTES", 0)  # every part on disk
+    monkeypatch.setenv("BACKUP_WORK_DIR", str(tmp_path))
+    created = _track_part_buffers(monkeypatch)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    blob = os.urandom(1 << 20)
+    with store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(11):
+                handle.write(blob)
+        manifest = writer.commit(**FIELDS)
+    assert created and all(buffer._map is None and buffer.closed for buffer in created)
+    assert list(tmp_path.iterdir()) == []  # unlinked temp files, nothing left behind
+    assert store.verify(REF).ok
+    assert read_all(store, REF, manifest, "big.bin") == blob * 11
+
+
+def test_memory_s3_part_buffers_setting(s3_env, monkeypatch):
+    monkeypatch.setattr(store_module, "S3_PART_SIZE", 5 << 20)
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    monkeypatch.setenv("BACKUP_S3_PART_BUFFERS", "1")
+    with (
+        pytest.raises(ConfigError, match="BACKUP_S3_PART_BUFFERS='1'"),
+        store.begin(REF) as refused,
+        refused.open_file("a.bin") as handle,
+    ):
+        handle.write(b"x")
+    monkeypatch.setenv("BACKUP_S3_PART_BUFFERS", "3")
+    created = _track_part_buffers(monkeypatch)
+    blob = os.urandom(1 << 20)
+    with store.begin(REF) as writer:
+        with writer.open_file("big.bin") as handle:
+            for _ in range(16):
+                handle.write(blob)
+                assert sum(not buffer.closed for buffer in created) <= 3
+        manifest = writer.commit(**FIELDS)
+    assert all(buffer.closed for buffer in created)
+    assert read_all(store, REF, manifest, "big.bin") == blob * 16

@@ -25,7 +25,9 @@ Rules, per series, relative to `today`:
   the current artifact would be deleted, so a daily run re-reads about one artifact per
   series, not the store. When no artifact of a series verifies, nothing of that series is
   deleted ("held: no verified backup"): a flaky store or a broken verifier must not turn
-  into deleted history.
+  into deleted history. With the store's own verifier, a verification younger than the
+  policy's `reverify_after_days` whose artifact is still exactly the objects it was is
+  trusted instead of re-read (verified.py); `full_reverify` re-reads every one.
 - asset rules (RULE_MODULES, and ASSET_RULES at run time: the extension point): rules for
   one asset that run after the rules above and may keep more, seeing every series of the
   plan — e.g. SQL Server's "a log is kept while a kept full or differential needs it".
@@ -47,6 +49,7 @@ from typing import Any, Protocol
 from backup_pipelines.lib.errors import BackupError, ConfigError, StoreError
 from backup_pipelines.lib.lifecycle.markers import KeepMarker, Partition, list_kept, marker_key
 from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers, scan_store
+from backup_pipelines.lib.lifecycle.verified import VerificationRecord
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store, lease_name
 from backup_pipelines.lib.store.s3 import ObjectLocked
@@ -78,6 +81,7 @@ class Windows:
     daily_days: int
     weekly_days: int
     incomplete_max_age_hours: float
+    reverify_after_days: float = 0.0  # 0: every verification is done again
 
     @classmethod
     def from_policy(cls, policy: Policy) -> Windows:
@@ -93,7 +97,12 @@ class Windows:
                 f"policy incomplete_max_age_hours: expected a number of hours > 0, got {hours!r} "
                 "(younger uploads may belong to a run in flight)"
             )
-        return cls(policy.keep_daily_days, policy.keep_weekly_days, float(hours))
+        days = policy.reverify_after_days
+        if isinstance(days, bool) or not isinstance(days, int | float) or not days >= 0:
+            raise ConfigError(
+                f"policy reverify_after_days: expected a number of days >= 0, got {days!r}"
+            )
+        return cls(policy.keep_daily_days, policy.keep_weekly_days, float(hours), float(days))
 
 
 def _check_today(today: object) -> date:
@@ -248,7 +257,9 @@ class RetentionPlan:
     leftovers: list[Leftover]
     markers: list[KeepMarker]
     failed_verification: list[ArtifactRef]
-    verifications: int  # how many artifacts were verified to make this plan
+    verifications: int  # how many artifacts were verified (re-read) to make this plan
+    # ... and how many were trusted from an earlier verification instead (verified.py)
+    trusted: int = 0
 
     @property
     def kept(self) -> list[Artifact]:
@@ -286,7 +297,8 @@ class RetentionPlan:
             f"retention for {self.today}: keep {len(self.kept)} artifacts ({reasons or 'none'}), "
             f"delete {len(self.to_delete)}, clean {len(self.leftovers)} leftovers of crashed "
             f"runs, {human_bytes(self.bytes_to_free)} to free; {self.verifications} artifacts "
-            f"verified, {len(self.failed_verification)} failed verification"
+            f"verified now, {self.trusted} trusted from an earlier verification, "
+            f"{len(self.failed_verification)} failed verification"
         )
 
     def decisions(self) -> list[Artifact]:
@@ -334,11 +346,16 @@ def plan_retention(
     asset_rules: Mapping[str, list[AssetRule]] | None = None,
     log: Log = _quiet,
     control: BackupStore | None = None,
+    full_reverify: bool = False,
+    remember: bool = True,
 ) -> RetentionPlan:
     """What to keep and delete on `today` (a UTC date). `now` (epoch seconds, default the
-    clock) ages the leftovers of crashed runs; `is_verified` defaults to `verify_with_store`;
-    `asset_rules` to the rules of RULE_MODULES plus ASSET_RULES. Reads one listing of the store, the keep markers, and the
-    few artifacts verified."""
+    clock) ages the leftovers of crashed runs and dates verifications; `is_verified` defaults
+    to `verify_with_store`, whose results are remembered in the store (verified.py) and
+    trusted by the next plans for `reverify_after_days` unless `full_reverify` (and written
+    back to the store unless not `remember`: a dry run writes nothing);
+    `asset_rules` to the rules of RULE_MODULES plus ASSET_RULES. Reads one listing of the
+    store, the keep markers, the verification record and the few artifacts verified."""
     windows = Windows.from_policy(policy)
     today = _check_today(today)
     now = time.time() if now is None else now
@@ -347,13 +364,24 @@ def plan_retention(
     # a backup kept in the primary, and its copy must be kept as long.
     markers = list_kept(control or store)
     held = {m.partition: m for m in markers}
-    verifier = _CountingVerifier(is_verified or verify_with_store(store, _in_series_order(log)))
+    record = None
+    if is_verified is None:  # the store's own verifier: its results are worth remembering
+        record = VerificationRecord.load(store, {ref.asset for ref in folders})
+        for problem in record.problems:
+            log(problem)
+    trust_seconds = 0.0 if full_reverify else windows.reverify_after_days * 86400
+    verifier = _RememberingVerifier(
+        is_verified or verify_with_store(store, _in_series_order(log)), record, now, trust_seconds
+    )
     series = _series_of(folders)
     for one in series.values():
         if one.asset not in OWN_AGE_RULES:
             _apply_age_rules(one, today, windows)
         _apply_markers(one, held)
     failed = _protect_every_series(list(series.values()), verifier, log)
+    if record is not None and remember:
+        for problem in record.save(store, folders.values()):
+            log(problem)
     context = RuleContext(today, windows, series, store, log, policy)
     if asset_rules is None:
         asset_rules = _load_rules()
@@ -368,21 +396,52 @@ def plan_retention(
     doomed = {a.ref for a in artifacts if not a.keep}
     leftovers = find_leftovers(store, folders, doomed, now, windows.incomplete_max_age_hours)
     artifacts.sort(key=lambda a: (a.ref.date, a.ref.workspace or "", a.asset, a.ref.window or ""))
-    return RetentionPlan(today, windows, artifacts, leftovers, markers, failed, verifier.calls)
+    return RetentionPlan(
+        today, windows, artifacts, leftovers, markers, failed, verifier.calls, verifier.trusted
+    )
 
 
-class _CountingVerifier:
-    """Counts verifications, so the plan shows how much of the store was re-read."""
+class _RememberingVerifier:
+    """Counts verifications, so the plan shows how much of the store was re-read; with a
+    record, answers from a recent verification of the very same objects, and records each
+    new result (a failure drops the artifact's entry)."""
 
-    def __init__(self, verify: Callable[[Artifact], bool]) -> None:
+    def __init__(
+        self,
+        verify: Callable[[Artifact], bool],
+        record: VerificationRecord | None,
+        now: float,
+        trust_seconds: float,
+    ) -> None:
         self._verify = verify
+        self._record = record
+        self._now = now
+        self._trust_seconds = trust_seconds
         self._lock = threading.Lock()
+        self._trusted: dict[ArtifactRef, bool] = {}
         self.calls = 0
+        self.trusted = 0
+
+    def trusts(self, artifact: Artifact) -> bool:
+        if self._record is None:
+            return False
+        answer = self._trusted.get(artifact.ref)  # asked up to 3 times a series: hash once
+        if answer is None:
+            answer = self._record.trusted(artifact.folder, self._now, self._trust_seconds)
+            self._trusted[artifact.ref] = answer
+        return answer
 
     def __call__(self, artifact: Artifact) -> bool:
+        if self.trusts(artifact):
+            with self._lock:
+                self.trusted += 1
+            return True
         with self._lock:
             self.calls += 1
-        return self._verify(artifact)
+        verified = self._verify(artifact)
+        if self._record is not None:
+            self._record.remember(artifact.folder, self._now, verified)
+        return verified
 
 
 _SERIES_LINES = threading.local()
@@ -419,11 +478,17 @@ def _protect_every_series(
             _SERIES_LINES.lines = None
 
     at_risk = [one for one in series if any(not a.keep for a in one.artifacts)]
-    if len(at_risk) > 1:
+    # Series whose newest artifact is trusted from an earlier verification are answered at
+    # once, here: a thread per 30,000 of them would cost more than the answers.
+    trusts = getattr(is_verified, "trusts", None)
+    answered = [one for one in at_risk if _trusted_candidate(one, trusts) is not None]
+    outcomes = {id(one): protect(one) for one in answered}
+    to_read = [one for one in at_risk if id(one) not in outcomes]
+    if len(to_read) > 1:
         with ThreadPoolExecutor(VERIFIERS) as pool:
-            outcomes = dict(zip(map(id, at_risk), pool.map(protect, at_risk), strict=True))
+            outcomes.update(zip(map(id, to_read), pool.map(protect, to_read), strict=True))
     else:
-        outcomes = {id(one): protect(one) for one in at_risk}
+        outcomes.update({id(one): protect(one) for one in to_read})
     failed: list[ArtifactRef] = []
     for one in series:
         if id(one) in outcomes:
@@ -475,6 +540,11 @@ def _protect_newest_verified(
     failed: list[ArtifactRef] = []
     newest_first = series.artifacts
     doomed_positions = [i for i, a in enumerate(newest_first) if not a.keep]
+    trusted = _trusted_candidate(series, getattr(is_verified, "trusts", None))
+    if trusted is not None and is_verified(trusted):
+        trusted.keep_for(NEWEST_VERIFIED)
+        log(f"newest verified {series.name}: {trusted} (verified earlier, unchanged since)")
+        return failed
     # Past the oldest doomed artifact nothing is at risk, so nothing more needs to be read.
     for artifact in newest_first[: doomed_positions[-1] + 1 if doomed_positions else 0]:
         if is_verified(artifact):
@@ -487,6 +557,23 @@ def _protect_newest_verified(
         if not artifact.keep:
             artifact.keep_for(HELD_UNVERIFIED)
     return failed
+
+
+def _trusted_candidate(
+    series: Series, trusts: Callable[[Artifact], bool] | None
+) -> Artifact | None:
+    """The newest artifact of the series whose earlier verification is trusted, if nothing
+    at risk is newer than it: protecting it then keeps the rule (every deletion is of an
+    artifact older than a verified one of its series) without re-reading the newer ones that
+    the windows keep anyway — last night's backups would otherwise be re-read every day."""
+    if trusts is None:
+        return None
+    for artifact in series.artifacts:
+        if trusts(artifact):
+            return artifact
+        if not artifact.keep:
+            return None  # at risk and not known to verify: verify newest first, as ever
+    return None
 
 
 def _explain_deletions(series: Series, today: date, windows: Windows) -> None:
@@ -649,13 +736,15 @@ def run_retention(
     is_verified: Callable[[Artifact], bool] | None = None,
     log: Log = print,
     control: BackupStore | None = None,
+    full_reverify: bool = False,
 ) -> tuple[RetentionPlan, ApplyResult | None]:
     """Plan, log the plan, and apply it unless `dry_run` (then the result is None). A dry
     run logs every decision (asset, partition, keep or delete, and why). `control`: the
     store whose keep markers and leases rule (the primary, when `store` is the copy store)."""
     plan = plan_retention(
-        store, policy, today, now=now, is_verified=is_verified, log=log, control=control
-    )
+        store, policy, today, now=now, is_verified=is_verified, log=log, control=control,
+        full_reverify=full_reverify, remember=not dry_run,
+    )  # fmt: skip
     log(plan.summary())
     if not dry_run:
         return plan, apply_plan(store, plan, log, control)  # logs each deletion as it happens

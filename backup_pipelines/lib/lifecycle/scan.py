@@ -16,6 +16,7 @@ from backup_pipelines.lib.store import (
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
+    LocalStore,
     S3Store,
     is_generation,
     listing,
@@ -23,7 +24,7 @@ from backup_pipelines.lib.store import (
 )
 
 # Not artifacts: keep markers, the writability probe, leases, monitoring's captured-at catalog
-# (never listed, never cleaned).
+# and retention's verification record (never listed, never cleaned).
 RESERVED_PREFIXES = (KEEP_PREFIX, "_health/", LEASE_PREFIX, "_catalog/")
 
 
@@ -42,9 +43,13 @@ class Folder:
     bytes: int = 0
     generations: dict[str, Generation] = field(default_factory=dict)
     loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
+    # Every object as listed: (key, size, tag), the tag changing whenever it is rewritten
+    # (verified.py: what a remembered verification is bound to).
+    objects: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def add(self, key: str, size: int, mtime: float, generation: str | None) -> None:
+    def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
         self.bytes += size
+        self.objects.append((key, size, tag))
         if generation is not None:
             entry = self.generations.setdefault(generation, Generation())
             entry.bytes += size
@@ -59,29 +64,47 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
     listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    parsed: dict[str, ArtifactRef | None] = {}  # an artifact folder holds ~10 keys: parse once
-
-    def parse(folder: str) -> ArtifactRef | None:
-        if folder not in parsed:
-            parsed[folder] = parse_artifact_folder(folder)
-        return parsed[folder]
-
-    for key, size, mtime in listing.iter_keys(store, ""):
-        if key.startswith(RESERVED_PREFIXES):
-            continue
+    if isinstance(store, LocalStore):  # listed a folder at a time: each parsed once
+        for parent, objects in listing.local_folders(store, ""):
+            _add_objects(folders, parent, objects)
+        return folders
+    parsed: dict[str, tuple[ArtifactRef, str | None] | None] = {}  # ~10 keys a folder
+    for key, size, mtime, tag in listing.iter_objects(store, ""):
         parent = key.rpartition("/")[0]
-        ref, generation = parse(parent), None
-        if ref is None:  # maybe <artifact folder>/<generation>/<file>
-            grandparent, _, generation = parent.rpartition("/")
-            if not is_generation(generation):  # only folders named as the writer names them
-                continue
-            ref = parse(grandparent)
-            if ref is None:
-                continue
-        if not DATE_PATTERN.fullmatch(ref.date):
-            continue  # e.g. date=2026-3-1: not written by this project, never touched
-        folders.setdefault(ref, Folder(ref)).add(key, size, mtime, generation)
+        if parent not in parsed:
+            parsed[parent] = _artifact_of(parent)
+        where = parsed[parent]
+        if where is not None and not key.startswith(RESERVED_PREFIXES):
+            folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
     return folders
+
+
+def _add_objects(folders: dict[ArtifactRef, Folder], parent: str, objects: list) -> None:
+    if f"{parent}/".startswith(RESERVED_PREFIXES):
+        return  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
+    where = _artifact_of(parent)
+    if where is None:
+        return
+    ref, generation = where
+    folder = folders.setdefault(ref, Folder(ref))
+    for key, size, mtime, tag in objects:
+        folder.add(key, size, mtime, generation, tag)
+
+
+def _artifact_of(parent: str) -> tuple[ArtifactRef, str | None] | None:
+    """The artifact a key in folder `parent` belongs to, and its generation (None: a file of
+    the artifact folder itself); None when it belongs to none."""
+    ref, generation = parse_artifact_folder(parent), None
+    if ref is None:  # maybe <artifact folder>/<generation>/<file>
+        grandparent, _, generation = parent.rpartition("/")
+        if not is_generation(generation):  # only folders named as the writer names them
+            return None
+        ref = parse_artifact_folder(grandparent)
+        if ref is None:
+            return None
+    if not DATE_PATTERN.fullmatch(ref.date):
+        return None  # e.g. date=2026-3-1: not written by this project, never touched
+    return ref, generation
 
 
 @dataclass(frozen=True)

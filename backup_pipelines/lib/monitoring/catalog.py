@@ -27,7 +27,6 @@ a wrong age.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -36,6 +35,7 @@ import zstandard
 
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore
+from backup_pipelines.lib.store.catalog_object import decode_catalog, encode_catalog
 from backup_pipelines.lib.store.refs import parse_artifact_folder
 
 CATALOG_PREFIX = "_catalog/captured_at/"
@@ -113,26 +113,18 @@ class CapturedCatalog:
                 if folder.split("/date=", 1)[-1][:10] >= oldest
             }
             self.changed = False
-        body = json.dumps({"format": FORMAT, "asset": self.asset, "entries": entries})
-        return zstandard.ZstdCompressor(level=3).compress(body.encode())
+        return encode_catalog(FORMAT, self.asset, entries)
 
     def merge_bytes(self, data: bytes) -> int:
         """Entries of a stored catalog object not known yet; raises ValueError when the
         object is not one this module writes."""
-        reader = zstandard.ZstdDecompressor().stream_reader(data)
-        text = reader.read(MAX_OBJECT_BYTES + 1)
-        if len(text) > MAX_OBJECT_BYTES:
-            raise ValueError(f"larger than {MAX_OBJECT_BYTES} bytes decompressed")
-        raw = json.loads(text)
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ValueError("not a captured-at catalog of format 1")
-        if raw.get("asset") != self.asset or not isinstance(raw.get("entries"), dict):
-            raise ValueError(f"not the catalog of {self.asset}")
-        if len(raw["entries"]) > MAX_ENTRIES:
-            raise ValueError(f"more than {MAX_ENTRIES} entries")
+        stored = decode_catalog(
+            data, format_version=FORMAT, asset=self.asset, what="captured-at catalog",
+            max_bytes=MAX_OBJECT_BYTES, max_entries=MAX_ENTRIES,
+        )  # fmt: skip
         added = 0
         with self._lock:
-            for folder, entry in raw["entries"].items():
+            for folder, entry in stored.items():
                 parsed = _valid_entry(self.asset, folder, entry)
                 if parsed is not None and folder not in self.entries:
                     self.entries[folder] = parsed

@@ -112,7 +112,7 @@ def _newest_of(committed: dict[ArtifactRef, Manifest]) -> dict[str | None, Manif
 def _committed_on(store: BackupStore, asset: str, day: str) -> tuple[dict, int]:
     """Committed artifacts of `asset` for `day` by workspace, from one listing of the date's
     folder, and how many keys that listing returned (what listing a day costs)."""
-    objects = list(listing.iter_objects(store, f"{asset}/date={day}/"))
+    objects = list(listing.iter_manifests(store, f"{asset}/date={day}/", split=True))
     return _newest_of(committed_in(objects)), len(objects)
 
 
@@ -122,7 +122,7 @@ def _committed_of(
     """The same for a few workspaces: one small listing of each one's folder, in parallel."""
 
     def probe(workspace: str) -> dict[str | None, Manifest]:
-        objects = listing.iter_objects(store, f"{asset}/date={day}/workspace={workspace}/")
+        objects = listing.iter_manifests(store, f"{asset}/date={day}/workspace={workspace}/")
         return _newest_of(committed_in(objects))
 
     found: dict[str | None, Manifest] = {}

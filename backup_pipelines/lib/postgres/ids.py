@@ -1,4 +1,9 @@
-"""The memory-entry ids of a workspace dump, read from its COPY-text file for the consistency gate.
+"""The memory-entry ids of a workspace dump, read from its COPY file for the consistency gate.
+
+A binary COPY table's ids come from the ids file the dump wrote beside it (its primary key in
+COPY text, same snapshot, `ids_file`); without one (no one-column key, or the gate's id column
+is another) the binary file is walked field by field (copy_format.binary_column) and its ids
+decoded by the column's recorded type. For COPY text:
 
 Parsing uses bytes.find (memchr) from line to line and never looks at the rest of a row: the
 COPY id field is the text up to the tab that ends it (raw tabs and newlines only ever separate
@@ -10,6 +15,12 @@ from __future__ import annotations
 import re
 
 from backup_pipelines.lib.ids import IdCollector, Side, decompressed, line_blocks
+from backup_pipelines.lib.postgres.copy_format import (
+    BINARY,
+    BinaryCopyError,
+    binary_column,
+    decode_ids,
+)
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 
 MEMORY_TABLE = "public.memory_entries"
@@ -79,6 +90,32 @@ def sql_ids_from_workspace_dump(
         )
     column = entry["columns"].index(id_column)
     collector = IdCollector()
-    for buf, start, stop in line_blocks(decompressed(store, ref, manifest, entry["file"])):
-        collector.add(_copy_fields(buf, start, stop, column), _copy_unescape)
+    if entry.get("copy_format") == BINARY and entry.get("ids_column") == id_column:
+        # the dump wrote the key's values beside the binary rows, in COPY text
+        chunks = decompressed(store, ref, manifest, entry["ids_file"])
+        for buf, start, stop in line_blocks(chunks):
+            collector.add(_copy_fields(buf, start, stop, 0), _copy_unescape)
+    elif entry.get("copy_format") == BINARY:
+        chunks = decompressed(store, ref, manifest, entry["file"])
+        _collect_binary(collector, chunks, entry, column, store.location(ref))
+    else:
+        chunks = decompressed(store, ref, manifest, entry["file"])
+        for buf, start, stop in line_blocks(chunks):
+            collector.add(_copy_fields(buf, start, stop, column), _copy_unescape)
     return Side(f"postgres:{table}", manifest["captured_at"], collector.array(), entry.get("rows"))
+
+
+def _collect_binary(collector: IdCollector, chunks, entry: dict, column: int, where: str) -> None:
+    type_name = entry["column_types"][column]
+    try:
+        for values in binary_column(chunks, len(entry["columns"]), column):
+            ids = decode_ids(values, type_name)
+            if isinstance(ids, list):
+                collector.add(ids)
+            else:
+                collector.add_ints(ids)
+    except BinaryCopyError as error:
+        raise ValueError(
+            f"{where}: the binary COPY file {entry['file']} of table {entry['table']} is "
+            f"damaged: {error}"
+        ) from error

@@ -30,6 +30,7 @@ from backup_pipelines.lib.postgres.connection import (
     server_answers,
     server_answers_for,
 )
+from backup_pipelines.lib.postgres.copy_format import BINARY, TEXT, server_major
 from backup_pipelines.lib.postgres.dump import FULL_DUMP_FILE, SCHEMA_FILE
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, iter_chunks
 from backup_pipelines.lib.streams import iter_decompressed
@@ -106,6 +107,26 @@ def apply_schema(store: BackupStore, ref: ArtifactRef, manifest: dict, target_ur
         )
 
 
+def is_binary(entry: dict) -> bool:
+    return entry.get("copy_format", TEXT) == BINARY
+
+
+def check_binary_target(conn: psycopg.Connection, ref: ArtifactRef, manifest: dict) -> None:
+    """Refuse, before anything is written, binary table files dumped by a server of another
+    major version than the target's: PostgreSQL documents binary COPY as less portable across
+    versions than text, and no release promises that every type's binary form stays."""
+    target = server_major(conn)
+    other = [e for e in manifest["tables"] if is_binary(e) and e.get("server_major") != target]
+    if other:
+        tables = ", ".join(f"{e['table']} (PostgreSQL {e.get('server_major')})" for e in other)
+        raise BackupError(
+            f"{ref}: binary COPY files of {tables} were dumped by another PostgreSQL major "
+            f"version than the target's ({target}); binary COPY is not portable across major "
+            "versions. Nothing was written. Restore into a PostgreSQL server of the dump's major "
+            "version, or use a full dump (pg_dump) of that day"
+        )
+
+
 def copy_table_in(
     conn: psycopg.Connection,
     store: BackupStore,
@@ -114,14 +135,19 @@ def copy_table_in(
     entry: dict,
     target: sql.Composable,
 ) -> int:
-    """Stream one table file of a workspace dump into `target` (a table) with COPY FROM STDIN."""
+    """Stream one table file of a workspace dump into `target` (a table) with COPY FROM STDIN,
+    in the file's format (text, or binary as the manifest's entry says)."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)
+    binary = is_binary(entry)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+        target, columns, sql.SQL(" (FORMAT binary)" if binary else "")
+    )
     what = f"COPY of {entry['table']} from {ref}"
     with (
         Watchdog("PostgreSQL", what, answers=lambda: server_answers_for(conn)) as watchdog,
         store.open_file(ref, manifest, entry["file"]) as reader,
         conn.cursor() as cur,
+        _damaged_binary_named(binary, entry, ref),
     ):
         watchdog.stop_with(lambda: abort_connection(conn))
         with cur.copy(statement) as copy:
@@ -136,11 +162,31 @@ def copy_table_in(
         return cur.rowcount
 
 
+@contextlib.contextmanager
+def _damaged_binary_named(binary: bool, entry: dict, ref: ArtifactRef):
+    """A binary file the server cannot read (cut, garbled: untrusted store data) becomes an
+    error naming the table and the artifact; the caller's transaction is rolled back."""
+    try:
+        yield
+    except psycopg.Error as error:
+        state = error.sqlstate or ""
+        if not binary or not (state.startswith("22") or state == "08P01"):
+            raise
+        raise BackupError(
+            f"the binary COPY file {entry['file']} of table {entry['table']} in {ref} is damaged "
+            f"or not readable by this server ({state}: {_one_line(error)}); nothing was written "
+            "(the restore's transaction was rolled back). Restore another date, or verify the "
+            "artifact's source"
+        ) from error
+
+
 def load_workspace_dump_into_empty_database(
     store: BackupStore, ref: ArtifactRef, target_url: str
 ) -> dict[str, int]:
     """DDL then every table, parents first: a fresh database holding just this workspace."""
     manifest = store.require_manifest(ref)
+    with connect(target_url) as conn:
+        check_binary_target(conn, ref, manifest)
     apply_schema(store, ref, manifest, target_url)
     loaded = {}
     with connect(target_url) as conn:
@@ -178,3 +224,7 @@ def pg_restore_full_dump(
             target_url,
             f"pg_restore of {ref}",
         )
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())

@@ -8,14 +8,20 @@ behind and no concurrent restore can collide on a name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from psycopg import sql
 
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.postgres.catalog import live_columns, primary_key
 from backup_pipelines.lib.postgres.connection import connect
-from backup_pipelines.lib.postgres.load import copy_table_in
+from backup_pipelines.lib.postgres.load import check_binary_target, copy_table_in
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log
+
+
+class MergeAbandoned(BackupError):
+    """The caller said not to go on after staging (the gate refused): nothing was written."""
 
 
 def merge_sql_rows(
@@ -25,17 +31,28 @@ def merge_sql_rows(
     manifest: dict,
     dry_run: bool = False,
     log: Log | None = None,
+    staged: Callable[[], bool] | None = None,
 ) -> dict:
     """Insert the backed-up rows of workspace dump `ref` that the live tables lack, parents
-    first, in ONE transaction; returns per table what was in the backup, inserted, present."""
+    first, in ONE transaction; returns per table what was in the backup, inserted, present.
+
+    Every table is staged first (COPY into temporary tables: nothing any other session sees,
+    and every value already checked by the server), then inserted. `staged`, when given, is
+    called between the two and decides: True goes on, False rolls back (MergeAbandoned). A
+    restore stages while its consistency gate runs, and writes only once the gate passed."""
     workspace = ref.workspace
     report: dict[str, dict] = {}
     with connect(database_url) as conn:
+        check_binary_target(conn, ref, manifest)
         conn.execute("SET LOCAL lock_timeout = '60s'")
-        for entry in manifest["tables"]:
-            report[entry["table"]] = _merge_table(
-                conn, store, ref, manifest, entry, workspace, dry_run
-            )
+        stages = [
+            _stage_table(conn, store, ref, manifest, entry, log) for entry in manifest["tables"]
+        ]
+        if staged is not None and not staged():
+            conn.rollback()
+            raise MergeAbandoned(f"the merge of {ref} was abandoned after staging: nothing written")
+        for entry, stage in zip(manifest["tables"], stages, strict=True):
+            report[entry["table"]] = _apply_table(conn, entry, stage, workspace, dry_run)
             if log:
                 log(f"{entry['table']}: {report[entry['table']]}")
         if dry_run:
@@ -51,11 +68,8 @@ def merge_sql_rows(
     return report
 
 
-def _merge_table(
-    conn, store, ref, manifest, entry: dict, workspace: str, dry_run: bool = False
-) -> dict:
+def _refuse_gone_columns(conn, entry: dict) -> None:
     schema, name = entry["table"].split(".", 1)
-    live = sql.Identifier(schema, name)
     present = live_columns(conn, schema, name)
     gone = [c for c in entry["columns"] if c not in present]
     if gone:
@@ -63,11 +77,17 @@ def _merge_table(
             f"{entry['table']}: column(s) {', '.join(gone)} of the backup no longer exist in the live "
             "table; restore the full dump into a new database instead"
         )
+
+
+def _stage_table(conn, store, ref, manifest, entry: dict, log) -> sql.Identifier:
+    """A temporary copy of the backed-up rows of one table (dropped at commit or rollback)."""
+    schema, name = entry["table"].split(".", 1)
+    _refuse_gone_columns(conn, entry)
     stage = sql.Identifier(f"restore_stage_{name}")
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-            stage, columns, live
+            stage, columns, sql.Identifier(schema, name)
         )
     )
     staged = copy_table_in(conn, store, ref, manifest, entry, stage)
@@ -75,6 +95,16 @@ def _merge_table(
         raise BackupError(
             f"{entry['table']}: staged {staged} rows, the manifest says {entry['rows']}"
         )
+    if log:
+        log(f"{entry['table']}: staged {staged} rows")
+    return stage
+
+
+def _apply_table(conn, entry: dict, stage, workspace: str, dry_run: bool = False) -> dict:
+    schema, name = entry["table"].split(".", 1)
+    live = sql.Identifier(schema, name)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
+    staged = entry["rows"]
     drawing = _columns_drawing_from_sequences(conn, schema, name, entry["columns"])
     if dry_run and drawing:
         # Inserting would call nextval() for these columns, which no rollback undoes: a dry

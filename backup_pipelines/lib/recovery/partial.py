@@ -32,8 +32,16 @@ SKIP_SWITCHES = "--skip-refused on the command line, run tag restore/skip_refuse
 DONE, REFUSED, FAILED, NOT_STARTED = "done", "refused", "failed", "not started"
 
 
-def sql_state(sql_report: Mapping[str, dict] | None) -> dict:
-    """The SQL step's state from its report (table -> inserted, already_present, ...)."""
+SQL_RUNNING = "running (one transaction: it commits whole or rolls back)"
+
+
+def sql_state(sql_report: Mapping[str, dict] | None, sql_error: str = "", running=False) -> dict:
+    """The SQL step's state from its report (table -> inserted, already_present, ...), or its
+    failure (its one transaction rolled back: nothing of it was written)."""
+    if sql_error:
+        return {"state": FAILED, "rolled_back": True, "error": sql_error}
+    if running:
+        return {"state": SQL_RUNNING}
     if sql_report is None:
         return {"state": "committed by an earlier step"}
     return {
@@ -77,6 +85,15 @@ class IndexProgress:
         self.log = log or (lambda _m: None)
         self.steps: list[IndexStep] = []
         self.first_error: BaseException | None = None
+        self.sql_error = ""  # set when the SQL merge ran beside the indexes and failed
+        self.sql_running = False
+
+    def sql_failed(self, error: BaseException) -> None:
+        """The SQL merge, run beside the index steps, failed (its transaction rolled back)."""
+        described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self.sql_error = scrub(described)
+        self.first_error = error  # the SQL failure is the root cause to chain
+        self.log(f"SQL merge of {self.partition} FAILED (rolled back): {self.sql_error}")
 
     def plan(self, engine: IndexEngine, client: Any, collection: str, expected: int) -> None:
         refused = Refusals(engine.label, collection)
@@ -101,7 +118,7 @@ class IndexProgress:
 
     def finish(self) -> dict[str, dict]:
         """Every engine's result when all are done; else PartialRestore."""
-        if all(step.state == DONE for step in self.steps):
+        if not self.sql_error and all(step.state == DONE for step in self.steps):
             return {step.engine.name: step.result for step in self.steps}
         states = self._states()
         raise PartialRestore(self._message(states), states) from self.first_error
@@ -127,7 +144,7 @@ class IndexProgress:
         self.log(f"{step.engine.label} restore of {step.collection} FAILED: {step.error}")
 
     def _states(self, counted: bool = True) -> dict[str, dict]:
-        states = {"sql": sql_state(self.sql_report)}
+        states = {"sql": sql_state(self.sql_report, self.sql_error, self.sql_running)}
         states.update({step.engine.name: _step_state(step, counted) for step in self.steps})
         return states
 
@@ -203,6 +220,12 @@ def _count(step: IndexStep) -> int | str:
 
 
 def _described_sql(state: dict) -> str:
+    if state.get("rolled_back"):
+        return (
+            f"FAILED, rolled back: none of its rows were written ({state['error']}); the "
+            "indexes below may hold entries whose rows are not in SQL until the restore is run "
+            "again"
+        )
     if "rows_inserted" not in state:
         return state["state"]
     return (

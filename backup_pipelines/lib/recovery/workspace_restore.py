@@ -13,6 +13,12 @@
 Before anything is written the policy's index mapping is checked against the database
 (recovery.mappings): a schema it does not fit is refused with the table, column and key.
 
+In-process (`restore_workspace`, the command line's path) the steps overlap where the gate
+allows it (issue 16): the SQL rows are staged into temporary tables while the gate reads (no
+other session sees them; nothing is inserted before the gate passed), and once it passed the
+SQL insert and every index restored from its artifact run at the same time. A rebuild from SQL
+rows still waits for the SQL commit. `parallel=False` runs them one after another.
+
 Plain Python reading only the store and the live systems, so the Dagster job and the command
 line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
 through backup_pipelines.lib.engines only.
@@ -20,8 +26,10 @@ through backup_pipelines.lib.engines only.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,11 +288,16 @@ def restore_indexes(
     log: Log | None = None,
     skip_refused: bool = False,
     sql_report: Mapping[str, dict] | None = None,
+    sql_branch=None,
 ) -> dict[str, dict]:
     """Every engine's collection of the workspace back (engine name -> what it did). One
     engine failing, or refusing entries (skipped only with `skip_refused`), does not stop the
     others; then PartialRestore says what each store holds (`sql_report`: the SQL step's) and
-    how to finish (recovery.partial)."""
+    how to finish (recovery.partial).
+
+    With `sql_branch` (a callable merging the SQL rows, returning its report) the SQL merge and
+    the index steps all run at once (run_beside_sql); the SQL report is then
+    `progress.sql_report`, reached through the returned results' caller (restore_workspace)."""
     progress = partial.IndexProgress(
         f"{located.date}|{located.workspace}", mode, skip_refused, sql_report, log
     )
@@ -293,15 +306,52 @@ def restore_indexes(
             policy, located.workspace
         )
         progress.plan(engine, indexes[engine.name], target, backed_up_rows(located, policy, engine))
-    for step in progress.steps:
+
+    def run(step: partial.IndexStep) -> None:
         with progress.running(step):  # a failure is reported with every store's state
             step.result = restore_index(
                 step.engine, step.client, store, located, policy, mode, rebuild, database_url,
                 step.collection, log, step.refused,
             )  # fmt: skip
-        if lap is not None:
-            lap(step.engine.name)
+
+    if sql_branch is None:
+        for step in progress.steps:
+            run(step)
+            if lap is not None:
+                lap(step.engine.name)
+        return progress.finish()
+    run_beside_sql(progress, run, sql_branch, lap)
     return progress.finish()
+
+
+def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap) -> None:
+    """The SQL merge and every index step at once, each on its own thread (the work is in the
+    servers). A failing branch does not stop the others; the SQL outcome goes into `progress`
+    so PartialRestore states every store. `lap(name, seconds)` gets each branch's own time."""
+
+    def timed(name: str, work) -> None:
+        started = time.monotonic()
+        try:
+            work()
+        finally:
+            if lap is not None:
+                lap(name, time.monotonic() - started)
+
+    def sql() -> None:
+        progress.sql_running = True
+        try:
+            progress.sql_report = sql_branch()
+        except Exception as error:
+            progress.sql_failed(error)
+        finally:
+            progress.sql_running = False
+
+    branches = {"sql": sql} | {s.engine.name: (lambda s=s: run(s)) for s in progress.steps}
+    with ThreadPoolExecutor(len(branches), thread_name_prefix="restore") as pool:
+        futures = [pool.submit(timed, name, work) for name, work in branches.items()]
+        wait(futures)
+    for future in futures:
+        future.result()  # an interrupt inside a branch (BaseException) goes on up
 
 
 def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
@@ -407,6 +457,7 @@ def restore_workspace(
     lease_owner: str | None = None,
     lease_purpose: str = "restore",
     skip_refused: bool = False,
+    parallel: bool = True,
 ) -> RestoreReport:
     """The whole restore in-process (the command line's path; the Dagster job runs the same
     steps as separate ops). `indexes` maps engine names to clients ("typesense": client).
@@ -422,7 +473,11 @@ def restore_workspace(
 
     Entries an index refuses are skipped (and reported by id) only with `skip_refused`; a
     failure after the SQL commit is a PartialRestore saying what each store holds, and the
-    same call again finishes what is missing."""
+    same call again finishes what is missing.
+
+    Once the gate passed and the indexes come from their artifacts, the SQL merge and the
+    index restores run at the same time (`parallel=False`: one after another, as before; the
+    benchmark's baseline)."""
     log = log or (lambda _m: None)
     leases = lease_store(store, log)
     with leases.lease(workspace, lease_purpose, lease_owner, log=log):
@@ -430,15 +485,16 @@ def restore_workspace(
             leases.refuse_overlapping_restores(workspace)
         return _restore_workspace_held(
             store, date, workspace, database_url, policy, indexes or {}, mode, dry_run,
-            override_gate, log, index_targets or {}, skip_refused,
+            override_gate, log, index_targets or {}, skip_refused, parallel,
         )  # fmt: skip
 
 
 def _restore_workspace_held(
     store, date, workspace, database_url, policy, indexes, mode, dry_run, override_gate, log,
-    targets, skip_refused=False,
+    targets, skip_refused=False, parallel=True,
 ) -> RestoreReport:  # fmt: skip
     timings: dict[str, float] = {}
+    branch_seconds: dict[str, float] = {}  # each branch's own time when they run at once
     started = time.monotonic()
 
     def lap(step: str) -> None:
@@ -447,33 +503,134 @@ def _restore_workspace_held(
     located = locate_and_verify(store, date, workspace, index_assets(indexes), log=log)
     check_before_writing(database_url, policy, list(indexes))
     lap("locate_and_verify")
-    verdict = consistency_gate(store, located, policy)
-    lap("consistency_gate")
-    log(f"consistency gate: {verdict.summary()}")
-    if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
-        raise GateRefused(verdict)
-    report = RestoreReport(workspace, date, str(mode), str(verdict.outcome), located.source)
-    if override_gate and verdict.outcome == consistency.Outcome.FAIL:
-        log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
-        report.verification["gate_overridden"] = override_gate
-    report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
-    lap("sql")
-    if dry_run:
-        report.seconds = timings
-        return report
-    rebuild = verdict.outcome == consistency.Outcome.REBUILD_INDEX
-    report.indexes = restore_indexes(
-        indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
-        skip_refused, report.sql,
-    )  # fmt: skip
+    # Staging the SQL rows writes nothing anyone sees: it runs while the gate reads.
+    background = None
+    if parallel and indexes and not dry_run:
+        background = BackgroundMerge(database_url, artifact_source(store, located), located, log)
+    try:
+        report, rebuild = _gate(store, located, policy, override_gate, mode, lap, log)
+        if background is not None:
+            background.wait_staged()  # a table the server refused: raised, nothing written
+            lap("sql_staging")
+            branch_seconds["sql_staging"] = background.staging_seconds
+    except BaseException as error:
+        if background is not None:  # rolled back; waited for unless interrupted
+            background.abandon(wait=isinstance(error, Exception))
+        raise
+    if background is None:
+        report.sql = merge_sql(database_url, store, located, dry_run=dry_run, log=log)
+        lap("sql")
+        if dry_run:
+            report.seconds = timings
+            return report
+        report.indexes = restore_indexes(
+            indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+            skip_refused, report.sql,
+        )  # fmt: skip
+    elif rebuild:  # a rebuild reads the merged SQL rows: it waits for the SQL commit
+        background.proceed()
+        report.sql = background.finish()
+        lap("sql")
+        report.indexes = restore_indexes(
+            indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
+            skip_refused, report.sql,
+        )  # fmt: skip
+    else:
+
+        def branch_lap(name: str, seconds: float) -> None:
+            branch_seconds[name] = seconds
+
+        background.proceed()
+        report.indexes = restore_indexes(
+            indexes, store, located, policy, mode, False, database_url, targets, branch_lap,
+            log, skip_refused, None, sql_branch=background.finish,
+        )  # fmt: skip
+        report.sql = background.report
+        lap("sql_and_indexes")
     skipped = skipped_of(report.indexes)
     report.verification.update(
         verify_restore(database_url, located, policy, indexes, targets, skipped)
     )
     lap("verify")
-    report.seconds = timings
+    report.seconds = timings | {f"{k}_branch": v for k, v in branch_seconds.items()}
     if report.verification["problems"]:
         raise partial.not_verified(
             f"{date}|{workspace}", mode, report.sql, report.indexes, report.verification
         )
     return report
+
+
+def _gate(store, located: Located, policy: Policy, override_gate: str, mode: Mode, lap, log):
+    """The consistency gate's verdict: refused (GateRefused), overridden (logged, in the
+    report), or passed; returns the report begun and whether the indexes must be rebuilt."""
+    verdict = consistency_gate(store, located, policy)
+    lap("consistency_gate")
+    log(f"consistency gate: {verdict.summary()}")
+    if verdict.outcome == consistency.Outcome.FAIL and not override_gate:
+        raise GateRefused(verdict)
+    report = RestoreReport(
+        located.workspace, located.date, str(mode), str(verdict.outcome), located.source
+    )
+    if override_gate and verdict.outcome == consistency.Outcome.FAIL:
+        log(f"GATE OVERRIDDEN: {override_gate!r} — restoring despite: {verdict.summary()}")
+        report.verification["gate_overridden"] = override_gate
+    return report, verdict.outcome == consistency.Outcome.REBUILD_INDEX
+
+
+class BackgroundMerge:
+    """The SQL merge (postgres.merge: one transaction) on its own thread, started before the
+    consistency gate: it stages every table (COPY into temporary tables, which no other session
+    sees; the server checks every value) while the gate reads, then waits. `proceed()` lets it
+    insert and commit; `abandon()` rolls it back. A table the server refuses is raised by
+    `wait_staged()` before anything was written anywhere."""
+
+    def __init__(self, database_url: str, source: BackupStore, located: Located, log: Log) -> None:
+        ref, manifest = located.sql
+        self.report: dict | None = None
+        self.error: BaseException | None = None
+        self.staging_seconds = 0.0
+        self._go, self._staged = threading.Event(), threading.Event()
+        self._proceed = False
+        self._started = time.monotonic()
+
+        def run() -> None:
+            try:
+                self.report = merge_sql_rows(
+                    database_url, source, ref, manifest, log=log, staged=self._on_staged
+                )
+            except BaseException as error:  # handed to the caller's thread
+                self.error = error
+            finally:
+                self._staged.set()
+
+        self._thread = threading.Thread(target=run, name="restore-sql", daemon=True)
+        self._thread.start()
+
+    def _on_staged(self) -> bool:
+        self.staging_seconds = time.monotonic() - self._started
+        self._staged.set()
+        self._go.wait()
+        return self._proceed
+
+    def wait_staged(self) -> None:
+        self._staged.wait()
+        if self.error is not None:
+            self._thread.join()
+            raise self.error
+
+    def proceed(self) -> None:
+        self._proceed = True
+        self._go.set()
+
+    def abandon(self, wait: bool = True) -> None:
+        """Roll the staged rows back; `wait` until the transaction is gone (not on an
+        interrupt, where the thread ends on its own and the server drops its temp tables)."""
+        self._go.set()
+        if wait:
+            self._thread.join()
+
+    def finish(self) -> dict:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.report

@@ -12,10 +12,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 WINDOW = re.compile(r"^([01][0-9]|2[0-3])[0-5][0-9]$")
+
+
+@lru_cache(maxsize=4096)
+def _check_date(value: str) -> None:
+    """Refuses anything but a real YYYY-MM-DD date (cached: a store of 10,000 workspaces
+    names a few dates hundreds of thousands of times, and strptime costs ~20 us a call)."""
+    datetime.strptime(value, "%Y-%m-%d")
 
 
 @dataclass(frozen=True, order=True)
@@ -28,7 +36,9 @@ class ArtifactRef:
     window: str | None = None  # "HHMM": start of a sub-daily window
 
     def __post_init__(self) -> None:
-        datetime.strptime(self.date, "%Y-%m-%d")  # refuses anything but a real date
+        if not isinstance(self.date, str):
+            raise ValueError(f"invalid date {self.date!r}: expected YYYY-MM-DD")
+        _check_date(self.date)  # refuses anything but a real date
         if self.workspace is not None:
             validate_workspace_id(self.workspace)
         if self.window is not None and not WINDOW.fullmatch(self.window):

@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
+import mmap
 import os
 import queue
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,9 +26,27 @@ from backup_pipelines.lib.store.writer import Sink
 # AWS variables, read by boto3 itself.
 
 S3_PART_SIZE = int(os.environ.get("BACKUP_S3_PART_MB", "8")) << 20
-# Memory bound per upload: one part uploading, one queued, one filling. Measured: 16 MiB parts
-# and two in flight put a Dagster + boto3 backup process at ~240 MB peak RSS.
-S3_PARTS_IN_FLIGHT = 1
+# Memory bound per upload: two part buffers, one uploading while the next fills (issue 16:
+# with three bytearray parts, one of them queued, a full dump added 50-63 MB of RSS; with two
+# mapped parts, 40 MB at 1x and 4x; bench/README.md, bench_memory.py).
+S3_PART_BUFFERS = 2
+
+
+def s3_part_buffers() -> int:
+    """BACKUP_S3_PART_BUFFERS (2 to 16, default 2): parts held per upload. More buffers let
+    more parts wait while a slow endpoint catches up, at one part of memory each."""
+    text = os.environ.get("BACKUP_S3_PART_BUFFERS", "").strip()
+    if not text:
+        return S3_PART_BUFFERS
+    if not text.isdigit() or not 2 <= int(text) <= 16:
+        raise ConfigError(f"BACKUP_S3_PART_BUFFERS={text!r}: a whole number from 2 to 16")
+    return int(text)
+
+
+# Parts up to this size are held in memory; bigger ones (a file past 1,000 parts, ~8.4 GB
+# stored at the default 8 MiB) are staged in an unlinked temp file under BACKUP_WORK_DIR, so
+# the process's memory stays flat however large the file grows.
+S3_MEMORY_PART_BYTES = 16 << 20
 S3_MAX_PARTS = 10_000
 
 
@@ -100,17 +121,95 @@ def s3_part_size(part_number: int) -> int:
     return S3_PART_SIZE << min(part_number // 1000, 12)
 
 
+class _PartBuffer(io.RawIOBase):
+    """One part of a multipart upload, in its own anonymous memory map (or, past
+    S3_MEMORY_PART_BYTES, an unlinked temp file), read back as a seekable file (botocore
+    hashes, sends and, on a retry, re-sends it from there).
+
+    A map's memory goes back to the system the moment the part is released. A bytearray per
+    part did not: after the first freed part glibc raises its mmap threshold, later parts come
+    from the heap and freed ones stay resident (measured: +16 MB on a full dump)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.size = 0
+        self._position = 0
+        self._map: mmap.mmap | None = None
+        self._file = None
+        if capacity <= S3_MEMORY_PART_BYTES:
+            self._map = mmap.mmap(-1, capacity)
+        else:  # on disk (page cache, not this process's memory)
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115 (closed in release)
+                prefix="s3-part-", dir=os.environ.get("BACKUP_WORK_DIR") or None
+            )
+
+    def fill(self, data: memoryview) -> int:
+        """Copy as much of `data` as fits; returns how many bytes were taken."""
+        taken = min(len(data), self.capacity - self.size)
+        if self._map is not None:
+            self._map[self.size : self.size + taken] = data[:taken]
+        else:
+            self._file.seek(self.size)
+            self._file.write(data[:taken])
+        self.size += taken
+        return taken
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.capacity
+
+    def content(self) -> bytes:
+        self.seek(0)
+        return self.read(self.size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        count = min(len(target), self.size - self._position)
+        if self._map is not None:
+            target[:count] = self._map[self._position : self._position + count]
+        else:
+            self._file.seek(self._position)
+            count = self._file.readinto(memoryview(target)[:count])
+        self._position += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = min(max(0, base + offset), self.size)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def release(self) -> None:
+        if self._map is not None and not self._map.closed:
+            self._map.close()
+        if self._file is not None:
+            self._file.close()  # unlinked already: closing frees the disk
+        self.close()
+
+
 class _S3MultipartSink(Sink):
-    """Streams a file as a multipart upload; parts upload on a worker while the next fills."""
+    """Streams a file as a multipart upload; a part uploads on a worker while the next fills,
+    and a third waits for a free buffer. Memory: two parts of the configured size (parts
+    grow past 1,000 parts, see s3_part_size, and are then staged on disk instead)."""
 
     def __init__(self, store: S3Store, key: str) -> None:
         self._store = store
         self._key = key
-        self._buffer = bytearray()
+        self._buffer: _PartBuffer | None = None
+        buffers = s3_part_buffers()
+        self._free_buffers = threading.BoundedSemaphore(buffers)
         self._parts: list[dict] = []
         self._parts_queued = 0
         self._upload_id: str | None = None
-        self._pending: queue.Queue = queue.Queue(maxsize=S3_PARTS_IN_FLIGHT)
+        self._pending: queue.Queue = queue.Queue(maxsize=buffers)
         self._error: BaseException | None = None
         self._worker: threading.Thread | None = None
 
@@ -129,22 +228,23 @@ class _S3MultipartSink(Sink):
     def _upload_parts(self) -> None:
         while (item := self._pending.get()) is not None:
             number, body = item
-            if self._error is not None:
-                continue
             try:
-                answer = self._store._call(
-                    "upload part of",
-                    self._key,
-                    self._store.client.upload_part,
-                    Bucket=self._store.bucket,
-                    Key=self._store._full(self._key),
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=body,
-                )
-                self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                if self._error is None:
+                    answer = self._store._call(
+                        "upload part of",
+                        self._key,
+                        self._store.client.upload_part,
+                        Bucket=self._store.bucket,
+                        Key=self._store._full(self._key),
+                        UploadId=self._upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+                    self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             except BaseException as exc:  # surfaced to the writer thread on its next write
                 self._error = exc
+            finally:
+                self._release(body)
 
     def _flush_part(self) -> None:
         if self._upload_id is None:
@@ -153,18 +253,36 @@ class _S3MultipartSink(Sink):
         number = self._parts_queued
         if number > S3_MAX_PARTS:
             raise StoreError(f"{self._key}: more than {S3_MAX_PARTS} multipart parts")
-        body, self._buffer = self._buffer, bytearray()  # handed over, not copied
+        body, self._buffer = self._buffer, None  # handed over, not copied
         self._pending.put((number, body))
         self._raise_if_failed()
+
+    def _release(self, buffer: _PartBuffer) -> None:
+        buffer.release()
+        self._free_buffers.release()
+
+    def _new_buffer(self) -> _PartBuffer:
+        # Waits while both buffers are taken: the previous part is still uploading.
+        self._free_buffers.acquire()
+        try:
+            return _PartBuffer(s3_part_size(self._parts_queued + 1))
+        except BaseException:
+            self._free_buffers.release()
+            raise
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
 
     def write(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        if len(self._buffer) >= s3_part_size(self._parts_queued + 1):
-            self._flush_part()
+        data = memoryview(chunk)
+        while data:
+            if self._buffer is None:
+                self._raise_if_failed()
+                self._buffer = self._new_buffer()
+            data = data[self._buffer.fill(data) :]
+            if self._buffer.full:
+                self._flush_part()
 
     def _drain(self) -> None:
         if self._worker is not None:
@@ -174,10 +292,13 @@ class _S3MultipartSink(Sink):
 
     def close(self) -> None:
         if self._upload_id is None:  # small file: one PUT, no multipart
-            self._store._put_atomic(self._key, bytes(self._buffer))
+            content = self._buffer.content() if self._buffer else b""
+            self._discard_buffer()
+            self._store._put_atomic(self._key, content)
             return
-        if self._buffer:
+        if self._buffer is not None and self._buffer.size:
             self._flush_part()
+        self._discard_buffer()
         self._drain()
         self._raise_if_failed()
         self._store._call(
@@ -191,8 +312,14 @@ class _S3MultipartSink(Sink):
         )
         self._store._lock_after_upload(self._key)
 
+    def _discard_buffer(self) -> None:
+        if self._buffer is not None:
+            self._release(self._buffer)
+            self._buffer = None
+
     def abort(self) -> None:
         self._error = self._error or StoreError("aborted")
+        self._discard_buffer()
         self._drain()
         if self._upload_id is not None:
             with contextlib.suppress(Exception):
