@@ -63,7 +63,7 @@ def workspace_dump(
     date, workspace = date_and_workspace(context.partition_key)
     WorkspaceRegistryResource(
         source="postgres", database_url=postgres_db.database_url, policy_file=policy.policy_file
-    ).refuse_unknown(workspace)
+    ).refuse_unknown(workspace, context.log)
     ref = ArtifactRef("postgres/workspace_dump", date, workspace)
     rules = policy.load()
     return write_artifact(

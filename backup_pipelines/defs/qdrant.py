@@ -37,7 +37,7 @@ def collection_snapshot(
     workspace_registry: WorkspaceRegistryResource,
 ) -> dg.MaterializeResult:
     date, workspace = date_and_workspace(context.partition_key)
-    workspace_registry.refuse_unknown(workspace)
+    workspace_registry.refuse_unknown(workspace, context.log)
     collections = policy.load().qdrant_collections_for(workspace)
     ref = ArtifactRef("qdrant/collection_snapshot", date, workspace)
     with qdrant.client() as client:

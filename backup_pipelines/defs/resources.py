@@ -118,21 +118,23 @@ class WorkspaceRegistryResource(dg.ConfigurableResource):
             "no workspace registry: neither DATABASE_URL nor MSSQL_CONNECTION_STRING is set"
         )
 
-    def refuse_unknown(self, workspace: str) -> None:
+    def refuse_unknown(self, workspace: str, log=None) -> None:
         """Fail a backup of a workspace the registry does not list, at once and writing nothing
         (the UI's "Add a partition" accepts any name; a typo must not become a green, empty
-        backup). Nothing to check without a SQL source."""
+        backup). Nothing to check without a SQL source. The decision is logged first (`log`:
+        the step's logger), so the run page shows it as a line of its own, not only under the
+        failure's stack trace."""
         if not self.source or workspace in self.workspaces():
             return
-        raise dg.Failure(
-            description=(
-                f"workspace {workspace} is not in {self.describe()}: nothing backed up, nothing "
-                "written. A partition added by hand stays until removed (`backup-pipelines "
-                f"workspaces remove {workspace}`); a workspace deleted from SQL keeps its "
-                "backups, and workspace_restore_job restores it."
-            ),
-            allow_retries=False,
+        decision = (
+            f"workspace {workspace} is not in {self.describe()}: nothing backed up, nothing "
+            "written. A partition added by hand stays until removed (`backup-pipelines "
+            f"workspaces remove {workspace}`); a workspace deleted from SQL keeps its "
+            "backups, and workspace_restore_job restores it."
         )
+        if log is not None:
+            log.error(decision)
+        raise dg.Failure(description=decision, allow_retries=False)
 
     def describe(self) -> str:
         """Where the registry is, for messages (no secret: the table or the agents table)."""

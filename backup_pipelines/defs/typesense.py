@@ -35,7 +35,7 @@ def collection_export(
     workspace_registry: WorkspaceRegistryResource,
 ) -> dg.MaterializeResult:
     date, workspace = date_and_workspace(context.partition_key)
-    workspace_registry.refuse_unknown(workspace)
+    workspace_registry.refuse_unknown(workspace, context.log)
     collection = policy.load().typesense_collection_for(workspace)
     ref = ArtifactRef("typesense/collection_export", date, workspace)
     with typesense.client() as client:

@@ -10,6 +10,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
+from datetime import date, timedelta
 from pathlib import Path
 
 import psycopg
@@ -34,6 +35,24 @@ AUTOMATION = {
     "BACKUP_AUTOMATION_ON": "workspace_discovery_sensor,workspace_backup_daily,run_alert_sensor",
 }
 BACKUPS_DONE_SECONDS = 600
+# Workspaces a test seeds (and deletes) itself; their collections are dropped at the end too.
+EXTRA_WORKSPACES = ["dp_ghost", "dp_vanishing"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root, in a container-less sandbox
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+UI_SECONDS = 120  # the UI's own queries on a busy machine
+
+
+def days_before_last_completed(days: int) -> str:
+    """A date inside the partitions (they start months back) that neither the discovery sensor
+    nor the schedule backs up, for a test's own backups."""
+    return (date.fromisoformat(last_completed_date()) - timedelta(days=days)).isoformat()
 
 
 def index_workspaces(indexed: dict, workspaces: list[str]) -> None:
@@ -44,6 +63,31 @@ def index_workspaces(indexed: dict, workspaces: list[str]) -> None:
             index_workspace(
                 conn, workspace, indexed["policy"], indexed["typesense"], indexed["qdrant"]
             )
+
+
+def make_inconsistent_partition(stack: dict, workspace: str, date: str) -> int:
+    """SQL taken; then a memory written and indexed; then the indexes taken: the index
+    artifacts hold an id the SQL artifact lacks (an orphan). Live SQL and indexes both keep
+    the new memory, so they stay consistent for the other tests."""
+    from backup_pipelines_tests.helpers import back_up, index_workspace
+
+    store = LocalStore(stack["store_dir"])
+    policy = stack["policy"]
+    back_up(store, stack, workspace, indexes=(), date=date)
+    with psycopg.connect(stack["db"], autocommit=True) as conn:
+        new_id = conn.execute(
+            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, "
+            "created_at, updated_at) SELECT workspace_id, 'fact', 'written between the two "
+            "backups', 0.5, embedding, now(), now() FROM memory_entries WHERE workspace_id = %s "
+            "LIMIT 1 RETURNING id",
+            (workspace,),
+        ).fetchone()[0]
+    with psycopg.connect(stack["db"]) as conn:  # a transaction: the rows come from a cursor
+        index_workspace(
+            conn, workspace, policy, stack["typesense"], stack["qdrant"], only_ids={new_id}
+        )
+    back_up(store, stack, workspace, sql=False, date=date)
+    return new_id
 
 
 @pytest.fixture(scope="package")
@@ -70,7 +114,7 @@ def deployed_stack(pg_cluster, typesense_server, qdrant_url):
     index_workspaces(indexed, WORKSPACES)
     yield indexed
     policy = indexed["policy"]
-    for workspace in [*WORKSPACES, "dp_ghost"]:
+    for workspace in [*WORKSPACES, *EXTRA_WORKSPACES]:
         name = policy.typesense_collection_for(workspace)
         if indexed["typesense"].collection_exists(name):
             indexed["typesense"].delete_collection(name)
@@ -155,3 +199,28 @@ def screenshots() -> Path:
     folder = Path(__file__).resolve().parents[2] / ".artifacts" / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="package")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail(
+            "chromium is missing: `make install` installs it (scripts/install-system-deps.sh)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 960})
+    context.set_default_timeout(UI_SECONDS * 1000)
+    page = context.new_page()
+    yield page
+    context.close()

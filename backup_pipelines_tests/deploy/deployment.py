@@ -308,6 +308,31 @@ class Deployment:
         if result.get("__typename") != "Sensor":
             raise DeploymentError(f"startSensor {name}: {result}")
 
+    def sensor_status(self, name: str) -> str:
+        selector = {**REPOSITORY, "sensorName": name}
+        return self.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]["sensorState"][
+            "status"
+        ]
+
+    def partition_run_statuses(self, job: str) -> dict[str, str]:
+        """Partition key -> the status of the job's latest run of it (what the job's partitions
+        page and the backfill dialog's status filters go by); partitions never run are absent."""
+        data = self.graphql(PARTITION_STATUSES, repo=REPOSITORY, name=f"{job}_partition_set")
+        statuses = data["partitionSetOrError"]["partitionStatusesOrError"]["results"]
+        return {s["partitionName"]: s["runStatus"] for s in statuses if s["runStatus"]}
+
+    def output_metadata(self, run_id: str, step: str) -> dict[str, object]:
+        """The metadata a step's output carries (what the run page lists under its output)."""
+        data = self.graphql(OUTPUT_METADATA, runId=run_id)["logsForRun"]
+        found: dict[str, object] = {}
+        for event in data.get("events", []):
+            if event["__typename"] == "ExecutionStepOutputEvent" and event["stepKey"] == step:
+                for entry in event["metadataEntries"]:
+                    found[entry["label"]] = {
+                        k: v for k, v in entry.items() if k not in {"label", "__typename"}
+                    }
+        return found
+
     def ticks(self, sensor: str) -> list[dict]:
         selector = {**REPOSITORY, "sensorName": sensor}
         data = self.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]
@@ -402,6 +427,24 @@ mutation($key: String!, $repo: RepositorySelector!) {
 START_SENSOR = """
 mutation($selector: SensorSelector!) {
   startSensor(sensorSelector: $selector) { __typename ... on PythonError { message } }
+}"""
+PARTITION_STATUSES = """
+query($repo: RepositorySelector!, $name: String!) {
+  partitionSetOrError(repositorySelector: $repo, partitionSetName: $name) {
+    ... on PartitionSet { partitionStatusesOrError {
+      ... on PartitionStatuses { results { partitionName runStatus } } } }
+  }
+}"""
+OUTPUT_METADATA = """
+query($runId: ID!) {
+  logsForRun(runId: $runId, limit: 1000) {
+    ... on EventConnection { events { __typename
+      ... on ExecutionStepOutputEvent { stepKey metadataEntries { __typename label
+        ... on TextMetadataEntry { text }
+        ... on IntMetadataEntry { intValue }
+        ... on JsonMetadataEntry { jsonString }
+        ... on TableMetadataEntry { table { records } } } } } }
+  }
 }"""
 SENSOR_TICKS = """
 query($selector: SensorSelector!) {

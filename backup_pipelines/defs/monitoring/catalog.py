@@ -28,13 +28,27 @@ def _column(name: str, kind: str = "string", description: str | None = None) -> 
 
 SUMMARY_COLUMNS = [
     _column("workspace"),
-    _column("in_sql", description="yes, or gone: no longer in the SQL registry"),
+    _column(
+        "in_sql",
+        description="yes; gone: no longer in the SQL registry, backups kept; never: a "
+        "partition never registered and never backed up (a typo: `workspaces remove`)",
+    ),
     _column("newest_restorable", description="empty: none"),
     _column("oldest_restorable"),
     _column("restorable_dates", "int"),
     _column("partial_dates", "int", description="dates missing an artifact a restore needs"),
     _column("kept_dates", "int", description="held by a keep marker"),
 ]
+
+
+def _in_sql_state(workspace: str, in_sql: set[str] | None, has_backups: bool) -> str | None:
+    """yes; gone (SQL no longer lists it, the store holds its backups); never (a partition
+    added by hand, no backup: `backup-pipelines workspaces remove`); empty without a registry."""
+    if in_sql is None:
+        return None
+    if workspace in in_sql:
+        return "yes"
+    return "gone" if has_backups else "never"
 
 
 def summary_rows(catalog: catalog_lib.Catalog, known: set[str], in_sql: set[str] | None) -> list:
@@ -45,7 +59,7 @@ def summary_rows(catalog: catalog_lib.Catalog, known: set[str], in_sql: set[str]
         rows.append(
             {
                 "workspace": workspace,
-                "in_sql": "" if in_sql is None else ("yes" if workspace in in_sql else "gone"),
+                "in_sql": _in_sql_state(workspace, in_sql, bool(points)),
                 "newest_restorable": restorable[0] if restorable else None,
                 "oldest_restorable": restorable[-1] if restorable else None,
                 "restorable_dates": len(restorable),

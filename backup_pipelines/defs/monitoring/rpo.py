@@ -214,7 +214,7 @@ def tick_summary(evaluation: rpo.Evaluation, gone: list[str], assets: list[str])
     return (
         f"{len(late)} late of {len(workspaces)} workspace(s)"
         + (f" ({', '.join(late[:10])}{' …' if len(late) > 10 else ''})" if late else "")
-        + (f", {len(gone)} gone from SQL not checked" if gone else "")
+        + (f", {len(gone)} not in SQL, not checked" if gone else "")
         + f" — rpo_met checks: {checks}"
     )
 
