@@ -304,3 +304,17 @@ def test_every_backup_asset_has_the_rpo_freshness_policy(definitions):
         policy = graph.get(dg.AssetKey.from_user_string(key)).freshness_policy
         assert policy.warn_window.to_timedelta() == timedelta(hours=24), key
         assert policy.fail_window.to_timedelta() == timedelta(hours=25), key
+
+
+def test_demo_drives_discovery_schedules_and_monitoring_like_the_daemon(definitions):
+    """`make demo`'s own driver (devstack/demo.py) against this code location: it broke once
+    unnoticed when the schedules gained a resource, as nothing but the demo called it."""
+    from backup_pipelines.devstack import demo
+
+    with dg.instance_for_test() as instance:
+        backups = demo.run_backups_like_the_daemon(definitions, instance)
+        monitoring = demo.run_monitoring_like_the_daemon(definitions, instance)
+    assert [job for job, _partition, _ok in backups].count("workspace_backup_job") == 3
+    assert ("postgres_full_backup_job", last_completed_date(), True) in backups
+    assert all(ok for _job, _name, ok in backups + monitoring), backups + monitoring
+    assert {name for _job, name, _ok in monitoring} >= {"postgres/workspace_dump:rpo_met"}

@@ -37,7 +37,12 @@ def run_backups_like_the_daemon(defs, instance) -> list[tuple[str, str, bool]]:
     now = datetime.now(UTC)
     for schedule_name in ("postgres_full_backup_daily", "workspace_backup_daily"):
         schedule = defs.resolve_schedule_def(schedule_name)
-        with dg.build_schedule_context(instance=instance, scheduled_execution_time=now) as context:
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=now,
+            resources=defs.resources,  # the workspace schedule asks the SQL registry
+            repository_def=defs.get_repository_def(),
+        ) as context:
             data = schedule.evaluate_tick(context)
         job = defs.resolve_job_def(schedule.job_name)
         for request in data.run_requests or []:
