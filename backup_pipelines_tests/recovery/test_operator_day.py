@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 
 import dagster as dg
 import psycopg
@@ -158,6 +158,16 @@ def test_operator_vanished_workspace_alerts_once_stops_its_rpo_and_comes_back(op
     backups = [r for r in first.run_requests if r.job_name == "workspace_backup_job"]
     assert "ws_globex" not in {r.partition_key.split("|")[1] for r in backups}
     assert "1 gone from SQL (ws_globex)" in third.skip_reason.skip_message
+
+    schedule = operator["defs"].resolve_schedule_def("workspace_backup_daily")
+    with dg.build_schedule_context(
+        instance=operator["instance"],
+        scheduled_execution_time=datetime.now(UTC),
+        resources=operator["defs"].resources,
+        repository_def=operator["defs"].get_repository_def(),
+    ) as context:
+        scheduled = schedule.evaluate_tick(context).run_requests
+    assert sorted(r.partition_key.split("|")[1] for r in scheduled) == ["ws_acme", "ws_initech"]
 
     tick(operator, "rpo_sensor")
     late = [a for a in operator["receiver"].webhook if a["kind"].startswith("rpo")]
