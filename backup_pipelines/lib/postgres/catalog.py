@@ -113,16 +113,24 @@ def table_columns(conn: psycopg.Connection, table: Table) -> list[str]:
     ]
 
 
-def list_workspaces(database_url: str, policy: Policy) -> tuple[list[str], list[str]]:
-    """(valid ids, invalid ids) found in the workspace registry table."""
-    query = sql.SQL("SELECT {col}::text FROM {tbl} ORDER BY 1").format(
+def list_workspaces(
+    database_url: str, policy: Policy, only: str | None = None
+) -> tuple[list[str], list[str]]:
+    """(valid ids, invalid ids) found in the workspace registry table; with `only`, just that
+    id if the table lists it (a backup step's check: one row read, not the whole registry)."""
+    query = sql.SQL("SELECT {col}::text FROM {tbl}{where} ORDER BY 1").format(
         col=sql.Identifier(policy.workspace_registry_column),
         tbl=sql.Identifier(policy.schema, policy.workspace_registry_table),
+        where=sql.SQL(" WHERE {col}::text = %s").format(
+            col=sql.Identifier(policy.workspace_registry_column)
+        )
+        if only is not None
+        else sql.SQL(""),
     )
     table = f"{policy.schema}.{policy.workspace_registry_table}"
     with connect(database_url) as conn:
         try:
-            ids = [r[0] for r in conn.execute(query)]
+            ids = [r[0] for r in conn.execute(query, (only,) if only is not None else None)]
         except psycopg.errors.UndefinedTable as exc:
             raise SourceError(
                 f"workspace registry table {table} does not exist in "
