@@ -75,3 +75,17 @@ def index_workspace(conn, workspace, policy, typesense, qdrant, only_ids=None) -
             else policy.qdrant_collections_for(workspace)[0]
         )
         index(client, collection, rows, mapping)
+
+
+def write_memory(database_url: str, workspace: str, content: str = "after the SQL backup") -> int:
+    """A memory the platform writes now (a copy of one of the workspace's, new id): written
+    between two backups, it makes their artifacts disagree. Returns its id."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute(
+            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, "
+            "created_at, updated_at) SELECT workspace_id, 'fact', %s, 0.5, embedding, now(), "
+            "now() FROM memory_entries WHERE workspace_id = %s LIMIT 1 RETURNING id",
+            (content, workspace),
+        ).fetchone()[0]

@@ -121,7 +121,7 @@ def test_lease_dagster_restore_job_hands_the_lease_between_steps_and_gives_it_ba
     """The restore job's steps run under one lease (taken by the first, released by the last)
     and a failing step gives it back at once: an inconsistent pair is refused at the gate, and
     the workspace is free for the next backup immediately, not after the lease expires."""
-    from backup_pipelines_tests.helpers import index_workspace
+    from backup_pipelines_tests.helpers import index_workspace, write_memory
 
     store = LocalStore(tmp_path / "store")
     back_up(store, indexed_source, WORKSPACE)
@@ -138,14 +138,7 @@ def test_lease_dagster_restore_job_hands_the_lease_between_steps_and_gives_it_ba
 
     # A memory written and indexed after the SQL backup, then only the indexes backed up: the
     # index artifacts hold an id the SQL artifact lacks, the gate's FAIL.
-    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
-        new_id = conn.execute(
-            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, "
-            "created_at, updated_at) SELECT workspace_id, 'fact', 'after the SQL backup', 0.5, "
-            "embedding, now(), now() FROM memory_entries WHERE workspace_id = %s LIMIT 1 "
-            "RETURNING id",
-            (WORKSPACE,),
-        ).fetchone()[0]
+    new_id = write_memory(indexed_source["db"], WORKSPACE)
     with psycopg.connect(indexed_source["db"]) as conn:
         index_workspace(
             conn, WORKSPACE, indexed_source["policy"], indexed_source["typesense"],

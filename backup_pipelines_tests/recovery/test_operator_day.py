@@ -17,7 +17,13 @@ from backup_pipelines.defs.partitions import partitions_start
 from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.policy import Policy, load_policy
 from backup_pipelines.lib.store import LocalStore
-from backup_pipelines_tests.helpers import DATE, back_up, index_workspace, restore_env
+from backup_pipelines_tests.helpers import (
+    DATE,
+    back_up,
+    index_workspace,
+    restore_env,
+    write_memory,
+)
 from backup_pipelines_tests.pg_checks import fingerprint
 from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
 
@@ -229,13 +235,7 @@ def test_operator_gate_refusal_is_a_decision_alerted_as_restore_refused(operator
     decision (what, why, what to do), and one `restore_refused` alert carries the verdict and
     its evidence; nothing is written."""
     source = operator["source"]
-    with psycopg.connect(source["db"], autocommit=True) as conn:
-        new_id = conn.execute(
-            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, "
-            "created_at, updated_at) SELECT workspace_id, 'fact', 'after the SQL backup', 0.5, "
-            "embedding, now(), now() FROM memory_entries WHERE workspace_id = 'ws_acme' LIMIT 1 "
-            "RETURNING id"
-        ).fetchone()[0]
+    new_id = write_memory(source["db"], "ws_acme")
     with psycopg.connect(source["db"]) as conn:
         index_workspace(
             conn, "ws_acme", source["policy"], source["typesense"], source["qdrant"],
