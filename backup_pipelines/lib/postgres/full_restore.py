@@ -1,5 +1,6 @@
 """The whole database back from a `postgres/full_dump` artifact into a NEW database on the
-same server (parallel pg_restore), verified against the dump: row counts of the dump's tables
+same server (pg_restore fed by a decompressing stream, or parallel pg_restore from a local
+copy), verified against the dump: row counts of the dump's tables
 against the manifest, and every object of the dump's table of contents present (toc.py).
 Putting it in the live database's place is a rename swap (database_swap.py), never a
 `pg_restore --clean` into live.
@@ -138,7 +139,9 @@ def restore_into_new_database(
     with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
         # The checksum is proved before anything is created: a dump is SQL that pg_restore runs.
         source = _verified_source(store, ref, manifest, scratch, jobs, log)
-        log(f"verified {ref} in {time.monotonic() - started:.1f} s")
+        log(
+            f"{ref}: every file verified, ready for pg_restore after {time.monotonic() - started:.1f} s"
+        )
         found = _prepare_target(database_url, target, date, resume, log)
         try:
             if found is None or found.rank < State.RESTORED.rank:
