@@ -5,9 +5,7 @@ another workspace. Order is read from the run's own log events; nothing here is 
 
 import dagster as dg
 import psycopg
-import pytest
 
-from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.postgres.merge import merge_sql_rows
 from backup_pipelines.lib.store import ArtifactRef, LocalStore, lease_name
 from backup_pipelines_tests.conftest import WORKSPACES
