@@ -16,7 +16,6 @@ from backup_pipelines.lib.store import (
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
-    LocalStore,
     S3Store,
     is_generation,
     listing,
@@ -64,18 +63,20 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
     listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    if isinstance(store, LocalStore):  # listed a folder at a time: each parsed once
-        for parent, objects in listing.local_folders(store, ""):
-            _add_objects(folders, parent, objects)
-        return folders
     parsed: dict[str, tuple[ArtifactRef, str | None] | None] = {}  # ~10 keys a folder
-    for key, size, mtime, tag in listing.iter_objects(store, ""):
-        parent = key.rpartition("/")[0]
-        if parent not in parsed:
-            parsed[parent] = _artifact_of(parent)
-        where = parsed[parent]
-        if where is not None and not key.startswith(RESERVED_PREFIXES):
-            folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
+    # Date folders listed several at a time (listing.iter_store_folders); the order of the
+    # objects does not matter here (a fingerprint sorts them).
+    for parent_of_all, batch in listing.iter_store_folders(store):
+        if parent_of_all is not None:  # a local folder's files: the folder parsed once
+            _add_objects(folders, parent_of_all, batch)
+            continue
+        for key, size, mtime, tag in batch:
+            parent = key.rpartition("/")[0]
+            if parent not in parsed:
+                parsed[parent] = _artifact_of(parent)
+            where = parsed[parent]
+            if where is not None and not key.startswith(RESERVED_PREFIXES):
+                folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
     return folders
 
 

@@ -23,6 +23,7 @@ import os
 import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from urllib.parse import unquote_plus
 
@@ -79,6 +80,76 @@ def iter_manifests(store: BackupStore, prefix: str) -> Iterator[Tagged]:
     return (o for o in listed if o[0].rpartition("/")[2] == MANIFEST_NAME)
 
 
+# The whole store is listed (retention) as its date folders at once, this many at a time: on
+# S3 each is a chain of page requests waiting on the server; on a local folder, scandir and
+# stat wait on the kernel. The levels above them (assets) are walked one folder at a time.
+STORE_LISTING_THREADS = 4
+DATE_FOLDER = "date="
+MAX_WALK_DEPTH = 4  # asset key paths are 2 levels; below this, a folder is listed whole
+
+
+def iter_store_folders(store: BackupStore) -> Iterator[tuple[str | None, list[Tagged]]]:
+    """Every object of the store, as iter_objects(store, "") lists them, in batches (not in
+    that order): (the folder all of the batch's objects are directly in, or None, objects).
+    The objects outside date folders come first, then each date folder's (a local folder's
+    one folder at a time), STORE_LISTING_THREADS date folders listed at once."""
+    if not isinstance(store, LocalStore | S3Store):
+        yield None, list(iter_objects(store, ""))
+        return
+    loose, whole = _walk_to_date_folders(store)
+    yield None, loose
+    if isinstance(store, LocalStore):
+
+        def list_whole(prefix: str) -> list[tuple[str | None, list[Tagged]]]:
+            return list(local_folders(store, prefix))
+    else:
+
+        def list_whole(prefix: str) -> list[tuple[str | None, list[Tagged]]]:
+            return [(None, list(_s3_keys(store, prefix)))]
+
+    with ThreadPoolExecutor(STORE_LISTING_THREADS) as pool:
+        for batches in pool.map(list_whole, whole):
+            yield from batches
+
+
+def _walk_to_date_folders(store: BackupStore) -> tuple[list[Tagged], list[str]]:
+    """(the objects found walking down from the store's root, the folders to list whole):
+    folders are walked level by level until a date folder (or MAX_WALK_DEPTH); every object
+    lies either in a walked folder or under a folder listed whole."""
+    loose: list[Tagged] = []
+    whole: list[str] = []
+    level = [""]
+    for depth in range(MAX_WALK_DEPTH + 1):
+        below: list[str] = []
+        for prefix in level:
+            objects, folders = _one_level(store, prefix)
+            loose += objects
+            for name in folders:
+                if name.startswith(DATE_FOLDER) or depth == MAX_WALK_DEPTH:
+                    whole.append(f"{prefix}{name}/")
+                else:
+                    below.append(f"{prefix}{name}/")
+        level = below
+        if not level:
+            break
+    return loose, whole
+
+
+def _one_level(store: BackupStore, prefix: str) -> tuple[list[Tagged], list[str]]:
+    """The objects directly in `prefix` and the names of its sub-folders."""
+    if isinstance(store, S3Store):
+        strip = len(store.prefix) + 1 if store.prefix else 0
+        base = len(store._full(prefix))
+        objects: list[Tagged] = []
+        names: list[str] = []
+        for contents, folders in _s3_pages(store, prefix, "/"):
+            objects += [(key[strip:], size, mtime, tag) for key, size, mtime, tag in contents]
+            names += [folder[base:].rstrip("/") for folder in folders]
+        return objects, names
+    found = next(local_folders(store, prefix, descend=False), None)
+    return (found[1] if found else []), _local_folders(store, prefix)
+
+
 def list_folders(store: BackupStore, prefix: str) -> list[str]:
     """Names of the immediate sub-folders of `prefix` ("a/b/" -> ["date=...", ...])."""
     if isinstance(store, S3Store):
@@ -103,11 +174,12 @@ def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) ->
 
 
 def local_folders(
-    store: LocalStore, prefix: str, manifests_only: bool = False
+    store: LocalStore, prefix: str, manifests_only: bool = False, descend: bool = True
 ) -> Iterator[tuple[str, list[Tagged]]]:
     """Each folder under `prefix` (relative to the store, "" for its root) with the objects
     directly in it, as iter_objects lists them (one batch a folder: retention's scan of
-    430,000 files then parses 170,000 folder names once each, not once per file)."""
+    430,000 files then parses 170,000 folder names once each, not once per file); not
+    `descend`: only `prefix` itself."""
     root = str(store.root)
     # store._path: the store's own check that a key stays inside its folder
     start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
@@ -129,7 +201,7 @@ def local_folders(
         objects: list[Tagged] = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                if not (manifests_only and is_generation(entry.name)):
+                if descend and not (manifests_only and is_generation(entry.name)):
                     stack.append(entry.path)
                 continue
             if manifests_only and entry.name != MANIFEST_NAME:
