@@ -250,7 +250,11 @@ class phase_timer(contextlib.ContextDecorator):
     PARTS = (
         ("backup_pipelines.defs.monitoring.rpo", "run_history", "run history"),
         ("backup_pipelines.defs.monitoring.rpo", "rpo_subjects", "partitions"),
-        ("backup_pipelines.lib.monitoring.rpo", "newest_dates", "store listings"),
+        (
+            "backup_pipelines.lib.monitoring.rpo",
+            "newest_dates",
+            "store listings (summed over assets listed at once)",
+        ),
         ("backup_pipelines.lib.monitoring.rpo", "captured_times", "captured_at"),
         ("backup_pipelines.defs.monitoring.rpo", "rpo_check_evaluations", "check results"),
     )

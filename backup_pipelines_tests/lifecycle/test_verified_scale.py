@@ -185,3 +185,30 @@ def test_scale_retention_cli_full_reverify_reads_again_what_a_plan_remembered(
     assert f"0 artifacts verified now, {SERIES} trusted" in capsys.readouterr().out
     assert cli.main(["retention", "--dry-run", "--full-reverify"]) == 0
     assert f"{SERIES} artifacts verified now, 0 trusted" in capsys.readouterr().out
+
+
+def test_scale_retention_plan_from_date_folders_listed_at_once_is_the_one_listings_plan(
+    store, monkeypatch
+):
+    """The scan lists date folders several at a time (listing.iter_store_folders): the plan,
+    what it trusts and what it deletes, is that of one listing of the whole store, and the
+    artifact a tampered generation file leaves unverified is still not deleted for it."""
+    from backup_pipelines.lib.lifecycle import scan
+    from backup_pipelines.lib.store import listing
+
+    dates = fill(store)
+    plan_retention(store, POLICY, TODAY)  # remembers the verifications
+    tampered = ArtifactRef(ASSETS[0], dates[0], WORKSPACES[0])
+    key = next(k for k, *_ in store._list(f"{tampered.folder}/") if k.endswith("data.bin"))
+    store._put_atomic(key, b"not the bytes the manifest names")
+    many = plan_retention(store, POLICY, TODAY, remember=False)
+    one_listing = listing.iter_objects
+    monkeypatch.setattr(
+        scan.listing, "iter_store_folders", lambda s: iter([(None, list(one_listing(s, "")))])
+    )
+    one = plan_retention(store, POLICY, TODAY, remember=False)
+    assert decisions(many) == decisions(one) != []
+    assert (many.verifications, many.trusted) == (one.verifications, one.trusted)
+    assert many.failed_verification == one.failed_verification == [tampered]
+    kept = {a.ref: a.keep for a in many.decisions()}
+    assert kept[ArtifactRef(ASSETS[0], dates[1], WORKSPACES[0])]  # the newest verified

@@ -269,3 +269,65 @@ def test_discovery_first_backups_skip_workspaces_the_store_holds(store, new_work
     assert {r.partition_key for r in requests} == {
         f"{day}|{w}" for w in workspaces if w not in held
     }
+
+
+def test_scale_rpo_a_removed_manifest_is_late_whatever_the_catalog_and_files_left_say(setting):
+    """The manifest is the commit: removed (its generation files and the catalog's entry for
+    it left behind, the catalog object then forged to claim a fresh backup of the other
+    workspace too), the workspace is late; the S3 listing that groups generation files away
+    shows them as no backup."""
+    store, instance, resources = setting
+    fresh = commit(store, NOW - timedelta(hours=2), "ws_fresh")
+    commit(store, NOW - timedelta(hours=30), "ws_missed")
+    _result, evaluation = tick(instance, resources)
+    assert set(late_rows(evaluation)) == {"ws_missed"}
+    held = catalog.catalog_for(store, WORKSPACE_DUMP)
+    assert fresh.folder in held.entries  # remembered: the stale entry this test keeps
+
+    store._delete_prefix(f"{fresh.folder}/{MANIFEST_NAME}")
+    assert any(key.startswith(fresh.folder) for key, *_ in store._list(WORKSPACE_DUMP + "/"))
+    forged = catalog.CapturedCatalog(WORKSPACE_DUMP)
+    forged.entries = dict(held.entries)
+    missing = ArtifactRef(WORKSPACE_DUMP, NOW.date().isoformat(), "ws_missed")
+    forged.entries[missing.folder] = ("any-tag", NOW)  # a backup that does not exist
+    forged.changed = True
+    catalog.save(store, forged, NOW.date())
+    for restarted in (False, True):  # the process's catalog, then the stored one
+        if restarted:
+            catalog.forget()
+        _result, evaluation = tick(instance, resources)
+        rows = late_rows(evaluation)
+        assert set(rows) == {"ws_fresh", "ws_missed"}
+        assert rows["ws_fresh"]["newest_date"] is None
+        assert rows["ws_missed"]["age_hours"] == pytest.approx(30.0)
+
+
+def test_scale_rpo_on_a_server_grouping_keys_otherwise_than_s3_a_late_backup_stays_late(
+    s3_env, monkeypatch
+):
+    """An S3-compatible server that does not group by the generation delimiter as S3 does
+    (here it groups at "/", which would hide every manifest): the tick lists in full and
+    the verdicts are those of the truth, neither all late nor all on time."""
+    import secrets
+
+    from backup_pipelines.lib.store import S3Store, listing
+
+    store = S3Store(s3_env.bucket, f"run-{secrets.token_hex(4)}")
+    monkeypatch.setattr(listing, "_FULL_LISTING_ONLY", set())
+    original = store.client.list_objects_v2
+
+    def grouping_at_slash(**arguments):
+        if arguments.get("Delimiter") == listing.GENERATION_DELIMITER:
+            arguments["Delimiter"] = "/"
+        return original(**arguments)
+
+    monkeypatch.setattr(store.client, "list_objects_v2", grouping_at_slash)
+    commit(store, NOW - timedelta(hours=2), "ws_fresh")
+    commit(store, NOW - timedelta(hours=30), "ws_missed")
+    catalog.forget()
+    found = rpo.newest_dates(store, WORKSPACE_DUMP, ["ws_fresh", "ws_missed"], NOW.date(), 3)
+    newest = rpo.captured_times(store, WORKSPACE_DUMP, found, NOW.date())
+    catalog.forget()
+    assert store.describe() in listing._FULL_LISTING_ONLY
+    assert newest["ws_fresh"].captured_at == NOW - timedelta(hours=2)
+    assert newest["ws_missed"].captured_at == NOW - timedelta(hours=30)

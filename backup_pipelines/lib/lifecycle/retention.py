@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 from backup_pipelines.lib.errors import BackupError, ConfigError, StoreError
@@ -134,7 +135,7 @@ class Artifact:
     def asset(self) -> str:
         return self.ref.asset
 
-    @property
+    @cached_property  # asked ~3 times an artifact: 265,000 validations at 10,000 workspaces
     def partition(self) -> Partition:
         """What a keep marker holds: the date x workspace (every window of the date)."""
         return Partition(self.ref.date, self.ref.workspace)

@@ -16,7 +16,6 @@ from backup_pipelines.lib.store import (
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
-    LocalStore,
     S3Store,
     is_generation,
     listing,
@@ -64,25 +63,35 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
     listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    if isinstance(store, LocalStore):  # listed a folder at a time: each parsed once
-        for parent, objects in listing.local_folders(store, ""):
-            _add_objects(folders, parent, objects)
-        return folders
     parsed: dict[str, tuple[ArtifactRef, str | None] | None] = {}  # ~10 keys a folder
-    for key, size, mtime, tag in listing.iter_objects(store, ""):
-        parent = key.rpartition("/")[0]
-        if parent not in parsed:
-            parsed[parent] = _artifact_of(parent)
-        where = parsed[parent]
-        if where is not None and not key.startswith(RESERVED_PREFIXES):
-            folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
+    # Each artifact folder is met again as the parent of its generation folders: parsed (and
+    # its ref validated) once.
+    artifact_folders: dict[str, ArtifactRef | None] = {}
+    # Date folders listed several at a time (listing.iter_store_folders); the order of the
+    # objects does not matter here (a fingerprint sorts them).
+    for parent_of_all, batch in listing.iter_store_folders(store):
+        if parent_of_all is not None:  # a local folder's files: the folder parsed once
+            _add_objects(folders, parent_of_all, batch, artifact_folders)
+            continue
+        for key, size, mtime, tag in batch:
+            parent = key.rpartition("/")[0]
+            if parent not in parsed:
+                parsed[parent] = _artifact_of(parent, artifact_folders)
+            where = parsed[parent]
+            if where is not None and not key.startswith(RESERVED_PREFIXES):
+                folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
     return folders
 
 
-def _add_objects(folders: dict[ArtifactRef, Folder], parent: str, objects: list) -> None:
+def _add_objects(
+    folders: dict[ArtifactRef, Folder],
+    parent: str,
+    objects: list,
+    known: dict[str, ArtifactRef | None],
+) -> None:
     if f"{parent}/".startswith(RESERVED_PREFIXES):
         return  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
-    where = _artifact_of(parent)
+    where = _artifact_of(parent, known)
     if where is None:
         return
     ref, generation = where
@@ -91,15 +100,24 @@ def _add_objects(folders: dict[ArtifactRef, Folder], parent: str, objects: list)
         folder.add(key, size, mtime, generation, tag)
 
 
-def _artifact_of(parent: str) -> tuple[ArtifactRef, str | None] | None:
+def _artifact_folder(folder: str, known: dict[str, ArtifactRef | None]) -> ArtifactRef | None:
+    if folder not in known:
+        known[folder] = parse_artifact_folder(folder)
+    return known[folder]
+
+
+def _artifact_of(
+    parent: str, known: dict[str, ArtifactRef | None]
+) -> tuple[ArtifactRef, str | None] | None:
     """The artifact a key in folder `parent` belongs to, and its generation (None: a file of
     the artifact folder itself); None when it belongs to none."""
-    ref, generation = parse_artifact_folder(parent), None
-    if ref is None:  # maybe <artifact folder>/<generation>/<file>
-        grandparent, _, generation = parent.rpartition("/")
-        if not is_generation(generation):  # only folders named as the writer names them
+    grandparent, _, generation = parent.rpartition("/")
+    if is_generation(generation):  # <artifact folder>/<generation>/<file>
+        ref = _artifact_folder(grandparent, known)
+        if ref is None:
             return None
-        ref = parse_artifact_folder(grandparent)
+    else:
+        ref, generation = _artifact_folder(parent, known), None
         if ref is None:
             return None
     if not DATE_PATTERN.fullmatch(ref.date):

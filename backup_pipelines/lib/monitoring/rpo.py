@@ -25,6 +25,7 @@ from backup_pipelines.lib.store import ArtifactRef, BackupStore, ManifestInvalid
 
 Log = Callable[[str], object]
 STORE_READERS = 16  # parallel requests where one per artifact is unavoidable
+LISTING_THREADS = 4  # assets whose date folders are listed at once
 LIST_PAGE_KEYS = 1000  # keys per page of an S3 listing
 DEEP_SEARCH_DAYS = 7  # past this, only the date folders the store holds are searched
 PROBE_AT_MOST = 100  # more workspaces than this: one listing of the date's folder instead
@@ -112,7 +113,7 @@ def _newest_of(committed: dict[ArtifactRef, Manifest]) -> dict[str | None, Manif
 def _committed_on(store: BackupStore, asset: str, day: str) -> tuple[dict, int]:
     """Committed artifacts of `asset` for `day` by workspace, from one listing of the date's
     folder, and how many keys that listing returned (what listing a day costs)."""
-    objects = list(listing.iter_manifests(store, f"{asset}/date={day}/", split=True))
+    objects = list(listing.iter_manifests(store, f"{asset}/date={day}/"))
     return _newest_of(committed_in(objects)), len(objects)
 
 
@@ -288,8 +289,15 @@ def evaluate(
     horizon = horizon_days if horizon_days is not None else window_days + 1
     deadline = time.monotonic() + MANIFEST_READ_SECONDS
     evaluation = Evaluation(now)
+    # The assets' listings run at once: on S3 a listing is a chain of page requests, each
+    # waiting on the server (on moto, on this machine's other core).
+    with ThreadPoolExecutor(max(1, min(LISTING_THREADS, len(subjects)))) as pool:
+        listed = {
+            asset: pool.submit(newest_dates, store, asset, workspaces, today, horizon)
+            for asset, workspaces in subjects.items()
+        }
     for asset, workspaces in subjects.items():
-        dates = newest_dates(store, asset, workspaces, today, horizon)
+        dates = listed[asset].result()
         newest = captured_times(store, asset, dates, today, log, deadline)
         window_start = (today - timedelta(days=window_days)).isoformat()
         for workspace in workspaces:

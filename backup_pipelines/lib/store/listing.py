@@ -11,10 +11,10 @@ the same keys, sizes and modification times, for a fraction of the CPU.
     iter_objects(store, prefix)  the same with a version tag: S3's ETag, a local file's inode
                                  and mtime in ns (changes whenever the object is rewritten)
     list_folders(store, prefix)  the immediate sub-folders of prefix (S3: Delimiter "/")
-    iter_manifests(store, prefix, split=False)
+    iter_manifests(store, prefix)
                                  iter_objects, but only the manifests (a local folder's
-                                 generation folders are not even opened); `split`: on S3, a
-                                 folder of many sub-folders is listed in ranges at once
+                                 generation folders are not even opened; on S3 each artifact's
+                                 generation files come back as one CommonPrefix, unlisted)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from urllib.parse import unquote_plus
 from backup_pipelines.lib.errors import StoreError
 from backup_pipelines.lib.store.base import BackupStore
 from backup_pipelines.lib.store.local import LocalStore
-from backup_pipelines.lib.store.manifest import MANIFEST_NAME, is_generation
+from backup_pipelines.lib.store.manifest import GENERATION_PREFIX, MANIFEST_NAME, is_generation
 from backup_pipelines.lib.store.s3 import S3Store
 
 Listed = tuple[str, int, float]  # key relative to the store, size, modified (epoch seconds)
@@ -54,25 +54,100 @@ def iter_objects(store: BackupStore, prefix: str) -> Iterator[Tagged]:
     return ((k, s, m, f"{m}:{s}") for k, s, m in store._list(prefix))
 
 
-# A folder of many sub-folders (a date of 10,000 workspaces: 100,000+ keys, 100+ pages read
-# one after the other) is listed on S3 as this many ranges at once, each starting after its
-# first sub-folder (StartAfter); the S3 client keeps 8 connections.
-LIST_RANGES = 8
-MIN_FOLDERS_PER_RANGE = 500  # below this, one listing is as fast as a split one
+# With this delimiter, an S3 listing returns every file inside an artifact's generation
+# folders ("<folder>/g-<stamp>/<name>", 1-7 per artifact) as one CommonPrefix per artifact
+# folder, and every other object (its manifest) as itself: a date of 10,000 workspace dumps is
+# ~20,000 entries (20 pages) instead of ~76,000. It can only leave keys out, never add one;
+# no manifest key has "/g-" after its date folder (workspace ids and windows have no "/"), so
+# a server grouping as S3 does leaves none out (checked page by page, see _s3_manifest_keys).
+GENERATION_DELIMITER = "/" + GENERATION_PREFIX
+# S3 error codes of a server that does not take a delimiter other than "/": listed in full.
+DELIMITER_REFUSED = ("NotImplemented", "InvalidArgument")
+_FULL_LISTING_ONLY: set[str] = set()  # stores (describe()) that refused or misapplied it
 
 
-def iter_manifests(store: BackupStore, prefix: str, split: bool = False) -> Iterator[Tagged]:
-    """The objects named like a manifest under `prefix`, as iter_objects lists them. On a
-    local folder, generation folders (the files of an artifact: 3-8 each, where a manifest
-    never is) are skipped unopened: a sensor tick over 10,000 workspaces then stats 30,000
-    files instead of 300,000. S3 lists every key either way."""
+def iter_manifests(store: BackupStore, prefix: str) -> Iterator[Tagged]:
+    """The objects named like a manifest under `prefix`, as iter_objects lists them (the same
+    keys, sizes, times and tags), without the generation files: on a local folder generation
+    folders are skipped unopened (a sensor tick over 10,000 workspaces stats 30,000 files
+    instead of 300,000); on S3 they are grouped away by the listing (GENERATION_DELIMITER)."""
     if isinstance(store, LocalStore):
         return _local_keys(store, prefix, manifests_only=True)
-    if split and isinstance(store, S3Store):
-        listed = _s3_split_keys(store, prefix)
+    if isinstance(store, S3Store):
+        listed: Iterator[Tagged] = iter(_s3_manifest_keys(store, prefix))
     else:
         listed = iter_objects(store, prefix)
     return (o for o in listed if o[0].rpartition("/")[2] == MANIFEST_NAME)
+
+
+# The whole store is listed (retention) as its date folders at once, this many at a time: on
+# S3 each is a chain of page requests waiting on the server; on a local folder, scandir and
+# stat wait on the kernel. The levels above them (assets) are walked one folder at a time.
+STORE_LISTING_THREADS = 4
+DATE_FOLDER = "date="
+MAX_WALK_DEPTH = 4  # asset key paths are 2 levels; below this, a folder is listed whole
+
+
+def iter_store_folders(store: BackupStore) -> Iterator[tuple[str | None, list[Tagged]]]:
+    """Every object of the store, as iter_objects(store, "") lists them, in batches (not in
+    that order): (the folder all of the batch's objects are directly in, or None, objects).
+    The objects outside date folders come first, then each date folder's (a local folder's
+    one folder at a time), STORE_LISTING_THREADS date folders listed at once."""
+    if not isinstance(store, LocalStore | S3Store):
+        yield None, list(iter_objects(store, ""))
+        return
+    loose, whole = _walk_to_date_folders(store)
+    yield None, loose
+    if isinstance(store, LocalStore):
+
+        def list_whole(prefix: str) -> list[tuple[str | None, list[Tagged]]]:
+            return list(local_folders(store, prefix))
+    else:
+
+        def list_whole(prefix: str) -> list[tuple[str | None, list[Tagged]]]:
+            return [(None, list(_s3_keys(store, prefix)))]
+
+    with ThreadPoolExecutor(STORE_LISTING_THREADS) as pool:
+        for batches in pool.map(list_whole, whole):
+            yield from batches
+
+
+def _walk_to_date_folders(store: BackupStore) -> tuple[list[Tagged], list[str]]:
+    """(the objects found walking down from the store's root, the folders to list whole):
+    folders are walked level by level until a date folder (or MAX_WALK_DEPTH); every object
+    lies either in a walked folder or under a folder listed whole."""
+    loose: list[Tagged] = []
+    whole: list[str] = []
+    level = [""]
+    for depth in range(MAX_WALK_DEPTH + 1):
+        below: list[str] = []
+        for prefix in level:
+            objects, folders = _one_level(store, prefix)
+            loose += objects
+            for name in folders:
+                if name.startswith(DATE_FOLDER) or depth == MAX_WALK_DEPTH:
+                    whole.append(f"{prefix}{name}/")
+                else:
+                    below.append(f"{prefix}{name}/")
+        level = below
+        if not level:
+            break
+    return loose, whole
+
+
+def _one_level(store: BackupStore, prefix: str) -> tuple[list[Tagged], list[str]]:
+    """The objects directly in `prefix` and the names of its sub-folders."""
+    if isinstance(store, S3Store):
+        strip = len(store.prefix) + 1 if store.prefix else 0
+        base = len(store._full(prefix))
+        objects: list[Tagged] = []
+        names: list[str] = []
+        for contents, folders in _s3_pages(store, prefix, "/"):
+            objects += [(key[strip:], size, mtime, tag) for key, size, mtime, tag in contents]
+            names += [folder[base:].rstrip("/") for folder in folders]
+        return objects, names
+    found = next(local_folders(store, prefix, descend=False), None)
+    return (found[1] if found else []), _local_folders(store, prefix)
 
 
 def list_folders(store: BackupStore, prefix: str) -> list[str]:
@@ -99,11 +174,12 @@ def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) ->
 
 
 def local_folders(
-    store: LocalStore, prefix: str, manifests_only: bool = False
+    store: LocalStore, prefix: str, manifests_only: bool = False, descend: bool = True
 ) -> Iterator[tuple[str, list[Tagged]]]:
     """Each folder under `prefix` (relative to the store, "" for its root) with the objects
     directly in it, as iter_objects lists them (one batch a folder: retention's scan of
-    430,000 files then parses 170,000 folder names once each, not once per file)."""
+    430,000 files then parses 170,000 folder names once each, not once per file); not
+    `descend`: only `prefix` itself."""
     root = str(store.root)
     # store._path: the store's own check that a key stays inside its folder
     start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
@@ -125,7 +201,7 @@ def local_folders(
         objects: list[Tagged] = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                if not (manifests_only and is_generation(entry.name)):
+                if descend and not (manifests_only and is_generation(entry.name)):
                     stack.append(entry.path)
                 continue
             if manifests_only and entry.name != MANIFEST_NAME:
@@ -197,21 +273,25 @@ def _fast_parse_hook(response_dict=None, customized_response_dict=None, **_kwarg
 
 
 def _s3_pages(
-    store: S3Store, prefix: str, delimiter: str | None, start_after: str | None = None
+    store: S3Store, prefix: str, delimiter: str | None, refused: tuple[str, ...] = ()
 ) -> Iterator[tuple]:
+    """Each page's (contents, common prefixes); an S3 error whose code is in `refused` raises
+    _DelimiterNotApplied."""
     events = store.client.meta.events
     events.register("before-parse.s3.ListObjectsV2", _fast_parse_hook, unique_id=_HOOK_ID)
     arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": 1000}
     if delimiter:
         arguments["Delimiter"] = delimiter
-    if start_after:
-        arguments["StartAfter"] = store._full(start_after)
     while True:
         _FAST.active = True
         try:
-            answer = store._call("list", prefix, store.client.list_objects_v2, **arguments)
+            answer = store._call(
+                "list", prefix, store.client.list_objects_v2, allowed=refused, **arguments
+            )
         finally:
             _FAST.active = False
+        if isinstance(answer, str):
+            raise _DelimiterNotApplied(f"{delimiter!r} refused: {answer}")
         if "FastListing" in answer:
             contents, folders, truncated, token = answer["FastListing"]
         else:  # parsed by botocore
@@ -234,39 +314,37 @@ def _s3_keys(store: S3Store, prefix: str) -> Iterator[Tagged]:
             yield key[strip:], size, mtime, tag
 
 
-def _s3_range(store: S3Store, prefix: str, low: str | None, high: str | None) -> list[Tagged]:
-    """The keys under prefix with low <= key < high (None: unbounded), pages read only up
-    to high."""
+class _DelimiterNotApplied(Exception):
+    """The server refused GENERATION_DELIMITER or grouped keys otherwise than S3 does."""
+
+
+def _s3_manifest_keys(store: S3Store, prefix: str) -> list[Tagged]:
+    """Every object under `prefix` outside a generation folder (each manifest, loose files),
+    from a listing with GENERATION_DELIMITER; the full listing where the server does not
+    group keys by it exactly as S3 does."""
+    if store.describe() not in _FULL_LISTING_ONLY:
+        try:
+            return _s3_delimited_keys(store, prefix)
+        except _DelimiterNotApplied:
+            _FULL_LISTING_ONLY.add(store.describe())
+    return list(_s3_keys(store, prefix))
+
+
+def _s3_delimited_keys(store: S3Store, prefix: str) -> list[Tagged]:
+    full = store._full(prefix)
     strip = len(store.prefix) + 1 if store.prefix else 0
-    # StartAfter is exclusive: start just before `low` (its folder name without the "/"),
-    # and drop anything below `low` that sorts in between.
     found: list[Tagged] = []
-    for contents, _folders in _s3_pages(store, prefix, None, low[:-1] if low else None):
-        for key, size, mtime, tag in contents:
-            key = key[strip:]
-            if high is not None and key >= high:
-                return found
-            if low is None or key >= low:
-                found.append((key, size, mtime, tag))
+    pages = _s3_pages(store, prefix, GENERATION_DELIMITER, refused=DELIMITER_REFUSED)
+    for contents, folders in pages:
+        for folder in folders:
+            # S3 groups a key at the first "/g-" after the prefix: a CommonPrefix is the
+            # prefix, then text without "/g-", then "/g-". Anything else could be hiding a
+            # manifest (a server grouping at "/" would hide them all): listed in full instead.
+            rest = folder[len(full) :] if folder.startswith(full) else ""
+            if rest.find(GENERATION_DELIMITER) != len(rest) - len(GENERATION_DELIMITER):
+                raise _DelimiterNotApplied(folder)
+        found += [(key[strip:], size, mtime, tag) for key, size, mtime, tag in contents]
     return found
-
-
-def _s3_split_keys(store: S3Store, prefix: str) -> Iterator[Tagged]:
-    """_s3_keys(store, prefix), in the same order, read as up to LIST_RANGES ranges at once
-    when prefix holds enough sub-folders (one Delimiter listing finds them)."""
-    folders = _s3_folders(store, prefix)
-    ranges = min(LIST_RANGES, len(folders) // MIN_FOLDERS_PER_RANGE)
-    if ranges < 2:
-        yield from _s3_keys(store, prefix)
-        return
-    step = len(folders) / ranges
-    cuts: list[str | None] = [None]
-    cuts += [f"{prefix}{folders[int(n * step)]}/" for n in range(1, ranges)]
-    cuts.append(None)
-    with ThreadPoolExecutor(ranges) as pool:
-        parts = pool.map(lambda n: _s3_range(store, prefix, cuts[n], cuts[n + 1]), range(ranges))
-        for part in parts:
-            yield from part
 
 
 def _s3_folders(store: S3Store, prefix: str) -> list[str]:
