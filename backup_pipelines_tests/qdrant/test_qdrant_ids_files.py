@@ -419,18 +419,42 @@ def test_qdrant_ids_mutable_log_reusing_an_internal_id_is_read_by_the_engine(two
     assert "1000000000000" in listed
 
 
-def test_qdrant_ids_segment_tar_cut_at_a_member_boundary_is_refused(two_kinds, tmp_path):
-    target = tmp_path / "cut.snapshot"
-    with tarfile.open(two_kinds) as source, tarfile.open(target, "w") as out:
+def rewrite_segment_tar(snapshot: Path, target: Path, change) -> Path:
+    """A copy of `snapshot` whose segment tars are replaced by change(old bytes)."""
+    with tarfile.open(snapshot) as source, tarfile.open(target, "w") as out:
         for member in source:
             data = source.extractfile(member).read() if member.isfile() else b""
             if member.name.startswith("0/segments/"):
-                with tarfile.open(fileobj=io.BytesIO(data)) as inner:
-                    data = data[: inner.getmembers()[-1].offset]  # drops the last file and the end
+                data = change(data)
             copy = tarfile.TarInfo(member.name)
             copy.type, copy.size = member.type, len(data)
             out.addfile(copy, io.BytesIO(data) if member.isfile() else None)
-    assert_ids_refused(target, tmp_path, "truncated or damaged", "no end-of-archive marker")
+    return target
+
+
+def test_qdrant_ids_segment_tars_without_end_marker_are_read(two_kinds, tmp_path):
+    """Qdrant's own segment tars end right after their last member (no end-of-archive blocks)."""
+
+    def without_end_marker(data: bytes) -> bytes:
+        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+            last = inner.getmembers()[-1]
+        return data[: last.offset_data + (last.size + 511) // 512 * 512]
+
+    bare = rewrite_segment_tar(two_kinds, tmp_path / "bare.snapshot", without_end_marker)
+    assert assert_same_as_engine(bare, tmp_path) == assert_same_as_engine(two_kinds, tmp_path)
+
+
+def test_qdrant_ids_damaged_header_inside_a_segment_tar_is_refused(two_kinds, tmp_path):
+    """tarfile stops quietly at a damaged header after the first member: the bytes left over
+    tell the reader, instead of a segment read with files missing."""
+
+    def flip_last_header(data: bytes) -> bytes:
+        with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+            at = inner.getmembers()[-1].offset
+        return data[: at + 10] + bytes([data[at + 10] ^ 0xFF]) + data[at + 11 :]
+
+    damaged = rewrite_segment_tar(two_kinds, tmp_path / "d.snapshot", flip_last_header)
+    assert_ids_refused(damaged, tmp_path, "is damaged: unreadable tar header at byte")
 
 
 def test_qdrant_ids_truncated_snapshot_is_refused(two_kinds, tmp_path):
