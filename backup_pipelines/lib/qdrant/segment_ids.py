@@ -116,9 +116,10 @@ KEY = np.dtype([("kind", "u1"), ("hi", ">u8"), ("lo", ">u8"), ("order", ">u8"), 
 RAW = np.dtype(f"S{KEY.itemsize}")
 SEGMENT_SHIFT = 40  # positions below 2**40 (a file of at most ~9 TB), segments below 2**23
 MAX_SEGMENTS = 1 << 23
-READ_BLOCK = 4 * 1024 * 1024
-RUN_RECORDS = 1 << 18  # 6.8 MB a run buffer
-MERGE_RECORDS = 1 << 18  # records held across all runs while merging
+READ_BLOCK = 1024 * 1024
+RUN_RECORDS = 1 << 18  # 6.8 MB a run buffer, sorted in place
+MERGE_RECORDS = 1 << 16  # records held across all runs while merging (1.7 MB)
+LINES_AT_ONCE = 1 << 14  # ids formatted as text at a time (Python strings cost ~100 B an id)
 MERGE_FAN_IN = 32
 MIN_MERGE_BLOCK = 4096
 PROBE_START = 64
@@ -209,7 +210,9 @@ def _write_from_files(
         raise SnapshotError(error.reason, snapshot) from error.__cause__
     written = 0
     for kinds, his, los in distinct_live_ids(merge_runs(run_paths, scratch / "runs")):
-        sink_write(id_lines(kinds, his, los))
+        for start in range(0, len(kinds), LINES_AT_ONCE):
+            stop = start + LINES_AT_ONCE
+            sink_write(id_lines(kinds[start:stop], his[start:stop], los[start:stop]))
         written += len(kinds)
     return SnapshotIds(written, found.config, found.storage_version, "id-tracker files")
 
@@ -622,7 +625,8 @@ class RunWriter:
     def spill(self) -> None:
         if not self.filled:
             return
-        records = np.sort(self.buffer[: self.filled].view(RAW))
+        records = self.buffer[: self.filled].view(RAW)
+        records.sort()
         path = self.folder / f"run-{len(self.runs):06d}"
         records.tofile(path)
         self.runs.append(path)
