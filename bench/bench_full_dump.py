@@ -319,7 +319,9 @@ def timed_pg_restore(database_url: str, dump: Path, target: str, jobs: int) -> d
     return {"wall": wall, "jobs": jobs, "load": load}
 
 
-def timed_restore_full_database(database_url: str, store_dir: Path, target: str) -> dict:
+def timed_restore_full_database(
+    database_url: str, store_dir: Path, target: str, jobs: int = RESTORE_JOBS
+) -> dict:
     """The product's restore of the whole database into a new one, with its own step log."""
     from backup_pipelines.lib.postgres.full_restore import restore_full_database
     from backup_pipelines.lib.store import LocalStore
@@ -330,7 +332,7 @@ def timed_restore_full_database(database_url: str, store_dir: Path, target: str)
     started = time.monotonic()
     restored = restore_full_database(
         LocalStore(store_dir), PARTITION, database_url, target_database=target,
-        jobs=RESTORE_JOBS, log=lambda line: steps.append((time.monotonic() - started, line)),
+        jobs=jobs, log=lambda line: steps.append((time.monotonic() - started, line)),
     )  # fmt: skip
     wall = time.monotonic() - started
     drop_database(database_url, target)

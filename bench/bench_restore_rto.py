@@ -48,6 +48,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -299,7 +300,7 @@ class PgActivitySampler:
     per statement kind (the time between samples goes to every statement seen active)."""
 
     KINDS = (
-        ("COPY", "COPY into staging"),
+        ("COPY", "COPY straight into the live table"),
         ("INSERT", "INSERT .. ON CONFLICT DO NOTHING"),
         ("CREATE TEMP", "CREATE TEMP staging"),
         ("SELECT setval", "advance sequences"),
@@ -316,6 +317,8 @@ class PgActivitySampler:
         text = " ".join(query.split())
         if "NOT EXISTS" in text:
             return "missing-row check (NOT EXISTS)"
+        if text.startswith("COPY") and "restore_stage_" in text:
+            return "COPY into staging"
         for prefix, kind in self.KINDS:
             if text.startswith(prefix):
                 return kind
@@ -477,14 +480,9 @@ def measure_restore(label, date, parallel, store, url, policy, typesense, qdrant
     # The SQL merge per table, from one table's log line to the next (tables go in order):
     # every table is staged ("staged N rows"; in the new path from the start, beside the
     # gate), then inserted ("{'in_backup': ...}").
-    sql_tables = {}
-    previous = edges["locate_and_verify" if parallel else "consistency_gate"][1]
-    for moment, message in messages:
-        table, _, rest = message.partition(": ")
-        kind = "staging" if rest.startswith("staged ") else "insert"
-        if kind == "staging" or rest.startswith("{'in_backup'"):
-            sql_tables[f"{table} {kind}"] = moment - previous
-            previous = moment
+    sql_tables = sql_table_times(
+        messages, edges["locate_and_verify" if parallel else "consistency_gate"][1]
+    )
     return {
         "label": label,
         "parallel": parallel,
@@ -503,11 +501,175 @@ def measure_restore(label, date, parallel, store, url, policy, typesense, qdrant
     }
 
 
+DAGSTER_JOB = "workspace_restore_job"
+# Dagster's event type values (a run's start and end keep their old PIPELINE_ names).
+RUN_START, RUN_SUCCESS = "PIPELINE_START", "PIPELINE_SUCCESS"
+DAGSTER_EVENTS = (RUN_START, RUN_SUCCESS, "PIPELINE_FAILURE", "STEP_WORKER_STARTING",
+                  "STEP_START", "STEP_SUCCESS", "STEP_FAILURE")  # fmt: skip
+SHOWN = (": started", ": ended", ": staged", ": copied", ": not copied", "FAIL", "consistency gate")
+
+
+def dagster_cpu(holder: dict) -> Callable[[], float]:
+    """The `dagster job execute` process: itself, its reaped children (the multiprocess
+    executor's step processes, counted in its children_* times once waited for) and the live
+    ones."""
+
+    def read() -> float:
+        process = holder.get("process")
+        if process is None:
+            return 0.0
+        times = process.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += cpu_of(child)
+        return total
+
+    return read
+
+
+def measure_dagster(executor, date, work, store_root, url, ts_server, qd_process, groups) -> dict:
+    """The Dagster job operators run, `workspace_restore_job` of (date, workspace), started as
+    production starts a run: `dagster job execute` in a fresh process (Dagster and the code
+    location imported and loaded there; timed), with BACKUP_RUN_EXECUTOR=`executor`. Steps and
+    their start-up come from the run's own event log; the stores' times from its log lines."""
+    import dagster as dg  # only this mode needs it
+
+    home = Path(tempfile.mkdtemp(prefix=f"dagster-{executor}-", dir=work))
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("workspaces", [WORKSPACE])
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DATABASE_URL": url,
+        "BACKUP_STORE_URL": f"file://{store_root}",
+        "TYPESENSE_URL": ts_server.url,
+        "TYPESENSE_API_KEY": ts_server.api_key,
+        "QDRANT_URL": qd_process.url,
+        "BACKUP_RUN_EXECUTOR": executor,
+    }
+    tags = {
+        "dagster/partition": f"{date}|{WORKSPACE}",
+        "dagster/partition/date": date,
+        "dagster/partition/workspace": WORKSPACE,
+    }
+    argv = [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+            "backup_pipelines.definitions", "-j", DAGSTER_JOB, "--tags", json.dumps(tags)]  # fmt: skip
+    label = f"dagster_{executor}"
+    say(f"{label}: loadavg {load_average()}; dagster job execute {DAGSTER_JOB} ({executor})")
+    holder: dict = {}
+    groups = {**groups, "dagster": dagster_cpu(holder)}
+    with CpuSampler(groups) as sampler, PgActivitySampler(url) as activity:
+        started, wall_clock = time.monotonic(), time.time()
+        process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT
+        )
+        with contextlib.suppress(psutil.Error):
+            holder["process"] = psutil.Process(process.pid)
+        output = process.communicate()[0].decode(errors="replace")
+        wall = time.monotonic() - started
+    (home / "output.txt").write_text(output)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        [run] = instance.get_runs()
+        entries = instance.all_logs(run.run_id)
+    # Event times are wall-clock; the sampler's are monotonic: shift by the launch moment.
+    to_mono = started - wall_clock
+    events = [
+        (e.timestamp + to_mono, e.dagster_event.event_type_value, e.step_key)
+        for e in entries
+        if e.dagster_event is not None and e.dagster_event.event_type_value in DAGSTER_EVENTS
+    ]
+    messages = [(e.timestamp + to_mono, e.user_message) for e in entries if e.dagster_event is None]
+    for moment, message in messages:
+        if any(part in message for part in SHOWN):
+            say(f"  [{moment - started:6.1f} s into the run] {message[:160]}")
+    edges = dagster_edges(events, started, started + wall, executor)
+    cpu = {}
+    for step, (begin, end) in edges.items():
+        low, high = sampler.at(begin), sampler.at(end)
+        cpu[step] = {g: high[g] - low[g] for g in groups}
+    failures = [m for m in messages if "FAIL" in m[1]]
+    branches = {}
+    for _moment, message in messages:
+        store, _, rest = message.partition(": ")
+        if rest.startswith("ended after "):
+            branches[store] = float(rest.split()[2])
+    problems = [] if process.returncode == 0 else [f"dagster exit {process.returncode}"]
+    return {
+        "label": label,
+        "parallel": True,
+        "dagster": executor,
+        "verdict": "PASS" if process.returncode == 0 else "?",
+        "verification_problems": [m for _t, m in failures],
+        "steps": list(edges),
+        "seconds": {step: end - begin for step, (begin, end) in edges.items()},
+        "branches": branches,
+        "total": wall,
+        "wall": wall,
+        "run_seconds": next((t for t, k, _ in events if k == RUN_SUCCESS), started + wall)
+        - next((t for t, k, _ in events if k == RUN_START), started),
+        "cpu": cpu,
+        "sql_tables": sql_table_times(messages, edges.get(first_step(events), (started,))[0]),
+        "pg_statements": dict(sorted(activity.seconds.items(), key=lambda kv: -kv[1])),
+        "restored": {},
+        "load_before": load_average(),
+        "output_tail": output[-3000:] if process.returncode else "",
+        "problems_early": problems,
+    }
+
+
+def dagster_edges(events, launched: float, ended: float, executor: str) -> dict:
+    """The run cut into consecutive parts, each (begin, end): the launch up to RUN_START (the
+    process starting, importing Dagster, loading the code location); per step the time before
+    it (Dagster's own work; with multiprocess up to STEP_WORKER_STARTING, then the step
+    process's start-up up to STEP_START) and its own time (STEP_START -> STEP_SUCCESS or
+    STEP_FAILURE); the end of the run and the process exit."""
+    edges: dict[str, tuple[float, float]] = {}
+    run_start = next((t for t, k, _ in events if k == RUN_START), launched)
+    edges["launch (process, Dagster, code location)"] = (launched, run_start)
+    cursor, worker = run_start, False
+    for moment, kind, step in events:
+        if kind == "STEP_WORKER_STARTING":
+            edges[f"  before {step}"] = (cursor, moment)
+            cursor, worker = moment, True
+        elif kind == "STEP_START":
+            name = f"  {step} process start-up" if worker else f"  before {step}"
+            edges[name] = (cursor, moment)
+            cursor, worker = moment, False
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
+            edges[step] = (cursor, moment)
+            cursor = moment
+    edges["run end + process exit"] = (cursor, ended)
+    return edges
+
+
+def sql_table_times(messages: list[tuple[float, str]], previous: float) -> dict[str, float]:
+    """Each table's loading ("staged N rows", or "copied N rows straight in") and inserting
+    ("{'in_backup': ...}"), from one table's log line to the one before (tables go in order)."""
+    sql_tables = {}
+    for moment, message in messages:
+        table, _, rest = message.partition(": ")
+        kind = "staging" if rest.startswith(("staged ", "copied ")) else "insert"
+        if kind == "staging" or rest.startswith("{'in_backup'"):
+            sql_tables[f"{table} {kind}"] = moment - previous
+            previous = moment
+    return sql_tables
+
+
+def first_step(events) -> str:
+    """The step that writes SQL (its start is where the per-table times begin)."""
+    steps = [step for _t, kind, step in events if kind == "STEP_START"]
+    return next((s for s in steps if "sql" in s), steps[0] if steps else "")
+
+
 def load_average() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
 
-def run_size(memories: int, work: Path, neighbour: int, baseline: bool = False) -> dict:
+def run_size(
+    memories: int, work: Path, neighbour: int, baseline: bool = False, dagster: tuple = ()
+) -> dict:
     policy = Policy()
     result: dict = {"memories": memories, "setup_seconds": {}}
     setup = result["setup_seconds"]
@@ -583,7 +745,9 @@ def run_size(memories: int, work: Path, neighbour: int, baseline: bool = False) 
             "qdrant": lambda: cpu_of(psutil.Process(qdrant_process._process.pid)),
         }
         result["runs"] = {}
-        for label, date, binary in runs:
+        # The Dagster job restores the new (binary) artifact, after its own fresh incident.
+        restores = [*runs, *((f"dagster_{e}", DATE, e) for e in dagster)]
+        for label, date, binary in restores:
             started = time.monotonic()
             lose_workspace_memory(url, typesense, qdrant, policy, WORKSPACE)
             result[f"incident_seconds_{label}"] = time.monotonic() - started
@@ -599,10 +763,15 @@ def run_size(memories: int, work: Path, neighbour: int, baseline: bool = False) 
                 f"{result[f'incident_seconds_{label}']:.1f} s; VACUUM (ANALYZE) "
                 f"{setup[f'vacuum_after_incident_{label}']:.1f} s (excluded)"
             )
-            run = measure_restore(
-                label, date, parallel=binary, store=store, url=url, policy=policy,
-                typesense=typesense, qdrant=qdrant, groups=groups,
-            )  # fmt: skip
+            if label.startswith("dagster_"):
+                run = measure_dagster(
+                    binary, date, work, store_root, url, typesense_server, qdrant_process, groups
+                )
+            else:
+                run = measure_restore(
+                    label, date, parallel=binary, store=store, url=url, policy=policy,
+                    typesense=typesense, qdrant=qdrant, groups=groups,
+                )  # fmt: skip
             after = workspace_counts(url, WORKSPACE)
             problems = []
             if after != before:
@@ -615,6 +784,7 @@ def run_size(memories: int, work: Path, neighbour: int, baseline: bool = False) 
                 problems.append(f"indexes hold {ts_count} documents and {qd_count} points")
             if run["verdict"] != "PASS" or run["verification_problems"]:
                 problems.append(f"verdict {run['verdict']}, {run['verification_problems']}")
+            problems += run.pop("problems_early", [])
             run.update(
                 checks={"sql_rows": after, "typesense": ts_count, "qdrant": qd_count},
                 problems=problems,
@@ -632,7 +802,9 @@ def run_size(memories: int, work: Path, neighbour: int, baseline: bool = False) 
 
 def print_run(r: dict, memories: int, aim: float) -> None:
     how = (
-        "binary COPY where types allow, SQL merge and indexes at once"
+        f"the Dagster job, `dagster job execute`, {r['dagster']} executor"
+        if r.get("dagster")
+        else "binary COPY where types allow, SQL merge and indexes at once"
         if r["parallel"]
         else "COPY text, one step after another (the old path)"
     )
@@ -642,9 +814,11 @@ def print_run(r: dict, memories: int, aim: float) -> None:
     )
     print(f"  load before it: {r['load_before']}")
     cpus = psutil.cpu_count() or 1
+    groups = list(next(iter(r["cpu"].values()), {})) or list(GROUPS)
+    width = max([18, *(len(step) for step in r["steps"])])
     print(
-        f"  {'step':<18} {'seconds':>8} {'share':>7}   CPU s: "
-        + " ".join(f"{g:>9}" for g in GROUPS)
+        f"  {'step':<{width}} {'seconds':>8} {'share':>7}   CPU s: "
+        + " ".join(f"{g:>9}" for g in groups)
         + f"  {'CPUs busy':>9}"
     )
     for step in r["steps"]:
@@ -653,14 +827,22 @@ def print_run(r: dict, memories: int, aim: float) -> None:
         cpu = r["cpu"][step]
         busy = 100 * sum(cpu.values()) / (sec * cpus) if sec else 0.0
         print(
-            f"  {step:<18} {sec:8.1f} {share:6.1f}%          "
-            + " ".join(f"{cpu[g]:9.1f}" for g in GROUPS)
+            f"  {step:<{width}} {sec:8.1f} {share:6.1f}%          "
+            + " ".join(f"{cpu[g]:9.1f}" for g in groups)
             + f"  {busy:8.0f}%"
         )
-    print(f"  {'total':<18} {r['total']:8.1f} {100.0:6.1f}%")
+    print(f"  {'total':<{width}} {r['total']:8.1f} {100.0:6.1f}%")
+    total_cpu = {g: sum(c[g] for c in r["cpu"].values()) for g in groups}
+    print(
+        f"  CPU s over the whole restore: {sum(total_cpu.values()):.1f} ("
+        + ", ".join(f"{g} {v:.1f}" for g, v in total_cpu.items())
+        + ")"
+    )
+    if r.get("dagster"):
+        print(f"  the run itself (RUN_START -> RUN_SUCCESS): {r['run_seconds']:.1f} s")
     if r["branches"]:
         print(
-            "  branches of sql_and_indexes, each its own time (they overlap): "
+            "  the stores' branches, each its own time (they overlap when run at once): "
             + ", ".join(
                 f"{b} {v:.1f} s ({100 * v / r['total']:.0f}% of the total)"
                 for b, v in r["branches"].items()
@@ -707,6 +889,23 @@ def print_ratios(base: dict, new: dict, memories: int, aim: float) -> None:
             print(f"    {r['label']}: {r['total']:.1f} s vs aim {aim:.0f} s -> {verdict}")
 
 
+def print_dagster_ratios(runs: dict, memories: int, aim: float) -> None:
+    """Each Dagster run's RTO (launch to exit) against the library path's and the baseline's."""
+    for label, r in runs.items():
+        if not r.get("dagster"):
+            continue
+        against = [(other, runs[other]["total"]) for other in ("baseline", "new") if other in runs]
+        print(
+            f"  {label}: RTO {r['total']:.1f} s (launch to exit)"
+            + "".join(
+                f"; {o} {t:.1f} s -> ratio {o}/{label} {t / r['total']:.2f}x" for o, t in against
+            )
+        )
+        if memories == AIM_SIZE:
+            verdict = "PASS" if r["total"] < aim and not r["problems"] else "MISS"
+            print(f"    {label}: {r['total']:.1f} s vs aim {aim:.0f} s -> {verdict}")
+
+
 def print_summary(results: list[dict], aim: float) -> None:
     print()
     print("=" * 96)
@@ -727,6 +926,7 @@ def print_summary(results: list[dict], aim: float) -> None:
             print_run(run, r["memories"], aim)
         if "baseline" in r["runs"]:
             print_ratios(r["runs"]["baseline"], r["runs"]["new"], r["memories"], aim)
+        print_dagster_ratios(r["runs"], r["memories"], aim)
     measured = sorted(results, key=lambda r: r["memories"])
     if len(measured) >= 2:
         print("-" * 96)
@@ -767,6 +967,14 @@ def main(argv: list[str] | None = None) -> None:
         help="also restore a COPY-text artifact one step after another (the old path) in the "
         "same run, before the new path, and print both with ratios",
     )
+    parser.add_argument(
+        "--dagster",
+        default="",
+        help="also restore through the Dagster job workspace_restore_job (`dagster job "
+        "execute` in a new process, as a run starts) with these executors, comma-separated: "
+        "in_process (the default of BACKUP_RUN_EXECUTOR), multiprocess; each after a fresh "
+        "incident",
+    )
     parser.add_argument("--work-dir", default=str(PROJECT_ROOT / ".bench"))
     parser.add_argument("--neighbour", type=int, default=10_000)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -784,7 +992,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     try:
         for memories in sizes:
-            results.append(run_size(memories, work, args.neighbour, args.baseline))
+            dagster = tuple(e.strip() for e in args.dagster.split(",") if e.strip())
+            results.append(run_size(memories, work, args.neighbour, args.baseline, dagster))
             (Path(args.work_dir) / "restore-rto-results.json").write_text(
                 json.dumps(results, indent=2, default=str)
             )

@@ -35,8 +35,10 @@ AUTOMATION = {
     "BACKUP_AUTOMATION_ON": "workspace_discovery_sensor,workspace_backup_daily,run_alert_sensor",
 }
 BACKUPS_DONE_SECONDS = 600
+# test_restore_backfill.py's own workspaces (it backs them up, loses two and restores them).
+BACKFILL_WORKSPACES = ["dp_bf_acme", "dp_bf_globex", "dp_bf_initech"]
 # Workspaces a test seeds (and deletes) itself; their collections are dropped at the end too.
-EXTRA_WORKSPACES = ["dp_ghost", "dp_vanishing"]
+EXTRA_WORKSPACES = ["dp_ghost", "dp_vanishing", *BACKFILL_WORKSPACES]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # root, in a container-less sandbox

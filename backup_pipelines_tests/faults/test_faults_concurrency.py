@@ -42,11 +42,12 @@ def failure_of(result: dg.ExecuteInProcessResult) -> tuple[str, str]:
 
 
 def blocked_inserts(database_url: str) -> int:
-    """Sessions other than the test's waiting on a lock (the restore, held mid-write)."""
+    """Sessions other than the test's waiting on a lock (the restore, held mid-write: its
+    INSERT from staging, or its COPY straight into a table holding none of the workspace)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         return conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query ILIKE 'INSERT%' AND pid <> pg_backend_pid()"
+            "AND (query ILIKE 'INSERT%' OR query ILIKE 'COPY%') AND pid <> pg_backend_pid()"
         ).fetchone()[0]
 
 

@@ -413,7 +413,7 @@ def test_partial_restore_dagster_job_reports_each_store_in_the_failure_metadata(
         first = run()
         assert not first.success
         failure = failure_of(first)
-        assert failure.step_key == "restore_indexes"
+        assert failure.step_key == "restore_sql_and_indexes"
         data = failure.event_specific_data.user_failure_data
         stores = data.metadata["stores"].value
         assert stores["sql"]["state"] == "committed" and stores["sql"]["rows_inserted"] == GOOD + 1
@@ -431,7 +431,7 @@ def test_partial_restore_dagster_job_reports_each_store_in_the_failure_metadata(
 
         skipping = run({"restore/skip_refused": "true"})
         assert skipping.success
-        done = skipping.output_for_node("restore_indexes")
+        done = skipping.output_for_node("restore_sql_and_indexes")["indexes"]
         assert done["typesense"]["refused_skipped"]["entries"][0]["id"] == refused
         assert done["qdrant"]["already_present"] == GOOD + 1
     assert live_notes(notes) == GOOD + 1

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ from backup_pipelines.lib.errors import InvalidWorkspaceId, SourceError, StoreEr
 from backup_pipelines.lib.policy import Policy, TableRule
 from backup_pipelines.lib.postgres import catalog, dump
 from backup_pipelines.lib.postgres import load as pg_load
-from backup_pipelines.lib.store import ArtifactRef, LocalStore
+from backup_pipelines.lib.store import ArtifactRef, LocalStore, S3Store
 from backup_pipelines_tests.conftest import WORKSPACES
 from backup_pipelines_tests.pg_checks import TABLES, fingerprint, workspaces_present
 
@@ -167,12 +168,31 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+# The killed dump uploads 1 MiB parts, not the default 8 MiB: at zstd -19 its first part is in
+# the bucket in seconds rather than minutes. S3 enforces its 5 MiB minimum part only when an
+# upload completes, and this one is killed before; the rerun uses the default.
+KILLED_PART_MB = "1"
+
+
 def staged_bytes(store) -> int:
-    return sum(size for key, size, _ in store._list("postgres/full_dump/"))
+    """Bytes of the unfinished dump already in the store: the local store's temp file; on S3,
+    the uploaded parts of its unfinished multipart upload (no object exists before the upload
+    completes, so `_list` sees nothing there)."""
+    if not isinstance(store, S3Store):
+        return sum(size for key, size, _ in store._list("postgres/full_dump/"))
+    staged = 0
+    for key, upload_id, _ in store.incomplete_uploads():
+        if "/postgres/full_dump/" in f"/{key}":
+            answer = store.client.list_parts(Bucket=store.bucket, Key=key, UploadId=upload_id)
+            staged += sum(part["Size"] for part in answer.get("Parts", []))
+    return staged
 
 
-def test_sigkill_mid_dump_leaves_nothing_accepted_and_rerun_succeeds(store, make_database):
-    url = make_database("big")
+@pytest.fixture(scope="module")
+def big_database(pg_cluster):
+    """Seeded once for both stores: the dumps only read it."""
+    name = f"big_{uuid.uuid4().hex[:8]}"
+    url = pg_cluster.create_database(name)
     # Big enough that the dump is still running when it is killed (zstd -19 slows it down).
     sample_data.seed(
         url,
@@ -181,16 +201,27 @@ def test_sigkill_mid_dump_leaves_nothing_accepted_and_rerun_succeeds(store, make
             sessions=50, turns_per_session=20, memories=20000, nodes=10, edges=10, embedding_dim=384
         ),
     )
+    yield url
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_sigkill_mid_dump_leaves_nothing_accepted_and_rerun_succeeds(store, big_database):
+    url = big_database
     ref = ArtifactRef("postgres/full_dump", DATE)
     store_url = store.describe()
     process = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, url, store_url], env=os.environ.copy()
+        [sys.executable, "-c", KILL_SCRIPT, url, store_url],
+        env={**os.environ, "BACKUP_S3_PART_MB": KILLED_PART_MB},
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a busy machine; the wait ends once bytes are staged
     while staged_bytes(store) < 64 << 10 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, (
         "the dump finished before it could be killed; make the database bigger"
+    )
+    assert staged_bytes(store) >= 64 << 10, (
+        "no 64 KiB of the dump reached the store before its kill"
     )
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -13,6 +13,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from backup_pipelines.cli import main as cli_main
 from backup_pipelines.defs.partitions import partitions_start
 from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.policy import Policy, load_policy
@@ -88,6 +89,7 @@ def alerts_of(operator, kind: str) -> list[dict]:
 
 
 def cli(operator, *argv: str) -> subprocess.CompletedProcess:
+    """The command as the operator types it: its own process (the entry point really works)."""
     return subprocess.run(
         [sys.executable, "-m", "backup_pipelines.cli", *argv],
         env={**os.environ, **operator["env"]},
@@ -95,6 +97,19 @@ def cli(operator, *argv: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=CLI_SECONDS,
     )
+
+
+def cli_in_process(operator, monkeypatch, capsys, *argv: str) -> subprocess.CompletedProcess:
+    """The same command through `main` in this process (no Dagster import of its own: seconds
+    less each), with the same environment; DAGSTER_HOME is the commands' instance, not the
+    one `instance_for_test` points this process at."""
+    capsys.readouterr()  # what earlier steps printed is not this command's output
+    with monkeypatch.context() as patch:
+        for key, value in operator["env"].items():
+            patch.setenv(key, value)
+        code = cli_main(list(argv))
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, printed.out, printed.err)
 
 
 def test_operator_backup_of_a_workspace_sql_does_not_list_fails_and_writes_nothing(operator):
@@ -110,10 +125,11 @@ def test_operator_backup_of_a_workspace_sql_does_not_list_fails_and_writes_nothi
     assert not [p for p in store_root.rglob("*") if "ws_acmee" in p.as_posix()]
 
 
-def test_operator_workspaces_list_and_remove_keep_what_has_backups(operator):
+def test_operator_workspaces_list_and_remove_keep_what_has_backups(operator, monkeypatch, capsys):
     """`workspaces list` tells active, vanished and never-registered partitions apart;
     `remove` takes a typo, refuses one SQL still lists or whose backups are kept (unless
-    --force), and `list --restorable` names the restorable dates."""
+    --force), and `list --restorable` names the restorable dates. The first command runs as
+    its own process, the others through `main` in this one."""
     home = operator["env"]["DAGSTER_HOME"]  # the commands' instance, not the test's own
     with dg.DagsterInstance.from_config(home) as instance:
         instance.add_dynamic_partitions("workspaces", ["ws_acme", "ws_globex", "ws_acmee"])
@@ -127,19 +143,23 @@ def test_operator_workspaces_list_and_remove_keep_what_has_backups(operator):
     assert "never in SQL" in lines["ws_acmee"]
     assert "new in SQL" in lines["ws_initech"]  # discovery adds it
 
-    refused = cli(operator, "workspaces", "remove", "ws_acme", "ws_globex")
+    refused = cli_in_process(
+        operator, monkeypatch, capsys, "workspaces", "remove", "ws_acme", "ws_globex"
+    )
     assert refused.returncode == 1
     assert "refused: ws_acme: SQL still lists it" in refused.stderr
     assert "refused: ws_globex: the store holds backups of it (1 date(s)" in refused.stderr
-    removed = cli(operator, "workspaces", "remove", "ws_acmee")
+    removed = cli_in_process(operator, monkeypatch, capsys, "workspaces", "remove", "ws_acmee")
     assert removed.returncode == 0 and "removed partition ws_acmee" in removed.stdout
-    forced = cli(operator, "workspaces", "remove", "ws_globex", "--force")
+    forced = cli_in_process(
+        operator, monkeypatch, capsys, "workspaces", "remove", "ws_globex", "--force"
+    )
     assert forced.returncode == 0, forced.stderr
     assert "its 1 backed-up date(s) stay in" in forced.stdout
     with dg.DagsterInstance.from_config(home) as instance:
         assert instance.get_dynamic_partitions("workspaces") == ["ws_acme"]
 
-    restorable = cli(operator, "list", "--restorable")
+    restorable = cli_in_process(operator, monkeypatch, capsys, "list", "--restorable")
     assert restorable.returncode == 0, restorable.stderr
     assert "ws_globex: 1 restorable date(s)" in restorable.stdout
     assert f"  {DATE}" in restorable.stdout

@@ -14,6 +14,7 @@ alerts once as `restore_refused`, and nothing is written.
 
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -213,6 +214,17 @@ def restore_lease(context, store, workspace: str, hold: bool) -> Iterator[None]:
         yield
 
 
+def thread_safe(log):
+    """`log` callable from the restore's threads (one per store), one message at a time."""
+    lock = threading.Lock()
+
+    def locked(message: str) -> None:
+        with lock:
+            log(message)
+
+    return locked
+
+
 @contextlib.contextmanager
 def still_held(
     context: dg.OpExecutionContext, store, located: restore.Located, last_step: bool = False
@@ -288,66 +300,41 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         return str(verdict.outcome)
 
     @dg.op(
-        required_resource_keys={"backup_store", "postgres_db", "policy"},
-        description="Insert the backed-up rows the live tables lack, parents first, in one "
-        "transaction (never overwrites, never touches another workspace).",
-    )
-    def restore_sql_rows(
-        context: dg.OpExecutionContext, located: restore.Located, verdict: str
-    ) -> dict:
-        started = time.monotonic()
-        try:  # the index mapping must fit the database before any row is written
-            restore.check_before_writing(
-                context.resources.postgres_db.database_url,
-                context.resources.policy.load(),
-                index_keys,
-            )
-        except ConfigError as exc:
-            raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        store = context.resources.backup_store.get_store()
-        with still_held(context, store, located):
-            report = restore.merge_sql(
-                context.resources.postgres_db.database_url, store, located, log=context.log.info
-            )
-        context.add_output_metadata(
-            {
-                "tables": sql_table(report),
-                "rows_inserted": dg.MetadataValue.int(sum(t["inserted"] for t in report.values())),
-                "rows_already_present": dg.MetadataValue.int(
-                    sum(t["already_present"] for t in report.values())
-                ),
-                "seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
-            }
-        )
-        return report
-
-    @dg.op(
         required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
-        description="Each index back from its artifact (merge: only what is missing), or "
-        "rebuilt from the restored SQL rows when the gate says REBUILD_INDEX.",
+        description="The SQL rows the live tables lack inserted, parents first, in one "
+        "transaction (never overwrites, never touches another workspace), and at the same time "
+        "each index back from its artifact (merge: only what is missing); when the gate says "
+        "REBUILD_INDEX the indexes are rebuilt from the restored SQL rows, after the SQL commit.",
     )
-    def restore_indexes(
+    def restore_sql_and_indexes(
         context: dg.OpExecutionContext,
         config: RestoreOptions,
         located: restore.Located,
         verdict: str,
-        sql_report: dict,
     ) -> dict:
+        # One op, the stores on threads inside it: the default in-process executor runs a
+        # job's ops one after another, and a process per op (multiprocess) costs a Dagster
+        # start-up each; the library's code (the command line's) does the concurrency.
         options = options_of(context, config)
-        store = context.resources.backup_store.get_store()
-        policy = context.resources.policy.load()
+        started = time.monotonic()
         database_url = context.resources.postgres_db.database_url
+        policy = context.resources.policy.load()
+        try:  # the index mapping must fit the database before any row is written
+            restore.check_before_writing(database_url, policy, index_keys)
+        except ConfigError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        store = context.resources.backup_store.get_store()
         rebuild = verdict == Outcome.REBUILD_INDEX
-        mode = Mode(options.mode)
+        seconds: dict[str, float] = {}
         with (
             still_held(context, store, located),
             index_clients(context.resources, index_keys) as clients,
         ):
             try:
-                done = restore.restore_indexes(
-                    clients, store, located, policy, mode, rebuild, database_url,
-                    log=context.log.info, skip_refused=options.skip_refused,
-                    sql_report=sql_report,
+                sql_report, done = restore.restore_sql_and_indexes(
+                    clients, store, located, policy, Mode(options.mode), rebuild, database_url,
+                    log=thread_safe(context.log.info), skip_refused=options.skip_refused,
+                    branch_lap=lambda name, taken: seconds.update({name: round(taken, 3)}),
                 )  # fmt: skip
             except PartialRestore as exc:
                 raise dg.Failure(
@@ -356,9 +343,25 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                     allow_retries=False,  # a rerun of the partition (same tags) finishes it
                 ) from exc
         context.add_output_metadata(
-            {name: dg.MetadataValue.json(report) for name, report in done.items()}
+            {
+                "tables": sql_table(sql_report),
+                "rows_inserted": dg.MetadataValue.int(
+                    sum(t["inserted"] for t in sql_report.values())
+                ),
+                "rows_already_present": dg.MetadataValue.int(
+                    sum(t["already_present"] for t in sql_report.values())
+                ),
+                **{name: dg.MetadataValue.json(report) for name, report in done.items()},
+                "stores_written": dg.MetadataValue.text(
+                    "SQL first, then the indexes rebuilt from its rows (REBUILD_INDEX)"
+                    if rebuild
+                    else "SQL and every index at the same time"
+                ),
+                "seconds_per_store": dg.MetadataValue.json(seconds),
+                "seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
+            }
         )
-        return done
+        return {"sql": sql_report, "indexes": done}
 
     @dg.op(
         required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
@@ -366,7 +369,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
         "restored memory; gives the workspace's lease back.",
     )
     def verify_restored(
-        context: dg.OpExecutionContext, located: restore.Located, index_report: dict
+        context: dg.OpExecutionContext, located: restore.Located, restored: dict
     ) -> None:
         store = context.resources.backup_store.get_store()
         with still_held(context, store, located, last_step=True):
@@ -377,7 +380,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                     located,
                     policy,
                     clients,
-                    skipped=restore.skipped_of(index_report),
+                    skipped=restore.skipped_of(restored["indexes"]),
                 )
         context.add_output_metadata({"verification": dg.MetadataValue.json(result)})
         if result["problems"]:
@@ -397,8 +400,7 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     def workspace_restore_job():
         located = locate_and_verify_artifacts()
         verdict = consistency_gate(located)
-        sql_report = restore_sql_rows(located, verdict)
-        verify_restored(located, restore_indexes(located, verdict, sql_report))
+        verify_restored(located, restore_sql_and_indexes(located, verdict))
 
     return workspace_restore_job
 

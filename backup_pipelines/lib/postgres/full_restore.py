@@ -1,5 +1,6 @@
 """The whole database back from a `postgres/full_dump` artifact into a NEW database on the
-same server (parallel pg_restore), verified against the dump: row counts of the dump's tables
+same server (pg_restore fed by a decompressing stream, or parallel pg_restore from a local
+copy), verified against the dump: row counts of the dump's tables
 against the manifest, and every object of the dump's table of contents present (toc.py).
 Putting it in the live database's place is a rename swap (database_swap.py), never a
 `pg_restore --clean` into live.
@@ -136,15 +137,18 @@ def restore_into_new_database(
     target_url = make_conninfo(database_url, dbname=target)
     _refuse_taken_target(database_url, target, date, resume)  # before a long decompression
     with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
-        # pg_restore -j needs a seekable file; the checksum is proved before anything is created.
-        local = _decompress_verified(store, ref, manifest, f"{scratch}/database.dump")
-        log(f"decompressed and verified {ref} in {time.monotonic() - started:.1f} s")
+        # The checksum is proved before anything is created: a dump is SQL that pg_restore runs.
+        source = _verified_source(store, ref, manifest, scratch, jobs, log)
+        log(
+            f"{ref}: every file verified, ready for pg_restore after {time.monotonic() - started:.1f} s"
+        )
         found = _prepare_target(database_url, target, date, resume, log)
         try:
             if found is None or found.rank < State.RESTORED.rank:
-                _pg_restore(local, target, target_url, jobs, keep_owners, log)
+                _pg_restore(source, target, target_url, jobs, keep_owners, log)
                 set_marker(database_url, target, date, State.RESTORED)
-            rows, objects, extra = verify_restored_database(target_url, target, local, expected)
+            entries = list(toc.parse_toc(source.listing()))
+            rows, objects, extra = verify_restored_database(target_url, target, entries, expected)
             set_marker(database_url, target, date, State.VERIFIED)
         except BaseException as exc:
             _drop_after_failure(database_url, target, exc, log)
@@ -173,16 +177,81 @@ def _expected_rows(manifest: dict, where: str) -> dict[str, int]:
     return rows
 
 
-def _decompress_verified(store: BackupStore, ref: ArtifactRef, manifest: dict, path: str) -> str:
+class DumpSource:
+    """Where pg_restore reads the dump from. With one job, a decompressing stream into its
+    stdin: no scratch copy, and decompression overlaps the load. pg_restore -j needs a
+    seekable file, so with more jobs the dump is decompressed to local disk first."""
+
+    def __init__(self, store: BackupStore, ref: ArtifactRef, manifest: dict, path: str | None):
+        self.store, self.ref, self.manifest, self.path = store, ref, manifest, path
+        self._listing: str | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.path is None
+
+    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        """pg_restore with `argv` (no input file) on this dump."""
+        if self.path is not None:
+            return subprocess.run([*argv, self.path], env=env, capture_output=True, text=True)
+        return self._run_streamed(argv, env)
+
+    def listing(self) -> str:
+        """`pg_restore --list` of the dump (read once: it is a header, not the data)."""
+        if self._listing is None:
+            done = self.run([pg_bin("pg_restore"), "--list"], env={})
+            if done.returncode != 0:
+                raise BackupError(
+                    f"pg_restore --list of {self.ref} failed: {done.stderr.strip()[-1000:]}"
+                )
+            self._listing = done.stdout
+        return self._listing
+
+    def _run_streamed(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            # Files, not pipes, for its output: a pg_restore blocked on a full stderr pipe
+            # would never read the rest of its stdin.
+            process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env or None, bufsize=0
+            )
+            try:
+                self._feed(process)
+            finally:
+                process.stdin.close()
+                returncode = process.wait()
+            out.seek(0), err.seek(0)
+            return subprocess.CompletedProcess(
+                argv, returncode, out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+            )  # fmt: skip
+
+    def _feed(self, process: subprocess.Popen) -> None:
+        with self.store.open_file(self.ref, self.manifest, FULL_DUMP_FILE) as reader:
+            for chunk in iter_decompressed(reader):
+                try:
+                    process.stdin.write(chunk)
+                except BrokenPipeError:
+                    return  # it read what it needed (a listing, a section), or failed: see rc
+
+
+def _verified_source(
+    store: BackupStore, ref: ArtifactRef, manifest: dict, scratch: str, jobs: int, log: Log
+) -> DumpSource:
     # Every file verified before anything is decompressed or created: a corrupt dump is
     # refused with the store's own list of problems.
     result = store.verify(ref)
     if not result.ok:
         raise BackupError(f"cannot restore {ref}: " + "; ".join(result.problems))
+    if jobs == 1:
+        return DumpSource(store, ref, manifest, None)
+    path = f"{scratch}/database.dump"
+    started = time.monotonic()
     with store.open_file(ref, manifest, FULL_DUMP_FILE) as reader, open(path, "wb") as out:
         for chunk in iter_decompressed(reader):
             out.write(chunk)
-    return path
+    log(f"decompressed {ref} to local disk for pg_restore -j {jobs}: "
+        f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    return DumpSource(store, ref, manifest, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,40 +376,37 @@ SECTIONS = ("pre-data", "data", "post-data")
 
 
 def _pg_restore(
-    dump: str, target: str, target_url: str, jobs: int, keep_owners: bool, log: Log
+    source: DumpSource, target: str, target_url: str, jobs: int, keep_owners: bool, log: Log
 ) -> None:
     """pg_restore one section at a time, so every row is loaded before any trigger, index
     or constraint exists. In one parallel run, pg_restore orders a trigger on a partitioned
     table only after the parent table (which has no data), so it may fire while the
     partitions load and insert rows twice (seen here: an audit trigger, PostgreSQL 15)."""
-    argv = [pg_bin("pg_restore"), "--no-password", "--exit-on-error", f"--jobs={jobs}"]
+    argv = [pg_bin("pg_restore"), "--no-password", "--exit-on-error"]
+    if not source.streamed:
+        argv.append(f"--jobs={jobs}")
     if not keep_owners:
         argv.append("--no-owner")
     for section in SECTIONS:
         started = time.monotonic()
-        done = subprocess.run(
-            [*argv, f"--section={section}", "-d", target, dump],
-            env=client_env(target_url),
-            capture_output=True,
-            text=True,
-        )
+        done = source.run([*argv, f"--section={section}", "-d", target], client_env(target_url))
         if done.returncode != 0:
             how = f"killed by signal {-done.returncode}" if done.returncode < 0 else "failed"
             raise BackupError(
                 f"pg_restore ({section}) into {target!r} {how} (exit {done.returncode}): "
                 f"{done.stderr.strip()[-2000:] or 'no message'}"
             )
-        log(
-            f"pg_restore -j {jobs} --section={section} into {target!r}: {time.monotonic() - started:.1f} s"
-        )
+        how = "streamed" if source.streamed else f"-j {jobs}"
+        log(f"pg_restore {how} --section={section} into {target!r}: "
+            f"{time.monotonic() - started:.1f} s")  # fmt: skip
 
 
 def verify_restored_database(
-    target_url: str, name: str, dump: str, expected_rows: dict[str, int]
+    target_url: str, name: str, entries: list[toc.TocEntry], expected_rows: dict[str, int]
 ) -> tuple[dict[str, int], dict, list[str]]:
     """Row counts of every table of the dump equal the manifest's, and every object of the
-    dump's table of contents exists. Returns (rows, object check, tables not in the dump)."""
-    entries = toc.read_toc(dump)
+    dump's table of contents (`entries`) exists. Returns (rows, object check, tables not in
+    the dump)."""
     with connect(target_url) as conn:
         rows = count_all_tables(conn)
         objects = toc.missing_objects(conn, entries)

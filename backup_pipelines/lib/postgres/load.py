@@ -134,14 +134,21 @@ def copy_table_in(
     manifest: dict,
     entry: dict,
     target: sql.Composable,
+    only_workspace: str | None = None,
 ) -> int:
     """Stream one table file of a workspace dump into `target` (a table) with COPY FROM STDIN,
-    in the file's format (text, or binary as the manifest's entry says)."""
+    in the file's format (text, or binary as the manifest's entry says). With `only_workspace`
+    the server keeps only that workspace's rows (COPY .. WHERE); the count returned is of the
+    rows kept."""
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
     binary = is_binary(entry)
     statement = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
         target, columns, sql.SQL(" (FORMAT binary)" if binary else "")
     )
+    if only_workspace is not None:  # COPY takes no bind parameters: a literal
+        statement += sql.SQL(" WHERE {} = {}").format(
+            sql.Identifier(entry["workspace_column"]), sql.Literal(only_workspace)
+        )
     what = f"COPY of {entry['table']} from {ref}"
     with (
         Watchdog("PostgreSQL", what, answers=lambda: server_answers_for(conn)) as watchdog,

@@ -4,12 +4,19 @@ no other workspace's rows are read or written.
 
 Staging tables are temporary (`ON COMMIT DROP`, in pg_temp), so a killed restore leaves nothing
 behind and no concurrent restore can collide on a name.
+
+A table whose live rows include none of the workspace's (the usual case after losing a
+workspace) skips staging: its backed-up rows go straight into the live table with one COPY,
+in the same transaction, so PostgreSQL writes each row once instead of twice (temp table, then
+live). Nothing can be overwritten that way: a key already taken makes the server refuse the
+COPY, which is then undone (a savepoint) and the table staged and merged as usual.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
 from psycopg import sql
 
 from backup_pipelines.lib.errors import BackupError
@@ -24,6 +31,14 @@ class MergeAbandoned(BackupError):
     """The caller said not to go on after staging (the gate refused): nothing was written."""
 
 
+class CopiedIn(int):
+    """A table loaded straight into the live table (its rows copied in), not staged."""
+
+
+class _NotStraight(Exception):
+    """The straight COPY did not take exactly the manifest's rows: stage the table instead."""
+
+
 def merge_sql_rows(
     database_url: str,
     store: BackupStore,
@@ -36,17 +51,23 @@ def merge_sql_rows(
     """Insert the backed-up rows of workspace dump `ref` that the live tables lack, parents
     first, in ONE transaction; returns per table what was in the backup, inserted, present.
 
-    Every table is staged first (COPY into temporary tables: nothing any other session sees,
-    and every value already checked by the server), then inserted. `staged`, when given, is
-    called between the two and decides: True goes on, False rolls back (MergeAbandoned). A
-    restore stages while its consistency gate runs, and writes only once the gate passed."""
+    Every table is loaded first, then inserted: staged (COPY into a temporary table: nothing any
+    other session sees, every value already checked by the server), or, when the live table
+    holds none of the workspace's rows, COPYed straight into it (uncommitted: no other session
+    sees those rows either; a concurrent insert of the same key waits for this transaction).
+    `staged`, when given, is called once every table is loaded and decides: True goes on,
+    False rolls back (MergeAbandoned). A restore loads while its consistency gate runs, and
+    commits only once the gate passed."""
     workspace = ref.workspace
     report: dict[str, dict] = {}
     with connect(database_url) as conn:
         check_binary_target(conn, ref, manifest)
         conn.execute("SET LOCAL lock_timeout = '60s'")
+        # A dry run always stages: it must not call a sequence's nextval (column defaults of a
+        # COPY into the live table would), which no rollback undoes.
         stages = [
-            _stage_table(conn, store, ref, manifest, entry, log) for entry in manifest["tables"]
+            _load_table(conn, store, ref, manifest, entry, log, straight=not dry_run)
+            for entry in manifest["tables"]
         ]
         if staged is not None and not staged():
             conn.rollback()
@@ -79,6 +100,49 @@ def _refuse_gone_columns(conn, entry: dict) -> None:
         )
 
 
+def _load_table(conn, store, ref, manifest, entry: dict, log, straight: bool):
+    """The table's rows in this transaction: copied straight in (CopiedIn) or staged."""
+    copied = _copy_straight_in(conn, store, ref, manifest, entry, log) if straight else None
+    if copied is not None:
+        return copied
+    return _stage_table(conn, store, ref, manifest, entry, log)
+
+
+def _copy_straight_in(conn, store, ref, manifest, entry: dict, log) -> CopiedIn | None:
+    """The table's backed-up rows COPYed straight into the live table when it holds none of the
+    workspace's rows; None (nothing of it left, by a savepoint) when it does, or when the
+    server refuses a row (a key another workspace holds, a constraint) or keeps another count
+    than the manifest's (rows of another workspace in the file): the caller stages it then,
+    and the staged merge keeps or names those rows as it always did."""
+    schema, name = entry["table"].split(".", 1)
+    _refuse_gone_columns(conn, entry)
+    live, column = sql.Identifier(schema, name), sql.Identifier(entry["workspace_column"])
+    present = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = %s)").format(live, column),
+        (ref.workspace,),
+    ).fetchone()[0]
+    if present:
+        return None
+    try:
+        with conn.transaction():  # a savepoint: a refused COPY leaves nothing behind
+            copied = copy_table_in(conn, store, ref, manifest, entry, live, ref.workspace)
+            if copied != entry["rows"]:
+                raise _NotStraight(copied)
+    except (psycopg.Error, _NotStraight) as reason:
+        if log:
+            log(f"{entry['table']}: not copied straight in ({_one_line(reason)}); staging it")
+        return None
+    if log:
+        log(f"{entry['table']}: copied {copied} rows straight in (none of the workspace's live)")
+    return CopiedIn(copied)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, _NotStraight):
+        return f"{error.args[0]} rows of the workspace kept, not all the file's"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _stage_table(conn, store, ref, manifest, entry: dict, log) -> sql.Identifier:
     """A temporary copy of the backed-up rows of one table (dropped at commit or rollback)."""
     schema, name = entry["table"].split(".", 1)
@@ -101,6 +165,8 @@ def _stage_table(conn, store, ref, manifest, entry: dict, log) -> sql.Identifier
 
 
 def _apply_table(conn, entry: dict, stage, workspace: str, dry_run: bool = False) -> dict:
+    if isinstance(stage, CopiedIn):  # already in, every row of the file: nothing was present
+        return {"in_backup": entry["rows"], "inserted": int(stage), "already_present": 0}
     schema, name = entry["table"].split(".", 1)
     live = sql.Identifier(schema, name)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])

@@ -13,11 +13,13 @@
 Before anything is written the policy's index mapping is checked against the database
 (recovery.mappings): a schema it does not fit is refused with the table, column and key.
 
-In-process (`restore_workspace`, the command line's path) the steps overlap where the gate
-allows it (issue 16): the SQL rows are staged into temporary tables while the gate reads (no
-other session sees them; nothing is inserted before the gate passed), and once it passed the
-SQL insert and every index restored from its artifact run at the same time. A rebuild from SQL
-rows still waits for the SQL commit. `parallel=False` runs them one after another.
+The steps overlap where the gate allows it (issue 16). In-process (`restore_workspace`, the
+command line's path) the SQL rows are loaded (staged, or copied straight into a live table
+holding none of the workspace's rows; uncommitted either way: no other session sees them)
+while the gate reads, and once it passed the SQL merge and every index restored from its
+artifact run at the same time. The Dagster job gates in one op, then runs the SQL merge and
+the indexes at once in the next (`restore_sql_and_indexes`). A rebuild from SQL rows still
+waits for the SQL commit. `parallel=False` runs them one after another.
 
 Plain Python reading only the store and the live systems, so the Dagster job and the command
 line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
@@ -316,15 +318,27 @@ def restore_indexes(
 
     if sql_branch is None:
         for step in progress.steps:
-            run(step)
+            logged(step.engine.name, lambda step=step: run(step), log)
             if lap is not None:
                 lap(step.engine.name)
         return progress.finish()
-    run_beside_sql(progress, run, sql_branch, lap)
+    run_beside_sql(progress, run, sql_branch, lap, log)
     return progress.finish()
 
 
-def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap) -> None:
+def logged(name: str, work, log: Log | None) -> None:
+    """Run one store's step between a "started" and a "finished"/"ended" line: the run log
+    shows which stores are being written at any moment."""
+    log = log or (lambda _m: None)
+    started = time.monotonic()
+    log(f"{name}: started")
+    try:
+        work()
+    finally:
+        log(f"{name}: ended after {time.monotonic() - started:.1f} s")
+
+
+def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap, log=None) -> None:
     """The SQL merge and every index step at once, each on its own thread (the work is in the
     servers). A failing branch does not stop the others; the SQL outcome goes into `progress`
     so PartialRestore states every store. `lap(name, seconds)` gets each branch's own time."""
@@ -332,7 +346,7 @@ def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap) -> Non
     def timed(name: str, work) -> None:
         started = time.monotonic()
         try:
-            work()
+            logged(name, work, log)
         finally:
             if lap is not None:
                 lap(name, time.monotonic() - started)
@@ -352,6 +366,51 @@ def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap) -> Non
         wait(futures)
     for future in futures:
         future.result()  # an interrupt inside a branch (BaseException) goes on up
+
+
+def restore_sql_and_indexes(
+    indexes: Mapping[str, Any],
+    store: BackupStore,
+    located: Located,
+    policy: Policy,
+    mode: Mode,
+    rebuild: bool,
+    database_url: str,
+    log: Log | None = None,
+    skip_refused: bool = False,
+    branch_lap=None,
+) -> tuple[dict, dict[str, dict]]:
+    """Once the gate passed: the SQL merge and every index restore, at the same time (each on
+    its own thread), or, when the indexes are rebuilt from the SQL rows (`rebuild`), the SQL
+    merge first. Returns (SQL report, engine name -> index result); PartialRestore names each
+    store's state when one failed. `branch_lap(name, seconds)` gets each store's own time.
+    The Dagster job's path (its restore_sql_and_indexes op)."""
+    branch_lap = branch_lap or (lambda _name, _seconds: None)
+    merged: dict = {}
+
+    def sql_branch() -> dict:
+        merged.update(merge_sql(database_url, store, located, log=log))
+        return merged
+
+    if rebuild or not indexes:
+        clock = [time.monotonic()]
+
+        def step_lap(name: str) -> None:  # one step after another: each from the last's end
+            now = time.monotonic()
+            branch_lap(name, now - clock[0])
+            clock[0] = now
+
+        logged("sql", sql_branch, log)
+        step_lap("sql")
+        return merged, restore_indexes(
+            indexes, store, located, policy, mode, rebuild, database_url, lap=step_lap,
+            log=log, skip_refused=skip_refused, sql_report=merged,
+        )  # fmt: skip
+    done = restore_indexes(
+        indexes, store, located, policy, mode, False, database_url, lap=branch_lap, log=log,
+        skip_refused=skip_refused, sql_branch=sql_branch,
+    )  # fmt: skip
+    return merged, done
 
 
 def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
