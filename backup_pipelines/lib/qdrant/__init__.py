@@ -5,6 +5,8 @@ client.py    the server's API: JSON calls through qdrant-client; snapshot files 
 snapshot.py  the backup of a workspace's collections (teed download, server sha256 check,
              aliases and configuration recorded, cluster check)
 offline.py   a snapshot opened offline with Qdrant's engine (count, ids)
+segment_ids.py  a snapshot's point ids read from its segments' id-tracker files, flat memory
+             (the engine reads the layouts it does not parse)
 points.py    memory rows as Qdrant points
 restore.py   a collection recovered from its snapshot, merged, or rebuilt from memory rows
 versions.py  which server versions can read which snapshots

@@ -1,7 +1,8 @@
 """Qdrant backup of one workspace: a snapshot per collection, downloaded once and teed into the
-store and into a local scratch file; the scratch copy is checked against the server's sha256
-and opened offline with Qdrant's own engine to count its points and list their ids (for the
-consistency gate). The server-side snapshot is always deleted afterwards.
+store and into a local scratch file; the scratch copy is checked against the server's sha256 and its
+point ids are listed (for the consistency gate) from its segments' id-tracker files, with flat
+memory (segment_ids.py; Qdrant's own engine reads the layouts that reader does not parse). The
+server-side snapshot is always deleted afterwards.
 
 Names are taken the way the server takes them: a configured name that is an alias is
 snapshotted through its collection (recorded as `alias_of`), and the aliases pointing at each
@@ -80,7 +81,9 @@ def snapshot_qdrant_collections(
         "tool": {
             "name": "qdrant collection snapshot",
             "compression": "zstd level 1",
-            "offline_reader": "qdrant-edge",
+            # Point ids: the segments' id-tracker files, or qdrant-edge for layouts not parsed
+            # (each collection's `point_ids_read_from` says which).
+            "offline_reader": "id-tracker files / qdrant-edge",
         },
     }
 
@@ -134,7 +137,7 @@ def _snapshot_one(
 ) -> dict:
     """`collection` as configured, snapshotted through `real` (itself, or the collection the
     alias `collection` points at)."""
-    from backup_pipelines.lib.qdrant.offline import read_snapshot_offline, write_point_ids
+    from backup_pipelines.lib.qdrant.segment_ids import write_snapshot_point_ids
 
     snapshot = client.create_snapshot(real)
     local_copy = scratch / "download.snapshot"  # never a name the server chose
@@ -148,17 +151,12 @@ def _snapshot_one(
             f"Qdrant snapshot {snapshot['name']} of {collection}: downloaded sha256 {raw_sha[:16]}... "
             f"differs from the server's {snapshot['checksum'][:16]}... (download damaged); not committed"
         )
-    with read_snapshot_offline(local_copy, scratch) as offline:
-        with (
-            writer.open_file(point_ids_file(collection)) as out,
-            zstd_compressing(out) as compressed,
-        ):
-            written = write_point_ids(offline, compressed.write)
-        points, config, storage_version = offline.points, offline.config, offline.storage_version
-    if written != points:
-        raise BackupError(
-            f"Qdrant snapshot of {collection}: {points} points counted but {written} ids listed"
-        )
+    with (
+        writer.open_file(point_ids_file(collection)) as out,
+        zstd_compressing(out) as compressed,
+    ):
+        listed = write_snapshot_point_ids(local_copy, compressed.write, scratch, log_line=log)
+    points, config, storage_version = listed.points, listed.config, listed.storage_version
     described = {
         "snapshot": snapshot,
         "sha256_uncompressed": raw_sha,
@@ -169,6 +167,8 @@ def _snapshot_one(
         # server version the snapshot can be read.
         "config": {key: value for key, value in config.items() if key != "uuid"},
         "storage_version": storage_version,
+        "point_ids_read_from": listed.reader
+        + (f" ({listed.fallback_reason})" if listed.fallback_reason else ""),
     }
     if real != collection:
         described["alias_of"] = real
