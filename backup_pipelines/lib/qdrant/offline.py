@@ -167,17 +167,22 @@ def split_shard_member(name: str) -> tuple[str, str] | None:
     return None
 
 
+def read_config_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
+    """The snapshot's config.json member, which must be a JSON object."""
+    try:
+        config = json.load(archive.extractfile(member))  # type: ignore[arg-type]
+    except ValueError as error:
+        raise SnapshotError(f"the snapshot's config.json is not JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise SnapshotError("the snapshot's config.json is not a JSON object")
+    return config
+
+
 def read_snapshot_config(archive: tarfile.TarFile) -> dict:
     """The collection config (config.json at the top of the archive)."""
     for member in archive:
         if member.isfile() and member.name.lstrip("./") == "config.json":
-            try:
-                config = json.load(archive.extractfile(member))  # type: ignore[arg-type]
-            except ValueError as error:
-                raise SnapshotError(f"the snapshot's config.json is not JSON: {error}") from error
-            if not isinstance(config, dict):
-                raise SnapshotError("the snapshot's config.json is not a JSON object")
-            return config
+            return read_config_member(archive, member)
     # tarfile ends the listing quietly at a damaged header: say so rather than "no config.json".
     check_end_of_archive(archive)
     raise SnapshotError("the snapshot has no config.json: it is not a collection snapshot")

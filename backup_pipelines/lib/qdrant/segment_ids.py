@@ -37,7 +37,6 @@ Plain Python and numpy: no Dagster import.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -55,6 +54,7 @@ from backup_pipelines.lib.qdrant.offline import (
     SnapshotError,
     check_end_of_archive,
     is_safe_member,
+    read_config_member,
     read_snapshot_offline,
     split_shard_member,
     verify_checksum,
@@ -248,7 +248,7 @@ def copy_id_tracker_files(snapshot: Path, target: Path) -> FoundFiles:
             for member in archive:
                 name = member.name.removeprefix("./")
                 if member.isfile() and name == "config.json":
-                    config = read_json_object(archive, member)
+                    config = read_config_member(archive, member)
                 elif member.isfile() and name == "version.info":
                     text = archive.extractfile(member).read(VERSION_INFO_MAX)  # type: ignore[union-attr]
                     storage_version = text.decode("utf-8", errors="replace").strip()
@@ -267,16 +267,6 @@ def copy_id_tracker_files(snapshot: Path, target: Path) -> FoundFiles:
     if not has_shard:
         raise SnapshotError("the snapshot holds no shard folder (0/, 1/, ...)")
     return FoundFiles(config, storage_version, segments)
-
-
-def read_json_object(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict:
-    try:
-        config = json.load(archive.extractfile(member))  # type: ignore[arg-type]
-    except ValueError as error:
-        raise SnapshotError(f"the snapshot's config.json is not JSON: {error}") from error
-    if not isinstance(config, dict):
-        raise SnapshotError("the snapshot's config.json is not a JSON object")
-    return config
 
 
 def shard_segment(
