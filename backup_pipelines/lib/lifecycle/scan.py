@@ -42,13 +42,24 @@ class Folder:
     bytes: int = 0
     generations: dict[str, Generation] = field(default_factory=dict)
     loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
-    # Every object as listed: (key, size, tag), the tag changing whenever it is rewritten
-    # (verified.py: what a remembered verification is bound to).
-    objects: list[tuple[str, int, str]] = field(default_factory=list)
+    _listed: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
+    # A local folder's files as lstat'ed, a batch per folder: made into `objects` only when
+    # asked (a fingerprint: the newest artifact of each series, a third of the store or less).
+    _stated: list[tuple[str, list[listing.LocalListed]]] = field(default_factory=list, repr=False)
+
+    @property
+    def objects(self) -> list[tuple[str, int, str]]:
+        """Every object as listed: (key, size, tag), the tag changing whenever it is
+        rewritten (verified.py: what a remembered verification is bound to)."""
+        if self._stated:
+            for folder, files in self._stated:
+                self._listed += [_key_size_tag(folder, name, stat) for name, stat in files]
+            self._stated.clear()
+        return self._listed
 
     def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
         self.bytes += size
-        self.objects.append((key, size, tag))
+        self._listed.append((key, size, tag))
         if generation is not None:
             entry = self.generations.setdefault(generation, Generation())
             entry.bytes += size
@@ -57,6 +68,30 @@ class Folder:
             self.has_manifest = True
         else:
             self.loose.append((key, size, mtime))
+
+    def add_stated(
+        self, folder: str, files: list[listing.LocalListed], generation: str | None
+    ) -> None:
+        """The files directly in `folder` (a listing.local_stats batch), as `add` of each."""
+        self._stated.append((folder, files))
+        size = sum(stat.st_size for _name, stat in files)
+        self.bytes += size
+        if generation is not None:
+            entry = self.generations.setdefault(generation, Generation())
+            entry.bytes += size
+            newest = max(stat.st_mtime for _name, stat in files)
+            entry.newest_mtime = max(entry.newest_mtime, newest)
+            return
+        for name, stat in files:
+            if name == MANIFEST_NAME:
+                self.has_manifest = True
+            else:
+                self.loose.append((f"{folder}/{name}", stat.st_size, stat.st_mtime))
+
+
+def _key_size_tag(folder: str, name: str, stat) -> tuple[str, int, str]:
+    key, size, _mtime, tag = listing.tagged(folder, name, stat)
+    return key, size, tag
 
 
 def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
@@ -69,9 +104,9 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     artifact_folders: dict[str, ArtifactRef | None] = {}
     # Date folders listed several at a time (listing.iter_store_folders); the order of the
     # objects does not matter here (a fingerprint sorts them).
-    for parent_of_all, batch in listing.iter_store_folders(store):
-        if parent_of_all is not None:  # a local folder's files: the folder parsed once
-            _add_objects(folders, parent_of_all, batch, artifact_folders)
+    for parent_of_all, batch in listing.iter_store_folders(store, stats=True):
+        if parent_of_all is not None:  # a local folder's files (name, lstat): parsed once
+            _add_stated(folders, parent_of_all, batch, artifact_folders)
             continue
         for key, size, mtime, tag in batch:
             parent = key.rpartition("/")[0]
@@ -83,10 +118,10 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     return folders
 
 
-def _add_objects(
+def _add_stated(
     folders: dict[ArtifactRef, Folder],
     parent: str,
-    objects: list,
+    files: list[listing.LocalListed],
     known: dict[str, ArtifactRef | None],
 ) -> None:
     if f"{parent}/".startswith(RESERVED_PREFIXES):
@@ -95,9 +130,10 @@ def _add_objects(
     if where is None:
         return
     ref, generation = where
-    folder = folders.setdefault(ref, Folder(ref))
-    for key, size, mtime, tag in objects:
-        folder.add(key, size, mtime, generation, tag)
+    folder = folders.get(ref)
+    if folder is None:
+        folder = folders[ref] = Folder(ref)
+    folder.add_stated(parent, files, generation)
 
 
 def _artifact_folder(folder: str, known: dict[str, ArtifactRef | None]) -> ArtifactRef | None:
