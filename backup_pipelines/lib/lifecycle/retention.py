@@ -37,6 +37,8 @@ Leftovers of crashed runs (scan.py) are cleaned by the same plan; keep markers: 
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
 import time
 from collections import Counter, defaultdict
@@ -337,6 +339,29 @@ def verify_with_store(store: BackupStore, log: Log = _quiet) -> Callable[[Artifa
     return is_verified
 
 
+def _without_cycle_collection(function):
+    """`function` run with Python's cycle collector paused (as it was once it returns). A plan
+    makes ~1M small objects at 10,000 workspaces (an lstat or listing entry per file, an
+    Artifact per artifact) and frees none before it ends; meanwhile the collector would run
+    hundreds of times, each older-generation pass walking every object of the process (a
+    Dagster run's too): measured at 1,000 workspaces, 1.3 s a plan paused against 1.4-3.0 s
+    and growing from one plan to the next. Reference counting still frees everything as
+    usual; only cycles wait (a plan makes none that must go before it ends)."""
+
+    @functools.wraps(function)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused
+
+
+@_without_cycle_collection
 def plan_retention(
     store: BackupStore,
     policy: Policy,
