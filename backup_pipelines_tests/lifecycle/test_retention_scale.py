@@ -94,15 +94,15 @@ def _plan_shape(plan) -> tuple:
 
 def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, monkeypatch):
     """The plan's scan keeps a local file's lstat and makes its key and tag only for a
-    fingerprint (listing.local_stats): on a store whose remembered artifacts were since
-    tampered with, rewritten, cut short or added to, beside crashed runs' debris and a keep
-    marker, it decides, trusts, re-verifies and cleans exactly as the plan built on one
-    listing of every object (key, size, tag), and never trusts a changed artifact."""
+    fingerprint (listing.local_stats), and adds a folder's listed objects at once: on a
+    store whose remembered artifacts were since tampered with, rewritten, cut short or added
+    to, beside crashed runs' debris and a keep marker, it decides, trusts, re-verifies and
+    cleans exactly as the plan built on one listing of every object added one at a time,
+    and never trusts a changed artifact."""
     import time
 
     from backup_pipelines.lib.lifecycle import scan
     from backup_pipelines.lib.lifecycle.verified import fingerprint
-    from backup_pipelines.lib.store import listing
 
     days = [(TODAY - timedelta(days=n)).isoformat() for n in range(3)]
     workspaces = [f"ws_{n}" for n in range(4)]
@@ -135,13 +135,10 @@ def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, 
 
     lean = plan_retention(store, policy, TODAY, now=now, remember=False)
     lean_prints = {ref: fingerprint(f) for ref, f in scan.scan_store(store).items()}
-    one_listing = listing.iter_objects
-    monkeypatch.setattr(
-        scan.listing, "iter_store_folders", lambda s, **_: iter([(None, list(one_listing(s, "")))])
-    )
+    monkeypatch.setattr(retention, "scan_store", _scan_one_key_at_a_time)
     one = plan_retention(store, policy, TODAY, now=now, remember=False)
     assert _plan_shape(lean) == _plan_shape(one)
-    assert lean_prints == {ref: fingerprint(f) for ref, f in scan.scan_store(store).items()}
+    assert lean_prints == {ref: fingerprint(f) for ref, f in _scan_one_key_at_a_time(store).items()}
 
     # What the plan must never do, checked on the lean plan itself.
     assert tampered in lean.failed_verification and cut_short in lean.failed_verification
@@ -155,6 +152,22 @@ def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, 
     kinds = {(x.kind, x.key.rstrip("/").rpartition("/")[2]) for x in lean.leftovers}
     assert {("orphan generation", crashed), ("temp file", ".m.json.1.tmp")} <= kinds
     assert sum(1 for x in lean.leftovers if x.kind == "orphan generation") == 2
+
+
+def _scan_one_key_at_a_time(store) -> dict:
+    """The scan as it was first written: one listing of the store (listing.iter_objects,
+    every key, size, mtime and tag made as it is listed), each object added on its own."""
+    from backup_pipelines.lib.lifecycle import scan
+    from backup_pipelines.lib.store import listing
+
+    folders: dict = {}
+    known: dict = {}
+    for key, size, mtime, tag in listing.iter_objects(store, ""):
+        where = scan._artifact_of(key.rpartition("/")[0], known)
+        if where is not None and not key.startswith(scan.RESERVED_PREFIXES):
+            folder = folders.setdefault(where[0], scan.Folder(where[0]))
+            folder.add(key, size, mtime, where[1], tag)
+    return folders
 
 
 def _data_key(store, ref: ArtifactRef) -> str:

@@ -7,6 +7,7 @@ is later."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from backup_pipelines.lib.errors import StoreError
@@ -43,18 +44,22 @@ class Folder:
     generations: dict[str, Generation] = field(default_factory=dict)
     loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
     _listed: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
-    # A local folder's files as lstat'ed, a batch per folder: made into `objects` only when
-    # asked (a fingerprint: the newest artifact of each series, a third of the store or less).
+    # Batches of a folder's files as listed (a local folder's as lstat'ed): made into
+    # `objects` only when asked (a fingerprint: the newest artifact of each series, a third
+    # of the store or less).
     _stated: list[tuple[str, list[listing.LocalListed]]] = field(default_factory=list, repr=False)
+    _tagged: list[list[listing.Tagged]] = field(default_factory=list, repr=False)
 
     @property
     def objects(self) -> list[tuple[str, int, str]]:
         """Every object as listed: (key, size, tag), the tag changing whenever it is
         rewritten (verified.py: what a remembered verification is bound to)."""
-        if self._stated:
-            for folder, files in self._stated:
-                self._listed += [_key_size_tag(folder, name, stat) for name, stat in files]
-            self._stated.clear()
+        for folder, files in self._stated:
+            self._listed += [_key_size_tag(folder, name, stat) for name, stat in files]
+        for objects in self._tagged:
+            self._listed += [(key, size, tag) for key, size, _mtime, tag in objects]
+        self._stated.clear()
+        self._tagged.clear()
         return self._listed
 
     def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
@@ -88,6 +93,23 @@ class Folder:
             else:
                 self.loose.append((f"{folder}/{name}", stat.st_size, stat.st_mtime))
 
+    def add_listed(self, objects: list[listing.Tagged], generation: str | None) -> None:
+        """Objects directly in one folder (key, size, mtime, tag), as `add` of each."""
+        self._tagged.append(objects)
+        size = sum(listed[1] for listed in objects)
+        self.bytes += size
+        if generation is not None:
+            entry = self.generations.setdefault(generation, Generation())
+            entry.bytes += size
+            newest = max(listed[2] for listed in objects)
+            entry.newest_mtime = max(entry.newest_mtime, newest)
+            return
+        for key, one_size, mtime, _tag in objects:
+            if key.endswith("/" + MANIFEST_NAME):
+                self.has_manifest = True
+            else:
+                self.loose.append((key, one_size, mtime))
+
 
 def _key_size_tag(folder: str, name: str, stat) -> tuple[str, int, str]:
     """As listing.tagged, without the mtime."""
@@ -98,7 +120,6 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
     listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    parsed: dict[str, tuple[ArtifactRef, str | None] | None] = {}  # ~10 keys a folder
     # Each artifact folder is met again as the parent of its generation folders: parsed (and
     # its ref validated) once.
     artifact_folders: dict[str, ArtifactRef | None] = {}
@@ -108,14 +129,33 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
         if parent_of_all is not None:  # a local folder's files (name, lstat): parsed once
             _add_stated(folders, parent_of_all, batch, artifact_folders)
             continue
-        for key, size, mtime, tag in batch:
-            parent = key.rpartition("/")[0]
-            if parent not in parsed:
-                parsed[parent] = _artifact_of(parent, artifact_folders)
-            where = parsed[parent]
-            if where is not None and not key.startswith(RESERVED_PREFIXES):
-                folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
+        # A listing is in key order: the objects of one folder come in a run (or a few),
+        # each run's folder parsed and its Folder found once.
+        for parent, run in itertools.groupby(batch, _parent):
+            _add_listed(folders, parent, list(run), artifact_folders)
     return folders
+
+
+def _parent(listed: listing.Tagged) -> str:
+    return listed[0].rpartition("/")[0]
+
+
+def _add_listed(
+    folders: dict[ArtifactRef, Folder],
+    parent: str,
+    objects: list[listing.Tagged],
+    known: dict[str, ArtifactRef | None],
+) -> None:
+    if f"{parent}/".startswith(RESERVED_PREFIXES):
+        return  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
+    where = _artifact_of(parent, known)
+    if where is None:
+        return
+    ref, generation = where
+    folder = folders.get(ref)
+    if folder is None:
+        folder = folders[ref] = Folder(ref)
+    folder.add_listed(objects, generation)
 
 
 def _add_stated(
