@@ -176,7 +176,7 @@ class Artifact:
         return label(self.ref)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.cache  # emptied after each plan (plan_retention)
 def _partition(day: str, workspace: str | None) -> Partition:
     """One Partition (validated once) for the artifacts of every asset of a date x workspace."""
     return Partition(day, workspace)
@@ -354,14 +354,15 @@ def verify_with_store(store: BackupStore, log: Log = _quiet) -> Callable[[Artifa
     return is_verified
 
 
-def _without_cycle_collection(function):
-    """`function` run with Python's cycle collector paused (as it was once it returns). A plan
-    makes ~1M small objects at 10,000 workspaces (an lstat or listing entry per file, an
-    Artifact per artifact) and frees none before it ends; meanwhile the collector would run
-    hundreds of times, each older-generation pass walking every object of the process (a
-    Dagster run's too): measured at 1,000 workspaces, 1.3 s a plan paused against 1.4-3.0 s
-    and growing from one plan to the next. Reference counting still frees everything as
-    usual; only cycles wait (a plan makes none that must go before it ends)."""
+def _one_pass(function):
+    """`function` run with Python's cycle collector paused (as it was once it returns), and
+    the plan's caches emptied after it. A plan makes ~1M small objects at 10,000 workspaces
+    (an lstat or listing entry per file, an Artifact per artifact) and frees none before it
+    ends; meanwhile the collector would run hundreds of times, each older-generation pass
+    walking every object of the process (a Dagster run's too): measured at 1,000 workspaces,
+    1.3 s a plan paused against 1.4-3.0 s and growing from one plan to the next. Reference
+    counting still frees everything as usual; only cycles wait (a plan makes none that must
+    go before it ends)."""
 
     @functools.wraps(function)
     def paused(*args, **kwargs):
@@ -370,13 +371,14 @@ def _without_cycle_collection(function):
         try:
             return function(*args, **kwargs)
         finally:
+            _partition.cache_clear()
             if was_enabled:
                 gc.enable()
 
     return paused
 
 
-@_without_cycle_collection
+@_one_pass
 def plan_retention(
     store: BackupStore,
     policy: Policy,
