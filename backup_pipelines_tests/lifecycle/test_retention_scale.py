@@ -149,6 +149,11 @@ def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, 
     assert lean.verifications >= 3  # tampered, cut short and added to are read again
     assert lean.trusted <= len(ASSETS) * len(workspaces) + 1 - 3
     assert why[(ASSETS[0], f"{days[2]}|ws_3")].startswith("kept: before migration 42")
+    newest = {
+        (a.asset, a.ref.workspace): a.ref.date for a in lean.kept if "newest verified" in a.reasons
+    }
+    for doomed in lean.to_delete:  # each goes only for a newer verified one of its series
+        assert newest[(doomed.asset, doomed.ref.workspace)] > doomed.ref.date
     kinds = {(x.kind, x.key.rstrip("/").rpartition("/")[2]) for x in lean.leftovers}
     assert {("orphan generation", crashed), ("temp file", ".m.json.1.tmp")} <= kinds
     assert sum(1 for x in lean.leftovers if x.kind == "orphan generation") == 2
