@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -174,17 +173,11 @@ def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) ->
         yield from objects
 
 
-# A local folder with more sub-folders than this (a date folder of many workspaces): the first
-# this many are walked one after another and timed. Slower than LOCAL_SLOW_FOLDER_SECONDS a
-# folder, the listing is waiting on the disk (a cold page cache: a first tick, a store on
-# network storage), and the rest are walked LOCAL_FAN_OUT_THREADS at once (the waits release
-# the GIL). Faster, it is CPU work, which threads only slow down. Measured on this project's
-# 2-core machine, one date folder of 10,000 workspaces' manifests: cold 3.21 s one at a time,
-# 1.87 s 16 at once; warm 0.19-0.27 s one at a time, 0.49-0.62 s 16 at once (~20 us a folder
-# warm, ~340 us cold).
+# A local folder with more sub-folders than this (a date folder of many workspaces) has them
+# walked this many at once: on a cold page cache (a first tick, a store on network storage)
+# every scandir and stat waits on the disk, and those waits release the GIL.
 LOCAL_FAN_OUT_AT = 64
-LOCAL_SLOW_FOLDER_SECONDS = 150e-6
-LOCAL_FAN_OUT_THREADS = 16
+LOCAL_LISTING_THREADS = 16
 
 
 def local_folders(
@@ -207,7 +200,9 @@ def local_folders(
         if objects:
             yield folder[walker.base_len :], objects
         if len(folders) > LOCAL_FAN_OUT_AT:
-            yield from walker.walk_many(folders)
+            with ThreadPoolExecutor(LOCAL_LISTING_THREADS) as pool:
+                for batches in pool.map(walker.walk, folders):
+                    yield from batches
         else:
             stack += folders
 
@@ -219,22 +214,6 @@ class _LocalWalker:
     def __init__(self, store: LocalStore, base_len: int, manifests_only: bool, descend: bool):
         self.store, self.base_len = store, base_len
         self.manifests_only, self.descend = manifests_only, descend
-
-    def walk_many(self, folders: list[str]) -> Iterator[tuple[str, list[Tagged]]]:
-        """walk() of each of `folders`: the first LOCAL_FAN_OUT_AT timed one after another,
-        the rest at once when those waited on the disk."""
-        head, rest = folders[:LOCAL_FAN_OUT_AT], folders[LOCAL_FAN_OUT_AT:]
-        started = time.perf_counter()
-        batches = [batch for folder in head for batch in self.walk(folder)]
-        slow = (time.perf_counter() - started) / max(1, len(head)) > LOCAL_SLOW_FOLDER_SECONDS
-        yield from batches
-        if not slow:
-            for folder in rest:
-                yield from self.walk(folder)
-            return
-        with ThreadPoolExecutor(LOCAL_FAN_OUT_THREADS) as pool:
-            for found in pool.map(self.walk, rest):
-                yield from found
 
     def walk(self, start: str) -> list[tuple[str, list[Tagged]]]:
         """Every batch of the tree under `start`, one folder after another."""
