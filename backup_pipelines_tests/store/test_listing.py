@@ -90,34 +90,3 @@ def test_fast_listing_shows_symlinks_and_special_files_as_the_local_store_does(t
     keys = {key for key, _s, _m in listing.iter_keys(local_store, "")}
     assert f"{folder.relative_to(local_store.root)}/manifest.json" in keys
     assert not any(key.startswith("postgres/workspace_dump/date=2026-11-19/") for key in keys)
-
-
-@pytest.mark.parametrize("fan_out_at", [0, 1, 10_000])
-def test_scale_local_listing_walks_sub_folders_at_once_and_lists_the_same(
-    tmp_path, monkeypatch, fan_out_at
-):
-    """A folder with many sub-folders has them walked by threads (a cold page cache waits on
-    the disk for every scandir): the same keys, sizes, times and tags as one folder after
-    another and as LocalStore._list, symlinks and special files included, and a manifest-only
-    listing that still skips generation folders."""
-    import os
-
-    from backup_pipelines.lib.store import LocalStore
-
-    monkeypatch.setattr(listing, "LOCAL_FAN_OUT_AT", fan_out_at)
-    local_store = LocalStore(tmp_path / "store")
-    many = [f"postgres/workspace_dump/date=2026-11-22/workspace=ws_{n:03d}" for n in range(150)]
-    fill(local_store, KEYS + [f"{w}/manifest.json" for w in many] + [f"{many[7]}/g-1/x.zst"])
-    folder = local_store.root / many[3]
-    os.symlink("/etc/passwd", folder / "odd.json")
-    os.mkfifo(folder / "x.fifo")
-    os.symlink("/etc", local_store.root / many[5] / "linked")
-    for prefix in ("", "postgres/workspace_dump/", "postgres/workspace_dump/date=2026-11-22/"):
-        assert sorted(listing.iter_keys(local_store, prefix)) == sorted(local_store._list(prefix))
-        manifests = sorted(k for k, _s, _m, _t in listing.iter_manifests(local_store, prefix))
-        assert manifests == sorted(
-            k for k, _s, _m in local_store._list(prefix) if k.endswith("/manifest.json")
-        )
-    tags = {k: t for k, _s, _m, t in listing.iter_objects(local_store, "")}
-    stat = os.lstat(local_store.root / many[3] / "manifest.json")
-    assert tags[f"{many[3]}/manifest.json"] == f"{stat.st_ino}:{stat.st_mtime_ns}"

@@ -173,78 +173,38 @@ def _local_keys(store: LocalStore, prefix: str, manifests_only: bool = False) ->
         yield from objects
 
 
-# A local folder with more sub-folders than this (a date folder of many workspaces) has them
-# walked this many at once: on a cold page cache (a first tick, a store on network storage)
-# every scandir and stat waits on the disk, and those waits release the GIL.
-LOCAL_FAN_OUT_AT = 64
-LOCAL_LISTING_THREADS = 16
-
-
 def local_folders(
     store: LocalStore, prefix: str, manifests_only: bool = False, descend: bool = True
 ) -> Iterator[tuple[str, list[Tagged]]]:
     """Each folder under `prefix` (relative to the store, "" for its root) with the objects
     directly in it, as iter_objects lists them (one batch a folder: retention's scan of
     430,000 files then parses 170,000 folder names once each, not once per file); not
-    `descend`: only `prefix` itself. The order of the batches is not defined."""
+    `descend`: only `prefix` itself."""
     root = str(store.root)
     # store._path: the store's own check that a key stays inside its folder
     start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
     if not os.path.isdir(start) or os.path.islink(start):
         return
-    walker = _LocalWalker(store, len(root) + 1, manifests_only, descend)
+    base_len = len(root) + 1
     stack = [start]
     while stack:
         folder = stack.pop()
-        objects, folders = walker.read(folder)
-        if objects:
-            yield folder[walker.base_len :], objects
-        if len(folders) > LOCAL_FAN_OUT_AT:
-            with ThreadPoolExecutor(LOCAL_LISTING_THREADS) as pool:
-                for batches in pool.map(walker.walk, folders):
-                    yield from batches
-        else:
-            stack += folders
-
-
-class _LocalWalker:
-    """Reads one local folder at a time (its objects, its sub-folders to walk), as
-    local_folders lists them."""
-
-    def __init__(self, store: LocalStore, base_len: int, manifests_only: bool, descend: bool):
-        self.store, self.base_len = store, base_len
-        self.manifests_only, self.descend = manifests_only, descend
-
-    def walk(self, start: str) -> list[tuple[str, list[Tagged]]]:
-        """Every batch of the tree under `start`, one folder after another."""
-        batches = []
-        stack = [start]
-        while stack:
-            folder = stack.pop()
-            objects, folders = self.read(folder)
-            if objects:
-                batches.append((folder[self.base_len :], objects))
-            stack += folders
-        return batches
-
-    def read(self, folder: str) -> tuple[list[Tagged], list[str]]:
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
-            return [], []  # removed since it was seen (a commit dropping a generation)
+            continue  # removed since it was seen (a commit dropping a generation)
         except OSError as exc:
             raise StoreError(
-                f"backup store {self.store.describe()} refused to list "
-                f"{folder[self.base_len :]!r}: {exc.strerror or exc}"
+                f"backup store {store.describe()} refused to list {folder[base_len:]!r}: "
+                f"{exc.strerror or exc}"
             ) from exc
         objects: list[Tagged] = []
-        folders: list[str] = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                if self.descend and not (self.manifests_only and is_generation(entry.name)):
-                    folders.append(entry.path)
+                if descend and not (manifests_only and is_generation(entry.name)):
+                    stack.append(entry.path)
                 continue
-            if self.manifests_only and entry.name != MANIFEST_NAME:
+            if manifests_only and entry.name != MANIFEST_NAME:
                 continue
             if entry.is_symlink() and entry.is_dir():
                 continue  # as os.walk in LocalStore._list: a linked folder is neither walked nor listed
@@ -255,8 +215,9 @@ class _LocalWalker:
             except FileNotFoundError:
                 continue
             tag = f"{stat.st_ino}:{stat.st_mtime_ns}"
-            objects.append((entry.path[self.base_len :], stat.st_size, stat.st_mtime, tag))
-        return objects, folders
+            objects.append((entry.path[base_len:], stat.st_size, stat.st_mtime, tag))
+        if objects:
+            yield folder[base_len:], objects
 
 
 def _local_folders(store: LocalStore, prefix: str) -> list[str]:
