@@ -40,7 +40,7 @@ Each is run `--repeat` times; the best and the worst are printed, with the load 
 against workspace ratio: 1.0 = linear) and the ratio to the 10 s aim.
 
     .venv/bin/python bench/bench_scale.py [--sizes 1000,10000] [--repeat 2] [--stock-moto]
-        [--reuse] [--s3-retention-max 1000]
+        [--reuse] [--s3-retention-max 1000] [--drop-caches]
 """
 
 from __future__ import annotations
@@ -329,6 +329,18 @@ def store_without_catalog(store) -> None:
 
     catalog.forget()
     store._delete_prefix(catalog.CATALOG_PREFIX)
+    if DROP_CACHES:
+        drop_page_cache()
+
+
+DROP_CACHES = False  # --drop-caches
+
+
+def drop_page_cache() -> None:
+    """The kernel forgets every cached file and folder (root only): a first tick then reads the
+    store from the disk, as on a first deployment, whatever this machine ran before."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -709,12 +721,17 @@ def main() -> int:
     parser.add_argument("--stock-moto-max", type=int, default=1000)
     parser.add_argument("--s3-retention-max", type=int, default=1000,
                         help="time retention's plan on S3 only up to this many workspaces")  # fmt: skip
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the page cache before each 'no catalog yet' tick (root): "
+                        "the first tick reads a cold store")  # fmt: skip
     parser.add_argument("--work-dir", default=str(ROOT / ".bench"))
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep each size's store in --work-dir and use it again when made "
                         f"less than {REUSE_HOURS} h before (implies --keep)")  # fmt: skip
     args = parser.parse_args()
+    global DROP_CACHES
+    DROP_CACHES = args.drop_caches
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     def interrupted(signum, _frame):
