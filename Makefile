@@ -24,7 +24,7 @@ dev: install
 	$(PY) -m backup_pipelines.devstack.stack dev
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 lint: install
 	$(VENV)/bin/ruff format --check .

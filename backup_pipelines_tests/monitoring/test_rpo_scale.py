@@ -14,6 +14,7 @@ import pytest
 import zstandard
 
 from backup_pipelines.defs import backups
+from backup_pipelines.defs.monitoring import health
 from backup_pipelines.defs.monitoring import rpo as rpo_defs
 from backup_pipelines.defs.resources import (
     BackupStoreResource,
@@ -229,6 +230,7 @@ def test_manifests_not_read_in_time_give_lower_bound_ages(setting, monkeypatch):
         written = (NOW - timedelta(hours=39)).timestamp()
         os.utime(store.root / old.folder / MANIFEST_NAME, (written, written))
     monkeypatch.setattr(rpo, "MANIFEST_READ_SECONDS", 0.0)
+    monkeypatch.setattr(rpo, "MIN_READ_SECONDS", 0.0)
     _result, evaluation = tick(instance, resources)
     assert evaluation.metadata["ages_unconfirmed"].value == 2
     assert "lower bounds" in evaluation.description
@@ -239,6 +241,62 @@ def test_manifests_not_read_in_time_give_lower_bound_ages(setting, monkeypatch):
     _result, evaluation = tick(instance, resources)
     assert evaluation.metadata["ages_unconfirmed"].value == 0
     assert late_rows(evaluation)["ws_missed"]["age_hours"] == pytest.approx(40.0)
+
+
+def report_tick(instance, resources):
+    """A tick of the sensor as definitions.py builds it: it also records the health report
+    and may ask for a run of its job."""
+    sensor = rpo_defs.build_rpo_sensor([WORKSPACE_DUMP], health_report=True)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
+    check = next(e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation))
+    return result, check
+
+
+def test_scale_first_tick_leaves_unread_manifests_to_a_health_report_run(setting, monkeypatch):
+    """A tick reads manifests for a bounded time (MANIFEST_READ_SECONDS): what it leaves
+    unread makes it ask for one run of the health report, which reads every manifest without
+    that bound and saves the captured-at catalog. The next tick of the same code server reads
+    that catalog back and confirms every age without reading a manifest."""
+    store, instance, resources = setting
+    commit(store, NOW - timedelta(hours=40), "ws_missed")
+    commit(store, NOW - timedelta(hours=2), "ws_fresh")
+    monkeypatch.setattr(rpo, "MANIFEST_READ_SECONDS", 0.0)  # a tick that can read nothing
+    monkeypatch.setattr(rpo, "MIN_READ_SECONDS", 0.0)
+    reads = CountingReads(store, monkeypatch)
+
+    result, check = report_tick(instance, resources)
+    assert check.metadata["ages_unconfirmed"].value == 2 and reads.count == 0
+    (request,) = result.run_requests
+    assert request.job_name == rpo_defs.HEALTH_REPORT_JOB
+    assert request.run_key.startswith("captured-at-catch-up-2026-11-22T09")
+    assert result.skip_reason is None
+
+    # While such a run waits or runs, no other is asked for.
+    defs = dg.Definitions.merge(
+        health.build_health_defs([WORKSPACE_DUMP]), dg.Definitions(resources=resources)
+    )
+    job = defs.resolve_job_def(rpo_defs.HEALTH_REPORT_JOB)
+    waiting = instance.create_run_for_job(job)  # NOT_STARTED, as a run about to launch
+    result, _check = report_tick(instance, resources)
+    assert result.run_requests == [] and result.skip_reason is not None
+    instance.delete_run(waiting.run_id)
+
+    # The run, in a process of its own (it starts from the stored catalog object, not from
+    # the code server's memory): every manifest read, whatever the tick's budget.
+    code_server_catalogs = dict(catalog._MEMORY)
+    catalog.forget()
+    run = job.execute_in_process(instance=instance)
+    catalog.forget()
+    catalog._MEMORY.update(code_server_catalogs)  # back in the code server, which read none
+    assert run.success and reads.count == 2
+    (report,) = run.asset_materializations_for_node("monitoring__backup_health_report")
+    assert report.metadata["workspaces_late"].value == 1
+
+    result, check = report_tick(instance, resources)
+    assert check.metadata["ages_unconfirmed"].value == 0 and reads.count == 2
+    assert late_rows(check)["ws_missed"]["age_hours"] == pytest.approx(40.0)
+    assert result.run_requests == []
 
 
 def test_health_report_search_past_a_week_finds_an_old_backup_by_listing(setting):

@@ -277,12 +277,19 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
             horizon_days=loaded.keep_weekly_days,
             in_sql=in_sql,
             log=context.log.warning,
+            bounded=False,  # a run, not a tick: every age confirmed (and remembered)
+            progress=context.log.info,
         )
         copy_store = copy_store_from_env()
         copy = None
         if copy_store is not None:
             copy = rpo_copy.evaluate_copy(
-                copy_store, evaluation, loaded, evaluation.now, loaded.keep_weekly_days
+                copy_store,
+                evaluation,
+                loaded,
+                evaluation.now,
+                loaded.keep_weekly_days,
+                bounded=False,
             )
         metadata = report_metadata(
             evaluation,
@@ -299,7 +306,7 @@ def build_health_defs(backup_assets: list[str]) -> dg.Definitions:
         return dg.MaterializeResult(metadata=metadata)
 
     job = dg.define_asset_job(
-        "backup_health_report_job",
+        rpo_defs.HEALTH_REPORT_JOB,
         selection=[HEALTH_REPORT],
         description="The backup health report with the full search depth (rpo_sensor records "
         "the quick one every tick).",

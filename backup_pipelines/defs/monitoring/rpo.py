@@ -27,6 +27,13 @@ FULL_DATABASE_ASSETS = {
     "mssql/log_backup",
 }
 MAX_ROWS_SHOWN = 50
+HEALTH_REPORT_JOB = "backup_health_report_job"
+ACTIVE_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 def utc_now() -> datetime:
@@ -108,11 +115,15 @@ def evaluate_rpo(
     horizon_days: int | None = None,
     in_sql: set | None = None,
     log=None,
+    bounded: bool = True,
+    progress=None,
 ) -> rpo.Evaluation:
+    """`bounded`: a sensor tick's read budget (rpo.MANIFEST_READ_SECONDS); a run reads every
+    manifest the captured-at catalog lacks, telling `progress` how far it got."""
     since = now - timedelta(days=rpo.rpo_window_days(policy))
     history = run_history(instance, assets, since)
     subjects = rpo_subjects(instance, assets, in_sql)
-    return rpo.evaluate(store, subjects, history, policy, now, horizon_days, log)
+    return rpo.evaluate(store, subjects, history, policy, now, horizon_days, log, bounded, progress)
 
 
 def rpo_check_result(items: list[rpo.Freshness]) -> dict:
@@ -195,6 +206,8 @@ def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
                 [asset],
                 utc_now(),
                 in_sql=in_sql,
+                bounded=False,  # a run: every age confirmed
+                progress=context.log.info,
             )
             return dg.AssetCheckResult(**rpo_check_result(evaluation.items))
 
@@ -205,7 +218,7 @@ def build_rpo_checks(assets: list[str]) -> list[dg.AssetChecksDefinition]:
 
 def tick_summary(evaluation: rpo.Evaluation, gone: list[str], assets: list[str]) -> str:
     """What the tick list in the UI shows for a tick: the late count, and where the rpo_met
-    checks are (the tick requests no runs, so this is its skip reason)."""
+    checks are (its skip reason, or logged when the tick requests a run)."""
     late = sorted({i.workspace or "(whole database)" for i in evaluation.late()})
     workspaces = {i.workspace for i in evaluation.items if i.workspace is not None}
     checks = "; ".join(
@@ -247,15 +260,46 @@ def copy_rpo(
     return state.late_since, new, evaluation
 
 
+def catch_up_requests(
+    context: dg.SensorEvaluationContext, evaluation: rpo.Evaluation
+) -> list[dg.RunRequest]:
+    """A run of the health report when this tick left ages unconfirmed (a first tick on a big
+    store, or many new backups at once): the run reads every manifest without the tick's
+    budget and saves the captured-at catalog, so the next tick confirms them all instead of
+    a few thousand a tick. At most one such run at a time, and one an hour."""
+    unconfirmed = evaluation.unconfirmed()
+    if not unconfirmed:
+        return []
+    active = context.instance.get_run_records(
+        dg.RunsFilter(job_name=HEALTH_REPORT_JOB, statuses=ACTIVE_RUN_STATUSES), limit=1
+    )
+    if active:
+        return []
+    hour = evaluation.now.astimezone(UTC).strftime("%Y-%m-%dT%H")
+    context.log.info(
+        f"{unconfirmed} ages are lower bounds (manifests not read within the tick's "
+        f"{rpo.MANIFEST_READ_SECONDS:g} s): requesting {HEALTH_REPORT_JOB} to read them"
+    )
+    return [
+        dg.RunRequest(
+            run_key=f"captured-at-catch-up-{hour}",
+            job_name=HEALTH_REPORT_JOB,
+            tags={"backup_pipelines/reason": f"{unconfirmed} RPO ages unconfirmed"},
+        )
+    ]
+
+
 def build_rpo_sensor(assets: list[str], health_report: bool = False) -> dg.SensorDefinition:
     """Only workspaces the SQL registry lists are held to the RPO (workspace_registry; without
     a SQL source, every known one); `health_report`: each tick also records
-    monitoring/backup_health_report."""
+    monitoring/backup_health_report, and asks for a run of its job when manifests are left
+    unread (catch_up_requests)."""
 
     @dg.sensor(
         name="rpo_sensor",
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        job_name=HEALTH_REPORT_JOB if health_report else None,
         description="Age of the newest backup of every asset x workspace in SQL against the "
         "RPO; records the rpo_met checks and the backup health report, alerts once per breach "
         "and once per recovery.",
@@ -290,10 +334,16 @@ def build_rpo_sensor(assets: list[str], health_report: bool = False) -> dg.Senso
         cursor = json.loads(state.to_cursor())
         if copy_late is not None:
             cursor["copy_late"] = copy_late
+        # A tick with a run request cannot carry a skip reason: its summary goes to the log.
+        requests = catch_up_requests(context, evaluation) if health_report else []
+        summary = tick_summary(evaluation, gone, assets)
+        if requests:
+            context.log.info(summary)
         return dg.SensorResult(
+            run_requests=requests,
             asset_events=events,
             cursor=json.dumps(cursor, sort_keys=True),
-            skip_reason=tick_summary(evaluation, gone, assets),
+            skip_reason=None if requests else summary,
         )
 
     return rpo_sensor

@@ -87,6 +87,9 @@ class CapturedCatalog:
         self._lock = threading.Lock()  # reads still running record while a save iterates
         self.changed = False
         self.loaded_from_store = False
+        # The last evaluation left manifests unread: the stored object is read again (merged)
+        # by the next one, in case a run has read them since.
+        self.incomplete = False
 
     def lookup(self, manifest: Manifest) -> datetime | None:
         entry = self.entries.get(manifest.ref.folder)
@@ -156,7 +159,7 @@ def catalog_for(store: BackupStore, asset: str, log=None) -> CapturedCatalog:
         catalog = _MEMORY.get((store.describe(), asset))
         if catalog is None:
             catalog = _MEMORY[(store.describe(), asset)] = CapturedCatalog(asset)
-    if not catalog.loaded_from_store:
+    if not catalog.loaded_from_store or catalog.incomplete:
         catalog.loaded_from_store = True
         try:
             data = store._get(catalog.key)

@@ -29,8 +29,16 @@ LISTING_THREADS = 4  # assets whose date folders are listed at once
 LIST_PAGE_KEYS = 1000  # keys per page of an S3 listing
 DEEP_SEARCH_DAYS = 7  # past this, only the date folders the store holds are searched
 PROBE_AT_MOST = 100  # more workspaces than this: one listing of the date's folder instead
-# What one evaluation spends at most reading manifests the captured-at catalog lacks.
-MANIFEST_READ_SECONDS = 20.0
+# A sensor tick reads the manifests the captured-at catalog lacks until this long after it
+# started (its listings included), so that it answers within seconds whatever the store holds:
+# a first tick on 10,000 workspaces has 30,000 manifests to read. What is left unread gets a
+# lower-bound age, and the RPO sensor asks for a run of the health report, which reads every
+# one without a limit and saves the catalog for the next tick.
+MANIFEST_READ_SECONDS = 5.0
+# ...but at least this long after the listings, so that a store whose listings alone take the
+# budget still gets some manifests read by every tick.
+MIN_READ_SECONDS = 1.0
+PROGRESS_SECONDS = 10.0  # an unbounded read (a run) logs its progress this often
 # More breaches than this in one tick (an outage, a first deployment) make one summary message.
 MAX_ALERTS_PER_TICK = 20
 
@@ -191,13 +199,14 @@ def captured_times(
     today: date,
     log: Log | None = None,
     deadline: float | None = None,
+    progress: Log | None = None,
 ) -> dict[str | None, Newest]:
     """The moment each newest artifact represents (its manifest's captured_at): from the
     captured-at catalog where the manifest is the one read before, else read (in parallel)
     and remembered. Reads still running at `deadline` (time.monotonic()) are left for the
     next evaluation: those artifacts get their manifest's write time, a lower bound of their
-    age (a first tick on a store of 10,000 workspaces would otherwise read 30,000 manifests
-    before answering, past Dagster's 60 s limit for a sensor tick)."""
+    age (a sensor tick must answer in seconds; see MANIFEST_READ_SECONDS). Without a deadline
+    (a run) every manifest is read, with `progress` told how far it got."""
     known = catalog.catalog_for(store, asset, log)
     newest: dict[str | None, Newest] = {}
     unread: list[tuple[str | None, Manifest]] = []
@@ -208,6 +217,7 @@ def captured_times(
         else:
             unread.append((workspace, manifest))
     if not unread:
+        known.incomplete = False
         return newest
 
     def read(item: tuple[str | None, Manifest]) -> tuple[str | None, Newest | None]:
@@ -228,25 +238,46 @@ def captured_times(
         known.record(manifest, moment)
         return workspace, Newest(manifest.ref.date, moment)
 
-    left = None if deadline is None else deadline - time.monotonic()
-    late: list[tuple[str | None, Manifest]] = unread if left is not None and left <= 0 else []
-    if not late:
-        pool = ThreadPoolExecutor(STORE_READERS)
-        try:
-            futures = {pool.submit(read, item): item for item in unread}
-            done, pending = wait(futures, timeout=left)
+    late = _read_until(read, unread, newest, deadline, progress, asset)
+    for workspace, manifest in late:
+        written = datetime.fromtimestamp(manifest.mtime, UTC)
+        newest[workspace] = Newest(manifest.ref.date, written, lower_bound=True)
+    # A catalog left incomplete is read back from the store by the next evaluation of this
+    # process: the health report's run may have saved what this one could not read.
+    known.incomplete = bool(late)
+    catalog.save(store, known, today, log)
+    return newest
+
+
+def _read_until(read, unread: list, newest: dict, deadline, progress, asset: str) -> list:
+    """Run `read` over `unread` (STORE_READERS at once) until `deadline`; what it found goes
+    into `newest`; returns the items not read by then."""
+    started = time.monotonic()
+    if deadline is not None and deadline <= started:
+        return list(unread)
+    pool = ThreadPoolExecutor(STORE_READERS)
+    try:
+        futures = {pool.submit(read, item): item for item in unread}
+        pending = set(futures)
+        while pending:
+            step = PROGRESS_SECONDS
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
+                if step <= 0:
+                    break
+            done, pending = wait(pending, timeout=step)
             for future in done:
                 workspace, one = future.result()
                 if one is not None:
                     newest[workspace] = one
-            late = [futures[future] for future in pending]
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-    for workspace, manifest in late:
-        written = datetime.fromtimestamp(manifest.mtime, UTC)
-        newest[workspace] = Newest(manifest.ref.date, written, lower_bound=True)
-    catalog.save(store, known, today, log)
-    return newest
+            if pending and deadline is None and progress is not None:
+                progress(
+                    f"{asset}: {len(unread) - len(pending):,} of {len(unread):,} manifests read "
+                    f"in {time.monotonic() - started:.0f} s"
+                )
+        return [futures[future] for future in pending]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +294,10 @@ class Evaluation:
     def late(self) -> list[Freshness]:
         return [item for item in self.items if item.late]
 
+    def unconfirmed(self) -> int:
+        """Ages that are lower bounds: manifests not read yet."""
+        return sum(item.age_is_lower_bound for item in self.items)
+
     def by_asset(self) -> dict[str, list[Freshness]]:
         grouped: dict[str, list[Freshness]] = {}
         for item in self.items:
@@ -278,16 +313,19 @@ def evaluate(
     now: datetime,
     horizon_days: int | None = None,
     log: Log | None = None,
+    bounded: bool = True,
+    progress: Log | None = None,
 ) -> Evaluation:
     """Freshness of every (asset, workspace) in `subjects` (asset -> workspaces; None for a
     whole-database asset). `history` is Dagster's newest materialized date per asset and
     workspace within the recent window. The store is searched `horizon_days` back (default:
     just past the RPO window, which is all a late/on-time verdict needs and keeps a sensor
-    tick cheap; the health report searches as far as retention keeps anything)."""
+    tick cheap; the health report searches as far as retention keeps anything). `bounded`:
+    manifests are read for MANIFEST_READ_SECONDS (a sensor tick); else all of them (a run)."""
     today = now.astimezone(UTC).date()
     window_days = rpo_window_days(policy)
     horizon = horizon_days if horizon_days is not None else window_days + 1
-    deadline = time.monotonic() + MANIFEST_READ_SECONDS
+    started = time.monotonic()
     evaluation = Evaluation(now)
     # The assets' listings run at once: on S3 a listing is a chain of page requests, each
     # waiting on the server (on moto, on this machine's other core).
@@ -296,9 +334,12 @@ def evaluate(
             asset: pool.submit(newest_dates, store, asset, workspaces, today, horizon)
             for asset, workspaces in subjects.items()
         }
+    deadline = None
+    if bounded:
+        deadline = max(started + MANIFEST_READ_SECONDS, time.monotonic() + MIN_READ_SECONDS)
     for asset, workspaces in subjects.items():
         dates = listed[asset].result()
-        newest = captured_times(store, asset, dates, today, log, deadline)
+        newest = captured_times(store, asset, dates, today, log, deadline, progress)
         window_start = (today - timedelta(days=window_days)).isoformat()
         for workspace in workspaces:
             item = Freshness(asset, workspace, *policy.rpo_for(asset))

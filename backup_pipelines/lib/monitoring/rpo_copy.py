@@ -25,15 +25,17 @@ def evaluate_copy(
     policy: Policy,
     now: datetime,
     horizon_days: int | None = None,
+    bounded: bool = True,
 ) -> rpo.Evaluation:
     """Freshness of the copy of every (asset, workspace) the primary evaluation covers. Run
-    history records the primary's backups only, so the copy is judged by its store alone."""
+    history records the primary's backups only, so the copy is judged by its store alone.
+    `bounded`: see rpo.evaluate."""
     subjects: dict[str, list[str | None]] = {}
     for item in primary.items:
         subjects.setdefault(item.asset, []).append(item.workspace)
     if horizon_days is None:
         horizon_days = rpo.rpo_window_days(policy) + BEHIND_DAYS_SEARCHED
-    evaluation = rpo.evaluate(copy_store, subjects, {}, policy, now, horizon_days)
+    evaluation = rpo.evaluate(copy_store, subjects, {}, policy, now, horizon_days, bounded=bounded)
     for item in evaluation.items:
         item.disagreement = ""
     return evaluation
