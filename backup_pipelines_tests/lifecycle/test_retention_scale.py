@@ -81,3 +81,100 @@ def test_retention_counts_every_verification_when_verifying_in_parallel(
             write(store, ASSETS[0], (TODAY - timedelta(days=n)).isoformat(), workspace)
     _decisions, failed, verifications, _lines = plan_of(store, verifiers, monkeypatch)
     assert failed == [] and verifications == 3
+
+
+def _plan_shape(plan) -> tuple:
+    return (
+        [(a.asset, a.where, a.decision, a.why, a.bytes) for a in plan.decisions()],
+        sorted(plan.failed_verification),
+        (plan.verifications, plan.trusted, plan.bytes_to_free),
+        sorted((x.kind, x.key, x.bytes) for x in plan.leftovers),
+    )
+
+
+def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, monkeypatch):
+    """The plan's scan keeps a local file's lstat and makes its key and tag only for a
+    fingerprint (listing.local_stats), and adds a folder's listed objects at once: on a
+    store whose remembered artifacts were since tampered with, rewritten, cut short or added
+    to, beside crashed runs' debris and a keep marker, it decides, trusts, re-verifies and
+    cleans exactly as the plan built on one listing of every object added one at a time,
+    and never trusts a changed artifact."""
+    import time
+
+    from backup_pipelines.lib.lifecycle import scan
+    from backup_pipelines.lib.lifecycle.verified import fingerprint
+
+    days = [(TODAY - timedelta(days=n)).isoformat() for n in range(3)]
+    workspaces = [f"ws_{n}" for n in range(4)]
+    for day in days:
+        write(store, "postgres/full_dump", day, None)
+        for workspace in workspaces:
+            for asset in ASSETS:
+                write(store, asset, day, workspace)
+    policy = Policy(keep_daily_days=2, keep_weekly_days=2, incomplete_max_age_hours=0.5)
+    now = time.time() + 3600  # whatever is written now is an hour old to the plans below
+    first = plan_retention(store, policy, TODAY, now=now)  # remembers every newest artifact
+    assert (
+        first.verifications == 1 + len(ASSETS) * len(workspaces) and not first.failed_verification
+    )
+
+    tampered = ArtifactRef(ASSETS[0], days[0], "ws_0")
+    flip_one_byte(store, tampered, "data.bin")
+    rewritten = ArtifactRef(ASSETS[1], days[0], "ws_1")  # same bytes, written again
+    rewritten_key = _data_key(store, rewritten)
+    store._put_atomic(rewritten_key, PAYLOAD)
+    cut_short = ArtifactRef(ASSETS[2], days[0], "ws_2")  # a file gone
+    store._delete_prefix(_data_key(store, cut_short))
+    added_to = ArtifactRef(ASSETS[0], days[0], "ws_3")  # one more file in its generation
+    store._put_atomic(_data_key(store, added_to).rpartition("/")[0] + "/extra.bin", b"x")
+    crashed = "g-20260331T011500-0000beef"
+    store._put_atomic(f"{ArtifactRef(ASSETS[1], days[0], 'ws_0').folder}/{crashed}/x", b"o")
+    store._put_atomic(f"{ArtifactRef(ASSETS[1], days[0], 'ws_9').folder}/{crashed}/x", b"u")
+    store._put_atomic(f"{ArtifactRef(ASSETS[2], days[0], 'ws_0').folder}/.m.json.1.tmp", b"t")
+    markers.mark_kept(store, days[2], "ws_3", "before migration 42")
+
+    lean = plan_retention(store, policy, TODAY, now=now, remember=False)
+    lean_prints = {ref: fingerprint(f) for ref, f in scan.scan_store(store).items()}
+    monkeypatch.setattr(retention, "scan_store", _scan_one_key_at_a_time)
+    one = plan_retention(store, policy, TODAY, now=now, remember=False)
+    assert _plan_shape(lean) == _plan_shape(one)
+    assert lean_prints == {ref: fingerprint(f) for ref, f in _scan_one_key_at_a_time(store).items()}
+
+    # What the plan must never do, checked on the lean plan itself.
+    assert tampered in lean.failed_verification and cut_short in lean.failed_verification
+    why = {(a.asset, a.where): a.why for a in lean.decisions()}
+    for changed in (tampered, cut_short):  # the next older one protects the series
+        assert "newest verified" in why[(changed.asset, f"{days[1]}|{changed.workspace}")]
+        assert "newest verified" not in why[(changed.asset, f"{days[0]}|{changed.workspace}")]
+    assert lean.verifications >= 3  # tampered, cut short and added to are read again
+    assert lean.trusted <= len(ASSETS) * len(workspaces) + 1 - 3
+    assert why[(ASSETS[0], f"{days[2]}|ws_3")].startswith("kept: before migration 42")
+    newest = {
+        (a.asset, a.ref.workspace): a.ref.date for a in lean.kept if "newest verified" in a.reasons
+    }
+    for doomed in lean.to_delete:  # each goes only for a newer verified one of its series
+        assert newest[(doomed.asset, doomed.ref.workspace)] > doomed.ref.date
+    kinds = {(x.kind, x.key.rstrip("/").rpartition("/")[2]) for x in lean.leftovers}
+    assert {("orphan generation", crashed), ("temp file", ".m.json.1.tmp")} <= kinds
+    assert sum(1 for x in lean.leftovers if x.kind == "orphan generation") == 2
+
+
+def _scan_one_key_at_a_time(store) -> dict:
+    """The scan as it was first written: one listing of the store (listing.iter_objects,
+    every key, size, mtime and tag made as it is listed), each object added on its own."""
+    from backup_pipelines.lib.lifecycle import scan
+    from backup_pipelines.lib.store import listing
+
+    folders: dict = {}
+    known: dict = {}
+    for key, size, mtime, tag in listing.iter_objects(store, ""):
+        where = scan._artifact_of(key.rpartition("/")[0], known)
+        if where is not None and not key.startswith(scan.RESERVED_PREFIXES):
+            folder = folders.setdefault(where[0], scan.Folder(where[0]))
+            folder.add(key, size, mtime, where[1], tag)
+    return folders
+
+
+def _data_key(store, ref: ArtifactRef) -> str:
+    manifest = store.require_manifest(ref)
+    return store.file_key(ref, manifest, "data.bin")

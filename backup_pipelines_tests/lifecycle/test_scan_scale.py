@@ -95,6 +95,7 @@ def test_scale_store_listing_by_date_folders_lists_every_object_once(store, monk
     from backup_pipelines.lib.store import listing
 
     monkeypatch.setattr(listing, "STORE_LISTING_THREADS", 3)
+    monkeypatch.setattr(listing, "LOCAL_LISTING_THREADS", 3)  # the default lists in one thread
     for n, key in enumerate(STORE_KEYS):
         store._put_atomic(key, b"z" * (n + 1))
     one = sorted(listing.iter_objects(store, ""))

@@ -204,7 +204,7 @@ def test_scale_retention_plan_from_date_folders_listed_at_once_is_the_one_listin
     many = plan_retention(store, POLICY, TODAY, remember=False)
     one_listing = listing.iter_objects
     monkeypatch.setattr(
-        scan.listing, "iter_store_folders", lambda s: iter([(None, list(one_listing(s, "")))])
+        scan.listing, "iter_store_folders", lambda s, **_: iter([(None, list(one_listing(s, "")))])
     )
     one = plan_retention(store, POLICY, TODAY, remember=False)
     assert decisions(many) == decisions(one) != []

@@ -37,6 +37,8 @@ Leftovers of crashed runs (scan.py) are cleaned by the same plan; keep markers: 
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
 import time
 from collections import Counter, defaultdict
@@ -126,10 +128,11 @@ class Artifact:
     folder: Folder
     reasons: list[str] = field(default_factory=list)  # why it is kept; empty: deleted
     deletion_reason: str = ""  # why it goes, when it goes
+    # folder.ref, read ~11 times an artifact (a million reads at 10,000 workspaces)
+    ref: ArtifactRef = field(init=False, repr=False)
 
-    @property
-    def ref(self) -> ArtifactRef:
-        return self.folder.ref
+    def __post_init__(self) -> None:
+        self.ref = self.folder.ref
 
     @property
     def asset(self) -> str:
@@ -138,7 +141,7 @@ class Artifact:
     @cached_property  # asked ~3 times an artifact: 265,000 validations at 10,000 workspaces
     def partition(self) -> Partition:
         """What a keep marker holds: the date x workspace (every window of the date)."""
-        return Partition(self.ref.date, self.ref.workspace)
+        return _partition(self.ref.date, self.ref.workspace)
 
     @property
     def where(self) -> str:
@@ -171,6 +174,20 @@ class Artifact:
 
     def __str__(self) -> str:
         return label(self.ref)
+
+
+@functools.cache  # emptied after each plan (plan_retention)
+def _partition(day: str, workspace: str | None) -> Partition:
+    """One Partition (validated once) for the artifacts of every asset of a date x workspace."""
+    return Partition(day, workspace)
+
+
+@functools.lru_cache(maxsize=4096)
+def _age_and_week(today: date, day: str) -> tuple[int, tuple[int, int]]:
+    """(age in days on `today`, ISO year and week) of a YYYY-MM-DD date: the same few dates
+    for every series."""
+    parsed = date.fromisoformat(day)
+    return (today - parsed).days, tuple(parsed.isocalendar())[:2]
 
 
 def label(ref: ArtifactRef) -> str:
@@ -337,6 +354,31 @@ def verify_with_store(store: BackupStore, log: Log = _quiet) -> Callable[[Artifa
     return is_verified
 
 
+def _one_pass(function):
+    """`function` run with Python's cycle collector paused (as it was once it returns), and
+    the plan's caches emptied after it. A plan makes ~1M small objects at 10,000 workspaces
+    (an lstat or listing entry per file, an Artifact per artifact) and frees none before it
+    ends; meanwhile the collector would run hundreds of times, each older-generation pass
+    walking every object of the process (a Dagster run's too): measured at 1,000 workspaces,
+    1.3 s a plan paused against 1.4-3.0 s and growing from one plan to the next. Reference
+    counting still frees everything as usual; only cycles wait (a plan makes none that must
+    go before it ends)."""
+
+    @functools.wraps(function)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _partition.cache_clear()
+            if was_enabled:
+                gc.enable()
+
+    return paused
+
+
+@_one_pass
 def plan_retention(
     store: BackupStore,
     policy: Policy,
@@ -516,15 +558,13 @@ def _series_of(folders: dict[ArtifactRef, Folder]) -> dict[SeriesKey, Series]:
 def _apply_age_rules(series: Series, today: date, windows: Windows) -> None:
     weeks_seen: set[tuple[int, int]] = set()
     for artifact in series.artifacts:
-        day = artifact.partition.day
-        age_days = (today - day).days
+        age_days, week = _age_and_week(today, artifact.partition.date)
         if age_days < windows.daily_days:
             artifact.keep_for(DAILY)
-        if age_days < windows.weekly_days:
-            week = tuple(day.isocalendar())[:2]
-            if week not in weeks_seen:  # newest first: the first one seen is the week's newest
-                weeks_seen.add(week)
-                artifact.keep_for(WEEKLY)
+        # newest first: the first one seen of a week is the week's newest
+        if age_days < windows.weekly_days and week not in weeks_seen:
+            weeks_seen.add(week)
+            artifact.keep_for(WEEKLY)
 
 
 def _apply_markers(series: Series, held: dict[Partition, KeepMarker]) -> None:
@@ -583,7 +623,7 @@ def _explain_deletions(series: Series, today: date, windows: Windows) -> None:
     for artifact in series.artifacts:
         if artifact.keep:
             continue
-        age_days = (today - artifact.partition.day).days
+        age_days = _age_and_week(today, artifact.partition.date)[0]
         if series.asset in OWN_AGE_RULES:
             artifact.deletion_reason = (
                 f"age {age_days} d: not needed by its asset's own rule (see the kept ones' reasons)"

@@ -7,6 +7,7 @@ is later."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from backup_pipelines.lib.errors import StoreError
@@ -42,13 +43,28 @@ class Folder:
     bytes: int = 0
     generations: dict[str, Generation] = field(default_factory=dict)
     loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
-    # Every object as listed: (key, size, tag), the tag changing whenever it is rewritten
-    # (verified.py: what a remembered verification is bound to).
-    objects: list[tuple[str, int, str]] = field(default_factory=list)
+    _listed: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
+    # Batches of a folder's files as listed (a local folder's as lstat'ed): made into
+    # `objects` only when asked (a fingerprint: the newest artifact of each series, a third
+    # of the store or less).
+    _stated: list[tuple[str, list[listing.LocalListed]]] = field(default_factory=list, repr=False)
+    _tagged: list[list[listing.Tagged]] = field(default_factory=list, repr=False)
+
+    @property
+    def objects(self) -> list[tuple[str, int, str]]:
+        """Every object as listed: (key, size, tag), the tag changing whenever it is
+        rewritten (verified.py: what a remembered verification is bound to)."""
+        for folder, files in self._stated:
+            self._listed += [_key_size_tag(folder, name, stat) for name, stat in files]
+        for objects in self._tagged:
+            self._listed += [(key, size, tag) for key, size, _mtime, tag in objects]
+        self._stated.clear()
+        self._tagged.clear()
+        return self._listed
 
     def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
         self.bytes += size
-        self.objects.append((key, size, tag))
+        self._listed.append((key, size, tag))
         if generation is not None:
             entry = self.generations.setdefault(generation, Generation())
             entry.bytes += size
@@ -58,35 +74,76 @@ class Folder:
         else:
             self.loose.append((key, size, mtime))
 
+    def add_stated(
+        self, folder: str, files: list[listing.LocalListed], generation: str | None
+    ) -> None:
+        """The files directly in `folder` (a listing.local_stats batch), as `add` of each."""
+        self._stated.append((folder, files))
+        size = sum(stat.st_size for _name, stat in files)
+        self.bytes += size
+        if generation is not None:
+            entry = self.generations.setdefault(generation, Generation())
+            entry.bytes += size
+            newest = max(stat.st_mtime for _name, stat in files)
+            entry.newest_mtime = max(entry.newest_mtime, newest)
+            return
+        for name, stat in files:
+            if name == MANIFEST_NAME:
+                self.has_manifest = True
+            else:
+                self.loose.append((f"{folder}/{name}", stat.st_size, stat.st_mtime))
+
+    def add_listed(self, objects: list[listing.Tagged], generation: str | None) -> None:
+        """Objects directly in one folder (key, size, mtime, tag), as `add` of each."""
+        self._tagged.append(objects)
+        size = sum(listed[1] for listed in objects)
+        self.bytes += size
+        if generation is not None:
+            entry = self.generations.setdefault(generation, Generation())
+            entry.bytes += size
+            newest = max(listed[2] for listed in objects)
+            entry.newest_mtime = max(entry.newest_mtime, newest)
+            return
+        for key, one_size, mtime, _tag in objects:
+            if key.endswith("/" + MANIFEST_NAME):
+                self.has_manifest = True
+            else:
+                self.loose.append((key, one_size, mtime))
+
+
+def _key_size_tag(folder: str, name: str, stat) -> tuple[str, int, str]:
+    """As listing.tagged, without the mtime."""
+    return f"{folder}/{name}", stat.st_size, f"{stat.st_ino}:{stat.st_mtime_ns}"
+
 
 def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
     listing: 10,000 workspaces' artifacts are millions of keys)."""
     folders: dict[ArtifactRef, Folder] = {}
-    parsed: dict[str, tuple[ArtifactRef, str | None] | None] = {}  # ~10 keys a folder
     # Each artifact folder is met again as the parent of its generation folders: parsed (and
     # its ref validated) once.
     artifact_folders: dict[str, ArtifactRef | None] = {}
     # Date folders listed several at a time (listing.iter_store_folders); the order of the
     # objects does not matter here (a fingerprint sorts them).
-    for parent_of_all, batch in listing.iter_store_folders(store):
-        if parent_of_all is not None:  # a local folder's files: the folder parsed once
-            _add_objects(folders, parent_of_all, batch, artifact_folders)
+    for parent_of_all, batch in listing.iter_store_folders(store, stats=True):
+        if parent_of_all is not None:  # a local folder's files (name, lstat): parsed once
+            _add_stated(folders, parent_of_all, batch, artifact_folders)
             continue
-        for key, size, mtime, tag in batch:
-            parent = key.rpartition("/")[0]
-            if parent not in parsed:
-                parsed[parent] = _artifact_of(parent, artifact_folders)
-            where = parsed[parent]
-            if where is not None and not key.startswith(RESERVED_PREFIXES):
-                folders.setdefault(where[0], Folder(where[0])).add(key, size, mtime, where[1], tag)
+        # A listing is in key order: the objects of one folder come in a run (or a few),
+        # each run's folder parsed and its Folder found once.
+        for parent, run in itertools.groupby(batch, _parent):
+            _add_listed(folders, parent, list(run), artifact_folders)
     return folders
 
 
-def _add_objects(
+def _parent(listed: listing.Tagged) -> str:
+    return listed[0].rpartition("/")[0]
+
+
+def _add_listed(
     folders: dict[ArtifactRef, Folder],
     parent: str,
-    objects: list,
+    objects: list[listing.Tagged],
     known: dict[str, ArtifactRef | None],
 ) -> None:
     if f"{parent}/".startswith(RESERVED_PREFIXES):
@@ -95,9 +152,28 @@ def _add_objects(
     if where is None:
         return
     ref, generation = where
-    folder = folders.setdefault(ref, Folder(ref))
-    for key, size, mtime, tag in objects:
-        folder.add(key, size, mtime, generation, tag)
+    folder = folders.get(ref)
+    if folder is None:
+        folder = folders[ref] = Folder(ref)
+    folder.add_listed(objects, generation)
+
+
+def _add_stated(
+    folders: dict[ArtifactRef, Folder],
+    parent: str,
+    files: list[listing.LocalListed],
+    known: dict[str, ArtifactRef | None],
+) -> None:
+    if f"{parent}/".startswith(RESERVED_PREFIXES):
+        return  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
+    where = _artifact_of(parent, known)
+    if where is None:
+        return
+    ref, generation = where
+    folder = folders.get(ref)
+    if folder is None:
+        folder = folders[ref] = Folder(ref)
+    folder.add_stated(parent, files, generation)
 
 
 def _artifact_folder(folder: str, known: dict[str, ArtifactRef | None]) -> ArtifactRef | None:

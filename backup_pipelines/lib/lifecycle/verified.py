@@ -49,10 +49,10 @@ FINGERPRINT_HEX = 64
 
 def fingerprint(folder: Folder) -> str:
     """sha256 of the artifact's listed objects (relative key, size, tag), in key order."""
-    digest = hashlib.sha256()
-    for key, size, tag in sorted(folder.objects):
-        digest.update(f"{key}\0{size}\0{tag}\n".encode())
-    return digest.hexdigest()
+    # One update of the whole text: the same digest as one per object, at a fraction of the
+    # calls (30,000 artifacts fingerprinted by each plan at 10,000 workspaces).
+    text = "".join([f"{key}\0{size}\0{tag}\n" for key, size, tag in sorted(folder.objects)])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class VerificationRecord:
