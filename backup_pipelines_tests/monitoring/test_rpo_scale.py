@@ -389,3 +389,36 @@ def test_scale_rpo_on_a_server_grouping_keys_otherwise_than_s3_a_late_backup_sta
     assert store.describe() in listing._FULL_LISTING_ONLY
     assert newest["ws_fresh"].captured_at == NOW - timedelta(hours=2)
     assert newest["ws_missed"].captured_at == NOW - timedelta(hours=30)
+
+
+def test_scale_manifest_readers_stop_at_the_deadline_and_lose_no_item():
+    """The readers take items from one queue until the deadline: every item is either read
+    (its result kept) or returned as unread, never both, never lost; a reader's error (a store
+    refusing reads) is raised in the caller, as the tick's failure."""
+    import threading
+    import time
+
+    items = [(f"ws_{n:04d}", n) for n in range(2000)]
+    gate = threading.Event()
+
+    def slow_read(item):
+        workspace, n = item
+        if n >= 100:
+            gate.wait(5)  # the rest wait until after the deadline
+        return workspace, n
+
+    newest: dict = {}
+    left = rpo._read_until(slow_read, items, newest, time.monotonic() + 0.5, None, "a")
+    gate.set()
+    assert len(newest) >= 100 and len(newest) + len(left) == len(items)
+    assert not set(newest) & {workspace for workspace, _n in left}
+
+    newest = {}
+    assert rpo._read_until(slow_read, items, newest, None, None, "a") == []
+    assert len(newest) == len(items)
+
+    def refused(item):
+        raise OSError("permission denied")
+
+    with pytest.raises(OSError, match="permission denied"):
+        rpo._read_until(refused, items, {}, None, None, "a")

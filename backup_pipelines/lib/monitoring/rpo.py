@@ -11,9 +11,11 @@ recorded — the evaluation says so. A workspace that was never backed up is lat
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -250,34 +252,68 @@ def captured_times(
 
 
 def _read_until(read, unread: list, newest: dict, deadline, progress, asset: str) -> list:
-    """Run `read` over `unread` (STORE_READERS at once) until `deadline`; what it found goes
-    into `newest`; returns the items not read by then."""
+    """Run `read` over `unread` (STORE_READERS threads) until `deadline`; what it found goes
+    into `newest`; returns the items not read by then. The readers take the items from one
+    queue themselves: submitting 10,000 futures to a pool whose threads already hold the GIL
+    took 8 s of a first tick's 5 s budget (measured at 10,000 workspaces)."""
     started = time.monotonic()
     if deadline is not None and deadline <= started:
         return list(unread)
-    pool = ThreadPoolExecutor(STORE_READERS)
-    try:
-        futures = {pool.submit(read, item): item for item in unread}
-        pending = set(futures)
-        while pending:
-            step = PROGRESS_SECONDS
-            if deadline is not None:
-                step = min(step, deadline - time.monotonic())
-                if step <= 0:
-                    break
-            done, pending = wait(pending, timeout=step)
-            for future in done:
-                workspace, one = future.result()
-                if one is not None:
-                    newest[workspace] = one
-            if pending and deadline is None and progress is not None:
-                progress(
-                    f"{asset}: {len(unread) - len(pending):,} of {len(unread):,} manifests read "
-                    f"in {time.monotonic() - started:.0f} s"
-                )
-        return [futures[future] for future in pending]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for index in range(len(unread)):
+        todo.put(index)
+    found: list[tuple[int, object]] = []  # (index, read's result); list.append is atomic
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                found.append((index, read(unread[index])))
+            except BaseException as exc:  # raised in the caller's thread, below
+                failed.append(exc)
+                stop.set()
+
+    threads = [
+        threading.Thread(target=reader, name=f"manifest-reader-{n}", daemon=True)
+        for n in range(min(STORE_READERS, len(unread)))
+    ]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        step = PROGRESS_SECONDS
+        if deadline is not None:
+            step = min(step, deadline - time.monotonic())
+            if step <= 0:
+                break
+        _join_all(threads, time.monotonic() + step)
+        if deadline is None and progress is not None and any(t.is_alive() for t in threads):
+            progress(
+                f"{asset}: {len(found):,} of {len(unread):,} manifests read "
+                f"in {time.monotonic() - started:.0f} s"
+            )
+    stop.set()  # reads in flight finish on their own (and are remembered); not waited for
+    if failed:
+        raise failed[0]
+    done = list(found)
+    read_indexes = set()
+    for index, (workspace, one) in done:
+        read_indexes.add(index)
+        if one is not None:
+            newest[workspace] = one
+    return [item for index, item in enumerate(unread) if index not in read_indexes]
+
+
+def _join_all(threads: list[threading.Thread], until: float) -> None:
+    for thread in threads:
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        thread.join(left)
 
 
 # --------------------------------------------------------------------------------------------
