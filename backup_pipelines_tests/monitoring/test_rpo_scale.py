@@ -404,14 +404,16 @@ def test_scale_manifest_readers_stop_at_the_deadline_and_lose_no_item():
     def slow_read(item):
         workspace, n = item
         if n >= 100:
-            gate.wait(5)  # the rest wait until after the deadline
+            gate.wait(60)  # held until the call below has returned
         return workspace, n
 
     newest: dict = {}
     left = rpo._read_until(slow_read, items, newest, time.monotonic() + 0.5, None, "a")
     gate.set()
-    assert len(newest) >= 100 and len(newest) + len(left) == len(items)
+    # Whatever the machine's load: only reads finished by the deadline count, each item once.
+    assert len(newest) + len(left) == len(items)
     assert not set(newest) & {workspace for workspace, _n in left}
+    assert all(n < 100 for n in newest.values()) and len(left) >= len(items) - 100
 
     newest = {}
     assert rpo._read_until(slow_read, items, newest, None, None, "a") == []

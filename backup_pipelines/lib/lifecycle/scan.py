@@ -146,16 +146,9 @@ def _add_listed(
     objects: list[listing.Tagged],
     known: dict[str, ArtifactRef | None],
 ) -> None:
-    if f"{parent}/".startswith(RESERVED_PREFIXES):
-        return  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
-    where = _artifact_of(parent, known)
-    if where is None:
-        return
-    ref, generation = where
-    folder = folders.get(ref)
-    if folder is None:
-        folder = folders[ref] = Folder(ref)
-    folder.add_listed(objects, generation)
+    found = _folder_of(folders, parent, known)
+    if found is not None:
+        found[0].add_listed(objects, found[1])
 
 
 def _add_stated(
@@ -164,16 +157,26 @@ def _add_stated(
     files: list[listing.LocalListed],
     known: dict[str, ArtifactRef | None],
 ) -> None:
+    found = _folder_of(folders, parent, known)
+    if found is not None:
+        found[0].add_stated(parent, files, found[1])
+
+
+def _folder_of(
+    folders: dict[ArtifactRef, Folder], parent: str, known: dict[str, ArtifactRef | None]
+) -> tuple[Folder, str | None] | None:
+    """The artifact folder a listed folder `parent` belongs to (made on first sight) and the
+    generation it is in; None outside any artifact, or under a reserved prefix."""
     if f"{parent}/".startswith(RESERVED_PREFIXES):
-        return  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
+        return None  # as key.startswith(RESERVED_PREFIXES) for every key of this folder
     where = _artifact_of(parent, known)
     if where is None:
-        return
+        return None
     ref, generation = where
     folder = folders.get(ref)
     if folder is None:
         folder = folders[ref] = Folder(ref)
-    folder.add_stated(parent, files, generation)
+    return folder, generation
 
 
 def _artifact_folder(folder: str, known: dict[str, ArtifactRef | None]) -> ArtifactRef | None:
