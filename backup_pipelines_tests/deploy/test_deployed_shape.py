@@ -2,8 +2,9 @@
 daemon as separate processes (conftest.py), with only the automation under test switched on.
 
 Schedules: the test code location (deployed_definitions.py) is the production one with the
-daily backup schedule's cron set to fire once, a few minutes after start, so the daemon's own
-schedule loop ticks it with the real evaluation function; nothing is called in-process."""
+daily backup schedule ticking every minute until one tick has asked for runs: it fires once,
+soon after start, and the daemon's own schedule loop ticks it with the real evaluation function;
+nothing is called in-process."""
 
 from __future__ import annotations
 
