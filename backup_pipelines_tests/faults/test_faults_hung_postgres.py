@@ -4,13 +4,15 @@ timeouts, with an error naming PostgreSQL, the operation and how long it waited.
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 from psycopg import sql
 
 from backup_pipelines.lib.errors import ServiceStalled, SourceError
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.postgres import dump
+from backup_pipelines.lib.postgres import dump, full_restore
 from backup_pipelines.lib.postgres import load as pg_load
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
@@ -207,6 +209,51 @@ def test_pg_restore_into_hung_postgres_fails_named_within_the_bound(
     error = outcome_within(STALL_BOUND, pg_load.pg_restore_full_dump, local_store, ref, through)
 
     assert_names_a_stall(error, f"pg_restore of {ref} into 127.0.0.1:{proxy.port}/")
+
+
+@pytest.mark.parametrize("jobs", [1, 2], ids=["streamed", "parallel"])
+def test_full_restore_into_a_new_database_with_postgres_hung_fails_named_then_resumes(
+    local_store, source_db, pg_cluster, proxy_for, jobs
+):
+    """The production path (a new database, pg_restore streamed or -j from a file), the
+    server hung mid-restore: pg_restore and its workers are killed within the bound, the
+    error names the section and the database, and once the server is back a rerun with
+    resume restores every row."""
+    full_dump(local_store, source_db, "2026-11-21")
+    ref = ArtifactRef("postgres/full_dump", "2026-11-21")
+    clean_target = f"restored_clean_{uuid.uuid4().hex[:8]}"
+    target = f"restored_hung_{uuid.uuid4().hex[:8]}"
+    try:
+        clean_proxy, through = proxy_for(pg_cluster.url())
+        clean = full_restore.restore_full_database(
+            local_store, "2026-11-21", through, clean_target, jobs=jobs
+        )
+        proxy, through = proxy_for(pg_cluster.url())
+        proxy.hang_after(to_server=clean_proxy.bytes_to_server // 2)
+
+        error = outcome_within(
+            STALL_BOUND,
+            full_restore.restore_full_database,
+            local_store,
+            "2026-11-21",
+            through,
+            target,
+            jobs=jobs,
+        )
+
+        assert proxy.mode == "hung"
+        assert_names_a_stall(error, f"of {ref} into 127.0.0.1:{proxy.port}/{target}")
+        assert "pg_restore --section=" in str(error)
+        proxy.close()
+        resumed = full_restore.restore_full_database(
+            local_store, "2026-11-21", pg_cluster.url(), target, jobs=jobs, resume=True
+        )
+        assert resumed["rows"] == clean["rows"] and sum(clean["rows"].values()) > 0
+    finally:
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+            for name in (clean_target, target):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)))  # fmt: skip
 
 
 def test_a_busy_postgres_that_answers_is_waited_on_not_abandoned(

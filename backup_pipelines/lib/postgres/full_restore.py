@@ -15,7 +15,10 @@ marker is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -30,10 +33,17 @@ from backup_pipelines.lib.errors import BackupError, SourceError
 from backup_pipelines.lib.postgres import database_swap as swap
 from backup_pipelines.lib.postgres import toc
 from backup_pipelines.lib.postgres.catalog import count_all_tables
-from backup_pipelines.lib.postgres.connection import client_env, connect, pg_bin
+from backup_pipelines.lib.postgres.connection import (
+    client_env,
+    connect,
+    describe_database,
+    pg_bin,
+    server_answers,
+)
 from backup_pipelines.lib.postgres.dump import FULL_DUMP_FILE
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log, iter_decompressed
+from backup_pipelines.lib.timeouts import Watchdog
 
 MARKER_PREFIX = "backup-pipelines full restore "
 FULL_DUMP_ASSET = "postgres/full_dump"
@@ -190,11 +200,40 @@ class DumpSource:
     def streamed(self) -> bool:
         return self.path is None
 
-    def run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-        """pg_restore with `argv` (no input file) on this dump."""
-        if self.path is not None:
-            return subprocess.run([*argv, self.path], env=env, capture_output=True, text=True)
-        return self._run_streamed(argv, env)
+    def run(
+        self, argv: list[str], env: dict[str, str], watchdog: Watchdog | None = None
+    ) -> subprocess.CompletedProcess:
+        """pg_restore with `argv` (no input file) on this dump. With a `watchdog`, a stall kills
+        pg_restore and its parallel workers (one process group): the bytes fed to its stdin
+        are the progress; a pg_restore -j reading a file shows none, so it is abandoned only
+        when the server also stops answering a new connection."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            # Files, not pipes, for its output: a pg_restore blocked on a full stderr pipe
+            # would never read the rest of its stdin.
+            process = subprocess.Popen(
+                argv if self.streamed else [*argv, self.path],
+                stdin=subprocess.PIPE if self.streamed else subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env or None,
+                bufsize=0,
+                start_new_session=True,
+            )
+            if watchdog is not None:
+                watchdog.stop_with(lambda: _kill_group(process))
+            try:
+                if self.streamed:
+                    self._feed(process, watchdog)
+            finally:
+                if process.stdin is not None:
+                    with contextlib.suppress(BrokenPipeError):
+                        process.stdin.close()
+                returncode = process.wait()
+            out.seek(0), err.seek(0)
+            return subprocess.CompletedProcess(
+                argv, returncode, out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+            )  # fmt: skip
 
     def listing(self) -> str:
         """`pg_restore --list` of the dump (read once: it is a header, not the data)."""
@@ -207,31 +246,27 @@ class DumpSource:
             self._listing = done.stdout
         return self._listing
 
-    def _run_streamed(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            # Files, not pipes, for its output: a pg_restore blocked on a full stderr pipe
-            # would never read the rest of its stdin.
-            process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env or None, bufsize=0
-            )
-            try:
-                self._feed(process)
-            finally:
-                process.stdin.close()
-                returncode = process.wait()
-            out.seek(0), err.seek(0)
-            return subprocess.CompletedProcess(
-                argv, returncode, out.read().decode(errors="replace"),
-                err.read().decode(errors="replace"),
-            )  # fmt: skip
-
-    def _feed(self, process: subprocess.Popen) -> None:
+    def _feed(self, process: subprocess.Popen, watchdog: Watchdog | None) -> None:
+        # Only the writes are watched: reading the artifact is the store's time.
+        paused = watchdog.paused if watchdog is not None else contextlib.nullcontext
         with self.store.open_file(self.ref, self.manifest, FULL_DUMP_FILE) as reader:
-            for chunk in iter_decompressed(reader):
+            chunks = iter(iter_decompressed(reader))
+            while True:
+                with paused():
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    return
                 try:
                     process.stdin.write(chunk)
                 except BrokenPipeError:
                     return  # it read what it needed (a listing, a section), or failed: see rc
+                if watchdog is not None:
+                    watchdog.progress()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _verified_source(
@@ -389,7 +424,14 @@ def _pg_restore(
         argv.append("--no-owner")
     for section in SECTIONS:
         started = time.monotonic()
-        done = source.run([*argv, f"--section={section}", "-d", target], client_env(target_url))
+        with Watchdog(
+            "PostgreSQL",
+            f"pg_restore --section={section} of {source.ref} into {describe_database(target_url)}",
+            answers=lambda: server_answers(target_url),
+        ) as watchdog:
+            done = source.run(
+                [*argv, f"--section={section}", "-d", target], client_env(target_url), watchdog
+            )
         if done.returncode != 0:
             how = f"killed by signal {-done.returncode}" if done.returncode < 0 else "failed"
             raise BackupError(
