@@ -90,3 +90,26 @@ def test_fast_listing_shows_symlinks_and_special_files_as_the_local_store_does(t
     keys = {key for key, _s, _m in listing.iter_keys(local_store, "")}
     assert f"{folder.relative_to(local_store.root)}/manifest.json" in keys
     assert not any(key.startswith("postgres/workspace_dump/date=2026-11-19/") for key in keys)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
+        b"</Error>",
+        # A listing without S3's namespace: its keys are not where the fast parse looks.
+        b"<ListBucketResult><Contents><Key>a/manifest.json</Key><Size>1</Size>"
+        b"<LastModified>2026-11-21T00:00:00.000Z</LastModified><ETag>x</ETag></Contents>"
+        b"<IsTruncated>false</IsTruncated></ListBucketResult>",
+    ],
+    ids=["error-in-a-200", "no-namespace"],
+)
+def test_fast_parse_leaves_a_page_it_does_not_know_to_botocore(body):
+    response = {"status_code": 200, "body": body, "headers": {}}
+    custom: dict = {}
+    listing._FAST.active = True
+    try:
+        listing._fast_parse_hook(response_dict=response, customized_response_dict=custom)
+    finally:
+        listing._FAST.active = False
+    assert custom == {} and response["body"] == body

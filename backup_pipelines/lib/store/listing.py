@@ -281,6 +281,10 @@ def _fast_parse_hook(response_dict=None, customized_response_dict=None, **_kwarg
         root = ElementTree.fromstring(response_dict["body"])
     except ElementTree.ParseError:
         return  # not XML we know: botocore's parser decides what it is
+    if root.tag != f"{_S3}ListBucketResult":
+        # An <Error> in a 200, or a listing without S3's namespace (whose keys the lookups
+        # below would read as empty): botocore's parser decides what it is.
+        return
     # botocore asks for url-encoded keys (EncodingType=url) and decodes them in its parser.
     encoded = (root.findtext(f"{_S3}EncodingType") or "").lower() == "url"
     name = unquote_plus if encoded else str
