@@ -149,6 +149,7 @@ def deployment(deployed_stack, pg_cluster):
         dagster_db_port=pg_cluster.port,
         dagster_db_name=dagster_db,
         code_env=code_env,
+        fast_backfills=True,
     )
     deployment.receiver = receiver
     deployment.stack = stack
