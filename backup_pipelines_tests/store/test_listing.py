@@ -92,24 +92,87 @@ def test_fast_listing_shows_symlinks_and_special_files_as_the_local_store_does(t
     assert not any(key.startswith("postgres/workspace_dump/date=2026-11-19/") for key in keys)
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message>"
-        b"</Error>",
-        # A listing without S3's namespace: its keys are not where the fast parse looks.
-        b"<ListBucketResult><Contents><Key>a/manifest.json</Key><Size>1</Size>"
-        b"<LastModified>2026-11-21T00:00:00.000Z</LastModified><ETag>x</ETag></Contents>"
-        b"<IsTruncated>false</IsTruncated></ListBucketResult>",
-    ],
-    ids=["error-in-a-200", "no-namespace"],
+ERROR_IN_A_200 = (
+    b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"
 )
-def test_fast_parse_leaves_a_page_it_does_not_know_to_botocore(body):
+# A listing without S3's namespace: its keys are not where the fast parse looks.
+NO_NAMESPACE = (
+    b"<ListBucketResult><Contents><Key>a/manifest.json</Key><Size>1</Size>"
+    b"<LastModified>2026-11-21T00:00:00.000Z</LastModified><ETag>x</ETag></Contents>"
+    b"<IsTruncated>false</IsTruncated></ListBucketResult>"
+)
+A_LISTING = (
+    b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Contents>'
+    b"<Key>a/manifest.json</Key><Size>1</Size><LastModified>2026-11-21T00:00:00.000Z"
+    b"</LastModified><ETag>&quot;x&quot;</ETag></Contents><IsTruncated>false</IsTruncated>"
+    b"</ListBucketResult>"
+)
+
+
+def operation(name: str):
+    """botocore's own model of an S3 operation."""
+    return S3Store("test-backups", "p").client.meta.service_model.operation_model(name)
+
+
+def before_parse(events, name: str, body: bytes, fast: bool = True) -> tuple[dict, dict]:
+    """What a client's before-parse handlers make of a 200 answer to `name` with `body`
+    (`fast`: during one of the fast listing's own calls)."""
     response = {"status_code": 200, "body": body, "headers": {}}
     custom: dict = {}
-    listing._FAST.active = True
+    listing._FAST.active = fast
     try:
-        listing._fast_parse_hook(response_dict=response, customized_response_dict=custom)
+        events.emit(
+            f"before-parse.s3.{name}",
+            operation_model=operation(name),
+            response_dict=response,
+            customized_response_dict=custom,
+        )
     finally:
         listing._FAST.active = False
+    return response, custom
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [(ERROR_IN_A_200, 500), (NO_NAMESPACE, 200)],
+    ids=["error-in-a-200", "no-namespace"],
+)
+def test_fast_parse_leaves_a_page_it_does_not_know_to_botocore(s3_env, body, status):
+    """Left as it came for botocore's parser, after botocore's own check: an <Error> in a 200
+    becomes a 500, which botocore retries and then raises."""
+    client = S3Store("test-backups", "p").client
+    listing._install_hooks(client.meta.events)
+    response, custom = before_parse(client.meta.events, "ListObjectsV2", body)
     assert custom == {} and response["body"] == body
+    assert response["status_code"] == status
+
+
+def test_a_listing_page_is_parsed_once_and_every_other_answer_still_checked(s3_env, monkeypatch):
+    """botocore's check for an <Error> in a 200 parses the whole body: skipped for a page the
+    fast parse reads (it is a listing), run for everything else on the store's client."""
+    client = S3Store("test-backups", "p").client
+    listing._install_hooks(client.meta.events)
+    import botocore.handlers
+
+    checked = []
+    parse = botocore.handlers._looks_like_special_case_error  # the check's whole-body parse
+
+    def counting(status_code, body):
+        checked.append(body)
+        return parse(status_code, body)
+
+    monkeypatch.setattr(botocore.handlers, "_looks_like_special_case_error", counting)
+    events = client.meta.events
+
+    response, custom = before_parse(events, "ListObjectsV2", A_LISTING)
+    assert checked == [] and response["body"] == listing._EMPTY_RESULT
+    assert custom["FastListing"][0][0][0] == "a/manifest.json"
+
+    response, custom = before_parse(events, "ListObjectsV2", ERROR_IN_A_200)
+    assert checked == [ERROR_IN_A_200] and response["status_code"] == 500
+
+    response, _ = before_parse(events, "CopyObject", ERROR_IN_A_200)
+    assert len(checked) == 2 and response["status_code"] == 500
+
+    response, custom = before_parse(events, "ListObjectsV2", ERROR_IN_A_200, fast=False)
+    assert len(checked) == 3 and response["status_code"] == 500 and custom == {}
