@@ -29,6 +29,15 @@ def write(store, asset: str, day: str, workspace: str | None) -> ArtifactRef:
     return ref
 
 
+def write_grid(store, days: list[str], workspaces: list[str]) -> None:
+    """A full dump a day, and every workspace asset of every workspace each day."""
+    for day in days:
+        write(store, "postgres/full_dump", day, None)
+        for workspace in workspaces:
+            for asset in ASSETS:
+                write(store, asset, day, workspace)
+
+
 def plan_of(store, verifiers: int, monkeypatch) -> tuple[list, list, int, list[str]]:
     monkeypatch.setattr(retention, "VERIFIERS", verifiers)
     lines: list[str] = []
@@ -42,11 +51,7 @@ def plan_of(store, verifiers: int, monkeypatch) -> tuple[list, list, int, list[s
 def test_retention_plan_verifying_series_in_parallel_decides_as_one_by_one(store, monkeypatch):
     days = [(TODAY - timedelta(days=n)).isoformat() for n in range(4)]
     workspaces = [f"ws_{n}" for n in range(6)]
-    for day in days:
-        write(store, "postgres/full_dump", day, None)
-        for workspace in workspaces:
-            for asset in ASSETS:
-                write(store, asset, day, workspace)
+    write_grid(store, days, workspaces)
     # Newest artifacts that fail verification: one series walks back one, one walks back two,
     # one series has nothing that verifies (held whole).
     flip_one_byte(store, ArtifactRef(ASSETS[0], days[0], "ws_1"), "data.bin")
@@ -106,11 +111,7 @@ def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, 
 
     days = [(TODAY - timedelta(days=n)).isoformat() for n in range(3)]
     workspaces = [f"ws_{n}" for n in range(4)]
-    for day in days:
-        write(store, "postgres/full_dump", day, None)
-        for workspace in workspaces:
-            for asset in ASSETS:
-                write(store, asset, day, workspace)
+    write_grid(store, days, workspaces)
     policy = Policy(keep_daily_days=2, keep_weekly_days=2, incomplete_max_age_hours=0.5)
     now = time.time() + 3600  # whatever is written now is an hour old to the plans below
     first = plan_retention(store, policy, TODAY, now=now)  # remembers every newest artifact

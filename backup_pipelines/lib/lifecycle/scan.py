@@ -55,7 +55,7 @@ class Folder:
         """Every object as listed: (key, size, tag), the tag changing whenever it is
         rewritten (verified.py: what a remembered verification is bound to)."""
         for folder, files in self._stated:
-            self._listed += [_key_size_tag(folder, name, stat) for name, stat in files]
+            self._tagged.append([listing.tagged(folder, name, stat) for name, stat in files])
         for objects in self._tagged:
             self._listed += [(key, size, tag) for key, size, _mtime, tag in objects]
         self._stated.clear()
@@ -63,57 +63,47 @@ class Folder:
         return self._listed
 
     def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
-        self.bytes += size
         self._listed.append((key, size, tag))
         if generation is not None:
-            entry = self.generations.setdefault(generation, Generation())
-            entry.bytes += size
-            entry.newest_mtime = max(entry.newest_mtime, mtime)
-        elif key.endswith("/" + MANIFEST_NAME):
-            self.has_manifest = True
+            self._count_generation(generation, size, mtime)
         else:
-            self.loose.append((key, size, mtime))
+            self._count_own([(key, size, mtime)])
 
     def add_stated(
         self, folder: str, files: list[listing.LocalListed], generation: str | None
     ) -> None:
-        """The files directly in `folder` (a listing.local_stats batch), as `add` of each."""
+        """The files directly in `folder` (a listing.local_stats batch), as `add` of each;
+        a generation's files get no key string until `objects` is asked for."""
         self._stated.append((folder, files))
-        size = sum(stat.st_size for _name, stat in files)
-        self.bytes += size
         if generation is not None:
-            entry = self.generations.setdefault(generation, Generation())
-            entry.bytes += size
-            newest = max(stat.st_mtime for _name, stat in files)
-            entry.newest_mtime = max(entry.newest_mtime, newest)
-            return
-        for name, stat in files:
-            if name == MANIFEST_NAME:
-                self.has_manifest = True
-            else:
-                self.loose.append((f"{folder}/{name}", stat.st_size, stat.st_mtime))
+            size = sum(stat.st_size for _name, stat in files)
+            self._count_generation(generation, size, max(s.st_mtime for _n, s in files))
+        else:
+            self._count_own([(f"{folder}/{n}", s.st_size, s.st_mtime) for n, s in files])
 
     def add_listed(self, objects: list[listing.Tagged], generation: str | None) -> None:
         """Objects directly in one folder (key, size, mtime, tag), as `add` of each."""
         self._tagged.append(objects)
-        size = sum(listed[1] for listed in objects)
-        self.bytes += size
         if generation is not None:
-            entry = self.generations.setdefault(generation, Generation())
-            entry.bytes += size
-            newest = max(listed[2] for listed in objects)
-            entry.newest_mtime = max(entry.newest_mtime, newest)
-            return
-        for key, one_size, mtime, _tag in objects:
+            size = sum(listed[1] for listed in objects)
+            self._count_generation(generation, size, max(listed[2] for listed in objects))
+        else:
+            self._count_own([(key, size, mtime) for key, size, mtime, _tag in objects])
+
+    def _count_generation(self, generation: str, size: int, newest_mtime: float) -> None:
+        self.bytes += size
+        entry = self.generations.setdefault(generation, Generation())
+        entry.bytes += size
+        entry.newest_mtime = max(entry.newest_mtime, newest_mtime)
+
+    def _count_own(self, files: list[tuple[str, int, float]]) -> None:
+        """Files of the artifact folder itself: (key, size, mtime)."""
+        for key, size, mtime in files:
+            self.bytes += size
             if key.endswith("/" + MANIFEST_NAME):
                 self.has_manifest = True
             else:
-                self.loose.append((key, one_size, mtime))
-
-
-def _key_size_tag(folder: str, name: str, stat) -> tuple[str, int, str]:
-    """As listing.tagged, without the mtime."""
-    return f"{folder}/{name}", stat.st_size, f"{stat.st_ino}:{stat.st_mtime_ns}"
+                self.loose.append((key, size, mtime))
 
 
 def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
@@ -127,39 +117,19 @@ def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
     # objects does not matter here (a fingerprint sorts them).
     for parent_of_all, batch in listing.iter_store_folders(store, stats=True):
         if parent_of_all is not None:  # a local folder's files (name, lstat): parsed once
-            _add_stated(folders, parent_of_all, batch, artifact_folders)
+            if found := _folder_of(folders, parent_of_all, artifact_folders):
+                found[0].add_stated(parent_of_all, batch, found[1])
             continue
         # A listing is in key order: the objects of one folder come in a run (or a few),
         # each run's folder parsed and its Folder found once.
         for parent, run in itertools.groupby(batch, _parent):
-            _add_listed(folders, parent, list(run), artifact_folders)
+            if found := _folder_of(folders, parent, artifact_folders):
+                found[0].add_listed(list(run), found[1])
     return folders
 
 
 def _parent(listed: listing.Tagged) -> str:
     return listed[0].rpartition("/")[0]
-
-
-def _add_listed(
-    folders: dict[ArtifactRef, Folder],
-    parent: str,
-    objects: list[listing.Tagged],
-    known: dict[str, ArtifactRef | None],
-) -> None:
-    found = _folder_of(folders, parent, known)
-    if found is not None:
-        found[0].add_listed(objects, found[1])
-
-
-def _add_stated(
-    folders: dict[ArtifactRef, Folder],
-    parent: str,
-    files: list[listing.LocalListed],
-    known: dict[str, ArtifactRef | None],
-) -> None:
-    found = _folder_of(folders, parent, known)
-    if found is not None:
-        found[0].add_stated(parent, files, found[1])
 
 
 def _folder_of(
