@@ -4,6 +4,8 @@ and a tag that changes when an object is rewritten."""
 
 from __future__ import annotations
 
+from urllib.parse import unquote_plus
+
 import pytest
 
 from backup_pipelines.lib.errors import StoreError
@@ -17,6 +19,7 @@ KEYS = [
     "postgres/full_dump/date=2026-11-21/manifest.json",
     "_keep/2026-11-21/ws_a.json",
     "odd/a b+c&d%e=f<g>.txt",
+    "odd/date=1%3D=\u00e9+%253D.txt",  # a literal "%3D" and "%253D" in a key
 ]
 
 
@@ -34,6 +37,14 @@ def test_fast_listing_lists_what_the_store_lists(store, prefix):
     assert sorted(listing.iter_keys(store, prefix)) == sorted(store._list(prefix))
     tagged = list(listing.iter_objects(store, prefix))
     assert all(tag for _k, _s, _m, tag in tagged)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    ["date%3D2026", "a%3da", "%253D", "a+b", "a%2Bb", "%C3%A9%3D", "%3D%3D", "plain", "%", "%3"],
+)
+def test_url_decoding_shortcut_matches_unquote_plus(encoded):
+    assert listing._url_decoded(encoded) == unquote_plus(encoded)
 
 
 def test_fast_listing_folders(store):
