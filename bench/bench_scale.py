@@ -36,7 +36,8 @@ partitions and a materialization per committed partition of the RPO window:
                   verification of the same bytes, with the S3 listing's ETags.
 
 Each is run `--repeat` times; the best and the worst are printed, with the load average
-(os.getloadavg) before each, the growth from the smallest to the largest size (time ratio
+(os.getloadavg) before each, what this process read from disk during each repeat (getrusage:
+a page cache gone cold shows here) and its CPU, user and system, the growth from the smallest to the largest size (time ratio
 against workspace ratio: 1.0 = linear) and the ratio to the 10 s aim.
 
     .venv/bin/python bench/bench_scale.py [--sizes 1000,10000] [--repeat 2] [--stock-moto]
@@ -49,6 +50,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -97,7 +99,17 @@ class Measured:
     store: str
     seconds: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
+    # Per repeat: MB this process read from disk (getrusage's blocks in: a cold page cache)
+    # and its CPU seconds, user and system (all of its threads).
+    disk_mb: list[float] = field(default_factory=list)
+    cpu: list[tuple[float, float]] = field(default_factory=list)
     note: str = ""
+
+    def describe_usage(self) -> str:
+        return ", ".join(
+            f"read {mb:.0f} MB from disk, CPU {user:.1f} user + {system:.1f} system s"
+            for mb, (user, system) in zip(self.disk_mb, self.cpu, strict=True)
+        )
 
     @property
     def best(self) -> float:
@@ -115,12 +127,17 @@ def timed(measured: Measured, action, repeat: int, before=None):
         if before is not None:
             before()
         measured.loads.append(os.getloadavg()[0])
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         result = action()
         measured.seconds.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        measured.disk_mb.append((after.ru_inblock - usage.ru_inblock) * 512 / 1e6)
+        measured.cpu.append((after.ru_utime - usage.ru_utime, after.ru_stime - usage.ru_stime))
     log(
         f"{measured.name} [{measured.store}, {measured.size:,}]: "
         + ", ".join(f"{s:.2f} s" for s in measured.seconds)
+        + f" ({measured.describe_usage()})"
         + (f"  ({measured.note})" if measured.note else "")
     )
     return result
@@ -707,6 +724,11 @@ def report(results: list[Measured], sizes: list[int]) -> None:
     for item in results:
         if item.note and item.size == large:
             print(f"  {item.name} [{item.store}]: {item.note}")
+    print(f"this process at {large:,} workspaces, per repeat (S3: moto's own CPU and reads "
+          "are not in it):")  # fmt: skip
+    for item in results:
+        if item.size == large and item.cpu:
+            print(f"  {item.name} [{item.store}]: {item.describe_usage()}")
     print("=" * 104, flush=True)
 
 
