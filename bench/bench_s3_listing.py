@@ -6,8 +6,12 @@ the client's own CPU is what stays on the machine. Measured here, per way, best 
 
   boto3 paginator   botocore parses each page into dicts (the baseline)
   fast, 2 parses    the store's fast listing with botocore's whole-body check for an <Error>
-                    in a 200 still parsing every page first (before commit 0b9aaff)
-  fast              the store's fast listing as it is (one parse a page)
+                    in a 200 still parsing every page first (before commit 0b9aaff), and
+                    every key through unquote_plus
+  fast, unquote_plus
+                    one parse a page, every key through unquote_plus (before 0b118ed)
+  fast              the store's fast listing as it is (one parse a page; a key's %3D
+                    decoded without unquote_plus where nothing else is encoded)
 
 Each way lists the same folder through a new client; the key count must agree.
 
@@ -25,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,11 +72,12 @@ def main() -> int:
         dates = sorted((args.store / "postgres" / "workspace_dump").glob("date=*"))
         prefix = f"postgres/workspace_dump/{dates[-1].name}/"
     moto = bench_scale.Moto(args.store, indexed=True)
-    installed = listing._install_hooks
+    installed, shortcut = listing._install_hooks, listing._url_decoded
     ways = {
-        "boto3 paginator": (installed, paginator),
-        "fast, 2 parses": (with_botocore_check, fast),
-        "fast": (installed, fast),
+        "boto3 paginator": (installed, shortcut, paginator),
+        "fast, 2 parses": (with_botocore_check, unquote_plus, fast),
+        "fast, unquote_plus": (installed, unquote_plus, fast),
+        "fast": (installed, shortcut, fast),
     }
     cpu: dict[str, list[float]] = {name: [] for name in ways}
     counts: set[int] = set()
@@ -81,16 +87,16 @@ def main() -> int:
             f"s3://{bench_scale.BUCKET}/{bench_scale.S3_PREFIX}", "postgresql://unused/x", moto.env
         )
         for _ in range(args.repeat):
-            for name, (install, way) in ways.items():
-                listing._install_hooks = install
+            for name, (install, decode, way) in ways.items():
+                listing._install_hooks, listing._url_decoded = install, decode
                 store = store_from_url(os.environ["BACKUP_STORE_URL"])  # a new client
                 started, cpu_started = time.perf_counter(), time.process_time()
                 counts.add(way(store, prefix))
                 cpu[name].append(time.process_time() - cpu_started)
-                print(f"  {name:16} {time.perf_counter() - started:6.2f} s wall, "
+                print(f"  {name:18} {time.perf_counter() - started:6.2f} s wall, "
                       f"{cpu[name][-1]:5.2f} s client CPU, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     finally:
-        listing._install_hooks = installed
+        listing._install_hooks, listing._url_decoded = installed, shortcut
         moto.stop()
     if len(counts) != 1:
         raise AssertionError(f"the ways listed different key counts: {sorted(counts)}")
@@ -99,7 +105,7 @@ def main() -> int:
     print(f"\n{keys:,} keys; client CPU, best of {args.repeat}, and ratio to the paginator's:")
     for name, seconds in cpu.items():
         best = min(seconds)
-        print(f"  {name:16} {best:5.2f} s  {1e6 * best / keys:5.1f} us/key  {base / best:4.2f}x")
+        print(f"  {name:18} {best:5.2f} s  {1e6 * best / keys:5.1f} us/key  {base / best:4.2f}x")
     return 0
 
 
