@@ -452,7 +452,10 @@ def measure_store(
             new_instance,
         )
     finally:
-        for closer in closers:
+        # Last opened, first closed: each instance_for_test puts back the DAGSTER_HOME it
+        # found, so closing in opening order leaves it at a deleted folder (--repeat 2 then
+        # failed with "unable to open database file" on the next tick).
+        for closer in reversed(closers):
             closer.close()
     requested = len(backup_requests(found))
     if requested != len(workspaces[::20]):
