@@ -5,7 +5,11 @@ project did not write."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
+
+import pytest
 
 from backup_pipelines.lib.lifecycle.scan import scan_store
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
@@ -104,4 +108,45 @@ def test_scale_store_listing_by_date_folders_lists_every_object_once(store, monk
     assert len(one) == len(STORE_KEYS)
     for folder, objects in batches:  # a batch's folder, when named, holds all its objects
         assert folder is None or {k.rpartition("/")[0] for k, *_ in objects} == {folder}
+    assert shape(scan_store(store)) == shape(scan_store(KeyAtATime(store))) != {}
+
+
+@pytest.mark.parametrize("disk", ["cold", "warm", "unknown"])
+def test_a_local_walk_reading_from_disk_lists_the_date_folders_left_with_threads(
+    store, monkeypatch, disk
+):
+    """Retention's local walk stays in the calling thread while the file system's metadata
+    comes from memory; once it reads from disk (here: this thread's reads, as getrusage
+    counts them, jump after the first date folder) the date folders left are walked by
+    threads. Either way every object is listed once and the scan finds the same artifacts."""
+    from backup_pipelines.lib.store import listing
+
+    if not isinstance(store, LocalStore):
+        pytest.skip("a local folder's walk")
+    for n, key in enumerate(STORE_KEYS):
+        store._put_atomic(key, b"z" * (n + 1))
+    reads = {"cold": iter(range(0, 1 << 40, 1 << 30)), "warm": itertools.repeat(4096)}
+    monkeypatch.setattr(
+        listing, "_disk_reads", lambda: next(reads[disk]) if disk in reads else None
+    )
+    date_folders = listing._walk_to_date_folders(store)[1]  # the folders listed whole
+    walked_in: dict[str, str] = {}
+    walk = listing.local_stats
+
+    def recording(store, prefix, *args, **kwargs):
+        walked_in[prefix] = threading.current_thread().name
+        yield from walk(store, prefix, *args, **kwargs)
+
+    monkeypatch.setattr(listing, "local_stats", recording)
+    batches = list(listing.iter_store_folders(store, stats=True))
+    keys = [o[0] for folder, objects in batches if folder is None for o in objects]
+    keys += [f"{folder}/{name}" for folder, files in batches if folder for name, _ in files]
+    assert set(date_folders) <= set(walked_in) and len(date_folders) == 7
+    in_main = [p for p in date_folders if walked_in[p] == threading.current_thread().name]
+    if disk == "cold":
+        assert in_main == date_folders[:1]  # the first one read from disk: threads after it
+    else:
+        assert in_main == date_folders
+    assert sorted(keys) == sorted(key for key, *_ in listing.iter_objects(store, ""))
+    assert len(keys) == len(STORE_KEYS)
     assert shape(scan_store(store)) == shape(scan_store(KeyAtATime(store))) != {}

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from urllib.parse import unquote_plus
@@ -87,11 +88,20 @@ def iter_manifests(store: BackupStore, prefix: str) -> Iterator[Tagged]:
 # S3, where each is a chain of page requests waiting on the server. The levels above them
 # (assets) are walked one folder at a time.
 STORE_LISTING_THREADS = 4
-# On a local folder the listing is CPU work (scandir and lstat of files the page cache holds,
-# and the Python around each): threads only contend for the GIL. Measured on this project's
-# 2-core machine, the remembered plan at 1,000 workspaces: 0.7-1.0 s listing in the calling
-# thread or one more, 0.9-1.25 s with 2 threads, 1.25-1.4 s with 4. 1: in the calling thread.
+# On a local folder whose metadata the page cache holds, the listing is CPU work (scandir,
+# lstat and the Python around each): threads only contend for the GIL. Measured on this
+# project's 2-core machine, the remembered plan at 10,000 workspaces: 7.4-8.5 s in the calling
+# thread, 8.2-10.0 s with 2 threads, 11.9-13.1 s with 4. 1: in the calling thread.
 LOCAL_LISTING_THREADS = 1
+# Where the metadata must be read from disk (~900 MB of directory blocks and inode tables for
+# 10,000 workspaces: a cold cache, a large store), that reading is system time and waits that
+# threads spread over the cores: the same plan cold took 34-47 s in one thread, 21-22 s with 4.
+# So once a local walk in one thread has read more than COLD_READ_PER_FOLDER bytes from disk
+# per folder listed (~5 KB when cold, next to nothing when warm), the date folders left are
+# walked LOCAL_COLD_LISTING_THREADS at a time.
+LOCAL_COLD_LISTING_THREADS = 4
+COLD_READ_PER_FOLDER = 1024
+COLD_READ_MIN = 1 << 20
 DATE_FOLDER = "date="
 MAX_WALK_DEPTH = 4  # asset key paths are 2 levels; below this, a folder is listed whole
 
@@ -103,7 +113,7 @@ def iter_store_folders(
     that order): (the folder all of the batch's objects are directly in, or None, objects).
     The objects outside date folders come first, then each date folder's (a local folder's
     one folder at a time), STORE_LISTING_THREADS (S3) or LOCAL_LISTING_THREADS date folders
-    listed at once. With `stats`, a local folder's batches inside date folders are
+    listed at once (LOCAL_COLD_LISTING_THREADS once a local walk reads from disk). With `stats`, a local folder's batches inside date folders are
     local_stats' (name, lstat) pairs: no key or tag string is made for the 400,000 files of
     10,000 workspaces, only for those a caller asks for (scan.Folder.objects)."""
     if not isinstance(store, LocalStore | S3Store):
@@ -116,9 +126,10 @@ def iter_store_folders(
         walk = local_stats if stats else local_folders
         threads = LOCAL_LISTING_THREADS
         if threads <= 1:
-            for prefix in whole:
-                yield from walk(store, prefix)
-            return
+            whole = yield from _walk_until_cold(store, walk, whole)
+            threads = LOCAL_COLD_LISTING_THREADS
+            if not whole:
+                return
 
         def list_whole(prefix: str) -> list[tuple[str | None, list]]:
             return list(walk(store, prefix))
@@ -130,6 +141,33 @@ def iter_store_folders(
     with ThreadPoolExecutor(threads) as pool:
         for batches in pool.map(list_whole, whole):
             yield from batches
+
+
+def _walk_until_cold(
+    store: LocalStore, walk, prefixes: list[str]
+) -> Generator[tuple[str | None, list], None, list[str]]:
+    """Walks `prefixes` one after the other in this thread while their metadata comes from
+    memory; returns those left once the walk reads from disk (COLD_READ_PER_FOLDER)."""
+    left = list(prefixes)
+    started = _disk_reads()
+    folders = 0
+    while left:
+        for batch in walk(store, left.pop(0)):
+            folders += 1
+            yield batch
+        if started is not None:
+            read = _disk_reads() - started
+            if read > max(COLD_READ_MIN, COLD_READ_PER_FOLDER * folders):
+                return left
+    return left
+
+
+def _disk_reads() -> int | None:
+    """Bytes this thread has read from disk (Linux: its getrusage), or None where unknown."""
+    who = getattr(resource, "RUSAGE_THREAD", None)  # not on macOS: never switches there
+    if who is None:
+        return None
+    return resource.getrusage(who).ru_inblock * 512
 
 
 def _walk_to_date_folders(store: BackupStore) -> tuple[list[Tagged], list[str]]:
