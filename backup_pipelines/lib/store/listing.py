@@ -113,9 +113,10 @@ def iter_store_folders(
     that order): (the folder all of the batch's objects are directly in, or None, objects).
     The objects outside date folders come first, then each date folder's (a local folder's
     one folder at a time), STORE_LISTING_THREADS (S3) or LOCAL_LISTING_THREADS date folders
-    listed at once (LOCAL_COLD_LISTING_THREADS once a local walk reads from disk). With `stats`, a local folder's batches inside date folders are
-    local_stats' (name, lstat) pairs: no key or tag string is made for the 400,000 files of
-    10,000 workspaces, only for those a caller asks for (scan.Folder.objects)."""
+    listed at once (LOCAL_COLD_LISTING_THREADS once a local walk reads from disk). With
+    `stats`, a local folder's batches inside date folders are local_stats' (name, lstat)
+    pairs: no key or tag string is made for the 400,000 files of 10,000 workspaces, only for
+    those a caller asks for (scan.Folder.objects)."""
     if not isinstance(store, LocalStore | S3Store):
         yield None, list(iter_objects(store, ""))
         return
