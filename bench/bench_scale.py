@@ -55,6 +55,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,12 +104,20 @@ class Measured:
     # and its CPU seconds, user and system (all of its threads).
     disk_mb: list[float] = field(default_factory=list)
     cpu: list[tuple[float, float]] = field(default_factory=list)
+    # Per repeat: CPU seconds of the S3 server (moto, on the same two cores), None for local;
+    # and this process's live threads when the measurement started.
+    server_cpu: list[float | None] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)
     note: str = ""
 
     def describe_usage(self) -> str:
         return ", ".join(
             f"read {mb:.0f} MB from disk, CPU {user:.1f} user + {system:.1f} system s"
-            for mb, (user, system) in zip(self.disk_mb, self.cpu, strict=True)
+            + (f", moto CPU {server:.1f} s" if server is not None else "")
+            + f", {threads} threads before"
+            for mb, (user, system), server, threads in zip(
+                self.disk_mb, self.cpu, self.server_cpu, self.threads, strict=True
+            )
         )
 
     @property
@@ -120,6 +129,22 @@ class Measured:
         return max(self.seconds)
 
 
+# The S3 server answering the store being measured (its pid), None while measuring a folder.
+SERVER_PID: int | None = None
+
+
+def server_cpu_seconds() -> float | None:
+    """User + system CPU seconds of SERVER_PID so far (Linux /proc), None when unknown."""
+    if SERVER_PID is None:
+        return None
+    try:
+        fields = Path(f"/proc/{SERVER_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # after the ")" ending the command name: utime and stime are the 12th and 13th fields
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(measured: Measured, action, repeat: int, before=None):
     """Run `action` `repeat` times (after `before()`, untimed), keep its times and loads."""
     result = None
@@ -127,11 +152,17 @@ def timed(measured: Measured, action, repeat: int, before=None):
         if before is not None:
             before()
         measured.loads.append(os.getloadavg()[0])
+        measured.threads.append(threading.active_count())
+        server = server_cpu_seconds()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         result = action()
         measured.seconds.append(time.perf_counter() - started)
         after = resource.getrusage(resource.RUSAGE_SELF)
+        server_after = server_cpu_seconds()
+        measured.server_cpu.append(
+            None if server is None or server_after is None else server_after - server
+        )
         measured.disk_mb.append((after.ru_inblock - usage.ru_inblock) * 512 / 1e6)
         measured.cpu.append((after.ru_utime - usage.ru_utime, after.ru_stime - usage.ru_stime))
     log(
@@ -186,6 +217,17 @@ class Moto:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextlib.contextmanager
+def serving(moto: Moto):
+    """Measurements meanwhile report `moto`'s CPU beside this process's."""
+    global SERVER_PID
+    SERVER_PID = moto.process.pid
+    try:
+        yield
+    finally:
+        SERVER_PID = None
 
 
 def start_registry(cluster, workspaces: list[str]) -> str:
@@ -668,15 +710,17 @@ def run_size(size: int, args, templates, cluster, receiver, results: list[Measur
                         ("rpo tick, restarted", restarted_code_server),
                     ):
                         measured = Measured(name, size, "s3 stock moto")
-                        timed(measured, lambda: sensor_tick(defs, "rpo_sensor", instance), 1,
-                              before)  # fmt: skip
+                        with serving(stock):
+                            timed(measured, lambda: sensor_tick(defs, "rpo_sensor", instance),
+                                  1, before)  # fmt: skip
                         results.append(measured)
                 stock.stop()
                 servers.remove(stock)
             deployment_env(f"s3://{BUCKET}/{S3_PREFIX}", registry["base"], indexed.env)
             os.environ["ALERT_WEBHOOK_URL"] = f"{receiver.url}/hook"
-            measure_store(results, "s3", size, workspaces, instance, registry, args.repeat,
-                          args.s3_retention_max, store_dir)  # fmt: skip
+            with serving(indexed):
+                measure_store(results, "s3", size, workspaces, instance, registry, args.repeat,
+                              args.s3_retention_max, store_dir)  # fmt: skip
     finally:
         for server in servers:
             server.stop()
@@ -727,8 +771,8 @@ def report(results: list[Measured], sizes: list[int]) -> None:
     for item in results:
         if item.note and item.size == large:
             print(f"  {item.name} [{item.store}]: {item.note}")
-    print(f"this process at {large:,} workspaces, per repeat (S3: moto's own CPU and reads "
-          "are not in it):")  # fmt: skip
+    print(f"this process at {large:,} workspaces, per repeat (S3: moto's reads are not in it, "
+          "its CPU is shown apart):")  # fmt: skip
     for item in results:
         if item.size == large and item.cpu:
             print(f"  {item.name} [{item.store}]: {item.describe_usage()}")
