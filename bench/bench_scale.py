@@ -531,7 +531,7 @@ def measure_store(
         return (
             f"{len(made.artifacts):,} artifacts, {made.verifications:,} verified now, "
             f"{made.trusted:,} trusted from an earlier verification, "
-            f"{len(made.to_delete):,} to delete"
+            f"{len(made.to_delete):,} to delete; last plan's {made.listing.describe()}"
         )
 
     if label == "s3" and size > max_s3_retention:

@@ -99,6 +99,7 @@ def _metadata(
         "leftovers_cleaned": dg.MetadataValue.int(result.leftovers_cleaned if result else 0),
         "bytes_to_free": dg.MetadataValue.int(plan.bytes_to_free),
         "bytes_freed": dg.MetadataValue.int(result.bytes_freed if result else 0),
+        **_listing_metadata(plan.listing),
         "artifacts_verified": dg.MetadataValue.int(plan.verifications),
         "artifacts_trusted": dg.MetadataValue.int(plan.trusted),  # verified earlier, unchanged
         "failed_verification": dg.MetadataValue.json([str(r) for r in plan.failed_verification]),
@@ -107,6 +108,18 @@ def _metadata(
         "decisions": dg.MetadataValue.md(_decisions_table(plan)),
         "leftovers": dg.MetadataValue.md(_leftovers_table(plan)),
     }
+
+
+def _listing_metadata(listed: retention.StoreListing | None) -> dict:
+    if listed is None:
+        return {}
+    found = {
+        "store_listing": dg.MetadataValue.text(listed.describe()),
+        "store_listing_seconds": dg.MetadataValue.float(round(listed.seconds, 3)),
+    }
+    if listed.disk_bytes is not None:
+        found["store_listing_disk_read_bytes"] = dg.MetadataValue.int(listed.disk_bytes)
+    return found
 
 
 def _prune_copy_store(context, primary, today, dry_run: bool, metadata: dict) -> list[str]:

@@ -201,7 +201,13 @@ def write_small_catalog(store) -> None:
 
 def test_small_catalog_on_both_backends(store):
     write_small_catalog(store)
-    plan, result = run_retention(store, SMALL_POLICY, TODAY, log=lambda _m: None)
+    lines: list[str] = []
+    plan, result = run_retention(store, SMALL_POLICY, TODAY, log=lines.append)
+    # the listing's own line, after the summary: 40 days of 3 assets, one date folder each
+    assert plan.listing is not None and plan.listing.artifact_folders == 3 * 40
+    assert plan.listing.walk.date_folders == 3 * 40
+    listed = lines[lines.index(plan.summary()) + 1]
+    assert listed == plan.listing.describe() and "120 artifact folders in 120 date" in listed
     partitions = {(d, w) for d in SMALL_EXPECTED for w in ("ws_acme", None)}
     expected = every_asset(partitions, (SQL, TYPESENSE))
     assert kept_of(plan) == expected
@@ -538,6 +544,11 @@ def test_job_applies_the_plan_and_reports_it(tmp_path):
     assert metadata["artifacts_deleted"].value == 2 and metadata["kept_daily"].value == 4
     assert metadata["kept_newest_verified"].value == 2
     assert metadata["bytes_freed"].value > 0
+    # How the store's one listing went: 6 artifact folders in 3 date folders of each asset
+    assert metadata["store_listing"].value.startswith("store listed in ")
+    assert "6 artifact folders in 6 date folders" in metadata["store_listing"].value
+    assert metadata["store_listing_seconds"].value >= 0
+    assert metadata["store_listing_disk_read_bytes"].value >= 0  # Linux: getrusage counts
 
 
 def test_job_refuses_a_bad_dry_run_tag(tmp_path):

@@ -160,9 +160,10 @@ def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, 
     assert sum(1 for x in lean.leftovers if x.kind == "orphan generation") == 2
 
 
-def _scan_one_key_at_a_time(store) -> dict:
+def _scan_one_key_at_a_time(store, _report=None) -> dict:
     """The scan as it was first written: one listing of the store (listing.iter_objects,
-    every key, size, mtime and tag made as it is listed), each object added on its own."""
+    every key, size, mtime and tag made as it is listed), each object added on its own (and
+    no report of how the walk went)."""
     from backup_pipelines.lib.lifecycle import scan
     from backup_pipelines.lib.store import listing
 

@@ -137,7 +137,8 @@ def test_a_local_walk_reading_from_disk_lists_the_date_folders_left_with_threads
         yield from walk(store, prefix, *args, **kwargs)
 
     monkeypatch.setattr(listing, "local_stats", recording)
-    batches = list(listing.iter_store_folders(store, stats=True))
+    report = listing.WalkReport()
+    batches = list(listing.iter_store_folders(store, stats=True, report=report))
     keys = [o[0] for folder, objects in batches if folder is None for o in objects]
     keys += [f"{folder}/{name}" for folder, files in batches if folder for name, _ in files]
     # 6 date folders of STORE_KEYS and one past MAX_WALK_DEPTH, each walked once
@@ -145,8 +146,11 @@ def test_a_local_walk_reading_from_disk_lists_the_date_folders_left_with_threads
     in_main = [p for p in date_folders if walked_in[p] == threading.current_thread().name]
     if disk == "cold":
         assert in_main == date_folders[:1]  # the first one read from disk: threads after it
+        assert report.switched_after == 1 and "4 at a time after the first 1" in report.describe()
     else:
         assert in_main == date_folders
+        assert report.switched_after is None and report.describe() == "7 date folders"
+    assert report.date_folders == 7
     assert sorted(keys) == sorted(key for key, *_ in listing.iter_objects(store, ""))
     assert len(keys) == len(STORE_KEYS)
     assert shape(scan_store(store)) == shape(scan_store(KeyAtATime(store))) != {}

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import gc
+import resource
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -55,6 +57,7 @@ from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers
 from backup_pipelines.lib.lifecycle.verified import VerificationRecord
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store, lease_name
+from backup_pipelines.lib.store.listing import WalkReport
 from backup_pipelines.lib.store.s3 import ObjectLocked
 
 # Series whose newest artifacts are re-read at once (the S3 client keeps 8 connections).
@@ -267,6 +270,41 @@ def _load_rules() -> dict[str, list[AssetRule]]:
 ASSET_RULES: dict[str, list[AssetRule]] = {}  # rules added at run time (tests, plug-ins)
 
 
+@dataclass(frozen=True)
+class StoreListing:
+    """How the plan's one listing of the store went: what an operator needs to tell a slow
+    store from a slow plan (a local store whose metadata had to be read from disk)."""
+
+    artifact_folders: int
+    seconds: float
+    disk_bytes: int | None  # read from disk by this process meanwhile; None: unknown here
+    walk: WalkReport
+
+    def describe(self) -> str:
+        read = "" if self.disk_bytes is None else f"; {human_bytes(self.disk_bytes)} read from disk"
+        return (
+            f"store listed in {self.seconds:.1f} s: {self.artifact_folders} artifact folders "
+            f"in {self.walk.describe()}{read}"
+        )
+
+
+def _disk_bytes_read() -> int | None:
+    """Bytes this process has read from disk (Linux's getrusage, in 512-byte blocks); None
+    elsewhere, where the count means something else or nothing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_inblock * 512
+
+
+def _listed(store: BackupStore) -> tuple[dict[ArtifactRef, Folder], StoreListing]:
+    walk = WalkReport()
+    started, read_before = time.monotonic(), _disk_bytes_read()
+    folders = scan_store(store, walk)
+    seconds, read_after = time.monotonic() - started, _disk_bytes_read()
+    read = None if read_before is None or read_after is None else read_after - read_before
+    return folders, StoreListing(len(folders), seconds, read, walk)
+
+
 @dataclass
 class RetentionPlan:
     today: date
@@ -278,6 +316,7 @@ class RetentionPlan:
     verifications: int  # how many artifacts were verified (re-read) to make this plan
     # ... and how many were trusted from an earlier verification instead (verified.py)
     trusted: int = 0
+    listing: StoreListing | None = None
 
     @property
     def kept(self) -> list[Artifact]:
@@ -402,7 +441,7 @@ def plan_retention(
     windows = Windows.from_policy(policy)
     today = _check_today(today)
     now = time.time() if now is None else now
-    folders = scan_store(store)
+    folders, listed = _listed(store)
     # The copy store is pruned by the primary's keep markers (`control`): an operator marks
     # a backup kept in the primary, and its copy must be kept as long.
     markers = list_kept(control or store)
@@ -440,8 +479,9 @@ def plan_retention(
     leftovers = find_leftovers(store, folders, doomed, now, windows.incomplete_max_age_hours)
     artifacts.sort(key=lambda a: (a.ref.date, a.ref.workspace or "", a.asset, a.ref.window or ""))
     return RetentionPlan(
-        today, windows, artifacts, leftovers, markers, failed, verifier.calls, verifier.trusted
-    )
+        today, windows, artifacts, leftovers, markers, failed, verifier.calls, verifier.trusted,
+        listed,
+    )  # fmt: skip
 
 
 class _RememberingVerifier:
@@ -787,6 +827,8 @@ def run_retention(
         full_reverify=full_reverify, remember=not dry_run,
     )  # fmt: skip
     log(plan.summary())
+    if plan.listing is not None:
+        log(plan.listing.describe())
     if not dry_run:
         return plan, apply_plan(store, plan, log, control)  # logs each deletion as it happens
     for line in plan_lines(plan):

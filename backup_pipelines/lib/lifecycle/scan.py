@@ -106,16 +106,19 @@ class Folder:
                 self.loose.append((key, size, mtime))
 
 
-def scan_store(store: BackupStore) -> dict[ArtifactRef, Folder]:
+def scan_store(
+    store: BackupStore, report: listing.WalkReport | None = None
+) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
-    listing: 10,000 workspaces' artifacts are millions of keys)."""
+    listing: 10,000 workspaces' artifacts are millions of keys); how the walk went into
+    `report`."""
     folders: dict[ArtifactRef, Folder] = {}
     # Each artifact folder is met again as the parent of its generation folders: parsed (and
     # its ref validated) once.
     artifact_folders: dict[str, ArtifactRef | None] = {}
     # Date folders listed several at a time (listing.iter_store_folders); the order of the
     # objects does not matter here (a fingerprint sorts them).
-    for parent_of_all, batch in listing.iter_store_folders(store, stats=True):
+    for parent_of_all, batch in listing.iter_store_folders(store, stats=True, report=report):
         if parent_of_all is not None:  # a local folder's files (name, lstat): parsed once
             if found := _folder_of(folders, parent_of_all, artifact_folders):
                 found[0].add_stated(parent_of_all, batch, found[1])

@@ -26,6 +26,7 @@ import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote_plus
 
@@ -106,8 +107,26 @@ DATE_FOLDER = "date="
 MAX_WALK_DEPTH = 4  # asset key paths are 2 levels; below this, a folder is listed whole
 
 
+@dataclass
+class WalkReport:
+    """How iter_store_folders went, for a plan's log and metadata: how many date folders it
+    listed whole, and after how many of them a local walk switched to threads because it was
+    reading the file system's metadata from disk (None: it never did)."""
+
+    date_folders: int = 0
+    switched_after: int | None = None
+
+    def describe(self) -> str:
+        if self.switched_after is None:
+            return f"{self.date_folders} date folders"
+        return (
+            f"{self.date_folders} date folders, {LOCAL_COLD_LISTING_THREADS} at a time after the "
+            f"first {self.switched_after} (the file system's metadata was being read from disk)"
+        )
+
+
 def iter_store_folders(
-    store: BackupStore, stats: bool = False
+    store: BackupStore, stats: bool = False, report: WalkReport | None = None
 ) -> Iterator[tuple[str | None, list]]:
     """Every object of the store, as iter_objects(store, "") lists them, in batches (not in
     that order): (the folder all of the batch's objects are directly in, or None, objects).
@@ -121,16 +140,21 @@ def iter_store_folders(
         yield None, list(iter_objects(store, ""))
         return
     loose, whole = _walk_to_date_folders(store)
+    if report is not None:
+        report.date_folders = len(whole)
     yield None, loose
     threads = STORE_LISTING_THREADS
     if isinstance(store, LocalStore):
         walk = local_stats if stats else local_folders
         threads = LOCAL_LISTING_THREADS
         if threads <= 1:
+            walked = len(whole)
             whole = yield from _walk_until_cold(store, walk, whole)
             threads = LOCAL_COLD_LISTING_THREADS
             if not whole:
                 return
+            if report is not None:
+                report.switched_after = walked - len(whole)
 
         def list_whole(prefix: str) -> list[tuple[str | None, list]]:
             return list(walk(store, prefix))
