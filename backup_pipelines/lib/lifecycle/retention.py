@@ -277,7 +277,9 @@ class StoreListing:
 
     artifact_folders: int
     seconds: float
-    disk_bytes: int | None  # read from disk by this process meanwhile; None: unknown here
+    # Read from disk by this process meanwhile (a local store's metadata); None: unknown here,
+    # or an S3 store (its listing reads nothing from this machine's disk)
+    disk_bytes: int | None
     walk: WalkReport
 
     def describe(self) -> str:
@@ -298,9 +300,10 @@ def _disk_bytes_read() -> int | None:
 
 def _listed(store: BackupStore) -> tuple[dict[ArtifactRef, Folder], StoreListing]:
     walk = WalkReport()
-    started, read_before = time.monotonic(), _disk_bytes_read()
+    disk = (lambda: None) if isinstance(store, S3Store) else _disk_bytes_read
+    started, read_before = time.monotonic(), disk()
     folders = scan_store(store, walk)
-    seconds, read_after = time.monotonic() - started, _disk_bytes_read()
+    seconds, read_after = time.monotonic() - started, disk()
     read = None if read_before is None or read_after is None else read_after - read_before
     return folders, StoreListing(len(folders), seconds, read, walk)
 
