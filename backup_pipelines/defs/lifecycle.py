@@ -115,7 +115,7 @@ def _listing_metadata(listed: retention.StoreListing | None) -> dict:
         return {}
     found = {
         "store_listing": dg.MetadataValue.text(listed.describe()),
-        "store_listing_seconds": dg.MetadataValue.float(round(listed.seconds, 3)),
+        "store_listing_seconds": dg.MetadataValue.float(round(listed.total_seconds, 3)),
     }
     if listed.disk_bytes is not None:
         found["store_listing_disk_read_bytes"] = dg.MetadataValue.int(listed.disk_bytes)

@@ -160,10 +160,10 @@ def test_retention_scale_plan_from_lean_listing_is_the_one_listings_plan(store, 
     assert sum(1 for x in lean.leftovers if x.kind == "orphan generation") == 2
 
 
-def _scan_one_key_at_a_time(store, _report=None) -> dict:
+def _scan_one_key_at_a_time(store, _report=None, _defer=None) -> dict:
     """The scan as it was first written: one listing of the store (listing.iter_objects,
-    every key, size, mtime and tag made as it is listed), each object added on its own (and
-    no report of how the walk went)."""
+    every key, size, mtime and tag made as it is listed), each object added on its own (no
+    report of how the walk went, no generation folder left for later)."""
     from backup_pipelines.lib.lifecycle import scan
     from backup_pipelines.lib.store import listing
 
@@ -180,3 +180,39 @@ def _scan_one_key_at_a_time(store, _report=None) -> dict:
 def _data_key(store, ref: ArtifactRef) -> str:
     manifest = store.require_manifest(ref)
     return store.file_key(ref, manifest, "data.bin")
+
+
+def test_retention_scale_plan_lists_only_the_generation_folders_it_needs(tmp_path, monkeypatch):
+    """A local store keeping a week and a half of dailies: the plan opens the generation
+    folders of the newest artifact of each series and of what it deletes, not those of the
+    kept ones between (a store keeping a month is mostly those). The walk lists the date
+    folders the age rules do not keep and each asset's newest; a series whose newest is
+    older (a workspace that missed last night) has it listed after the walk. The decisions,
+    reasons and sizes are those of the plan built on every file listed, and the kept ones'
+    sizes are listed when asked for (a dry run's lines)."""
+    from backup_pipelines.lib.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    days = [(TODAY - timedelta(days=n)).isoformat() for n in range(10)]
+    write_grid(store, days, ["ws_a", "ws_b"])  # 7 series (the full dump, 3 assets x 2) x 10
+    for day in days[1:]:  # ws_c missed the newest date
+        for asset in ASSETS:
+            write(store, asset, day, "ws_c")
+    policy = Policy(keep_daily_days=7, keep_weekly_days=0)  # ages 7-9 go
+    first = plan_retention(store, policy, TODAY)  # verifies and remembers each newest
+    plan = plan_retention(store, policy, TODAY, remember=False)  # trusts them
+    assert first.verifications == 10 and plan.trusted == 10 and len(plan.to_delete) == 10 * 3
+    for listed in (first, plan):  # ws_c's 3 newest, in a date folder the walk deferred
+        assert listed.listing is not None and listed.listing.generation_folders == 3
+        assert "then the 3 generation folders the plan needed in" in listed.listing.describe()
+    never_listed = [a for a in plan.artifacts if a.folder._deferred]
+    # ages 1-6 of the 7 full series, ages 2-6 of ws_c's 3: kept by age, not the newest
+    assert len(never_listed) == 7 * 6 + 3 * 5
+    assert all(a.keep and a.reasons == ["daily"] for a in never_listed)
+    lean = _plan_shape(plan)  # every size asked for: the kept ones' folders listed now
+    assert not any(a.folder._deferred for a in plan.artifacts)
+    monkeypatch.setattr(retention, "scan_store", _scan_one_key_at_a_time)
+    every_file = plan_retention(store, policy, TODAY, remember=False)
+    assert lean == _plan_shape(every_file)
+    assert every_file.listing is not None and every_file.listing.generation_folders == 0
+    assert all(a.bytes > len(PAYLOAD) for a in plan.artifacts)  # the payload and the manifest

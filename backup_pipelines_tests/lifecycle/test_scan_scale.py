@@ -154,3 +154,76 @@ def test_a_local_walk_reading_from_disk_lists_the_date_folders_left_with_threads
     assert sorted(keys) == sorted(key for key, *_ in listing.iter_objects(store, ""))
     assert len(keys) == len(STORE_KEYS)
     assert shape(scan_store(store)) == shape(scan_store(KeyAtATime(store))) != {}
+
+
+def write_artifacts(store: LocalStore, count: int) -> list[ArtifactRef]:
+    refs = [ArtifactRef("postgres/workspace_dump", "2026-11-21", f"ws_{n}") for n in range(count)]
+    for ref in refs:
+        with store.begin(ref) as writer:
+            writer.write_bytes("rows.copy.zst", b"data")
+            writer.commit(
+                captured_at="2026-11-21T00:30:00Z", counts={}, source={}, tool={}, tables=[]
+            )
+    return refs
+
+
+@pytest.mark.parametrize("disk", ["cold", "warm"])
+def test_deferred_generation_folders_listed_at_once_switch_to_threads_when_cold(
+    tmp_path, monkeypatch, disk
+):
+    """The scan names a local artifact's generation folders without opening them; listed
+    later for many artifacts at once (what a plan needs), they are listed in the calling
+    thread while the metadata comes from memory and by threads once it comes from disk
+    (getrusage faked to jump after the first folder), each once, and the folders then hold
+    what a scan listing every file finds."""
+    from backup_pipelines.lib.lifecycle import scan
+    from backup_pipelines.lib.store import listing
+
+    store = LocalStore(tmp_path / "store")
+    write_artifacts(store, 40)
+    folders = scan_store(store)
+    assert len(folders) == 40 and all(len(f._deferred) == 1 for f in folders.values())
+    reads = {"cold": iter(range(0, 1 << 40, 1 << 30)), "warm": itertools.repeat(4096)}[disk]
+    monkeypatch.setattr(listing, "_disk_reads", lambda: next(reads))
+    monkeypatch.setattr(listing, "OWN_FILES_CHUNK", 4)  # reads checked every 4 folders
+    opened: list[tuple[str, str]] = []
+    own_files = listing._own_files_unlinked
+
+    def recording(store, folder, *args, **kwargs):
+        opened.append((folder, threading.current_thread().name))
+        return own_files(store, folder, *args, **kwargs)
+
+    monkeypatch.setattr(listing, "_own_files_unlinked", recording)
+    report = listing.WalkReport()
+    assert scan.list_deferred(folders.values(), report) == 40
+    assert len({folder for folder, _thread in opened}) == len(opened) == 40
+    in_main = [f for f, thread in opened if thread == threading.current_thread().name]
+    assert report.switched_after == (4 if disk == "cold" else None)
+    assert len(in_main) == (4 if disk == "cold" else 40)
+    assert all(not f._deferred for f in folders.values())
+    assert shape(folders) == shape(scan_store(KeyAtATime(store)))
+    assert len(opened) == 40  # nothing listed twice when asked for again
+
+
+def test_a_generation_folder_gone_or_linked_after_the_walk_lists_nothing(tmp_path):
+    """Between the walk and the listing of a deferred generation folder, a commit may drop it
+    and someone may put a link in its place: the one lists no files, the other is not
+    followed (its target's files are never counted as the artifact's)."""
+    store = LocalStore(tmp_path / "store")
+    gone, linked, kept = write_artifacts(store, 3)
+    folders = scan_store(store)
+    generation = {ref: next(iter(folders[ref]._deferred)) for ref in (gone, linked, kept)}
+    for ref in (gone, linked):
+        path = store.root / generation[ref]
+        for file in path.iterdir():
+            file.unlink()
+        path.rmdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "rows.copy.zst").write_bytes(b"not the artifact's")
+    os.symlink(outside, store.root / generation[linked])
+    for ref in (gone, linked):
+        assert folders[ref].generations == {}
+        assert [key.rpartition("/")[2] for key, _s, _t in folders[ref].objects] == ["manifest.json"]
+    assert list(folders[kept].generations) == [generation[kept].rpartition("/")[2]]
+    assert folders[kept].bytes == folders[gone].bytes + len(b"data")

@@ -37,6 +37,7 @@ Leftovers of crashed runs (scan.py) are cleaned by the same plan; keep markers: 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import resource
@@ -44,7 +45,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -52,12 +53,24 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from backup_pipelines.lib.errors import BackupError, ConfigError, StoreError
-from backup_pipelines.lib.lifecycle.markers import KeepMarker, Partition, list_kept, marker_key
-from backup_pipelines.lib.lifecycle.scan import Folder, Leftover, find_leftovers, scan_store
+from backup_pipelines.lib.lifecycle.markers import (
+    DATE_PATTERN,
+    KeepMarker,
+    Partition,
+    list_kept,
+    marker_key,
+)
+from backup_pipelines.lib.lifecycle.scan import (
+    Folder,
+    Leftover,
+    find_leftovers,
+    list_deferred,
+    scan_store,
+)
 from backup_pipelines.lib.lifecycle.verified import VerificationRecord
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import MANIFEST_NAME, ArtifactRef, BackupStore, S3Store, lease_name
-from backup_pipelines.lib.store.listing import WalkReport
+from backup_pipelines.lib.store.listing import LOCAL_COLD_LISTING_THREADS, WalkReport
 from backup_pipelines.lib.store.s3 import ObjectLocked
 
 # Series whose newest artifacts are re-read at once (the S3 client keeps 8 connections).
@@ -270,7 +283,31 @@ def _load_rules() -> dict[str, list[AssetRule]]:
 ASSET_RULES: dict[str, list[AssetRule]] = {}  # rules added at run time (tests, plug-ins)
 
 
-@dataclass(frozen=True)
+def _kept_by_age(today: date, windows: Windows, date_folders: list[str]) -> set[str]:
+    """The date folders whose artifacts the age rules keep, but for each asset's newest: the
+    plan will not look at their files (scan_store defers their generation folders). A guess
+    that only decides when a folder's files are listed, never what the plan decides."""
+    by_asset: dict[str, list[tuple[str, str, int, tuple[int, int]]]] = defaultdict(list)
+    for prefix in date_folders:
+        asset, _, name = prefix.rstrip("/").rpartition("/")
+        day = name.removeprefix("date=")
+        if name.startswith("date=") and asset not in OWN_AGE_RULES and DATE_PATTERN.match(day):
+            with contextlib.suppress(ValueError):  # 2026-02-30: not a date, never an artifact
+                by_asset[asset].append((day, prefix, *_age_and_week(today, day)))
+    kept: set[str] = set()
+    for days in by_asset.values():
+        weeks_seen: set[tuple[int, int]] = set()
+        for position, (_day, prefix, age_days, week) in enumerate(sorted(days, reverse=True)):
+            newest_of_week = week not in weeks_seen
+            weeks_seen.add(week)
+            if position and (
+                age_days < windows.daily_days or (age_days < windows.weekly_days and newest_of_week)
+            ):
+                kept.add(prefix)
+    return kept
+
+
+@dataclass
 class StoreListing:
     """How the plan's one listing of the store went: what an operator needs to tell a slow
     store from a slow plan (a local store whose metadata had to be read from disk)."""
@@ -281,13 +318,39 @@ class StoreListing:
     # or an S3 store (its listing reads nothing from this machine's disk)
     disk_bytes: int | None
     walk: WalkReport
+    # A local store's generation folders the plan needed, listed after the walk (scan.Folder)
+    generation_folders: int = 0
+    generation_seconds: float = 0.0
+    generation_walk: WalkReport = field(default_factory=WalkReport)
+
+    @property
+    def total_seconds(self) -> float:
+        return self.seconds + self.generation_seconds
 
     def describe(self) -> str:
         read = "" if self.disk_bytes is None else f"; {human_bytes(self.disk_bytes)} read from disk"
+        then = ""
+        if self.generation_folders:
+            then = (
+                f"; then the {self.generation_folders} generation folders the plan needed in "
+                f"{self.generation_seconds:.1f} s"
+            )
+            if (switched := self.generation_walk.switched_after) is not None:
+                then += f", {LOCAL_COLD_LISTING_THREADS} at a time after the first {switched}"
         return (
             f"store listed in {self.seconds:.1f} s: {self.artifact_folders} artifact folders "
-            f"in {self.walk.describe()}{read}"
+            f"in {self.walk.describe()}{then}{read}"
         )
+
+    def add_generations(self, store: BackupStore, folders: Iterable[Folder]) -> None:
+        """List the deferred generation folders of `folders` at once, counted here."""
+        disk = (lambda: None) if isinstance(store, S3Store) else _disk_bytes_read
+        started, read_before = time.monotonic(), disk()
+        self.generation_folders += list_deferred(folders, self.generation_walk)
+        self.generation_seconds += time.monotonic() - started
+        read_after = disk()
+        if self.disk_bytes is not None and read_before is not None and read_after is not None:
+            self.disk_bytes += read_after - read_before
 
 
 def _disk_bytes_read() -> int | None:
@@ -298,11 +361,13 @@ def _disk_bytes_read() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_inblock * 512
 
 
-def _listed(store: BackupStore) -> tuple[dict[ArtifactRef, Folder], StoreListing]:
+def _listed(
+    store: BackupStore, today: date, windows: Windows
+) -> tuple[dict[ArtifactRef, Folder], StoreListing]:
     walk = WalkReport()
     disk = (lambda: None) if isinstance(store, S3Store) else _disk_bytes_read
     started, read_before = time.monotonic(), disk()
-    folders = scan_store(store, walk)
+    folders = scan_store(store, walk, functools.partial(_kept_by_age, today, windows))
     seconds, read_after = time.monotonic() - started, disk()
     read = None if read_before is None or read_after is None else read_after - read_before
     return folders, StoreListing(len(folders), seconds, read, walk)
@@ -444,7 +509,7 @@ def plan_retention(
     windows = Windows.from_policy(policy)
     today = _check_today(today)
     now = time.time() if now is None else now
-    folders, listed = _listed(store)
+    folders, listed = _listed(store, today, windows)
     # The copy store is pruned by the primary's keep markers (`control`): an operator marks
     # a backup kept in the primary, and its copy must be kept as long.
     markers = list_kept(control or store)
@@ -463,6 +528,7 @@ def plan_retention(
         if one.asset not in OWN_AGE_RULES:
             _apply_age_rules(one, today, windows)
         _apply_markers(one, held)
+    listed.add_generations(store, _needed_folders(series.values(), record))
     failed = _protect_every_series(list(series.values()), verifier, log)
     if record is not None and remember:
         for problem in record.save(store, folders.values()):
@@ -544,6 +610,21 @@ def _in_series_order(log: Log) -> Log:
             lines.append(line)
 
     return write
+
+
+def _needed_folders(series: Iterable[Series], record: VerificationRecord | None) -> list[Folder]:
+    """The artifacts whose files the plan is about to look at, listed at once: the newest of
+    each series and the newest one with a remembered verification (fingerprinted to be
+    trusted or verified), and every one not kept so far (its bytes, its deletion). Any other
+    is listed if and when it is asked for (an asset's own rule, a dry run's sizes)."""
+    needed: list[Folder] = []
+    for one in series:
+        remembered = record.entries.get(one.asset, {}) if record is not None else {}
+        first_remembered = next((a for a in one.artifacts if a.ref.folder in remembered), None)
+        for position, artifact in enumerate(one.artifacts):
+            if position == 0 or artifact is first_remembered or not artifact.keep:
+                needed.append(artifact.folder)
+    return needed
 
 
 def _protect_every_series(

@@ -8,6 +8,7 @@ is later."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from backup_pipelines.lib.errors import StoreError
@@ -17,6 +18,7 @@ from backup_pipelines.lib.store import (
     MANIFEST_NAME,
     ArtifactRef,
     BackupStore,
+    LocalStore,
     S3Store,
     is_generation,
     listing,
@@ -36,12 +38,15 @@ class Generation:
 
 @dataclass
 class Folder:
-    """An artifact folder as listed: manifest or not, generation folders, loose files."""
+    """An artifact folder as listed: manifest or not, generation folders, loose files. A local
+    store's generation folders may be named but not yet listed (scan_store defers them): their
+    files are listed the first time `generations`, `bytes` or `objects` is asked for, or for
+    many folders at once by list_deferred."""
 
     ref: ArtifactRef
     has_manifest: bool = False
-    bytes: int = 0
-    generations: dict[str, Generation] = field(default_factory=dict)
+    _bytes: int = 0
+    _generations: dict[str, Generation] = field(default_factory=dict)
     loose: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
     _listed: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
     # Batches of a folder's files as listed (a local folder's as lstat'ed): made into
@@ -49,11 +54,33 @@ class Folder:
     # of the store or less).
     _stated: list[tuple[str, list[listing.LocalListed]]] = field(default_factory=list, repr=False)
     _tagged: list[list[listing.Tagged]] = field(default_factory=list, repr=False)
+    # Generation folders named by the walk, not listed yet (relative to the store), and the
+    # local store they are in.
+    _deferred: list[str] = field(default_factory=list, repr=False)
+    _store: LocalStore | None = field(default=None, repr=False)
+
+    @property
+    def generations(self) -> dict[str, Generation]:
+        """Generation folders holding files: name -> their bytes and newest mtime."""
+        self._list_deferred()
+        return self._generations
+
+    @property
+    def generation_names(self) -> set[str]:
+        """Every generation folder the walk saw, listed or not (one found empty when listed
+        is not in `generations`)."""
+        return set(self._generations) | {path.rpartition("/")[2] for path in self._deferred}
+
+    @property
+    def bytes(self) -> int:
+        self._list_deferred()
+        return self._bytes
 
     @property
     def objects(self) -> list[tuple[str, int, str]]:
         """Every object as listed: (key, size, tag), the tag changing whenever it is
         rewritten (verified.py: what a remembered verification is bound to)."""
+        self._list_deferred()
         for folder, files in self._stated:
             self._tagged.append([listing.tagged(folder, name, stat) for name, stat in files])
         for objects in self._tagged:
@@ -61,6 +88,24 @@ class Folder:
         self._stated.clear()
         self._tagged.clear()
         return self._listed
+
+    def defer(self, store: LocalStore, folder: str) -> None:
+        """A generation folder (relative to the store) to list when it is needed."""
+        self._store = store
+        self._deferred.append(folder)
+
+    def _list_deferred(self) -> None:
+        if self._deferred and self._store is not None:
+            for folder, files in listing.list_own_files(self._store, list(self._deferred)):
+                self.add_listed_generation(folder, files)
+            self._deferred.clear()
+
+    def add_listed_generation(self, folder: str, files: list[listing.LocalListed]) -> None:
+        """A deferred generation folder's files, as listed (list_deferred)."""
+        if folder in self._deferred:
+            self._deferred.remove(folder)
+        if files:
+            self.add_stated(folder, files, folder.rpartition("/")[2])
 
     def add(self, key: str, size: int, mtime: float, generation: str | None, tag: str = "") -> None:
         self._listed.append((key, size, tag))
@@ -91,37 +136,63 @@ class Folder:
             self._count_own([(key, size, mtime) for key, size, mtime, _tag in objects])
 
     def _count_generation(self, generation: str, size: int, newest_mtime: float) -> None:
-        self.bytes += size
-        entry = self.generations.setdefault(generation, Generation())
+        self._bytes += size
+        entry = self._generations.setdefault(generation, Generation())
         entry.bytes += size
         entry.newest_mtime = max(entry.newest_mtime, newest_mtime)
 
     def _count_own(self, files: list[tuple[str, int, float]]) -> None:
         """Files of the artifact folder itself: (key, size, mtime)."""
         for key, size, mtime in files:
-            self.bytes += size
+            self._bytes += size
             if key.endswith("/" + MANIFEST_NAME):
                 self.has_manifest = True
             else:
                 self.loose.append((key, size, mtime))
 
 
+def list_deferred(folders: Iterable[Folder], report: listing.WalkReport | None = None) -> int:
+    """The deferred generation folders of many artifact folders listed at once (in threads
+    once the metadata comes from disk, as the walk): what a plan is about to need, instead of
+    one folder at a time as each is asked for. Returns how many were listed."""
+    owners = {path: folder for folder in folders for path in folder._deferred}
+    stores = {id(f._store): f._store for f in owners.values() if f._store is not None}
+    for store in stores.values():
+        paths = [p for p, f in owners.items() if f._store is store]
+        for path, files in listing.list_own_files(store, paths, report):
+            owners[path].add_listed_generation(path, files)
+    return len(owners)
+
+
 def scan_store(
-    store: BackupStore, report: listing.WalkReport | None = None
+    store: BackupStore,
+    report: listing.WalkReport | None = None,
+    defer: bool | Callable[[list[str]], Collection[str]] = True,
 ) -> dict[ArtifactRef, Folder]:
     """Every artifact folder, committed or not, from a single listing of the store (the fast
     listing: 10,000 workspaces' artifacts are millions of keys); how the walk went into
-    `report`."""
+    `report`. A local store's generation folders are named, not listed (Folder lists them
+    when asked): in every date folder, or in those `defer` picks of every date folder (a
+    plan's guess at where it will not look; listing those it will look at in the walk costs
+    less than listing them afterwards)."""
     folders: dict[ArtifactRef, Folder] = {}
     # Each artifact folder is met again as the parent of its generation folders: parsed (and
     # its ref validated) once.
     artifact_folders: dict[str, ArtifactRef | None] = {}
     # Date folders listed several at a time (listing.iter_store_folders); the order of the
-    # objects does not matter here (a fingerprint sorts them).
-    for parent_of_all, batch in listing.iter_store_folders(store, stats=True, report=report):
+    # objects does not matter here (a fingerprint sorts them). A plan lists the generation
+    # folders it needs (the newest of each series, what it deletes), not those of the month
+    # of backups it keeps.
+    batches = listing.iter_store_folders(store, stats=True, report=report, defer_generations=defer)
+    for parent_of_all, batch in batches:
         if parent_of_all is not None:  # a local folder's files (name, lstat): parsed once
-            if found := _folder_of(folders, parent_of_all, artifact_folders):
-                found[0].add_stated(parent_of_all, batch, found[1])
+            if not (found := _folder_of(folders, parent_of_all, artifact_folders)):
+                continue
+            if batch is None:  # a generation folder, not listed yet
+                if found[1] is not None and isinstance(store, LocalStore):
+                    found[0].defer(store, parent_of_all)
+                continue
+            found[0].add_stated(parent_of_all, batch, found[1])
             continue
         # A listing is in key order: the objects of one folder come in a run (or a few),
         # each run's folder parsed and its Folder found once.
@@ -213,6 +284,8 @@ def _age_hours(now: float, mtime: float) -> float:
 def _orphan_generations(
     store: BackupStore, folder: Folder, now: float, max_age_hours: float
 ) -> list[Leftover]:
+    if folder.has_manifest and len(folder.generation_names) <= 1:
+        return []  # its one generation is the manifest's (_current_generation): none to list
     old = {
         name: gen
         for name, gen in folder.generations.items()

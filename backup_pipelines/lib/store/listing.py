@@ -20,11 +20,12 @@ the same keys, sizes and modification times, for a fraction of the CPU.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import threading
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,6 +104,10 @@ LOCAL_LISTING_THREADS = 1
 LOCAL_COLD_LISTING_THREADS = 4
 COLD_READ_PER_FOLDER = 1024
 COLD_READ_MIN = 1 << 20
+# A deferred folder's listing: opened as a folder, never through a link; folders listed per
+# check of this thread's disk reads (and per task once in threads).
+_OPEN_FOLDER_NOT_LINK = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OWN_FILES_CHUNK = 64
 DATE_FOLDER = "date="
 MAX_WALK_DEPTH = 4  # asset key paths are 2 levels; below this, a folder is listed whole
 
@@ -126,8 +131,11 @@ class WalkReport:
 
 
 def iter_store_folders(
-    store: BackupStore, stats: bool = False, report: WalkReport | None = None
-) -> Iterator[tuple[str | None, list]]:
+    store: BackupStore,
+    stats: bool = False,
+    report: WalkReport | None = None,
+    defer_generations: bool | Callable[[list[str]], Collection[str]] = False,
+) -> Iterator[tuple[str | None, list | None]]:
     """Every object of the store, as iter_objects(store, "") lists them, in batches (not in
     that order): (the folder all of the batch's objects are directly in, or None, objects).
     The objects outside date folders come first, then each date folder's (a local folder's
@@ -135,7 +143,10 @@ def iter_store_folders(
     listed at once (LOCAL_COLD_LISTING_THREADS once a local walk reads from disk). With
     `stats`, a local folder's batches inside date folders are local_stats' (name, lstat)
     pairs: no key or tag string is made for the 400,000 files of 10,000 workspaces, only for
-    those a caller asks for (scan.Folder.objects)."""
+    those a caller asks for (scan.Folder.objects); with `defer_generations` as well, a local
+    generation folder is not opened but named, as the batch (its folder, None), for the
+    caller to list if it needs it (list_own_files): in every date folder, or (a callable
+    given every date folder listed whole) in those it returns."""
     if not isinstance(store, LocalStore | S3Store):
         yield None, list(iter_objects(store, ""))
         return
@@ -145,7 +156,13 @@ def iter_store_folders(
     yield None, loose
     threads = STORE_LISTING_THREADS
     if isinstance(store, LocalStore):
-        walk = local_stats if stats else local_folders
+        walk = local_folders
+        if stats:
+            deferred = _deferred_in(whole, defer_generations)
+
+            def walk(store: LocalStore, prefix: str):
+                return local_stats(store, prefix, defer_generations=prefix in deferred)
+
         threads = LOCAL_LISTING_THREADS
         if threads <= 1:
             walked = len(whole)
@@ -168,23 +185,31 @@ def iter_store_folders(
             yield from batches
 
 
+def _deferred_in(
+    folders: list[str], defer: bool | Callable[[list[str]], Collection[str]]
+) -> Collection[str]:
+    if callable(defer):
+        return set(defer(folders))
+    return set(folders) if defer else ()
+
+
 def _walk_until_cold(
-    store: LocalStore, walk, prefixes: list[str]
-) -> Generator[tuple[str | None, list], None, list[str]]:
-    """Walks `prefixes` one after the other in this thread while their metadata comes from
-    memory; returns those left once the walk reads from disk (COLD_READ_PER_FOLDER)."""
-    left = list(prefixes)
+    store: LocalStore, walk, prefixes: list
+) -> Generator[tuple[str | None, list], None, list]:
+    """Walks `prefixes` (what `walk` takes: a date folder, a chunk of folders) one after the
+    other in this thread while their metadata comes from memory; returns those left once the
+    walk reads from disk (COLD_READ_PER_FOLDER a batch walked)."""
     started = _disk_reads()
     folders = 0
-    while left:
-        for batch in walk(store, left.pop(0)):
+    for index, prefix in enumerate(prefixes):
+        for batch in walk(store, prefix):
             folders += 1
             yield batch
         if started is not None:
             read = _disk_reads() - started
             if read > max(COLD_READ_MIN, COLD_READ_PER_FOLDER * folders):
-                return left
-    return left
+                return prefixes[index + 1 :]
+    return []
 
 
 def _disk_reads() -> int | None:
@@ -276,11 +301,16 @@ def tagged(folder: str, name: str, stat: os.stat_result) -> Tagged:
 
 
 def local_stats(
-    store: LocalStore, prefix: str, manifests_only: bool = False, descend: bool = True
-) -> Iterator[tuple[str, list[LocalListed]]]:
+    store: LocalStore,
+    prefix: str,
+    manifests_only: bool = False,
+    descend: bool = True,
+    defer_generations: bool = False,
+) -> Iterator[tuple[str, list[LocalListed] | None]]:
     """Each folder under `prefix` that holds files, with each file's name and lstat (one
     batch a folder: retention's scan of 430,000 files then parses 170,000 folder names once
-    each, not once per file, and makes no key or tag string it does not need)."""
+    each, not once per file, and makes no key or tag string it does not need).
+    `defer_generations`: a generation folder is not opened but yielded as (its folder, None)."""
     root = str(store.root)
     # store._path: the store's own check that a key stays inside its folder
     start = str(store._path(prefix.strip("/"))) if prefix.strip("/") else root
@@ -290,33 +320,94 @@ def local_stats(
     stack = [start]
     while stack:
         folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # removed since it was seen (a commit dropping a generation)
-        except OSError as exc:
-            raise StoreError(
-                f"backup store {store.describe()} refused to list {folder[base_len:]!r}: "
-                f"{exc.strerror or exc}"
-            ) from exc
-        files: list[LocalListed] = []
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if descend and not (manifests_only and is_generation(entry.name)):
-                    stack.append(entry.path)
-                continue
-            if manifests_only and entry.name != MANIFEST_NAME:
-                continue
-            if entry.is_symlink() and entry.is_dir():
-                continue  # as os.walk in LocalStore._list: a linked folder is neither walked nor listed
-            # As LocalStore._list: a symlink or special file is listed as itself (lstat) and
-            # refused when read, so a damaged artifact shows up instead of vanishing.
-            try:
-                files.append((entry.name, entry.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
+        files, below = _own_files(store, folder, base_len, manifests_only)
+        for name in below if descend else ():
+            if defer_generations and is_generation(name):
+                yield f"{folder[base_len:]}/{name}", None
+            elif not (manifests_only and is_generation(name)):
+                stack.append(f"{folder}/{name}")
         if files:
             yield folder[base_len:], files
+
+
+def _own_files(
+    store: LocalStore, folder: str | int, base_len: int, manifests_only: bool = False
+) -> tuple[list[LocalListed], list[str]]:
+    """The files directly in `folder` (an absolute path, or an open folder's descriptor)
+    with their lstat, and the names of its sub-folders (never a linked one)."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []  # removed since it was seen (a commit dropping a generation)
+    except OSError as exc:
+        where = folder[base_len:] if isinstance(folder, str) else "a folder"
+        raise StoreError(
+            f"backup store {store.describe()} refused to list {where!r}: {exc.strerror or exc}"
+        ) from exc
+    files: list[LocalListed] = []
+    below: list[str] = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            below.append(entry.name)
+            continue
+        if manifests_only and entry.name != MANIFEST_NAME:
+            continue
+        if entry.is_symlink() and entry.is_dir():
+            continue  # as os.walk in LocalStore._list: a linked folder is neither walked nor listed
+        # As LocalStore._list: a symlink or special file is listed as itself (lstat) and
+        # refused when read, so a damaged artifact shows up instead of vanishing.
+        try:
+            files.append((entry.name, entry.stat(follow_symlinks=False)))
+        except FileNotFoundError:
+            continue
+    return files, below
+
+
+def list_own_files(
+    store: LocalStore, folders: list[str], report: WalkReport | None = None
+) -> Iterator[tuple[str, list[LocalListed]]]:
+    """(folder, its files with their lstat) for each of `folders` (relative to the store, as
+    a walk with `defer_generations` named them; one that is gone, or is now a link, lists no
+    files), OWN_FILES_CHUNK at a time: in this thread while their metadata comes from
+    memory, then LOCAL_COLD_LISTING_THREADS chunks at once (as iter_store_folders). Each is
+    opened without following a link, not through LocalStore._path (whose resolve costs ~10
+    lstat calls a folder): these paths come from a walk that never follows one."""
+    root = str(store.root)
+    base_len = len(root) + 1
+    chunks = [folders[i : i + OWN_FILES_CHUNK] for i in range(0, len(folders), OWN_FILES_CHUNK)]
+
+    def own(_store: LocalStore, chunk: list[str]) -> list[tuple[str, list[LocalListed]]]:
+        return [
+            (folder, _own_files_unlinked(store, f"{root}/{folder}", base_len)) for folder in chunk
+        ]
+
+    left = yield from _walk_until_cold(store, own, chunks)
+    if not left:
+        return
+    if report is not None:
+        report.switched_after = (len(chunks) - len(left)) * OWN_FILES_CHUNK
+    with ThreadPoolExecutor(LOCAL_COLD_LISTING_THREADS) as pool:
+        for batches in pool.map(lambda chunk: own(store, chunk), left):
+            yield from batches
+
+
+def _own_files_unlinked(store: LocalStore, folder: str, base_len: int) -> list[LocalListed]:
+    """_own_files of a folder that must not be a link (O_NOFOLLOW: no lstat of its own)."""
+    try:
+        handle = os.open(folder, _OPEN_FOLDER_NOT_LINK)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # removed since it was seen (a commit dropping a generation)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return []  # a link put in its place since the walk: not followed
+        raise StoreError(
+            f"backup store {store.describe()} refused to list {folder[base_len:]!r}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+    try:
+        return _own_files(store, handle, base_len)[0]
+    finally:
+        os.close(handle)
 
 
 def _local_folders(store: LocalStore, prefix: str) -> list[str]:
