@@ -331,16 +331,20 @@ def local_stats(
 
 
 def _own_files(
-    store: LocalStore, folder: str | int, base_len: int, manifests_only: bool = False
+    store: LocalStore,
+    folder: str | int,
+    base_len: int,
+    manifests_only: bool = False,
+    path: str = "",
 ) -> tuple[list[LocalListed], list[str]]:
-    """The files directly in `folder` (an absolute path, or an open folder's descriptor)
-    with their lstat, and the names of its sub-folders (never a linked one)."""
+    """The files directly in `folder` (an absolute path, or an open folder's descriptor and
+    its `path`) with their lstat, and the names of its sub-folders (never a linked one)."""
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return [], []  # removed since it was seen (a commit dropping a generation)
     except OSError as exc:
-        where = folder[base_len:] if isinstance(folder, str) else "a folder"
+        where = (folder if isinstance(folder, str) else path)[base_len:]
         raise StoreError(
             f"backup store {store.describe()} refused to list {where!r}: {exc.strerror or exc}"
         ) from exc
@@ -405,7 +409,7 @@ def _own_files_unlinked(store: LocalStore, folder: str, base_len: int) -> list[L
             f"{exc.strerror or exc}"
         ) from exc
     try:
-        return _own_files(store, handle, base_len)[0]
+        return _own_files(store, handle, base_len, path=folder)[0]
     finally:
         os.close(handle)
 
