@@ -344,19 +344,19 @@ class StoreListing:
 
     def add_generations(self, store: BackupStore, folders: Iterable[Folder]) -> None:
         """List the deferred generation folders of `folders` at once, counted here."""
-        disk = (lambda: None) if isinstance(store, S3Store) else _disk_bytes_read
-        started, read_before = time.monotonic(), disk()
+        started, read_before = time.monotonic(), _disk_bytes_read(store)
         self.generation_folders += list_deferred(folders, self.generation_walk)
         self.generation_seconds += time.monotonic() - started
-        read_after = disk()
+        read_after = _disk_bytes_read(store)
         if self.disk_bytes is not None and read_before is not None and read_after is not None:
             self.disk_bytes += read_after - read_before
 
 
-def _disk_bytes_read() -> int | None:
-    """Bytes this process has read from disk (Linux's getrusage, in 512-byte blocks); None
-    elsewhere, where the count means something else or nothing."""
-    if not sys.platform.startswith("linux"):
+def _disk_bytes_read(store: BackupStore) -> int | None:
+    """Bytes this process has read from disk (Linux's getrusage, in 512-byte blocks), where
+    that says something about listing `store`: None for an S3 store (its listing reads
+    nothing from this machine's disk) and off Linux, where the count means something else."""
+    if isinstance(store, S3Store) or not sys.platform.startswith("linux"):
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_inblock * 512
 
@@ -365,10 +365,9 @@ def _listed(
     store: BackupStore, today: date, windows: Windows
 ) -> tuple[dict[ArtifactRef, Folder], StoreListing]:
     walk = WalkReport()
-    disk = (lambda: None) if isinstance(store, S3Store) else _disk_bytes_read
-    started, read_before = time.monotonic(), disk()
+    started, read_before = time.monotonic(), _disk_bytes_read(store)
     folders = scan_store(store, walk, functools.partial(_kept_by_age, today, windows))
-    seconds, read_after = time.monotonic() - started, disk()
+    seconds, read_after = time.monotonic() - started, _disk_bytes_read(store)
     read = None if read_before is None or read_after is None else read_after - read_before
     return folders, StoreListing(len(folders), seconds, read, walk)
 

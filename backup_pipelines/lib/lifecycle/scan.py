@@ -95,10 +95,8 @@ class Folder:
         self._deferred.append(folder)
 
     def _list_deferred(self) -> None:
-        if self._deferred and self._store is not None:
-            for folder, files in listing.list_own_files(self._store, list(self._deferred)):
-                self.add_listed_generation(folder, files)
-            self._deferred.clear()
+        if self._deferred:
+            list_deferred([self])
 
     def add_listed_generation(self, folder: str, files: list[listing.LocalListed]) -> None:
         """A deferred generation folder's files, as listed (list_deferred)."""
@@ -155,10 +153,13 @@ def list_deferred(folders: Iterable[Folder], report: listing.WalkReport | None =
     """The deferred generation folders of many artifact folders listed at once (in threads
     once the metadata comes from disk, as the walk): what a plan is about to need, instead of
     one folder at a time as each is asked for. Returns how many were listed."""
-    owners = {path: folder for folder in folders for path in folder._deferred}
-    stores = {id(f._store): f._store for f in owners.values() if f._store is not None}
-    for store in stores.values():
-        paths = [p for p, f in owners.items() if f._store is store]
+    owners: dict[str, Folder] = {}
+    by_store: dict[int, tuple[LocalStore, list[str]]] = {}  # one store, but for a caller's mix
+    for folder in folders:
+        if folder._deferred and folder._store is not None:
+            owners.update(dict.fromkeys(folder._deferred, folder))
+            by_store.setdefault(id(folder._store), (folder._store, []))[1].extend(folder._deferred)
+    for store, paths in by_store.values():
         for path, files in listing.list_own_files(store, paths, report):
             owners[path].add_listed_generation(path, files)
     return len(owners)

@@ -345,9 +345,7 @@ def _own_files(
         return [], []  # removed since it was seen (a commit dropping a generation)
     except OSError as exc:
         where = (folder if isinstance(folder, str) else path)[base_len:]
-        raise StoreError(
-            f"backup store {store.describe()} refused to list {where!r}: {exc.strerror or exc}"
-        ) from exc
+        raise _refused(store, where, exc) from exc
     files: list[LocalListed] = []
     below: list[str] = []
     for entry in entries:
@@ -365,6 +363,12 @@ def _own_files(
         except FileNotFoundError:
             continue
     return files, below
+
+
+def _refused(store: LocalStore, folder: str, exc: OSError) -> StoreError:
+    return StoreError(
+        f"backup store {store.describe()} refused to list {folder!r}: {exc.strerror or exc}"
+    )
 
 
 def list_own_files(
@@ -404,10 +408,7 @@ def _own_files_unlinked(store: LocalStore, folder: str, base_len: int) -> list[L
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return []  # a link put in its place since the walk: not followed
-        raise StoreError(
-            f"backup store {store.describe()} refused to list {folder[base_len:]!r}: "
-            f"{exc.strerror or exc}"
-        ) from exc
+        raise _refused(store, folder[base_len:], exc) from exc
     try:
         return _own_files(store, handle, base_len, path=folder)[0]
     finally:
