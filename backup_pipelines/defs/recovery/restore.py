@@ -331,11 +331,13 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
             index_clients(context.resources, index_keys) as clients,
         ):
             try:
-                sql_report, done = restore.restore_sql_and_indexes(
-                    clients, store, located, policy, Mode(options.mode), rebuild, database_url,
+                job = restore.IndexRestore(
+                    clients, store, located, policy, Mode(options.mode), database_url,
                     log=thread_safe(context.log.info), skip_refused=options.skip_refused,
-                    branch_lap=lambda name, taken: seconds.update({name: round(taken, 3)}),
                 )  # fmt: skip
+                sql_report, done = restore.restore_sql_and_indexes(
+                    job, rebuild, lambda name, taken: seconds.update({name: round(taken, 3)})
+                )
             except PartialRestore as exc:
                 raise dg.Failure(
                     description=str(exc),

@@ -214,32 +214,52 @@ def merge_sql(
     return merge_sql_rows(database_url, source, ref, manifest, dry_run=dry_run, log=log)
 
 
+@dataclass(frozen=True)
+class IndexRestore:
+    """What every index step of one restore works with: the clients (engine name -> client),
+    the located artifacts and their store, the policy, the mode, the database a rebuild reads,
+    the collections to restore into (engine name -> collection; default: the policy's), and
+    whether refused entries are skipped."""
+
+    indexes: Mapping[str, Any]
+    store: BackupStore
+    located: Located
+    policy: Policy
+    mode: Mode
+    database_url: str
+    targets: Mapping[str, str] = field(default_factory=dict)
+    log: Log | None = None
+    skip_refused: bool = False
+
+    def target(self, engine: IndexEngine) -> str:
+        return self.targets.get(engine.name) or engine.memory_collection(
+            self.policy, self.located.workspace
+        )
+
+
 def restore_index(
     engine: IndexEngine,
     client,
-    store: BackupStore,
-    located: Located,
-    policy: Policy,
-    mode: Mode,
+    job: IndexRestore,
     rebuild: bool,
-    database_url: str,
     target: str | None = None,
-    log: Log | None = None,
     refused: Refusals | None = None,
 ) -> dict:
     """One engine's collection of the workspace back, into `target` (default: its own name):
     from the artifact, or rebuilt from the SQL rows when the gate says the index is stale or
     the artifact does not hold the collection. Entries the index refuses go to `refused`
     (without it: EntriesRefused once every other entry is in)."""
+    located, policy = job.located, job.policy
     collection = engine.memory_collection(policy, located.workspace)
     target = target or collection
     manifest = located.manifests.get(engine.asset)
     if rebuild or manifest is None or not engine.holds(manifest, collection):
-        return rebuild_index(engine, client, located.workspace, policy, mode, database_url,
-                             target, target != collection, log, refused)  # fmt: skip
+        return rebuild_index(engine, client, located.workspace, policy, job.mode,
+                             job.database_url, target, target != collection, job.log,
+                             refused)  # fmt: skip
     ref = located.refs[engine.asset]
-    source = artifact_source(store, located)
-    return engine.restore(client, source, ref, manifest, collection, target, mode, refused)
+    source = artifact_source(job.store, located)
+    return engine.restore(client, source, ref, manifest, collection, target, job.mode, refused)
 
 
 def rebuild_index(
@@ -278,51 +298,43 @@ def rebuild_index(
 
 
 def restore_indexes(
-    indexes: Mapping[str, Any],
-    store: BackupStore,
-    located: Located,
-    policy: Policy,
-    mode: Mode,
+    job: IndexRestore,
     rebuild: bool,
-    database_url: str,
-    targets: Mapping[str, str] | None = None,
     lap=None,
-    log: Log | None = None,
-    skip_refused: bool = False,
     sql_report: Mapping[str, dict] | None = None,
     sql_branch=None,
 ) -> dict[str, dict]:
     """Every engine's collection of the workspace back (engine name -> what it did). One
-    engine failing, or refusing entries (skipped only with `skip_refused`), does not stop the
-    others; then PartialRestore says what each store holds (`sql_report`: the SQL step's) and
-    how to finish (recovery.partial).
+    engine failing, or refusing entries (skipped only with `job.skip_refused`), does not stop
+    the others; then PartialRestore says what each store holds (`sql_report`: the SQL step's)
+    and how to finish (recovery.partial).
 
     With `sql_branch` (a callable merging the SQL rows, returning its report) the SQL merge and
     the index steps all run at once (run_beside_sql); the SQL report is then
     `progress.sql_report`, reached through the returned results' caller (restore_workspace)."""
+    located = job.located
     progress = partial.IndexProgress(
-        f"{located.date}|{located.workspace}", mode, skip_refused, sql_report, log
+        f"{located.date}|{located.workspace}", job.mode, job.skip_refused, sql_report, job.log
     )
-    for engine in index_engines(indexes):
-        target = (targets or {}).get(engine.name) or engine.memory_collection(
-            policy, located.workspace
-        )
-        progress.plan(engine, indexes[engine.name], target, backed_up_rows(located, policy, engine))
+    for engine in index_engines(job.indexes):
+        progress.plan(
+            engine, job.indexes[engine.name], job.target(engine),
+            backed_up_rows(located, job.policy, engine),
+        )  # fmt: skip
 
     def run(step: partial.IndexStep) -> None:
         with progress.running(step):  # a failure is reported with every store's state
             step.result = restore_index(
-                step.engine, step.client, store, located, policy, mode, rebuild, database_url,
-                step.collection, log, step.refused,
-            )  # fmt: skip
+                step.engine, step.client, job, rebuild, step.collection, step.refused
+            )
 
     if sql_branch is None:
         for step in progress.steps:
-            logged(step.engine.name, lambda step=step: run(step), log)
+            logged(step.engine.name, lambda step=step: run(step), job.log)
             if lap is not None:
                 lap(step.engine.name)
         return progress.finish()
-    run_beside_sql(progress, run, sql_branch, lap, log)
+    run_beside_sql(progress, run, sql_branch, lap, job.log)
     return progress.finish()
 
 
@@ -369,16 +381,7 @@ def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap, log=No
 
 
 def restore_sql_and_indexes(
-    indexes: Mapping[str, Any],
-    store: BackupStore,
-    located: Located,
-    policy: Policy,
-    mode: Mode,
-    rebuild: bool,
-    database_url: str,
-    log: Log | None = None,
-    skip_refused: bool = False,
-    branch_lap=None,
+    job: IndexRestore, rebuild: bool, branch_lap=None
 ) -> tuple[dict, dict[str, dict]]:
     """Once the gate passed: the SQL merge and every index restore, at the same time (each on
     its own thread), or, when the indexes are rebuilt from the SQL rows (`rebuild`), the SQL
@@ -389,10 +392,10 @@ def restore_sql_and_indexes(
     merged: dict = {}
 
     def sql_branch() -> dict:
-        merged.update(merge_sql(database_url, store, located, log=log))
+        merged.update(merge_sql(job.database_url, job.store, job.located, log=job.log))
         return merged
 
-    if rebuild or not indexes:
+    if rebuild or not job.indexes:
         clock = [time.monotonic()]
 
         def step_lap(name: str) -> None:  # one step after another: each from the last's end
@@ -400,17 +403,10 @@ def restore_sql_and_indexes(
             branch_lap(name, now - clock[0])
             clock[0] = now
 
-        logged("sql", sql_branch, log)
+        logged("sql", sql_branch, job.log)
         step_lap("sql")
-        return merged, restore_indexes(
-            indexes, store, located, policy, mode, rebuild, database_url, lap=step_lap,
-            log=log, skip_refused=skip_refused, sql_report=merged,
-        )  # fmt: skip
-    done = restore_indexes(
-        indexes, store, located, policy, mode, False, database_url, lap=branch_lap, log=log,
-        skip_refused=skip_refused, sql_branch=sql_branch,
-    )  # fmt: skip
-    return merged, done
+        return merged, restore_indexes(job, rebuild, step_lap, sql_report=merged)
+    return merged, restore_indexes(job, False, branch_lap, sql_branch=sql_branch)
 
 
 def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
@@ -562,6 +558,9 @@ def _restore_workspace_held(
     located = locate_and_verify(store, date, workspace, index_assets(indexes), log=log)
     check_before_writing(database_url, policy, list(indexes))
     lap("locate_and_verify")
+    job = IndexRestore(
+        indexes, store, located, policy, mode, database_url, targets, log, skip_refused
+    )
     # Staging the SQL rows writes nothing anyone sees: it runs while the gate reads.
     background = None
     if parallel and indexes and not dry_run:
@@ -582,28 +581,19 @@ def _restore_workspace_held(
         if dry_run:
             report.seconds = timings
             return report
-        report.indexes = restore_indexes(
-            indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
-            skip_refused, report.sql,
-        )  # fmt: skip
+        report.indexes = restore_indexes(job, rebuild, lap, report.sql)
     elif rebuild:  # a rebuild reads the merged SQL rows: it waits for the SQL commit
         background.proceed()
         report.sql = background.finish()
         lap("sql")
-        report.indexes = restore_indexes(
-            indexes, store, located, policy, mode, rebuild, database_url, targets, lap, log,
-            skip_refused, report.sql,
-        )  # fmt: skip
+        report.indexes = restore_indexes(job, rebuild, lap, report.sql)
     else:
 
         def branch_lap(name: str, seconds: float) -> None:
             branch_seconds[name] = seconds
 
         background.proceed()
-        report.indexes = restore_indexes(
-            indexes, store, located, policy, mode, False, database_url, targets, branch_lap,
-            log, skip_refused, None, sql_branch=background.finish,
-        )  # fmt: skip
+        report.indexes = restore_indexes(job, False, branch_lap, sql_branch=background.finish)
         report.sql = background.report
         lap("sql_and_indexes")
     skipped = skipped_of(report.indexes)
