@@ -89,3 +89,19 @@ def write_memory(database_url: str, workspace: str, content: str = "after the SQ
             "now() FROM memory_entries WHERE workspace_id = %s LIMIT 1 RETURNING id",
             (content, workspace),
         ).fetchone()[0]
+
+
+def back_up_an_orphan(store, indexed, workspace, date=DATE) -> int:
+    """After the partition's SQL backup: a memory written and indexed, then only the indexes
+    backed up. The index artifacts hold an id the SQL artifact lacks (an orphan: the gate's
+    FAIL); live SQL and indexes both keep the new memory. Returns its id."""
+    import psycopg
+
+    new_id = write_memory(indexed["db"], workspace, "written between the two backups")
+    with psycopg.connect(indexed["db"]) as conn:  # a transaction: the rows come from a cursor
+        index_workspace(
+            conn, workspace, indexed["policy"], indexed["typesense"], indexed["qdrant"],
+            only_ids={new_id},
+        )  # fmt: skip
+    back_up(store, indexed, workspace, sql=False, date=date)
+    return new_id

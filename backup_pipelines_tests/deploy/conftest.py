@@ -71,25 +71,11 @@ def make_inconsistent_partition(stack: dict, workspace: str, date: str) -> int:
     """SQL taken; then a memory written and indexed; then the indexes taken: the index
     artifacts hold an id the SQL artifact lacks (an orphan). Live SQL and indexes both keep
     the new memory, so they stay consistent for the other tests."""
-    from backup_pipelines_tests.helpers import back_up, index_workspace
+    from backup_pipelines_tests.helpers import back_up, back_up_an_orphan
 
     store = LocalStore(stack["store_dir"])
-    policy = stack["policy"]
     back_up(store, stack, workspace, indexes=(), date=date)
-    with psycopg.connect(stack["db"], autocommit=True) as conn:
-        new_id = conn.execute(
-            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, "
-            "created_at, updated_at) SELECT workspace_id, 'fact', 'written between the two "
-            "backups', 0.5, embedding, now(), now() FROM memory_entries WHERE workspace_id = %s "
-            "LIMIT 1 RETURNING id",
-            (workspace,),
-        ).fetchone()[0]
-    with psycopg.connect(stack["db"]) as conn:  # a transaction: the rows come from a cursor
-        index_workspace(
-            conn, workspace, policy, stack["typesense"], stack["qdrant"], only_ids={new_id}
-        )
-    back_up(store, stack, workspace, sql=False, date=date)
-    return new_id
+    return back_up_an_orphan(store, stack, workspace, date)
 
 
 @pytest.fixture(scope="package")

@@ -122,7 +122,7 @@ def test_lease_dagster_restore_job_hands_the_lease_between_steps_and_gives_it_ba
     """The restore job's steps run under one lease (taken by the first, released by the last)
     and a failing step gives it back at once: an inconsistent pair is refused at the gate, and
     the workspace is free for the next backup immediately, not after the lease expires."""
-    from backup_pipelines_tests.helpers import index_workspace, write_memory
+    from backup_pipelines_tests.helpers import back_up_an_orphan
 
     store = LocalStore(tmp_path / "store")
     back_up(store, indexed_source, WORKSPACE)
@@ -139,13 +139,7 @@ def test_lease_dagster_restore_job_hands_the_lease_between_steps_and_gives_it_ba
 
     # A memory written and indexed after the SQL backup, then only the indexes backed up: the
     # index artifacts hold an id the SQL artifact lacks, the gate's FAIL.
-    new_id = write_memory(indexed_source["db"], WORKSPACE)
-    with psycopg.connect(indexed_source["db"]) as conn:
-        index_workspace(
-            conn, WORKSPACE, indexed_source["policy"], indexed_source["typesense"],
-            indexed_source["qdrant"], only_ids={new_id},
-        )  # fmt: skip
-    back_up(store, indexed_source, WORKSPACE, sql=False)
+    back_up_an_orphan(store, indexed_source, WORKSPACE)
     refused = run_job(defs, "workspace_restore_job", f"{DATE}|{WORKSPACE}")
     step, _error = failure_of(refused)
     assert not refused.success and step == "consistency_gate"

@@ -21,9 +21,8 @@ from backup_pipelines.lib.store import LocalStore
 from backup_pipelines_tests.helpers import (
     DATE,
     back_up,
-    index_workspace,
+    back_up_an_orphan,
     restore_env,
-    write_memory,
 )
 from backup_pipelines_tests.pg_checks import fingerprint
 from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
@@ -255,13 +254,7 @@ def test_operator_gate_refusal_is_a_decision_alerted_as_restore_refused(operator
     decision (what, why, what to do), and one `restore_refused` alert carries the verdict and
     its evidence; nothing is written."""
     source = operator["source"]
-    new_id = write_memory(source["db"], "ws_acme")
-    with psycopg.connect(source["db"]) as conn:
-        index_workspace(
-            conn, "ws_acme", source["policy"], source["typesense"], source["qdrant"],
-            only_ids={new_id},
-        )  # fmt: skip
-    back_up(operator["store"], source, "ws_acme", sql=False)
+    back_up_an_orphan(operator["store"], source, "ws_acme")
     before = fingerprint(source["db"], "ws_acme")
 
     refused = run(operator, "workspace_restore_job", f"{DATE}|ws_acme")

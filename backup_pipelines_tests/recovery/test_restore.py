@@ -17,7 +17,7 @@ from backup_pipelines.lib.postgres import dump as postgres
 from backup_pipelines.lib.recovery.workspace_restore import GateRefused, restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines_tests.conftest import WORKSPACES
-from backup_pipelines_tests.helpers import DATE, back_up, restore_env
+from backup_pipelines_tests.helpers import DATE, back_up, back_up_an_orphan, restore_env
 from backup_pipelines_tests.pg_checks import fingerprint
 
 
@@ -129,29 +129,9 @@ def test_inconsistent_pair_fails_the_restore_job_at_the_gate_before_any_write(
     """SQL taken; then a memory written and indexed; then the indexes taken: the index artifacts
     hold an id the SQL artifact lacks (an orphan) — restoring both would point the index at a
     memory the restored SQL does not have."""
-    from backup_pipelines.lib.postgres.memory_rows import iter_index_rows
-    from backup_pipelines.lib.qdrant.points import index_into_qdrant
-    from backup_pipelines.lib.typesense.documents import index_into_typesense
-
     store = LocalStore(tmp_path)
     back_up(store, indexed_source, "ws_initech", indexes=())
-    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
-        new_id = conn.execute(
-            "INSERT INTO memory_entries (workspace_id, kind, content, importance, embedding, created_at, updated_at) "
-            "SELECT 'ws_initech', 'fact', 'written between the two backups', 0.5, embedding, now(), now() "
-            "FROM memory_entries WHERE workspace_id = 'ws_initech' LIMIT 1 RETURNING id"
-        ).fetchone()[0]
-    policy = indexed_source["policy"]
-    for engine, index_into, collection in (
-        ("typesense", index_into_typesense, "memory_ws_initech"),
-        ("qdrant", index_into_qdrant, "agent_ws_initech"),
-    ):
-        mapping = policy.index_mapping(engine)
-        with psycopg.connect(indexed_source["db"]) as conn:
-            rows = iter_index_rows(conn, "ws_initech", mapping, policy.schema)
-            new_rows = [r for r in rows if r["id"] == new_id]
-        index_into(indexed_source[engine], collection, iter(new_rows), mapping)
-    back_up(store, indexed_source, "ws_initech", sql=False)
+    new_id = back_up_an_orphan(store, indexed_source, "ws_initech")
     lose_workspace_memory(indexed_source, "ws_initech")
     live_before = fingerprint(indexed_source["db"], "ws_initech")
 
