@@ -130,7 +130,7 @@ def rpo_check_result(items: list[rpo.Freshness]) -> dict:
     """Arguments of the `rpo_met` evaluation of one asset: late workspaces and their ages."""
     late = sorted((i for i in items if i.late), key=lambda i: -(i.age_hours or float("inf")))
     disagreeing = [i for i in items if i.disagreement]
-    unconfirmed = sum(i.age_is_lower_bound for i in items)
+    unconfirmed = rpo.unconfirmed(items)
     target = items[0].target_hours if items else 0.0  # no workspace yet: nothing is late
     ages = [i.age_hours for i in items if i.age_hours is not None]
     rows = "\n".join(

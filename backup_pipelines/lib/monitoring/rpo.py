@@ -320,6 +320,11 @@ def _join_all(threads: list[threading.Thread], until: float) -> None:
 # Evaluation
 
 
+def unconfirmed(items: Iterable[Freshness]) -> int:
+    """How many ages are lower bounds: their manifests were not read yet."""
+    return sum(item.age_is_lower_bound for item in items)
+
+
 @dataclass
 class Evaluation:
     """Every asset x workspace of one tick."""
@@ -331,8 +336,7 @@ class Evaluation:
         return [item for item in self.items if item.late]
 
     def unconfirmed(self) -> int:
-        """Ages that are lower bounds: manifests not read yet."""
-        return sum(item.age_is_lower_bound for item in self.items)
+        return unconfirmed(self.items)
 
     def by_asset(self) -> dict[str, list[Freshness]]:
         grouped: dict[str, list[Freshness]] = {}
