@@ -353,6 +353,40 @@ def test_typesense_ids_from_tricky_jsonl(store):
         ids_from_typesense_export(store, TS_REF, broken)
 
 
+def test_typesense_ids_of_sorted_key_exports_match_json(store, monkeypatch):
+    """Typesense exports a document's keys in sorted order, so "id" follows "content",
+    "created_at" and the like. The id read without json.loads must be json.loads' own for
+    every line: strings holding quotes, backslashes (one ending a value), "id": and newlines
+    (escaped), numbers, booleans, nulls, nested objects and arrays before "id", escaped ids;
+    lines of one export mixed so both the one-pass and the line-by-line reads run."""
+    import random
+
+    monkeypatch.setattr(id_streams, "READ_SIZE", 4096)  # many blocks, lines cut by chunks
+    rng = random.Random(20261204)
+    pieces = ['"id":"x"', "\\", '\\"', "\n", "\t", "{", "}", "[", ",", ":", "café 東京 🚀"]
+
+    def text() -> str:
+        return "".join(rng.choice([*pieces, "plain words"]) for _ in range(rng.randint(0, 6)))
+
+    def value():
+        kind = rng.randrange(8)
+        return [text(), rng.randint(-10**12, 10**12), rng.random() * 1e6, True, False, None,
+                {"id": text(), "n": [1, text()]}, [text(), 2.5, None]][kind]  # fmt: skip
+
+    lines, expected = [], []
+    for number in range(1, 3001):
+        document = {name: value() for name in rng.sample(["a", "content", "created_at", "hx",
+                                                          "ia", "kind", "tags"], rng.randint(0, 5))}  # fmt: skip
+        document["id"] = str(number) if rng.random() < 0.9 else f'{number}"\\{text()}'
+        spaced = rng.random() < 0.02
+        line = json.dumps(document, ensure_ascii=rng.random() < 0.1, sort_keys=True,
+                          separators=(", ", ": ") if spaced else (",", ":"))  # fmt: skip
+        lines.append(line.encode() + b"\n")
+        expected.append(json.loads(line)["id"])
+    side = ids_from_typesense_export(store, TS_REF, write_typesense(store, lines))
+    assert [v.decode() for v in side.ids] == expected
+
+
 def test_typesense_integer_ids_parse_as_int64(store, monkeypatch):
     monkeypatch.setattr(id_streams, "READ_SIZE", 100)
     lines = [b'{"id":"%d","content":"c%d \\"id\\": \\"0\\""}\n' % (i, i) for i in range(1, 500)]

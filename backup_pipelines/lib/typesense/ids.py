@@ -1,11 +1,12 @@
 """The document ids of a Typesense export artifact, for the consistency gate.
 
-The id is read without json.loads when a document starts with `{"id":"` (see _jsonl_ids).
+The id is read without json.loads where a regular expression can find it (see _PLAIN_ID).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -22,35 +23,39 @@ from backup_pipelines.lib.store import ArtifactRef, BackupStore
 TYPESENSE_FILE = "documents.jsonl.zst"
 
 
-_JSONL_FAST = b'{"id":"'
+# A document line whose top-level "id" is a plain string, found without json.loads. Typesense
+# exports keys in sorted order, so "id" usually follows other fields ("content", "created_at"):
+# the pattern steps over the members before it, each a key string and a value that is a string
+# or a number/true/false/null, strings read escape by escape (so "id": inside a value is never
+# taken for the key). A nested object or array before "id", spaces, an id with escapes or a
+# line that is not such an object at all does not match, and is parsed with json.loads. No
+# part of the pattern but its last matches a newline: a match never runs into the next line.
+_STRING = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'  # unrolled: one character class per run
+_SCALAR = rb"(?:-?[0-9][0-9.eE+-]*|true|false|null)"
+_PLAIN_ID = re.compile(
+    # the rest of the line is taken too, so a search goes on from the next line's start
+    rb'^\{(?:%s:(?:%s|%s),)*?"id":"([^"\\\n]*)"[^\n]*\n' % (_STRING, _STRING, _SCALAR),
+    re.MULTILINE,
+)
 
 
 def _jsonl_ids(buf: bytes, start: int, stop: int) -> list[bytes]:
-    """The top-level "id" of every JSON document line in buf[start:stop], as UTF-8 bytes.
-
-    Fast path, without json.loads: a line that starts with `{"id":"` has "id" as the first key
-    of the top-level object (nothing before it can open a string or a nested object), and when
-    the characters up to the next double quote hold no backslash, that quote closes the value.
-    Text such as `"id": "999"` inside another field cannot be taken for it: it is never at the
-    start of a line, and inside a JSON string its quotes are escaped anyway. Any other line
-    (another key first, whitespace, an escaped id, a nested "id") is parsed with json.loads.
-    """
+    """The top-level "id" of every JSON document line in buf[start:stop] (whole lines, each
+    ending in a newline), as UTF-8 bytes. A block whose every line matches _PLAIN_ID is read
+    in one regex pass; else line by line, json.loads for the lines that do not match."""
+    found = _PLAIN_ID.findall(buf, start, stop)
+    if len(found) == buf.count(b"\n", start, stop):
+        return found
     out: list[bytes] = []
-    append, find, startswith = out.append, buf.find, buf.startswith
-    fast = len(_JSONL_FAST)
+    append, find, match = out.append, buf.find, _PLAIN_ID.match
     pos = start
     while pos < stop:
         end = find(b"\n", pos, stop)
-        if startswith(_JSONL_FAST, pos, end):
-            quote = find(b'"', pos + fast, end)
-            value = buf[pos + fast : quote] if quote > 0 else b"\\"
-            if b"\\" not in value:
-                append(value)
-                pos = end + 1
-                continue
-        line = buf[pos:end]
-        if line.strip():
-            append(_json_document_id(line))
+        plain = match(buf, pos, end + 1)
+        if plain is not None:
+            append(plain.group(1))
+        elif buf[pos:end].strip():
+            append(_json_document_id(buf[pos:end]))
         pos = end + 1
     return out
 
