@@ -6,14 +6,19 @@ Generates the three artifacts of one partition in a LocalStore under a temp dir:
   of the memory_entries table, escaped tabs/newlines in content, a jsonb column and a 384-float
   real[] embedding (about 4.4 KB a row, about 4.3 GB uncompressed), rows in heap order (mostly
   ascending ids with some rows moved by updates);
-* a Typesense export (documents.jsonl.zst): one JSON document a line, id first, content, tags,
-  timestamps, in insertion order; 37 documents are missing (a stale index);
+* a Typesense export (documents.jsonl.zst): one JSON document a line as Typesense writes it,
+  keys in sorted order (so "id" comes after "content" and "created_at"), compact; in insertion
+  order; 37 documents are missing (a stale index);
 * a Qdrant artifact's point_ids.txt.zst: sorted decimal ids.
 
 Then runs the full evaluation (read + verify sha256 + decompress + parse + diff) in a fresh
 child process, so its peak RSS is the gate's alone, and prints the time against the aim.
 
-    .venv/bin/python bench/bench_consistency.py [--rows N] [--root DIR] [--keep]
+`--baseline` evaluates a second time with the Typesense id reader the gate had before it knew
+Typesense's key order (below, `jsonl_ids_before`: a fast path only for lines starting with
+`{"id":"`, so every line of a real export went through json.loads), and prints the ratios.
+
+    .venv/bin/python bench/bench_consistency.py [--rows N] [--root DIR] [--keep] [--baseline]
 """
 
 from __future__ import annotations
@@ -141,7 +146,13 @@ def write_sql(store: LocalStore, ids: np.ndarray, embeddings, contents) -> None:
                     total += zout.write("".join(batch).encode())
                     batch = []
             total += zout.write("".join(batch).encode())
-        entry = {"table": TABLE, "columns": COLUMNS, "rows": len(ids), "file": f"{TABLE}.copy.zst"}
+        entry = {
+            "table": TABLE,
+            "columns": COLUMNS,
+            "workspace_column": "workspace_id",
+            "rows": len(ids),
+            "file": f"{TABLE}.copy.zst",
+        }
         writer.commit(
             captured_at="2026-11-21T10:00:00.000Z",
             counts={"rows": {TABLE: len(ids)}},
@@ -154,16 +165,17 @@ def write_sql(store: LocalStore, ids: np.ndarray, embeddings, contents) -> None:
 
 def write_typesense(store: LocalStore, ids: np.ndarray, contents, rng) -> None:
     kept = np.delete(ids, rng.choice(len(ids), MISSING_FROM_TYPESENSE, replace=False))
-    encoded = [json.dumps(c, ensure_ascii=False) for c in contents]
+    encoded = [json.dumps(c, ensure_ascii=False, separators=(",", ":")) for c in contents]
     with store.begin(TS_REF) as writer:
         with writer.open_file("documents.jsonl.zst") as out, zstd_compressing(out, 1) as zout:
             batch, total = [], 0
             for i in kept.tolist():
+                # keys sorted, no spaces: the way Typesense exports a document
                 batch.append(
-                    f'{{"id":"{i}","workspace_id":"ws_acme","kind":"fact",'
-                    f'"content":{encoded[(i * 2654435761) % len(encoded)]},'
-                    f'"tags":["t{i % 7}","turn"],"session_id":"{i // 40}",'
-                    f'"importance":0.{i % 100:02d},"created_at":{1763632800 + i % 86400}}}\n'
+                    f'{{"content":{encoded[(i * 2654435761) % len(encoded)]},'
+                    f'"created_at":{1763632800 + i % 86400},"id":"{i}",'
+                    f'"importance":0.{i % 100:02d},"kind":"fact","session_id":"{i // 40}",'
+                    f'"tags":["t{i % 7}","turn"],"workspace_id":"ws_acme"}}\n'
                 )
                 if len(batch) == 5000:
                     total += zout.write("".join(batch).encode())
@@ -227,8 +239,38 @@ def run_child(*args: str) -> str:
     return child.stdout
 
 
-def evaluate_in_this_process(root: Path) -> None:
-    """The measured part: what the gate does for one partition."""
+def jsonl_ids_before(buf: bytes, start: int, stop: int) -> list[bytes]:
+    """lib/typesense/ids._jsonl_ids as it was before 2026-12-04 (the baseline of --baseline)."""
+    from backup_pipelines.lib.typesense.ids import _json_document_id
+
+    fast_prefix = b'{"id":"'
+    out: list[bytes] = []
+    append, find, startswith = out.append, buf.find, buf.startswith
+    fast = len(fast_prefix)
+    pos = start
+    while pos < stop:
+        end = find(b"\n", pos, stop)
+        if startswith(fast_prefix, pos, end):
+            quote = find(b'"', pos + fast, end)
+            value = buf[pos + fast : quote] if quote > 0 else b"\\"
+            if b"\\" not in value:
+                append(value)
+                pos = end + 1
+                continue
+        line = buf[pos:end]
+        if line.strip():
+            append(_json_document_id(line))
+        pos = end + 1
+    return out
+
+
+def evaluate_in_this_process(root: Path, before: bool = False) -> None:
+    """The measured part: what the gate does for one partition (`before`: with the Typesense
+    id reader of before, jsonl_ids_before)."""
+    if before:
+        from backup_pipelines.lib.typesense import ids as typesense_ids
+
+        typesense_ids._jsonl_ids = jsonl_ids_before
     from backup_pipelines.lib.policy import Policy
     from backup_pipelines.lib.postgres.ids import sql_ids_from_workspace_dump
     from backup_pipelines.lib.qdrant.ids import ids_from_qdrant_artifact
@@ -294,11 +336,15 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--root", type=Path, help="reuse (or create) the artifacts here")
     parser.add_argument("--keep", action="store_true", help="keep the generated artifacts")
+    parser.add_argument(
+        "--baseline", action="store_true", help="evaluate again with the id reader of before"
+    )
     parser.add_argument("--evaluate-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--before", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--generate-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.evaluate_only:
-        evaluate_in_this_process(args.evaluate_only)
+        evaluate_in_this_process(args.evaluate_only, args.before)
         return 0
     if args.generate_only:
         generate(args.generate_only, args.rows)
@@ -314,6 +360,11 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         result = json.loads(run_child("--evaluate-only", str(root)).strip().splitlines()[-1])
         load_after = os.getloadavg()[0]
+        before = None
+        if args.baseline:
+            child = run_child("--evaluate-only", str(root), "--before")
+            before = json.loads(child.strip().splitlines()[-1])
+            load_after = os.getloadavg()[0]
     finally:
         if not args.keep and not args.root:
             shutil.rmtree(root, ignore_errors=True)
@@ -332,7 +383,25 @@ def main() -> int:
     )
     status = "PASS" if seconds < AIM_SECONDS else "MISS"
     print(f"{status}: {seconds:.2f} s against the aim of under {AIM_SECONDS:.0f} s")
+    if before is not None:
+        print_ratios(before, result)
     return 0
+
+
+def print_ratios(before: dict, now: dict) -> None:
+    """Each part of the evaluation with the id reader of before and now, and before/now."""
+    if before["summary"] != now["summary"]:
+        raise SystemExit(f"the verdicts differ: {before['summary']!r} vs {now['summary']!r}")
+    print("baseline (the Typesense id reader of before) -> now, same artifacts, same verdict:")
+    rows = [*before["times"], "total"]
+    for part in rows:
+        then = before["seconds"] if part == "total" else before["times"][part]
+        this = now["seconds"] if part == "total" else now["times"][part]
+        print(f"  {part:<10} {then:7.2f} s -> {this:7.2f} s   {then / this:5.2f}x")
+    print(
+        f"  CPU        {before['cpu_seconds']:7.2f} s -> {now['cpu_seconds']:7.2f} s   "
+        f"{before['cpu_seconds'] / now['cpu_seconds']:5.2f}x"
+    )
 
 
 if __name__ == "__main__":
