@@ -338,9 +338,9 @@ def test_schema_mapping_with_wrong_types_is_refused_with_the_key(tmp_path, opera
 
 
 def test_schema_cli_restore_goes_on_after_any_failure(tmp_path, indexed_source):
-    """The first workspace fails inside PostgreSQL (a CHECK constraint added after the backup:
-    a raw database error, not one of ours; its SQL rolled back, reported as a partial restore
-    since its indexes were restored beside the SQL insert); the second is still restored, and
+    """The first workspace fails inside PostgreSQL (a CHECK constraint added after the backup):
+    refused while its rows are staged, naming the table and the constraint, before any index
+    is written, so neither of its collections comes back; the second is still restored, and
     the command ends with a summary and a non-zero exit code."""
     from backup_pipelines_tests.helpers import restore_env
     from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
@@ -363,8 +363,15 @@ def test_schema_cli_restore_goes_on_after_any_failure(tmp_path, indexed_source):
 
     assert process.returncode == 1, process.stdout + process.stderr
     assert f"restore of {DATE}|ws_acme FAILED" in process.stderr
-    # the indexes are restored beside the SQL insert (issue 16): a partial restore naming it
-    assert "SQL: FAILED, rolled back" in process.stderr and "CheckViolation" in process.stderr
+    assert "public.memory_entries: the live table refuses the backed-up rows" in process.stderr
+    assert "no_acme" in process.stderr and "CheckViolation" in process.stderr
+    policy = indexed_source["policy"]  # refused before the indexes were written
+    assert not indexed_source["typesense"].collection_exists(
+        policy.typesense_collection_for("ws_acme")
+    )
+    assert not indexed_source["qdrant"].collection_exists(
+        policy.qdrant_collections_for("ws_acme")[0]
+    )
     assert "Traceback" not in process.stderr
     assert "restored 1 of 2 workspace(s)" in process.stderr and "FAILED: ws_acme" in process.stderr
     with psycopg.connect(indexed_source["db"]) as conn:
@@ -372,6 +379,46 @@ def test_schema_cli_restore_goes_on_after_any_failure(tmp_path, indexed_source):
             conn.execute("SELECT workspace_id, count(*) FROM memory_entries GROUP BY 1").fetchall()
         )
     assert counts.get("ws_globex") == 120 and "ws_acme" not in counts
+
+
+def test_schema_not_null_column_added_since_the_backup_is_refused_before_any_index_write(
+    tmp_path, indexed_source
+):
+    """The live memory table gained a NOT NULL column without a default after the backup: its
+    rows cannot go back as they were. The restore names the table, the column and what to do
+    while the rows are staged, before either index is written; nothing of the workspace comes
+    back, in the database or in an index."""
+    from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
+
+    store = LocalStore(tmp_path)
+    back_up(store, indexed_source, "ws_acme")
+    lose_workspace_memory(indexed_source, "ws_acme")
+    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
+        conn.execute("ALTER TABLE memory_entries ADD COLUMN reviewer text NOT NULL DEFAULT 'x'")
+        conn.execute("ALTER TABLE memory_entries ALTER COLUMN reviewer DROP DEFAULT")
+    policy = indexed_source["policy"]
+
+    with pytest.raises(BackupError) as refused:
+        restore_workspace(
+            store, DATE, "ws_acme", indexed_source["db"], policy, indexed_source["indexes"]
+        )
+
+    message = str(refused.value)
+    assert message.startswith("public.memory_entries: the live table refuses the backed-up rows")
+    assert '"reviewer"' in message and "NotNullViolation" in message
+    assert "restore again" in message
+    assert not indexed_source["typesense"].collection_exists(
+        policy.typesense_collection_for("ws_acme")
+    )
+    assert not indexed_source["qdrant"].collection_exists(
+        policy.qdrant_collections_for("ws_acme")[0]
+    )
+    with psycopg.connect(indexed_source["db"]) as conn:
+        for table in ("workspaces", "sessions", "turns", "memory_entries"):
+            count = conn.execute(
+                f"SELECT count(*) FROM {table} WHERE workspace_id = 'ws_acme'"
+            ).fetchone()[0]
+            assert count == 0, table
 
 
 def test_schema_dry_run_leaves_the_database_byte_identical(tmp_path, source_db, make_database):

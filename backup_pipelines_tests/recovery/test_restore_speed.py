@@ -315,17 +315,21 @@ def test_restore_speed_value_the_server_refuses_is_refused_before_any_write(
 
 
 def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, indexed_source):
-    """The SQL insert fails after the gate passed (a constraint added after the backup refuses
-    a backed-up row) while the indexes are restored beside it: the SQL transaction is rolled
-    back, and PartialRestore says so and what each index holds."""
+    """The SQL insert fails after the gate passed (a foreign key added after the backup
+    refuses a backed-up row: the straight COPY stages the table, as a key its parent table
+    may still be staging would, and the staged insert meets it) while the indexes are restored
+    beside it: the SQL transaction is rolled back, and PartialRestore says so and what each
+    index holds. (A NOT NULL or CHECK violation is refused before any index is written:
+    test_faults_schema.)"""
     env = indexed_source
     store = LocalStore(tmp_path)
     back_up(store, env, "ws_acme")
     lose_workspace_memory(env, "ws_acme")
     with psycopg.connect(env["db"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE allowed_kinds (kind text PRIMARY KEY)")
         conn.execute(
-            "ALTER TABLE memory_entries ADD CONSTRAINT no_acme_importance_above_zero "
-            "CHECK (workspace_id <> 'ws_acme' OR importance <= 0) NOT VALID"
+            "ALTER TABLE memory_entries ADD CONSTRAINT memory_kind_allowed "
+            "FOREIGN KEY (kind) REFERENCES allowed_kinds (kind) NOT VALID"
         )
     lost = fingerprint(env["db"], "ws_acme")
 
@@ -334,7 +338,7 @@ def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, ind
 
     states = raised.value.states
     assert states["sql"]["state"] == "failed" and states["sql"]["rolled_back"] is True
-    assert "no_acme_importance_above_zero" in states["sql"]["error"]
+    assert "memory_kind_allowed" in states["sql"]["error"]
     assert (states["typesense"]["state"], states["typesense"]["entries"]) == ("done", 120)
     assert (states["qdrant"]["state"], states["qdrant"]["entries"]) == ("done", 120)
     assert "SQL: FAILED, rolled back" in str(raised.value)

@@ -35,6 +35,13 @@ class CopiedIn(int):
     """A table loaded straight into the live table (its rows copied in), not staged."""
 
 
+# A row the live table refuses for one of these would be refused by the staged INSERT all the
+# same (the table holds none of the workspace's rows, so every row is inserted): refused at the
+# COPY, while a restore is still staging, before any index is written. A key conflict, an
+# exclusion or a foreign key (a parent still staged) may pass once staged, parents first.
+_REFUSED_STAGED_TOO = (psycopg.errors.NotNullViolation, psycopg.errors.CheckViolation)
+
+
 class _NotStraight(Exception):
     """The straight COPY did not take exactly the manifest's rows: stage the table instead."""
 
@@ -111,9 +118,10 @@ def _load_table(conn, store, ref, manifest, entry: dict, log, straight: bool):
 def _copy_straight_in(conn, store, ref, manifest, entry: dict, log) -> CopiedIn | None:
     """The table's backed-up rows COPYed straight into the live table when it holds none of the
     workspace's rows; None (nothing of it left, by a savepoint) when it does, or when the
-    server refuses a row (a key another workspace holds, a constraint) or keeps another count
+    server refuses a row (a key another workspace holds, a foreign key) or keeps another count
     than the manifest's (rows of another workspace in the file): the caller stages it then,
-    and the staged merge keeps or names those rows as it always did."""
+    and the staged merge keeps or names those rows as it always did. A NOT NULL or CHECK
+    violation is raised at once (_REFUSED_STAGED_TOO)."""
     schema, name = entry["table"].split(".", 1)
     _refuse_gone_columns(conn, entry)
     live, column = sql.Identifier(schema, name), sql.Identifier(entry["workspace_column"])
@@ -128,6 +136,13 @@ def _copy_straight_in(conn, store, ref, manifest, entry: dict, log) -> CopiedIn 
             copied = copy_table_in(conn, store, ref, manifest, entry, live, ref.workspace)
             if copied != entry["rows"]:
                 raise _NotStraight(copied)
+    except _REFUSED_STAGED_TOO as refused:
+        raise BackupError(
+            f"{entry['table']}: the live table refuses the backed-up rows: {_one_line(refused)} "
+            f"({type(refused).__name__}) — a constraint added or changed since the backup? The "
+            "transaction was rolled back, no row of the backup is in the database: change the "
+            "constraint or the live schema, then restore again"
+        ) from refused
     except (psycopg.Error, _NotStraight) as reason:
         if log:
             log(f"{entry['table']}: not copied straight in ({_one_line(reason)}); staging it")
