@@ -421,6 +421,82 @@ def test_schema_not_null_column_added_since_the_backup_is_refused_before_any_ind
             assert count == 0, table
 
 
+def add_a_foreign_key_no_backed_up_row_meets(db: str) -> None:
+    """A foreign key added after the backup, to an empty table of allowed kinds: no
+    backed-up memory meets it. The straight COPY into the live table is refused and undone (a
+    foreign key may be met once a parent table is staged), so the table is staged, and its
+    INSERT meets the constraint."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE allowed_kinds (kind text PRIMARY KEY)")
+        conn.execute(
+            "ALTER TABLE memory_entries ADD CONSTRAINT memory_kind_allowed "
+            "FOREIGN KEY (kind) REFERENCES allowed_kinds (kind) NOT VALID"
+        )
+
+
+def assert_nothing_of_the_workspace_restored(indexed, workspace: str) -> None:
+    policy = indexed["policy"]
+    assert not indexed["typesense"].collection_exists(policy.typesense_collection_for(workspace))
+    assert not indexed["qdrant"].collection_exists(policy.qdrant_collections_for(workspace)[0])
+    with psycopg.connect(indexed["db"]) as conn:
+        for table in ("workspaces", "sessions", "turns", "memory_entries"):
+            count = conn.execute(
+                f"SELECT count(*) FROM {table} WHERE workspace_id = %s", (workspace,)
+            ).fetchone()[0]
+            assert count == 0, table
+
+
+def test_schema_foreign_key_added_since_the_backup_is_refused_before_any_index_write(
+    tmp_path, indexed_source
+):
+    """The staged INSERT meets a foreign key added after the backup: the command line's
+    restore names the table, the constraint and what to do, before either index is written."""
+    from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
+
+    store = LocalStore(tmp_path)
+    back_up(store, indexed_source, "ws_acme")
+    lose_workspace_memory(indexed_source, "ws_acme")
+    add_a_foreign_key_no_backed_up_row_meets(indexed_source["db"])
+
+    with pytest.raises(BackupError) as refused:
+        restore_workspace(
+            store, DATE, "ws_acme", indexed_source["db"], indexed_source["policy"],
+            indexed_source["indexes"],
+        )  # fmt: skip
+
+    message = str(refused.value)
+    assert message.startswith("public.memory_entries: the live table refuses the backed-up rows")
+    assert "memory_kind_allowed" in message and "ForeignKeyViolation" in message
+    assert "restore again" in message
+    assert_nothing_of_the_workspace_restored(indexed_source, "ws_acme")
+
+
+def test_schema_dagster_job_refuses_a_foreign_key_violation_before_any_index_write(
+    tmp_path, indexed_source, monkeypatch
+):
+    """The same refusal in the Dagster restore job (the product's path): its SQL-and-indexes
+    step fails naming the constraint, with no retry, and no index of the workspace was
+    written (before, the job restored both indexes beside a SQL merge that then failed)."""
+    from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
+    from backup_pipelines_tests.recovery.test_restore_speed_job import WS, run_restore_job
+
+    back_up(LocalStore(tmp_path / "store"), indexed_source, WS)
+    lose_workspace_memory(indexed_source, WS)
+    add_a_foreign_key_no_backed_up_row_meets(indexed_source["db"])
+
+    result, logged = run_restore_job(tmp_path, indexed_source, monkeypatch)
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "restore_sql_and_indexes"
+    data = failure.event_specific_data
+    assert "memory_kind_allowed" in data.error.message
+    assert "ForeignKeyViolation" in data.error.message
+    assert data.user_failure_data.metadata["stores_written"].value == "none"
+    assert not any(m.startswith(("typesense: started", "qdrant: started")) for m in logged)
+    assert_nothing_of_the_workspace_restored(indexed_source, WS)
+
+
 def test_schema_dry_run_leaves_the_database_byte_identical(tmp_path, source_db, make_database):
     """A dry run into a database whose sequences are behind the backed-up ids (a fresh copy of
     the schema), one table with an extra serial column the backup does not have: the rows are

@@ -7,6 +7,7 @@ No timings here: those are bench/bench_restore_rto.py's."""
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import psycopg
 import pytest
@@ -22,7 +23,7 @@ from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines.lib.typesense.client import TypesenseClient
 from backup_pipelines_tests.conftest import WORKSPACES
-from backup_pipelines_tests.faults.store_faults import tamper
+from backup_pipelines_tests.faults.store_faults import tamper, wait_until
 from backup_pipelines_tests.helpers import DATE, back_up
 from backup_pipelines_tests.pg_checks import fingerprint
 from backup_pipelines_tests.recovery.test_restore import lose_workspace_memory
@@ -314,31 +315,52 @@ def test_restore_speed_value_the_server_refuses_is_refused_before_any_write(
     assert index_collections_exist(env, "ws_acme") == [False, False]
 
 
-def test_restore_speed_parallel_sql_failure_is_reported_as_partial(tmp_path, indexed_source):
-    """The SQL insert fails after the gate passed (a foreign key added after the backup
-    refuses a backed-up row: the straight COPY stages the table, as a key its parent table
-    may still be staging would, and the staged insert meets it) while the indexes are restored
-    beside it: the SQL transaction is rolled back, and PartialRestore says so and what each
-    index holds. (A NOT NULL or CHECK violation is refused before any index is written:
-    test_faults_schema.)"""
+def test_restore_speed_sql_commit_lost_beside_the_indexes_is_reported_as_partial(
+    tmp_path, indexed_source
+):
+    """Every backed-up row is in and checked, the indexes are being restored, and the SQL
+    session is lost before its commit (terminated while it waits to move the id sequence past
+    the restored rows: another session holds that sequence): the SQL transaction is gone, and
+    PartialRestore says so and what each index holds. (A row the live schema refuses stops a
+    restore before any index is written: test_faults_schema.)"""
     env = indexed_source
     store = LocalStore(tmp_path)
     back_up(store, env, "ws_acme")
     lose_workspace_memory(env, "ws_acme")
-    with psycopg.connect(env["db"], autocommit=True) as conn:
-        conn.execute("CREATE TABLE allowed_kinds (kind text PRIMARY KEY)")
-        conn.execute(
-            "ALTER TABLE memory_entries ADD CONSTRAINT memory_kind_allowed "
-            "FOREIGN KEY (kind) REFERENCES allowed_kinds (kind) NOT VALID"
-        )
     lost = fingerprint(env["db"], "ws_acme")
+    holder = psycopg.connect(env["db"])  # holds the sequence until its rollback
+    with psycopg.connect(env["db"], autocommit=True) as watcher:
+        sequence = watcher.execute(
+            "SELECT pg_get_serial_sequence('public.memory_entries', 'id')"
+        ).fetchone()[0]
+        holder.execute(f"ALTER SEQUENCE {sequence} CACHE 1")
+        killed: list = []
 
-    with pytest.raises(PartialRestore) as raised:
-        restore_workspace(store, DATE, "ws_acme", env["db"], env["policy"], env["indexes"])
+        def terminate_the_waiting_session() -> None:
+            pid = wait_until(
+                lambda: watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s AND pid <> pg_backend_pid()",
+                    ("%setval%",),
+                ).fetchone(),
+                120,
+                "the restore's SQL session waiting for the id sequence",
+            )[0]
+            killed.append(watcher.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone())
+            holder.rollback()
 
+        killer = threading.Thread(target=terminate_the_waiting_session, daemon=True)
+        killer.start()
+        try:
+            with pytest.raises(PartialRestore) as raised:
+                restore_workspace(store, DATE, "ws_acme", env["db"], env["policy"], env["indexes"])
+        finally:
+            killer.join(timeout=150)
+            holder.close()
+
+    assert killed == [(True,)]
     states = raised.value.states
     assert states["sql"]["state"] == "failed" and states["sql"]["rolled_back"] is True
-    assert "memory_kind_allowed" in states["sql"]["error"]
     assert (states["typesense"]["state"], states["typesense"]["entries"]) == ("done", 120)
     assert (states["qdrant"]["state"], states["qdrant"]["entries"]) == ("done", 120)
     assert "SQL: FAILED, rolled back" in str(raised.value)

@@ -302,8 +302,9 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
     @dg.op(
         required_resource_keys={"backup_store", "postgres_db", "policy", *index_keys},
         description="The SQL rows the live tables lack inserted, parents first, in one "
-        "transaction (never overwrites, never touches another workspace), and at the same time "
-        "each index back from its artifact (merge: only what is missing); when the gate says "
+        "transaction (never overwrites, never touches another workspace) and every constraint "
+        "checked before any index is written; then, at the same time as the SQL commit, each "
+        "index back from its artifact (merge: only what is missing); when the gate says "
         "REBUILD_INDEX the indexes are rebuilt from the restored SQL rows, after the SQL commit.",
     )
     def restore_sql_and_indexes(
@@ -344,6 +345,12 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                     metadata={"stores": dg.MetadataValue.json(exc.states)},
                     allow_retries=False,  # a rerun of the partition (same tags) finishes it
                 ) from exc
+            except BackupError as exc:  # the live schema refused a row: rolled back, no index
+                raise dg.Failure(
+                    description=str(exc),
+                    metadata={"stores_written": dg.MetadataValue.text("none")},
+                    allow_retries=False,  # the same rows would be refused again
+                ) from exc
         context.add_output_metadata(
             {
                 "tables": sql_table(sql_report),
@@ -357,7 +364,8 @@ def build_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                 "stores_written": dg.MetadataValue.text(
                     "SQL first, then the indexes rebuilt from its rows (REBUILD_INDEX)"
                     if rebuild
-                    else "SQL and every index at the same time"
+                    else "SQL rows in and checked first, then the SQL commit and every index "
+                    "at the same time"
                 ),
                 "seconds_per_store": dg.MetadataValue.json(seconds),
                 "seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3)),

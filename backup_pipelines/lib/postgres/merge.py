@@ -37,8 +37,8 @@ class CopiedIn(int):
 
 # A row the live table refuses for one of these would be refused by the staged INSERT all the
 # same (the table holds none of the workspace's rows, so every row is inserted): refused at the
-# COPY, while a restore is still staging, before any index is written. A key conflict, an
-# exclusion or a foreign key (a parent still staged) may pass once staged, parents first.
+# COPY. A key conflict, an exclusion or a foreign key (a parent still staged) may pass once
+# staged, parents first; the staged INSERT names what it meets.
 _REFUSED_STAGED_TOO = (psycopg.errors.NotNullViolation, psycopg.errors.CheckViolation)
 
 
@@ -62,9 +62,12 @@ def merge_sql_rows(
     other session sees, every value already checked by the server), or, when the live table
     holds none of the workspace's rows, COPYed straight into it (uncommitted: no other session
     sees those rows either; a concurrent insert of the same key waits for this transaction).
-    `staged`, when given, is called once every table is loaded and decides: True goes on,
-    False rolls back (MergeAbandoned). A restore loads while its consistency gate runs, and
-    commits only once the gate passed."""
+    `staged`, when given, is called once every row is in the live tables, uncommitted, and
+    every constraint has been checked (deferred ones too: SET CONSTRAINTS ALL IMMEDIATE), so
+    that only the commit is left to fail; it decides: True commits, False rolls back
+    (MergeAbandoned). A restore loads and inserts while its consistency gate runs, and writes
+    no index before this point: a row the live schema refuses stops it with nothing written
+    anywhere."""
     workspace = ref.workspace
     report: dict[str, dict] = {}
     with connect(database_url) as conn:
@@ -76,13 +79,16 @@ def merge_sql_rows(
             _load_table(conn, store, ref, manifest, entry, log, straight=not dry_run)
             for entry in manifest["tables"]
         ]
-        if staged is not None and not staged():
-            conn.rollback()
-            raise MergeAbandoned(f"the merge of {ref} was abandoned after staging: nothing written")
         for entry, stage in zip(manifest["tables"], stages, strict=True):
             report[entry["table"]] = _apply_table(conn, entry, stage, workspace, dry_run)
             if log:
                 log(f"{entry['table']}: {report[entry['table']]}")
+        _check_deferred_constraints(conn)
+        if staged is not None and not staged():
+            conn.rollback()
+            raise MergeAbandoned(
+                f"the merge of {ref} was abandoned before its commit: nothing written"
+            )
         if dry_run:
             # setval is not transactional: a rollback would not undo it, so a dry run only
             # says which sequences a restore would move.
@@ -137,12 +143,7 @@ def _copy_straight_in(conn, store, ref, manifest, entry: dict, log) -> CopiedIn 
             if copied != entry["rows"]:
                 raise _NotStraight(copied)
     except _REFUSED_STAGED_TOO as refused:
-        raise BackupError(
-            f"{entry['table']}: the live table refuses the backed-up rows: {_one_line(refused)} "
-            f"({type(refused).__name__}) — a constraint added or changed since the backup? The "
-            "transaction was rolled back, no row of the backup is in the database: change the "
-            "constraint or the live schema, then restore again"
-        ) from refused
+        raise _refused_by_live_table(entry["table"], refused) from refused
     except (psycopg.Error, _NotStraight) as reason:
         if log:
             log(f"{entry['table']}: not copied straight in ({_one_line(reason)}); staging it")
@@ -150,6 +151,26 @@ def _copy_straight_in(conn, store, ref, manifest, entry: dict, log) -> CopiedIn 
     if log:
         log(f"{entry['table']}: copied {copied} rows straight in (none of the workspace's live)")
     return CopiedIn(copied)
+
+
+def _refused_by_live_table(table: str, refused: psycopg.Error) -> BackupError:
+    return BackupError(
+        f"{table}: the live table refuses the backed-up rows: {_one_line(refused)} "
+        f"({type(refused).__name__}) — a constraint added or changed since the backup? The "
+        "transaction was rolled back, no row of the backup is in the database: change the "
+        "constraint or the live schema, then restore again"
+    )
+
+
+def _check_deferred_constraints(conn) -> None:
+    """Deferred constraints (DEFERRABLE INITIALLY DEFERRED) checked now instead of at the
+    commit, which a restore reaches only after its indexes were written."""
+    try:
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    except psycopg.errors.IntegrityError as refused:
+        diag = refused.diag
+        table = f"{diag.schema_name}.{diag.table_name}" if diag.table_name else "a live table"
+        raise _refused_by_live_table(table, refused) from refused
 
 
 def _one_line(error: BaseException) -> str:
@@ -197,14 +218,18 @@ def _apply_table(conn, entry: dict, stage, workspace: str, dry_run: bool = False
             "already_present": staged - inserted,
             "dry_run": f"counted, not inserted: {', '.join(drawing)} would draw from a sequence",
         }
-    inserted = conn.execute(
-        sql.SQL(
-            "INSERT INTO {live} ({cols}) SELECT {cols} FROM {stage} WHERE {ws} = %s ON CONFLICT DO NOTHING"
-        ).format(
-            live=live, cols=columns, stage=stage, ws=sql.Identifier(entry["workspace_column"])
-        ),
-        (workspace,),
-    ).rowcount
+    try:
+        inserted = conn.execute(
+            sql.SQL(
+                "INSERT INTO {live} ({cols}) SELECT {cols} FROM {stage} WHERE {ws} = %s "
+                "ON CONFLICT DO NOTHING"
+            ).format(
+                live=live, cols=columns, stage=stage, ws=sql.Identifier(entry["workspace_column"])
+            ),
+            (workspace,),
+        ).rowcount
+    except psycopg.errors.IntegrityError as refused:  # a foreign key, an exclusion, a CHECK
+        raise _refused_by_live_table(entry["table"], refused) from refused
     missing = _rows_still_missing(conn, schema, name, stage)
     if missing:
         raise BackupError(

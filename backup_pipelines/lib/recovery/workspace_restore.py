@@ -16,10 +16,12 @@ Before anything is written the policy's index mapping is checked against the dat
 The steps overlap where the gate allows it (issue 16). In-process (`restore_workspace`, the
 command line's path) the SQL rows are loaded (staged, or copied straight into a live table
 holding none of the workspace's rows; uncommitted either way: no other session sees them)
-while the gate reads, and once it passed the SQL merge and every index restored from its
-artifact run at the same time. The Dagster job gates in one op, then runs the SQL merge and
-the indexes at once in the next (`restore_sql_and_indexes`). A rebuild from SQL rows still
-waits for the SQL commit. `parallel=False` runs them one after another.
+and inserted, every constraint checked, while the gate reads; once it passed, the SQL commit
+and every index restored from its artifact run at the same time. The Dagster job gates in one
+op; the next (`restore_sql_and_indexes`) loads and checks the SQL rows the same way, then
+commits them while it restores the indexes. Either way a row the live schema refuses stops
+the restore before any index is written. A rebuild from SQL rows still waits for the SQL
+commit. `parallel=False` runs them one after another.
 
 Plain Python reading only the store and the live systems, so the Dagster job and the command
 line (`backup-pipelines restore workspace`) run the very same code. Index engines are reached
@@ -386,9 +388,11 @@ def run_beside_sql(progress: partial.IndexProgress, run, sql_branch, lap, log=No
 def restore_sql_and_indexes(
     job: IndexRestore, rebuild: bool, branch_lap=None
 ) -> tuple[dict, dict[str, dict]]:
-    """Once the gate passed: the SQL merge and every index restore, at the same time (each on
+    """Once the gate passed: the SQL rows first, into the live tables but uncommitted, every
+    constraint checked (a row the live schema refuses stops the restore here, with nothing
+    written anywhere); then the SQL commit and every index restore at the same time (each on
     its own thread), or, when the indexes are rebuilt from the SQL rows (`rebuild`), the SQL
-    merge first. Returns (SQL report, engine name -> index result); PartialRestore names each
+    commit first. Returns (SQL report, engine name -> index result); PartialRestore names each
     store's state when one failed. `branch_lap(name, seconds)` gets each store's own time.
     The Dagster job's path (its restore_sql_and_indexes op)."""
     branch_lap = branch_lap or (lambda _name, _seconds: None)
@@ -398,18 +402,42 @@ def restore_sql_and_indexes(
         merged.update(merge_sql(job.database_url, job.store, job.located, log=job.log))
         return merged
 
-    if rebuild or not job.indexes:
-        clock = [time.monotonic()]
+    if job.indexes and not rebuild:
+        background = BackgroundMerge(
+            job.database_url, artifact_source(job.store, job.located), job.located, job.log
+        )
+        try:
+            logged("sql_staging", background.wait_staged, job.log)
+        except BaseException as error:  # rolled back; waited for unless interrupted
+            background.abandon(wait=isinstance(error, Exception))
+            raise
+        branch_lap("sql_staging", background.staging_seconds)
+        indexes = commit_beside_indexes(job, background, branch_lap)
+        return background.report, indexes
+    clock = [time.monotonic()]
 
-        def step_lap(name: str) -> None:  # one step after another: each from the last's end
-            now = time.monotonic()
-            branch_lap(name, now - clock[0])
-            clock[0] = now
+    def step_lap(name: str) -> None:  # one step after another: each from the last's end
+        now = time.monotonic()
+        branch_lap(name, now - clock[0])
+        clock[0] = now
 
-        logged("sql", sql_branch, job.log)
-        step_lap("sql")
-        return merged, restore_indexes(job, rebuild, step_lap, sql_report=merged)
-    return merged, restore_indexes(job, False, branch_lap, sql_branch=sql_branch)
+    logged("sql", sql_branch, job.log)
+    step_lap("sql")
+    return merged, restore_indexes(job, rebuild, step_lap, sql_report=merged)
+
+
+def commit_beside_indexes(job: IndexRestore, background: BackgroundMerge, branch_lap) -> dict:
+    """The staged SQL merge's commit and every index restore at once. The commit starts with
+    the index steps: when they cannot even begin, the SQL rows are rolled back."""
+
+    def commit() -> dict:
+        background.proceed()
+        return background.finish()
+
+    try:
+        return restore_indexes(job, False, branch_lap, sql_branch=commit)
+    finally:
+        background.abandon()  # nothing left to do once finished; else a rollback
 
 
 def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
@@ -595,8 +623,7 @@ def _restore_workspace_held(
         def branch_lap(name: str, seconds: float) -> None:
             branch_seconds[name] = seconds
 
-        background.proceed()
-        report.indexes = restore_indexes(job, False, branch_lap, sql_branch=background.finish)
+        report.indexes = commit_beside_indexes(job, background, branch_lap)
         report.sql = background.report
         lap("sql_and_indexes")
     skipped = skipped_of(report.indexes)
@@ -630,10 +657,10 @@ def _gate(store, located: Located, policy: Policy, override_gate: str, mode: Mod
 
 
 class BackgroundMerge:
-    """The SQL merge (postgres.merge: one transaction) on its own thread, started before the
-    consistency gate: it stages every table (COPY into temporary tables, which no other session
-    sees; the server checks every value) while the gate reads, then waits. `proceed()` lets it
-    insert and commit; `abandon()` rolls it back. A table the server refuses is raised by
+    """The SQL merge (postgres.merge: one transaction) on its own thread: it loads every table
+    and inserts its rows (uncommitted: no other session sees them), every constraint checked,
+    then waits (the library starts it before the consistency gate, which reads meanwhile).
+    `proceed()` lets it commit; `abandon()` rolls it back. A row the server refuses is raised by
     `wait_staged()` before anything was written anywhere."""
 
     def __init__(self, database_url: str, source: BackupStore, located: Located, log: Log) -> None:
