@@ -436,8 +436,9 @@ def commit_beside_indexes(job: IndexRestore, background: BackgroundMerge, branch
 
     try:
         return restore_indexes(job, False, branch_lap, sql_branch=commit)
-    finally:
-        background.abandon()  # nothing left to do once finished; else a rollback
+    except BaseException as error:  # a rollback unless the commit already ran
+        background.abandon(wait=isinstance(error, Exception))
+        raise
 
 
 def backed_up_rows(located: Located, policy: Policy, engine: IndexEngine) -> int:
