@@ -93,6 +93,10 @@ class EntriesRefused(BackupError):
         )
 
 
+class CommitOutcomeUnknown(BackupError):
+    """The connection was lost during a COMMIT: the transaction may have committed or not."""
+
+
 class PartialRestore(BackupError):
     """A restore that stopped after writing something. `states` says per store (sql,
     typesense, qdrant, ...) what it holds now, as data (for run metadata); the message says

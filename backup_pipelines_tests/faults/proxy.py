@@ -7,7 +7,10 @@
   server that died;
 - hang_after(n) / stop_after(n): forward until n bytes went from the server to its clients
   (or, with to_server=n, from the clients to the server), then hang or stop — a failure in
-  the middle of a transfer.
+  the middle of a transfer;
+- stop_once_sent(decide): when decide(state, chunk) picks a chunk a client sends (`state`:
+  a dict per connection), forward it to the server, pass no answer back, and stop — the
+  connection lost right after a given request reached the server.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class TcpProxy:
         self.connections = 0
         # (direction, bytes, action): fail once that many bytes went that way
         self._trigger: tuple[str, int, str] | None = None
+        self._stop_once_sent = None  # decide(state, chunk) -> bool, for stop_once_sent
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -66,6 +70,9 @@ class TcpProxy:
 
     def stop_after(self, to_clients: int | None = None, *, to_server: int | None = None) -> None:
         self._trigger = _trigger(to_clients, to_server, STOPPED)
+
+    def stop_once_sent(self, decide) -> None:
+        self._stop_once_sent = decide
 
     def stop(self) -> None:
         """Close every connection, both sides, and refuse new ones."""
@@ -109,14 +116,17 @@ class TcpProxy:
             with self._lock:
                 self._sockets += [client, server]
                 self.connections += 1
+            link: dict = {}  # this connection's, shared by its two directions
             for source, target, downstream in ((client, server, False), (server, client, True)):
                 thread = threading.Thread(
-                    target=self._pump, args=(source, target, downstream), daemon=True
+                    target=self._pump, args=(source, target, downstream, link), daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, downstream: bool) -> None:
+    def _pump(
+        self, source: socket.socket, target: socket.socket, downstream: bool, link: dict
+    ) -> None:
         while self.mode != STOPPED:
             if self.mode == HUNG:  # read nothing, send nothing, close nothing
                 threading.Event().wait(POLL_SECONDS)
@@ -132,11 +142,20 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     target.shutdown(socket.SHUT_WR)
                 return
+            decide = self._stop_once_sent
+            last = not downstream and decide is not None and decide(link, data)
+            if last:
+                link["muted"] = True  # no answer to it reaches the client
+            elif downstream and link.get("muted"):
+                return
             try:
                 target.sendall(data)
             except OSError:
                 return
             self._count(len(data), downstream)
+            if last:
+                self.stop()
+                return
 
     def _count(self, n: int, downstream: bool) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ from backup_pipelines.lib.recovery.workspace_restore import restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines.lib.typesense.client import TypesenseClient
 from backup_pipelines_tests.conftest import WORKSPACES
+from backup_pipelines_tests.faults.proxy import TcpProxy
 from backup_pipelines_tests.faults.store_faults import tamper, wait_until
 from backup_pipelines_tests.helpers import DATE, back_up
 from backup_pipelines_tests.pg_checks import fingerprint
@@ -315,7 +316,7 @@ def test_restore_speed_value_the_server_refuses_is_refused_before_any_write(
     assert index_collections_exist(env, "ws_acme") == [False, False]
 
 
-def test_restore_speed_sql_commit_lost_beside_the_indexes_is_reported_as_partial(
+def test_restore_speed_sql_session_lost_before_its_commit_is_reported_as_partial(
     tmp_path, indexed_source
 ):
     """Every backed-up row is in and checked, the indexes are being restored, and the SQL
@@ -328,13 +329,15 @@ def test_restore_speed_sql_commit_lost_beside_the_indexes_is_reported_as_partial
     back_up(store, env, "ws_acme")
     lose_workspace_memory(env, "ws_acme")
     lost = fingerprint(env["db"], "ws_acme")
-    holder = psycopg.connect(env["db"])  # holds the sequence until its rollback
-    with psycopg.connect(env["db"], autocommit=True) as watcher:
-        sequence = watcher.execute(
+    killed: list = []
+    with (
+        psycopg.connect(env["db"]) as holder,  # holds the sequence until its rollback
+        psycopg.connect(env["db"], autocommit=True) as watcher,
+    ):
+        sequence = holder.execute(
             "SELECT pg_get_serial_sequence('public.memory_entries', 'id')"
         ).fetchone()[0]
         holder.execute(f"ALTER SEQUENCE {sequence} CACHE 1")
-        killed: list = []
 
         def terminate_the_waiting_session() -> None:
             pid = wait_until(
@@ -356,7 +359,6 @@ def test_restore_speed_sql_commit_lost_beside_the_indexes_is_reported_as_partial
                 restore_workspace(store, DATE, "ws_acme", env["db"], env["policy"], env["indexes"])
         finally:
             killer.join(timeout=150)
-            holder.close()
 
     assert killed == [(True,)]
     states = raised.value.states
@@ -365,6 +367,50 @@ def test_restore_speed_sql_commit_lost_beside_the_indexes_is_reported_as_partial
     assert (states["qdrant"]["state"], states["qdrant"]["entries"]) == ("done", 120)
     assert "SQL: FAILED, rolled back" in str(raised.value)
     assert fingerprint(env["db"], "ws_acme") == lost
+
+
+# psycopg's COMMIT: a simple-query message (type, length, text, NUL).
+COMMIT_MESSAGE = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+
+def test_restore_speed_sql_connection_lost_at_commit_is_reported_as_unknown(
+    tmp_path, indexed_source
+):
+    """The network drops the restore's SQL connection right after its COMMIT reached the
+    server (a proxy forwards it, passes no answer back and closes every connection): the
+    server reads the COMMIT before it sees the connection close, so it usually commits; the
+    client cannot know. PartialRestore says the commit's outcome is
+    unknown, not "rolled back", and the same restore run again finishes."""
+    env = indexed_source
+    store = LocalStore(tmp_path)
+    back_up(store, env, "ws_acme")
+    restored = fingerprint(env["db"], "ws_acme")
+    lose_workspace_memory(env, "ws_acme")
+
+    def the_merge_commits(state: dict, chunk: bytes) -> bool:
+        state["copied"] = state.get("copied") or b"COPY " in chunk  # the merge's connection
+        return state["copied"] and COMMIT_MESSAGE in chunk
+
+    with TcpProxy.in_front_of(env["db"]) as proxy:
+        proxy.stop_once_sent(the_merge_commits)
+        with pytest.raises(PartialRestore) as raised:
+            restore_workspace(
+                store, DATE, "ws_acme", proxy.url_for(env["db"]), env["policy"], env["indexes"]
+            )
+
+    assert proxy.mode == "stopped"
+    states = raised.value.states
+    assert states["sql"]["state"] == "failed" and states["sql"]["rolled_back"] is False
+    assert states["sql"]["commit"] == "unknown"
+    assert "CommitOutcomeUnknown" in states["sql"]["error"]
+    assert (states["typesense"]["state"], states["typesense"]["entries"]) == ("done", 120)
+    assert (states["qdrant"]["state"], states["qdrant"]["entries"]) == ("done", 120)
+    sql_line = str(raised.value).split("SQL: ", 1)[1].split("\n", 1)[0]
+    assert sql_line.startswith("FAILED at its commit, outcome unknown")
+    assert "rolled back" not in sql_line
+    report = restore_workspace(store, DATE, "ws_acme", env["db"], env["policy"], env["indexes"])
+    assert report.verification["problems"] == []
+    assert fingerprint(env["db"], "ws_acme") == restored
 
 
 def test_restore_speed_binary_from_another_major_version_is_refused(odd, tmp_path):

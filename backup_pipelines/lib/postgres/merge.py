@@ -19,7 +19,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.errors import BackupError, CommitOutcomeUnknown
 from backup_pipelines.lib.postgres.catalog import live_columns, primary_key
 from backup_pipelines.lib.postgres.connection import connect
 from backup_pipelines.lib.postgres.load import check_binary_target, copy_table_in
@@ -98,8 +98,19 @@ def merge_sql_rows(
             conn.rollback()
         else:
             _advance_sequences(conn, manifest["tables"])
-            conn.commit()
+            _commit(conn, ref)
     return report
+
+
+def _commit(conn, ref: ArtifactRef) -> None:
+    try:
+        conn.commit()
+    except psycopg.OperationalError as lost:  # the server may have committed before it went
+        raise CommitOutcomeUnknown(
+            f"the merge of {ref}: the connection to PostgreSQL was lost during its COMMIT "
+            f"({_one_line(lost)}): whether its rows were committed is unknown; run the same "
+            "restore again (it adds only the rows still missing)"
+        ) from lost
 
 
 def _refuse_gone_columns(conn, entry: dict) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backup_pipelines.lib.engines import IndexEngine, Mode
-from backup_pipelines.lib.errors import PartialRestore, Refusals
+from backup_pipelines.lib.errors import CommitOutcomeUnknown, PartialRestore, Refusals
 from backup_pipelines.lib.secrets import scrub
 from backup_pipelines.lib.streams import Log
 
@@ -35,9 +35,17 @@ DONE, REFUSED, FAILED, NOT_STARTED = "done", "refused", "failed", "not started"
 SQL_RUNNING = "running (one transaction: it commits whole or rolls back)"
 
 
-def sql_state(sql_report: Mapping[str, dict] | None, sql_error: str = "", running=False) -> dict:
+def sql_state(
+    sql_report: Mapping[str, dict] | None,
+    sql_error: str = "",
+    running=False,
+    commit_unknown: bool = False,
+) -> dict:
     """The SQL step's state from its report (table -> inserted, already_present, ...), or its
-    failure (its one transaction rolled back: nothing of it was written)."""
+    failure: its one transaction rolled back (nothing of it was written), or, when the
+    connection was lost during the COMMIT, not known to have committed or not."""
+    if sql_error and commit_unknown:
+        return {"state": FAILED, "rolled_back": False, "commit": "unknown", "error": sql_error}
     if sql_error:
         return {"state": FAILED, "rolled_back": True, "error": sql_error}
     if running:
@@ -86,14 +94,18 @@ class IndexProgress:
         self.steps: list[IndexStep] = []
         self.first_error: BaseException | None = None
         self.sql_error = ""  # set when the SQL merge ran beside the indexes and failed
+        self.sql_commit_unknown = False  # ... at its COMMIT, the connection lost
         self.sql_running = False
 
     def sql_failed(self, error: BaseException) -> None:
-        """The SQL merge, run beside the index steps, failed (its transaction rolled back)."""
+        """The SQL merge, run beside the index steps, failed: its transaction rolled back, or
+        (CommitOutcomeUnknown) its outcome unknown."""
         described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         self.sql_error = scrub(described)
+        self.sql_commit_unknown = isinstance(error, CommitOutcomeUnknown)
         self.first_error = error  # the SQL failure is the root cause to chain
-        self.log(f"SQL merge of {self.partition} FAILED (rolled back): {self.sql_error}")
+        outcome = "its commit's outcome unknown" if self.sql_commit_unknown else "rolled back"
+        self.log(f"SQL merge of {self.partition} FAILED ({outcome}): {self.sql_error}")
 
     def plan(self, engine: IndexEngine, client: Any, collection: str, expected: int) -> None:
         refused = Refusals(engine.label, collection)
@@ -144,7 +156,11 @@ class IndexProgress:
         self.log(f"{step.engine.label} restore of {step.collection} FAILED: {step.error}")
 
     def _states(self, counted: bool = True) -> dict[str, dict]:
-        states = {"sql": sql_state(self.sql_report, self.sql_error, self.sql_running)}
+        states = {
+            "sql": sql_state(
+                self.sql_report, self.sql_error, self.sql_running, self.sql_commit_unknown
+            )
+        }
         states.update({step.engine.name: _step_state(step, counted) for step in self.steps})
         return states
 
@@ -220,6 +236,11 @@ def _count(step: IndexStep) -> int | str:
 
 
 def _described_sql(state: dict) -> str:
+    if state.get("commit") == "unknown":
+        return (
+            f"FAILED at its commit, outcome unknown: its rows may or may not be in "
+            f"({state['error']}); run the restore again: it adds only the rows still missing"
+        )
     if state.get("rolled_back"):
         return (
             f"FAILED, rolled back: none of its rows were written ({state['error']}); the "
