@@ -138,7 +138,7 @@ def test_object_lock_retention_never_deletes_a_locked_artifact_and_says_until_wh
     assert result is not None and result.deleted == [] and result.errors == []
     assert sorted(ref for ref, _until in result.locked) == sorted(refs[:2])
     assert all(until.startswith(str(datetime.now(UTC).year)) for _r, until in result.locked)
-    assert sum("NOT deleted, under Object Lock retention until" in line for line in lines) == 2
+    assert "\n".join(lines).count("NOT deleted, under Object Lock retention until") == 2
     for ref in refs:
         assert locked_store.verify(ref).ok
 

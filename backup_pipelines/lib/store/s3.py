@@ -57,6 +57,7 @@ S3_MAX_PARTS = 10_000
 # then. Needs a bucket created with Object Lock (versioning on); `doctor` checks it.
 
 LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+DELETE_BATCH = 1000  # keys per DeleteObjects request: S3's limit
 
 
 class ObjectLocked(StoreError):
@@ -492,7 +493,7 @@ class S3Store(BackupStore):
         batch: list[dict] = []
         for key, _size, _mtime in list(self._list(prefix)):
             batch.append({"Key": self._full(key)})
-            if len(batch) == 1000:
+            if len(batch) == DELETE_BATCH:
                 self._delete_batch(prefix, batch)
                 batch = []
         if batch:
@@ -512,10 +513,10 @@ class S3Store(BackupStore):
         except Exception as exc:
             raise self._failure("list the versions under", prefix, exc) from exc
         refused: list[str] = []
-        for start in range(0, len(batch), 1000):
+        for start in range(0, len(batch), DELETE_BATCH):
             answer = self._call(
                 "delete", prefix, self.client.delete_objects, Bucket=self.bucket,
-                Delete={"Objects": batch[start : start + 1000]},
+                Delete={"Objects": batch[start : start + DELETE_BATCH]},
             )  # fmt: skip
             refused += [e.get("Key", "?")[strip:] for e in answer.get("Errors") or []]
         if refused:
@@ -526,6 +527,33 @@ class S3Store(BackupStore):
                 f"version(s) under {prefix!r} (e.g. {refused[0]!r}): under Object Lock "
                 f"retention until {latest}; they stay until then"
             )
+
+    def delete_keys(self, keys: list[str]) -> dict[str, str]:
+        """Delete exactly these objects (keys relative to the store), 1,000 a request, as
+        DeleteObjects allows: retention's deletions of many artifacts at once, instead of a
+        listing and a delete for every folder of every artifact. Returns the keys not
+        deleted, each with why: those S3 refused, and every key of a request that failed
+        (whether S3 acted on it is then unknown). A key already gone counts as deleted.
+        Without Object Lock only: with it, versions are deleted (`_delete_prefix`)."""
+        if self.object_lock is not None:
+            raise StoreError(f"backup store {self.describe()}: delete_keys with Object Lock")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        failed: dict[str, str] = {}
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            try:
+                answer = self._call(
+                    "delete", f"{len(batch)} objects from {batch[0]!r} on",
+                    self.client.delete_objects, Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True},
+                )  # fmt: skip
+            except StoreError as exc:
+                failed.update(dict.fromkeys(batch, str(exc)))
+                continue
+            for error in answer.get("Errors") or []:
+                key = str(error.get("Key", ""))[strip:]
+                failed[key] = f"S3 refused: {error.get('Code')} {error.get('Message', '')}".strip()
+        return failed
 
     def _delete_batch(self, prefix: str, batch: list[dict]) -> None:
         answer = self._call(

@@ -1,0 +1,151 @@
+"""Retention's deletions on S3 (moto): many artifacts at once by DeleteObjects of the keys the
+plan listed, the SQL dump of a partition after its index artifacts, and held when one of them
+could not be deleted."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from datetime import date
+
+import pytest
+
+from backup_pipelines.lib.lifecycle import retention
+from backup_pipelines.lib.lifecycle.deletion import HELD
+from backup_pipelines.lib.policy import Policy
+from backup_pipelines.lib.store import MANIFEST_NAME, S3Store
+from backup_pipelines_tests.faults.proxy import TcpProxy
+from backup_pipelines_tests.lifecycle.test_retention import (
+    SQL,
+    WORKSPACE_ASSETS,
+    ago,
+    keys_in,
+    partitions_in,
+    write_backup,
+)
+
+TODAY = date(2026, 3, 31)
+WORKSPACES = [f"ws_{n:02d}" for n in range(8)]
+DAYS = 5  # ages 0..4; keep_daily_days=2 keeps ages 0 and 1
+POLICY = Policy(keep_daily_days=2, keep_weekly_days=2)
+
+
+def filled_store(prefix: str) -> S3Store:
+    store = S3Store("test-backups", f"{prefix}-{secrets.token_hex(4)}")
+    for age in range(DAYS):
+        for workspace in WORKSPACES:
+            write_backup(store, ago(age, TODAY), workspace)
+    return store
+
+
+def count_requests(store: S3Store) -> Counter:
+    """Every S3 operation the store's client sends from now on, by name."""
+    counted: Counter = Counter()
+
+    def count(model, **_kwargs) -> None:
+        counted[model.name] += 1
+
+    store.client.meta.events.register("before-call.s3", count)
+    return counted
+
+
+def expected_after(store: S3Store, plan) -> set[str]:
+    """The keys of the artifacts the plan keeps, as listed now."""
+    kept = {f"{artifact.ref.folder}/" for artifact in plan.kept}
+    return {key for key in keys_in(store) if any(key.startswith(f) for f in kept)}
+
+
+def test_retention_apply_deletes_many_s3_artifacts_in_a_few_requests(s3_env):
+    store = filled_store("together")
+    plan = retention.plan_retention(store, POLICY, TODAY, remember=False)
+    doomed = len(plan.to_delete)
+    assert doomed == 3 * len(WORKSPACES) * (DAYS - 2)  # 72 artifacts, 3 files each
+    remaining = expected_after(store, plan)
+    lines: list[str] = []
+    requests = count_requests(store)
+
+    result = retention.apply_plan(store, plan, log=lines.append)
+    sent = Counter(requests)
+
+    assert result.errors == [] and result.skipped == []
+    assert len(result.deleted) == doomed and keys_in(store) == remaining
+    assert partitions_in(store) == {(a.asset, a.ref.date, a.ref.workspace) for a in plan.kept}
+    assert result.bytes_freed == sum(a.bytes for a in plan.to_delete) > 0
+    # One request for the index manifests, one for the SQL manifests, one for 144 files; the
+    # keep markers and the leases listed once (none exists, so none is read). An artifact at
+    # a time, this was a listing and a delete per manifest and per generation folder, and a
+    # read of every partition's marker and every workspace's lease.
+    assert sent == Counter(DeleteObjects=3, ListObjectsV2=2), sent
+    # One message for the batch (a Dagster run writes each to its event log), a line each.
+    assert len(lines) == 1 and lines[0].count(": deleted (") == doomed
+
+
+def test_retention_apply_keeps_the_sql_dump_when_an_index_deletion_failed(s3_env, monkeypatch):
+    """S3 drops the connection once the index manifests' DeleteObjects is sent: whether S3
+    acted on it is unknown, so those artifacts are errors, and no SQL dump of their partitions
+    is deleted. A later run finishes the job."""
+    monkeypatch.setenv("BACKUP_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("BACKUP_READ_TIMEOUT", "1")
+    doomed_sql: set[str] = set()
+    with TcpProxy.in_front_of(s3_env.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url_for(s3_env.endpoint))
+        store = filled_store("held")
+        plan = retention.plan_retention(store, POLICY, TODAY, remember=False)
+        doomed_sql = {a.ref.folder for a in plan.to_delete if a.asset == SQL}
+        proxy.stop_once_sent(
+            lambda _link, chunk: chunk.startswith(b"POST ") and b"?delete" in chunk
+        )
+
+        result = retention.apply_plan(store, plan, log=lambda _line: None)
+
+    assert proxy.mode == "stopped"
+    assert result.deleted == []
+    held = {ref.folder for ref, why in result.skipped if why == HELD}
+    assert held == doomed_sql and len(held) == len(WORKSPACES) * (DAYS - 2)
+    assert len(result.errors) == 2 * len(held)
+    assert all(": its manifest: " in error and "S3" in error for error in result.errors)
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env.endpoint)
+    direct = S3Store("test-backups", store.prefix)
+    for folder in doomed_sql:  # every SQL dump of a failed partition is still whole
+        assert direct._get(f"{folder}/{MANIFEST_NAME}") is not None
+    # The next run, two days on: what S3 had already deleted of the index artifacts is debris.
+    later = time.time() + 2 * 86400
+    again = retention.plan_retention(direct, POLICY, TODAY, now=later, remember=False)
+    finished = retention.apply_plan(direct, again, log=lambda _line: None)
+    assert finished.errors == []
+    assert {(a, d, w) for a, d, w in partitions_in(direct)} == {
+        (asset, ago(age, TODAY), workspace)
+        for asset in WORKSPACE_ASSETS
+        for age in range(2)
+        for workspace in WORKSPACES
+    }
+    assert all(
+        key.startswith(tuple(f"{a.ref.folder}/" for a in again.kept)) for key in keys_in(direct)
+    )
+
+
+@pytest.mark.parametrize(("limit", "sizes"), [(1, [3, 3, 3, 3]), (7, [9, 3]), (1000, [12])])
+def test_retention_apply_batches_never_split_a_partition(limit, sizes):
+    """Up to `limit` artifacts are checked and deleted together, but a partition's SQL dump
+    always goes in the same batch as its index artifacts (a batch grows past the limit to
+    finish its last partition)."""
+
+    class Doomed:  # what _whole_partitions reads of an artifact
+        def __init__(self, day: str, workspace: str) -> None:
+            self.partition = (day, workspace)
+
+    numbered = [
+        (f"{asset}@{day}|{ws}", Doomed(day, ws))
+        for day in ("d1", "d2")
+        for ws in ("a", "b")
+        for asset in ("x", "y", SQL)
+    ]
+    batches = list(retention._whole_partitions(numbered, limit))
+    assert [entry for batch in batches for entry in batch] == numbered
+    assert [len(batch) for batch in batches] == sizes
+    owner: dict = {}
+    for index, batch in enumerate(batches):
+        for _label, artifact in batch:
+            assert owner.setdefault(artifact.partition, index) == index
