@@ -93,6 +93,7 @@ from backup_pipelines.lib.store.s3 import ObjectLocked
 
 # Series whose newest artifacts are re-read at once (the S3 client keeps 8 connections).
 VERIFIERS = 8
+LOG_LINES = 1000  # lines of the plan's per-series log joined into one message
 
 DAILY = "daily"
 WEEKLY = "weekly"
@@ -671,12 +672,16 @@ def _protect_every_series(
     else:
         outcomes.update({id(one): protect(one) for one in to_read})
     failed: list[ArtifactRef] = []
+    lines: list[str] = []
     for one in series:
         if id(one) in outcomes:
-            one_failed, lines = outcomes[id(one)]
-            for line in lines:
-                log(line)
+            one_failed, series_lines = outcomes[id(one)]
+            lines += series_lines
             failed += one_failed
+    # A line a series, LOG_LINES to a message: 30,000 series at 10,000 workspaces would
+    # otherwise be 30,000 Dagster events in every daily run (~4 ms each here).
+    for start in range(0, len(lines), LOG_LINES):
+        log("\n".join(lines[start : start + LOG_LINES]))
     return failed
 
 
