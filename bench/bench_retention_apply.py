@@ -10,9 +10,10 @@ bench_scale left one there, else written) is loaded into moto's S3 server
 being intact) and applied, twice from a fresh server:
 
   one by one   an artifact at a time (the way before deletion.delete_together, and still the
-               way of a local store and of a bucket with Object Lock): per partition a read
-               of its keep marker, per workspace a read of its lease, per artifact a listing
-               and a delete of its manifest and of each generation folder
+               way of a local store and of a bucket with Object Lock): per artifact a listing
+               and a delete of its manifest and of each generation folder (keep markers and
+               leases listed once per 100 artifacts; before 093e92b, read per partition and
+               per workspace)
   together     the same code as shipped: up to 1,000 artifacts checked (keep markers and
                leases listed once), then deleted by DeleteObjects of the keys the plan listed
 
