@@ -15,7 +15,8 @@ import pytest
 from backup_pipelines.defs import lifecycle as retention_defs
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
 from backup_pipelines.lib.lifecycle import retention
-from backup_pipelines.lib.lifecycle.deletion import HELD
+from backup_pipelines.lib.lifecycle.deletion import HELD, delete_one_by_one
+from backup_pipelines.lib.lifecycle.scan import scan_store
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.store import MANIFEST_NAME, LocalStore, S3Store
 from backup_pipelines_tests.faults.proxy import TcpProxy
@@ -185,3 +186,31 @@ def test_retention_apply_job_logs_a_message_per_batch_not_per_artifact(tmp_path)
     # 180 series lines in one message, 180 deletions in 2 batches of ~100, the summaries
     assert len(messages) <= 8, [m[:80] for m in messages]
     assert {d for _a, d, _w in partitions_in(store)} == {ago(0, today), ago(1, today)}
+
+
+def test_retention_apply_one_by_one_holds_the_sql_dump_too(s3_env, monkeypatch):
+    """The way of a local store and of a bucket with Object Lock, on a real S3 fault: the
+    first index artifact's delete is sent and its answer lost, S3 is then unreachable. Both
+    index artifacts of the partition fail, and its SQL dump is not even tried."""
+    monkeypatch.setenv("BACKUP_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("BACKUP_READ_TIMEOUT", "1")
+    with TcpProxy.in_front_of(s3_env.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url_for(s3_env.endpoint))
+        store = S3Store("test-backups", f"one-{secrets.token_hex(4)}")
+        write_backup(store, ago(3, TODAY), "ws_acme")
+        folders = scan_store(store)
+        partition = sorted(folders.values(), key=lambda f: (f.ref.asset == SQL, f.ref.asset))
+        proxy.stop_once_sent(
+            lambda _link, chunk: chunk.startswith(b"POST ") and b"?delete" in chunk
+        )
+
+        failed, held = delete_one_by_one(store, partition)
+
+    assert proxy.mode == "stopped"
+    sql = next(f.ref for f in partition if f.ref.asset == SQL)
+    assert held == {sql: HELD}
+    assert set(failed) == {f.ref for f in partition} - {sql}
+    assert all("S3" in why for why in failed.values())
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env.endpoint)
+    direct = S3Store("test-backups", store.prefix)
+    assert direct.verify(sql).ok
