@@ -7,10 +7,10 @@ it), while index artifacts alone restore nothing. For the same reason an SQL dum
 an index artifact of its partition could not be deleted.
 
 On most stores that is one artifact at a time: its manifest, then each generation folder
-the plan listed it with (on S3, a listing and a delete each: ~4 requests an artifact, 26 ms
-each against a local S3 stand-in, and each a round trip to a real one). On S3 without Object
-Lock, many artifacts go together by DeleteObjects of the very keys the plan listed, 1,000
-keys a request: the index manifests, then the SQL manifests, then every file.
+the plan listed it with (on S3, a listing and a delete each: ~4 requests and ~24 ms an
+artifact against a local S3 stand-in, each request a round trip to a real S3). On S3
+without Object Lock, many artifacts go together by DeleteObjects of the very keys the plan
+listed, 1,000 keys a request: the index manifests, then the SQL manifests, then every file.
 """
 
 from __future__ import annotations
