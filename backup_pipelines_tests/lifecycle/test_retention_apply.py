@@ -64,7 +64,8 @@ def test_retention_apply_deletes_many_s3_artifacts_in_a_few_requests(s3_env):
     store = filled_store("together")
     plan = retention.plan_retention(store, POLICY, TODAY, remember=False)
     doomed = len(plan.to_delete)
-    assert doomed == 3 * len(WORKSPACES) * (DAYS - 2)  # 72 artifacts, 3 files each
+    assert doomed == 3 * len(WORKSPACES) * (DAYS - 2)  # 72 artifacts
+    before = keys_in(store)
     remaining = expected_after(store, plan)
     lines: list[str] = []
     requests = count_requests(store)
@@ -74,9 +75,10 @@ def test_retention_apply_deletes_many_s3_artifacts_in_a_few_requests(s3_env):
 
     assert result.errors == [] and result.skipped == []
     assert len(result.deleted) == doomed and keys_in(store) == remaining
+    assert len(before - remaining) == 2 * doomed  # a manifest and a data file each
     assert partitions_in(store) == {(a.asset, a.ref.date, a.ref.workspace) for a in plan.kept}
     assert result.bytes_freed == sum(a.bytes for a in plan.to_delete) > 0
-    # One request for the index manifests, one for the SQL manifests, one for 144 files; the
+    # One request for the index manifests, one for the SQL manifests, one for the 72 files; the
     # keep markers and the leases listed once (none exists, so none is read). An artifact at
     # a time, this was a listing and a delete per manifest and per generation folder, and a
     # read of every partition's marker and every workspace's lease.
@@ -140,18 +142,15 @@ def test_retention_apply_batches_never_split_a_partition(limit, sizes):
         def __init__(self, day: str, workspace: str) -> None:
             self.partition = (day, workspace)
 
-    numbered = [
-        (f"{asset}@{day}|{ws}", Doomed(day, ws))
-        for day in ("d1", "d2")
-        for ws in ("a", "b")
-        for asset in ("x", "y", SQL)
-    ]
+    # 4 partitions of 3 artifacts (two indexes and the SQL dump), numbered as apply_plan does
+    partitions = [Doomed(day, ws) for day in ("d1", "d2") for ws in ("a", "b") for _ in range(3)]
+    numbered = list(enumerate(partitions, 1))
     batches = list(retention._whole_partitions(numbered, limit))
     assert [entry for batch in batches for entry in batch] == numbered
     assert [len(batch) for batch in batches] == sizes
     owner: dict = {}
     for index, batch in enumerate(batches):
-        for _label, artifact in batch:
+        for _number, artifact in batch:
             assert owner.setdefault(artifact.partition, index) == index
 
 

@@ -100,23 +100,17 @@ def _delete_manifests(store: S3Store, folders: Sequence[Folder]) -> dict[Artifac
 
 
 def _delete_files(store: S3Store, folders: Sequence[Folder]) -> dict[ArtifactRef, str]:
-    """Every file the plan listed in each folder (manifests are gone by now). A generation
-    folder named but not listed is deleted by its prefix."""
+    """Every file the plan listed in each folder (an S3 listing lists every object), the
+    manifests being gone by now. A file written since the listing stays, a generation
+    folder no manifest names: a later run cleans it as debris once old."""
     owner: dict[str, ArtifactRef] = {}
-    failed: dict[ArtifactRef, str] = {}
     for folder in folders:
         inside = f"{folder.ref.folder}/"
         manifest = inside + MANIFEST_NAME  # gone; one committed since by a re-run stays
-        listed = [
-            key for key, _size, _tag in folder.objects if key.startswith(inside) and key != manifest
-        ]
-        owner.update(dict.fromkeys(listed, folder.ref))
-        named = {key[len(inside) :].partition("/")[0] for key in listed}
-        for name in sorted(folder.generation_names - named):
-            try:
-                store._delete_prefix(f"{inside}{name}/")
-            except StoreError as exc:
-                failed[folder.ref] = f"its files: {exc}"
+        for key, _size, _tag in folder.objects:
+            if key.startswith(inside) and key != manifest:
+                owner[key] = folder.ref
+    failed: dict[ArtifactRef, str] = {}
     for key, why in store.delete_keys(list(owner)).items():
         if key in owner:
             failed.setdefault(

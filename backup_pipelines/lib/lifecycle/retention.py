@@ -817,16 +817,14 @@ def apply_plan(
     doomed = sorted(plan.to_delete, key=_deletion_order)
     checks = _DeletionChecks(store, control)
     together = deletes_together(store)
-    numbered = [
-        (f"[{n}/{len(doomed)}] {artifact}", artifact) for n, artifact in enumerate(doomed, 1)
-    ]
+    numbered = list(enumerate(doomed, 1))
     for batch in _whole_partitions(numbered, BATCH_ARTIFACTS if together else BATCH_ONE_BY_ONE):
-        lines: list[str] = []
+        said: dict[int, str] = {}  # artifact number -> its line
         try:
-            _apply_batch(store, batch, together, checks, result, lines)
+            _apply_batch(store, batch, len(doomed), together, checks, result, said)
         finally:  # what was decided before an error is still logged
-            if lines:
-                log("\n".join(sorted(lines, key=_by_number)))
+            if said:
+                log("\n".join(said[number] for number in sorted(said)))
     lines = []
     for leftover in plan.leftovers:
         lines.append(_clean(store, leftover, result))
@@ -840,33 +838,34 @@ def apply_plan(
 
 def _apply_batch(
     store: BackupStore,
-    batch: list[tuple[str, Artifact]],
+    batch: list[tuple[int, Artifact]],
+    total: int,
     together: bool,
     checks: _DeletionChecks,
     result: ApplyResult,
-    lines: list[str],
+    said: dict[int, str],
 ) -> None:
     checks.list_ahead()
-    cleared = [(where, a) for where, a in batch if checks.clear(a, where, result, lines)]
-    folders = [artifact.folder for _where, artifact in cleared]
+    cleared: list[tuple[int, Artifact]] = []
+    for number, artifact in batch:
+        if refusal := checks.refusal(artifact, result):
+            said[number] = f"[{number}/{total}] {artifact}: {refusal}"
+        else:
+            cleared.append((number, artifact))
+    folders = [artifact.folder for _number, artifact in cleared]
     failed, held = (delete_together if together else delete_one_by_one)(store, folders)
-    for where, artifact in cleared:
+    for number, artifact in cleared:
         if artifact.ref in held:
             result.skipped.append((artifact.ref, held[artifact.ref]))
-            lines.append(f"{where}: {held[artifact.ref]}")
+            outcome = held[artifact.ref]
         elif artifact.ref in failed:
             result.errors.append(f"{artifact}: {failed[artifact.ref]}")
-            lines.append(f"{where}: FAILED {failed[artifact.ref]}")
+            outcome = f"FAILED {failed[artifact.ref]}"
         else:
             result.deleted.append(artifact.ref)
             result.bytes_freed += artifact.bytes
-            reason = artifact.deletion_reason
-            lines.append(f"{where}: deleted ({human_bytes(artifact.bytes)}; {reason})")
-
-
-def _by_number(line: str) -> int:
-    """The artifact's place in the whole apply, from its line's "[n/N]"."""
-    return int(line[1 : line.index("/")])
+            outcome = f"deleted ({human_bytes(artifact.bytes)}; {artifact.deletion_reason})"
+        said[number] = f"[{number}/{total}] {artifact}: {outcome}"
 
 
 def _clean(store: BackupStore, leftover: Leftover, result: ApplyResult) -> str:
@@ -882,10 +881,10 @@ def _clean(store: BackupStore, leftover: Leftover, result: ApplyResult) -> str:
     return f"cleaned {leftover.kind} {leftover.key} ({leftover.age_hours:.0f} h old)"
 
 
-def _whole_partitions(numbered: list[tuple[str, Artifact]], limit: int):
+def _whole_partitions(numbered: list[tuple[int, Artifact]], limit: int):
     """`numbered` (in _deletion_order) in batches of up to `limit` artifacts, or one whole
     partition when it holds more: a partition's SQL dump is never split from its indexes."""
-    batch: list[tuple[str, Artifact]] = []
+    batch: list[tuple[int, Artifact]] = []
     for entry in numbered:
         if len(batch) >= limit and entry[1].partition != batch[-1][1].partition:
             yield batch
@@ -915,26 +914,24 @@ class _DeletionChecks:
         }
         self.readers.clear()
 
-    def clear(self, artifact: Artifact, where: str, result: ApplyResult, lines: list[str]) -> bool:
+    def refusal(self, artifact: Artifact, result: ApplyResult) -> str | None:
+        """Why `artifact` is not to be deleted now (recorded in `result`), None when it is."""
         if marker_key(artifact.partition) in self.existing:
             # Marked after the plan was made (or unreadable): the marker wins.
             result.skipped.append((artifact.ref, "keep marker placed since planning"))
-            lines.append(f"{where}: kept, marked since planning")
-            return False
+            return "kept, marked since planning"
         name = lease_name(artifact.ref.workspace)
         if lease_key(name) not in self.existing:
             self.readers[name] = ""
         reader = _restore_reading(self.control, artifact.ref, self.readers)
         if reader:
             result.skipped.append((artifact.ref, reader))
-            lines.append(f"{where}: kept for now, {reader}")
-            return False
+            return f"kept for now, {reader}"
         until = locked_until(self.store, artifact.ref)
         if until:
             result.locked.append((artifact.ref, until))
-            lines.append(f"{where}: NOT deleted, under Object Lock retention until {until}")
-            return False
-        return True
+            return f"NOT deleted, under Object Lock retention until {until}"
+        return None
 
 
 def locked_until(store: BackupStore, ref: ArtifactRef) -> str:

@@ -490,14 +490,13 @@ class S3Store(BackupStore):
         if self.object_lock is not None and is_lockable(prefix):
             self._delete_versions(prefix)
             return
-        batch: list[dict] = []
-        for key, _size, _mtime in list(self._list(prefix)):
-            batch.append({"Key": self._full(key)})
-            if len(batch) == DELETE_BATCH:
-                self._delete_batch(prefix, batch)
-                batch = []
-        if batch:
-            self._delete_batch(prefix, batch)
+        failed = self.delete_keys([key for key, _size, _mtime in self._list(prefix)])
+        if failed:
+            key, why = next(iter(failed.items()))
+            raise StoreError(
+                f"backup store {self.describe()}: {len(failed)} object(s) under {prefix!r} "
+                f"not deleted, e.g. {key!r}: {why}"
+            )
 
     def _delete_versions(self, prefix: str) -> None:
         """With Object Lock, a delete removes versions (a plain delete would only hide them
@@ -534,9 +533,8 @@ class S3Store(BackupStore):
         listing and a delete for every folder of every artifact. Returns the keys not
         deleted, each with why: those S3 refused, and every key of a request that failed
         (whether S3 acted on it is then unknown). A key already gone counts as deleted.
-        Without Object Lock only: with it, versions are deleted (`_delete_prefix`)."""
-        if self.object_lock is not None:
-            raise StoreError(f"backup store {self.describe()}: delete_keys with Object Lock")
+        In a versioned bucket (Object Lock) this only hides the current versions behind
+        delete markers: artifacts there are deleted version by version (`_delete_versions`)."""
         strip = len(self.prefix) + 1 if self.prefix else 0
         failed: dict[str, str] = {}
         for start in range(0, len(keys), DELETE_BATCH):
@@ -554,19 +552,6 @@ class S3Store(BackupStore):
                 key = str(error.get("Key", ""))[strip:]
                 failed[key] = f"S3 refused: {error.get('Code')} {error.get('Message', '')}".strip()
         return failed
-
-    def _delete_batch(self, prefix: str, batch: list[dict]) -> None:
-        answer = self._call(
-            "delete", prefix, self.client.delete_objects, Bucket=self.bucket,
-            Delete={"Objects": batch},
-        )  # fmt: skip
-        errors = answer.get("Errors") or []
-        if errors:
-            first = errors[0]
-            raise StoreError(
-                f"backup store {self.describe()} refused to delete {len(errors)} object(s) under "
-                f"{prefix!r}, e.g. {first.get('Key')!r}: {first.get('Code')} {first.get('Message', '')}"
-            )
 
     def incomplete_uploads(self) -> Iterator[tuple[str, str, float]]:
         """Multipart uploads never completed (crashed runs): (key, upload id, started epoch)."""
