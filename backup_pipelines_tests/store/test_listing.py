@@ -4,12 +4,13 @@ and a tag that changes when an object is rewritten."""
 
 from __future__ import annotations
 
+import secrets
 from urllib.parse import unquote_plus
 
 import pytest
 
 from backup_pipelines.lib.errors import StoreError
-from backup_pipelines.lib.store import S3Store, listing
+from backup_pipelines.lib.store import S3Store, listing, make_s3_client
 
 KEYS = [
     "postgres/workspace_dump/date=2026-11-21/workspace=ws_a/manifest.json",
@@ -187,3 +188,39 @@ def test_a_listing_page_is_parsed_once_and_every_other_answer_still_checked(s3_e
 
     response, custom = before_parse(events, "ListObjectsV2", ERROR_IN_A_200, fast=False)
     assert len(checked) == 3 and response["status_code"] == 500 and custom == {}
+
+
+def botocore_versions(store: S3Store, prefix: str) -> list[tuple]:
+    """Every version under `prefix` as botocore parses them (a client without our hooks)."""
+    found = []
+    pages = make_s3_client().get_paginator("list_object_versions")
+    for page in pages.paginate(Bucket=store.bucket, Prefix=store._full(prefix)):
+        for marker, items in ((False, page.get("Versions")), (True, page.get("DeleteMarkers"))):
+            found += [(i["Key"], i["VersionId"], i["IsLatest"], marker) for i in items or []]
+    return sorted(found)
+
+
+def test_fast_version_listing_lists_what_botocore_parses(s3_env):
+    """In a versioned bucket: every version and delete marker, with the keys that need
+    escaping, across pages (S3's key and version-id markers), and from a given version on."""
+    bucket = f"versions-{secrets.token_hex(4)}"
+    make_s3_client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    store = S3Store(bucket, "p")
+    many = [f"many/date=2026-11-21/workspace=ws_{n:04d}/manifest.json" for n in range(1010)]
+    fill(store, KEYS + many)
+    store._put_atomic(KEYS[0], b"again")  # a second version
+    store.client.delete_object(Bucket=bucket, Key=store._full(KEYS[6]))  # a delete marker
+
+    for prefix in ("", "odd/", "postgres/", "missing/"):
+        listed = list(listing.iter_versions(store, prefix))
+        assert sorted((store._full(v.key), *v[1:]) for v in listed) == botocore_versions(
+            store, prefix
+        )
+        assert [v.key for v in listed] == sorted(v.key for v in listed)  # in key order
+    every = list(listing.iter_versions(store, ""))
+    assert len(every) == len(KEYS) + len(many) + 2
+    after = every[len(KEYS)]
+    assert (
+        list(listing.iter_versions(store, "", after=(after.key, after.version_id)))
+        == (every[len(KEYS) + 1 :])
+    )

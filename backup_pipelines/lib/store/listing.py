@@ -15,6 +15,8 @@ the same keys, sizes and modification times, for a fraction of the CPU.
                                  iter_objects, but only the manifests (a local folder's
                                  generation folders are not even opened; on S3 each artifact's
                                  generation files come back as one CommonPrefix, unlisted)
+    iter_versions(store, prefix) every version and delete marker under prefix in a versioned
+                                 S3 bucket (Object Lock), optionally after a given version
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable, Collection, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 import botocore.handlers
@@ -40,6 +43,17 @@ from backup_pipelines.lib.store.manifest import GENERATION_PREFIX, MANIFEST_NAME
 from backup_pipelines.lib.store.s3 import S3Store
 
 Listed = tuple[str, int, float]  # key relative to the store, size, modified (epoch seconds)
+
+
+class ObjectVersion(NamedTuple):
+    """One version of an object in a versioned bucket (key relative to the store)."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    delete_marker: bool
+
+
 Tagged = tuple[str, int, float, str]  # ... and a tag that changes when the object is rewritten
 
 
@@ -433,6 +447,8 @@ _FAST = threading.local()
 _HOOK_ID = "backup-pipelines-fast-list"
 _CHECK_ID = "backup-pipelines-200-check"
 _EMPTY_RESULT = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+_EMPTY_VERSIONS = b'<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+_FAST_OPERATIONS = ("ListObjectsV2", "ListObjectVersions")
 
 
 def _fast_parse_hook(
@@ -442,11 +458,13 @@ def _fast_parse_hook(
         return
     if response_dict.get("status_code") != 200:
         return  # errors go through botocore's parser (ClientError with code and message)
+    versions = getattr(operation_model, "name", "") == "ListObjectVersions"
+    expected = f"{_S3}ListVersionsResult" if versions else f"{_S3}ListBucketResult"
     root = None
     if customized_response_dict is not None:
         with contextlib.suppress(ElementTree.ParseError):
             root = ElementTree.fromstring(response_dict["body"])
-    if root is None or root.tag != f"{_S3}ListBucketResult":
+    if root is None or root.tag != expected:
         # Not XML, an <Error> in a 200, or a listing without S3's namespace (whose keys the
         # lookups below would read as empty): botocore's own check (skipped for this page,
         # see _install_hooks) and parser decide what it is.
@@ -456,6 +474,10 @@ def _fast_parse_hook(
     # botocore asks for url-encoded keys (EncodingType=url) and decodes them in its parser.
     encoded = (root.findtext(f"{_S3}EncodingType") or "").lower() == "url"
     name = _url_decoded if encoded else str
+    if versions:
+        customized_response_dict["FastVersions"] = _read_versions(root, name)
+        response_dict["body"] = _EMPTY_VERSIONS
+        return
     contents: list[Tagged] = []
     folders: list[str] = []
     truncated, token = False, None
@@ -477,6 +499,31 @@ def _fast_parse_hook(
     response_dict["body"] = _EMPTY_RESULT
 
 
+def _read_versions(root, name: Callable[[str], str]) -> tuple:
+    """A ListObjectVersions page: ([ObjectVersion with full keys], truncated, next key marker,
+    next version-id marker)."""
+    found: list[ObjectVersion] = []
+    truncated, next_key, next_version = False, None, None
+    for element in root:
+        tag = element.tag.removeprefix(_S3)
+        if tag in ("Version", "DeleteMarker"):
+            found.append(
+                ObjectVersion(
+                    name(element.findtext(f"{_S3}Key") or ""),
+                    element.findtext(f"{_S3}VersionId") or "",
+                    (element.findtext(f"{_S3}IsLatest") or "").strip().lower() == "true",
+                    tag == "DeleteMarker",
+                )
+            )
+        elif tag == "IsTruncated":
+            truncated = (element.text or "").strip().lower() == "true"
+        elif tag == "NextKeyMarker":
+            next_key = name(element.text or "")
+        elif tag == "NextVersionIdMarker":
+            next_version = element.text
+    return found, truncated, next_key, next_version
+
+
 def _url_decoded(key: str) -> str:
     """unquote_plus(key), which cost as much as the page's XML parse: the product's keys have
     nothing to decode but the "=" of their folder names (date=, workspace=)."""
@@ -492,7 +539,7 @@ _botocore_200_check = getattr(botocore.handlers, "_handle_200_error", None)
 
 
 def _checked_unless_fast_listing(operation_model=None, response_dict=None, **kwargs) -> None:
-    if getattr(_FAST, "active", False) and getattr(operation_model, "name", "") == "ListObjectsV2":
+    if getattr(_FAST, "active", False) and getattr(operation_model, "name", "") in _FAST_OPERATIONS:
         return
     _botocore_200_check(operation_model=operation_model, response_dict=response_dict, **kwargs)
 
@@ -504,7 +551,10 @@ def _install_hooks(events) -> None:
         events.register_first(
             "before-parse.s3.*", _checked_unless_fast_listing, unique_id=_CHECK_ID
         )
-    events.register("before-parse.s3.ListObjectsV2", _fast_parse_hook, unique_id=_HOOK_ID)
+    for operation in _FAST_OPERATIONS:
+        events.register(
+            f"before-parse.s3.{operation}", _fast_parse_hook, unique_id=f"{_HOOK_ID}-{operation}"
+        )
 
 
 def _s3_pages(
@@ -539,6 +589,47 @@ def _s3_pages(
         if not truncated or not token:
             return
         arguments["ContinuationToken"] = token
+
+
+def iter_versions(
+    store: S3Store, prefix: str, after: tuple[str, str] | None = None
+) -> Iterator[ObjectVersion]:
+    """Every version and delete marker under `prefix` (keys relative to the store), in key
+    order; with `after` (key, version id), those S3 lists after it (its key and version-id
+    markers). Pages are requested as they are
+    consumed: a caller that stops early sends no more."""
+    _install_hooks(store.client.meta.events)
+    strip = len(store.prefix) + 1 if store.prefix else 0
+    arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": 1000}
+    if after is not None:
+        arguments["KeyMarker"], arguments["VersionIdMarker"] = store._full(after[0]), after[1]
+    while True:
+        _FAST.active = True
+        try:
+            page = store._call(
+                "list the versions under", prefix, store.client.list_object_versions, **arguments
+            )
+        finally:
+            _FAST.active = False
+        if "FastVersions" in page:
+            found, truncated, next_key, next_version = page["FastVersions"]
+        else:  # parsed by botocore: versions and delete markers in two lists
+            found = list(_botocore_versions(page))
+            truncated = page.get("IsTruncated")
+            next_key, next_version = page.get("NextKeyMarker"), page.get("NextVersionIdMarker")
+        # In key order: callers stop at the first key past what they want. (moto sends a page's
+        # delete markers after its versions; S3 by key, newest first.)
+        for version in sorted(found, key=lambda version: version.key):
+            yield version._replace(key=version.key[strip:])
+        if not truncated or not next_key:
+            return
+        arguments["KeyMarker"], arguments["VersionIdMarker"] = next_key, next_version or ""
+
+
+def _botocore_versions(page: dict) -> Iterator[ObjectVersion]:
+    for marker, items in ((False, page.get("Versions")), (True, page.get("DeleteMarkers"))):
+        for item in items or []:
+            yield ObjectVersion(item["Key"], item["VersionId"], item.get("IsLatest", False), marker)
 
 
 def _s3_keys(store: S3Store, prefix: str) -> Iterator[Tagged]:

@@ -428,11 +428,7 @@ class S3Store(BackupStore):
         now = datetime.now(UTC)
         locked: dict[str, datetime] = {}
         for key, _size, _mtime in list(self._list(prefix)):
-            answer = self._call(
-                "read the retention of", key, self.client.head_object, allowed=self._ABSENT,
-                Bucket=self.bucket, Key=self._full(key),
-            )  # fmt: skip
-            until = None if isinstance(answer, str) else answer.get("ObjectLockRetainUntilDate")
+            until = self.retain_until_of(key)
             if until is not None and until > now:
                 locked[key] = until
         return locked
@@ -534,24 +530,47 @@ class S3Store(BackupStore):
         deleted, each with why: those S3 refused, and every key of a request that failed
         (whether S3 acted on it is then unknown). A key already gone counts as deleted.
         In a versioned bucket (Object Lock) this only hides the current versions behind
-        delete markers: artifacts there are deleted version by version (`_delete_versions`)."""
+        delete markers: there, delete_versions (listing.iter_versions lists them)."""
+        return self._delete_objects([(key, None) for key in keys])
+
+    def delete_versions(self, versions: list[tuple[str, str]]) -> dict[str, str]:
+        """delete_keys for object versions, (key, version id): what frees the space in a
+        versioned bucket. S3 refuses each version still under Object Lock retention (and this
+        names its key); the others go. Returns the keys of which some version was not
+        deleted, each with why."""
+        return self._delete_objects(versions)
+
+    def _delete_objects(self, objects: list[tuple[str, str | None]]) -> dict[str, str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
         failed: dict[str, str] = {}
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = keys[start : start + DELETE_BATCH]
+        for start in range(0, len(objects), DELETE_BATCH):
+            batch = objects[start : start + DELETE_BATCH]
+            entries = [
+                {"Key": self._full(key)} | ({"VersionId": version} if version else {})
+                for key, version in batch
+            ]
             try:
                 answer = self._call(
-                    "delete", f"{len(batch)} objects from {batch[0]!r} on",
+                    "delete", f"{len(batch)} objects from {batch[0][0]!r} on",
                     self.client.delete_objects, Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True},
+                    Delete={"Objects": entries, "Quiet": True},
                 )  # fmt: skip
             except StoreError as exc:
-                failed.update(dict.fromkeys(batch, str(exc)))
+                failed.update(dict.fromkeys((key for key, _version in batch), str(exc)))
                 continue
             for error in answer.get("Errors") or []:
                 key = str(error.get("Key", ""))[strip:]
                 failed[key] = f"S3 refused: {error.get('Code')} {error.get('Message', '')}".strip()
         return failed
+
+    def retain_until_of(self, key: str) -> datetime | None:
+        """The Object Lock retain-until of `key`'s current version (None: not locked, or
+        no such key)."""
+        answer = self._call(
+            "read the retention of", key, self.client.head_object, allowed=self._ABSENT,
+            Bucket=self.bucket, Key=self._full(key),
+        )  # fmt: skip
+        return None if isinstance(answer, str) else answer.get("ObjectLockRetainUntilDate")
 
     def incomplete_uploads(self) -> Iterator[tuple[str, str, float]]:
         """Multipart uploads never completed (crashed runs): (key, upload id, started epoch)."""
