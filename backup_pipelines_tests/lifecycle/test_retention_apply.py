@@ -1,6 +1,6 @@
 """Retention's deletions on S3 (moto): many artifacts at once by DeleteObjects of the keys the
-plan listed, the SQL dump of a partition after its index artifacts, and held when one of them
-could not be deleted."""
+plan listed (with Object Lock: of their versions), the SQL dump of a partition after its index
+artifacts, and held when one of them could not be deleted or is under retention."""
 
 from __future__ import annotations
 
@@ -14,29 +14,33 @@ import pytest
 
 from backup_pipelines.defs import lifecycle as retention_defs
 from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
-from backup_pipelines.lib.lifecycle import retention
+from backup_pipelines.lib.lifecycle import markers, retention
 from backup_pipelines.lib.lifecycle.deletion import HELD, delete_one_by_one
 from backup_pipelines.lib.lifecycle.scan import scan_store
 from backup_pipelines.lib.policy import Policy
-from backup_pipelines.lib.store import MANIFEST_NAME, LocalStore, S3Store
+from backup_pipelines.lib.store import MANIFEST_NAME, LocalStore, S3Store, listing, make_s3_client
+from backup_pipelines.lib.store.s3 import ObjectLock
 from backup_pipelines_tests.faults.proxy import TcpProxy
 from backup_pipelines_tests.lifecycle.test_retention import (
     SQL,
+    TYPESENSE,
     WORKSPACE_ASSETS,
     ago,
     keys_in,
     partitions_in,
+    write_artifact,
     write_backup,
 )
 
 TODAY = date(2026, 3, 31)
+PAYLOAD_AGAIN = b"rewritten in place"
 WORKSPACES = [f"ws_{n:02d}" for n in range(8)]
 DAYS = 5  # ages 0..4; keep_daily_days=2 keeps ages 0 and 1
 POLICY = Policy(keep_daily_days=2, keep_weekly_days=2)
 
 
-def filled_store(prefix: str) -> S3Store:
-    store = S3Store("test-backups", f"{prefix}-{secrets.token_hex(4)}")
+def filled_store(prefix: str, bucket: str = "test-backups") -> S3Store:
+    store = S3Store(bucket, f"{prefix}-{secrets.token_hex(4)}")
     for age in range(DAYS):
         for workspace in WORKSPACES:
             write_backup(store, ago(age, TODAY), workspace)
@@ -203,13 +207,149 @@ def test_retention_apply_one_by_one_holds_the_sql_dump_too(s3_env, monkeypatch):
             lambda _link, chunk: chunk.startswith(b"POST ") and b"?delete" in chunk
         )
 
-        failed, held = delete_one_by_one(store, partition)
+        outcome = delete_one_by_one(store, partition)
 
     assert proxy.mode == "stopped"
     sql = next(f.ref for f in partition if f.ref.asset == SQL)
-    assert held == {sql: HELD}
-    assert set(failed) == {f.ref for f in partition} - {sql}
-    assert all("S3" in why for why in failed.values())
+    assert outcome.held == {sql: HELD}
+    assert set(outcome.failed) == {f.ref for f in partition} - {sql}
+    assert all("S3" in why for why in outcome.failed.values())
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env.endpoint)
     direct = S3Store("test-backups", store.prefix)
     assert direct.verify(sql).ok
+
+
+# -- Object Lock: a versioned bucket, artifacts deleted version by version --------------------
+
+LOCK = ObjectLock("GOVERNANCE", 2)
+
+
+def locked_bucket() -> str:
+    bucket = f"locked-{secrets.token_hex(4)}"
+    make_s3_client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    return bucket
+
+
+def versions_in(store: S3Store, prefix: str = "", current: bool = False) -> set[tuple[str, str]]:
+    """(key, version id) of every version and delete marker under `prefix` (`current`: of
+    the current versions only)."""
+    listed = listing.iter_versions(store, prefix)
+    return {(v.key, v.version_id) for v in listed if v.is_latest or not current}
+
+
+def test_retention_apply_object_lock_deletes_expired_artifacts_by_version_in_a_few_requests(
+    s3_env,
+):
+    """Artifacts whose retention has run out (written unlocked into a bucket with Object
+    Lock): every version of every file goes, with a few listings of versions a run of
+    neighbouring folders, no HEAD per object, and DeleteObjects by version id. A partition
+    kept between doomed ones is listed through, never deleted."""
+    written = filled_store("lock-together", bucket=locked_bucket())
+    store = S3Store(written.bucket, written.prefix, object_lock=LOCK)
+    for kept in ("ws_03", "ws_07"):  # inside a run of doomed folders, and after it
+        markers.mark_kept(store, ago(3, TODAY), kept, "audit")
+    plan = retention.plan_retention(store, POLICY, TODAY, remember=False)
+    doomed = len(plan.to_delete)
+    assert doomed == 3 * (len(WORKSPACES) * (DAYS - 2) - 2)  # 66 artifacts
+    # Debris S3 keeps in a versioned bucket: an older version of a file, and a key deleted
+    # the plain way (a noncurrent version under a delete marker); both go with their artifact.
+    # Both in the run ws_00..06 (through ws_03), which ends before its folder does.
+    middle = [
+        a for a in plan.to_delete if (a.ref.date, a.ref.workspace) == (ago(3, TODAY), "ws_01")
+    ]
+    ghost = f"{middle[0].ref.folder}/stray.tmp"
+    written._put_atomic(ghost, b"half")
+    written.client.delete_object(Bucket=written.bucket, Key=written._full(ghost))
+    rewritten = next(k for k, _s, _t in middle[1].folder.objects if k.endswith(".bin"))
+    written._put_atomic(rewritten, PAYLOAD_AGAIN)
+    kept = {f"{artifact.ref.folder}/" for artifact in plan.kept} | {markers.KEEP_PREFIX}
+    remaining = {(k, v) for k, v in versions_in(store) if k.startswith(tuple(kept))}
+    lines: list[str] = []
+    requests = count_requests(store)
+
+    result = retention.apply_plan(store, plan, log=lines.append)
+    sent = Counter(requests)
+
+    assert result.errors == [] and result.skipped == [] and result.locked == []
+    assert len(result.deleted) == doomed
+    assert versions_in(store) == remaining  # no version, no delete marker of a doomed folder
+    assert partitions_in(store) == {(a.asset, a.ref.date, a.ref.workspace) for a in plan.kept}
+    for artifact in plan.kept:
+        assert store.verify(artifact.ref).ok
+    # Per (asset, date) folder, its first workspace's versions, then the others' paged on
+    # from there (2 x 9), through ws_03's where it is kept (left alone). DeleteObjects: index
+    # manifests, SQL manifests, files, delete markers. Reading each object's retention first
+    # was a listing and a HEAD per object, and a listing of versions and a delete per
+    # manifest and per generation folder.
+    assert sent == Counter(ListObjectVersions=18, DeleteObjects=4, ListObjectsV2=2), sent
+    assert len(lines) == 1 and lines[0].count(": deleted (") == doomed
+
+
+def refs_of(plan):
+    return [artifact.ref for artifact in plan.to_delete]
+
+
+def test_retention_apply_object_lock_keeps_a_locked_artifact_whole_and_holds_its_sql_dump(
+    s3_env,
+):
+    """S3 refuses the versions of an artifact still under retention: retention keeps that
+    artifact whole (its manifest refused, nothing else tried), says until when, and keeps the
+    SQL dump of its partition, which would otherwise restore without its index."""
+    written = filled_store("lock-held", bucket=locked_bucket())
+    store = S3Store(written.bucket, written.prefix, object_lock=LOCK)
+    day = ago(3, TODAY)
+    locked = write_artifact(store, TYPESENSE, day, "ws_01")  # a re-run: locked for 2 days
+    sql_locked = write_artifact(store, SQL, ago(4, TODAY), "ws_02")
+    plan = retention.plan_retention(store, POLICY, TODAY, remember=False)
+    before = {ref: versions_in(store, f"{ref.folder}/", current=True) for ref in refs_of(plan)}
+    requests = count_requests(store)
+    lines: list[str] = []
+
+    result = retention.apply_plan(store, plan, log=lines.append)
+
+    assert result.errors == []
+    assert sorted(ref for ref, _until in result.locked) == sorted([locked, sql_locked])
+    assert all(until.startswith(str(datetime.now(UTC).year)) for _r, until in result.locked)
+    held = [ref for ref, why in result.skipped if why == HELD]
+    assert [(ref.asset, ref.date, ref.workspace) for ref in held] == [(SQL, day, "ws_01")]
+    assert len(result.deleted) == len(plan.to_delete) - 3
+    for ref in (locked, sql_locked, held[0]):  # every file as it was (an older version of a
+        assert store.verify(ref).ok  # re-run's manifest, not under retention, may go)
+        assert versions_in(store, f"{ref.folder}/", current=True) == before[ref]
+    assert requests["HeadObject"] == 2  # the retain-until of each refused manifest, no more
+    text = "\n".join(lines)
+    assert text.count("NOT deleted, under Object Lock retention until 20") == 2
+
+
+def test_retention_apply_object_lock_deletes_nothing_it_could_not_list_the_versions_of(
+    s3_env, monkeypatch
+):
+    """S3 drops the connection at the first listing of versions: no artifact whose versions
+    are unknown is touched (each is an error naming the listing), none is half-deleted, and
+    the next run deletes them all."""
+    monkeypatch.setenv("BACKUP_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("BACKUP_READ_TIMEOUT", "1")
+    bucket = locked_bucket()
+    with TcpProxy.in_front_of(s3_env.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url_for(s3_env.endpoint))
+        written = filled_store("lock-unlisted", bucket=bucket)
+        store = S3Store(bucket, written.prefix, object_lock=LOCK)
+        plan = retention.plan_retention(store, POLICY, TODAY, remember=False)
+        before = versions_in(store)
+        proxy.stop_once_sent(
+            lambda _link, chunk: chunk.startswith(b"GET ") and b"versions" in chunk
+        )
+
+        result = retention.apply_plan(store, plan, log=lambda _line: None)
+
+    assert proxy.mode == "stopped"
+    assert result.deleted == [] and result.skipped == [] and result.locked == []
+    assert len(result.errors) == len(plan.to_delete)
+    assert all(": its versions could not be listed: " in error for error in result.errors)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env.endpoint)
+    direct = S3Store(bucket, store.prefix, object_lock=LOCK)
+    assert versions_in(direct) == before
+    again = retention.plan_retention(direct, POLICY, TODAY, remember=False)
+    finished = retention.apply_plan(direct, again, log=lambda _line: None)
+    assert finished.errors == [] and len(finished.deleted) == len(plan.to_delete)
+    assert partitions_in(direct) == {(a.asset, a.ref.date, a.ref.workspace) for a in plan.kept}

@@ -1,7 +1,8 @@
 """S3 Object Lock on moto over HTTP, in a bucket created with Object Lock (versioning on):
 new artifact objects are locked, a delete of a locked artifact fails (directly, through the
-store, or by retention, which does not even try and reports until when), the locked artifact
-still restores, and `doctor` compares the bucket's settings with the configuration."""
+store, or by retention, which keeps it whole when S3 refuses its manifest and reports until
+when), the locked artifact still restores, and `doctor` compares the bucket's settings with
+the configuration."""
 
 from __future__ import annotations
 

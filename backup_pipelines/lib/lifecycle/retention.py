@@ -57,6 +57,7 @@ from backup_pipelines.lib.lifecycle.deletion import (
     BATCH_ARTIFACTS,
     BATCH_ONE_BY_ONE,
     SQL_ASSETS,
+    artifact_order,
     clean_leftover,
     delete_one_by_one,
     delete_together,
@@ -796,7 +797,7 @@ class ApplyResult:
     leftovers_cleaned: int = 0
     bytes_freed: int = 0
     errors: list[str] = field(default_factory=list)
-    # Under S3 Object Lock retention: not deleted (never tried), with the latest retain-until.
+    # Under S3 Object Lock retention: kept whole (S3 refused its manifest), with retain-until.
     locked: list[tuple[ArtifactRef, str]] = field(default_factory=list)
 
 
@@ -815,13 +816,14 @@ def apply_plan(
     log (~4 ms each here): a line an artifact would cost minutes at 10,000 workspaces."""
     result = ApplyResult()
     doomed = sorted(plan.to_delete, key=_deletion_order)
-    checks = _DeletionChecks(store, control)
     together = deletes_together(store)
+    checks = _DeletionChecks(store, control, lock_checked=not together)
+    neighbours = sorted(artifact_order(artifact.ref.folder) for artifact in plan.artifacts)
     numbered = list(enumerate(doomed, 1))
     for batch in _whole_partitions(numbered, BATCH_ARTIFACTS if together else BATCH_ONE_BY_ONE):
         said: dict[int, str] = {}  # artifact number -> its line
         try:
-            _apply_batch(store, batch, len(doomed), together, checks, result, said)
+            _apply_batch(store, batch, len(doomed), together, checks, result, said, neighbours)
         finally:  # what was decided before an error is still logged
             if said:
                 log("\n".join(said[number] for number in sorted(said)))
@@ -844,6 +846,7 @@ def _apply_batch(
     checks: _DeletionChecks,
     result: ApplyResult,
     said: dict[int, str],
+    neighbours: list[str],
 ) -> None:
     checks.list_ahead()
     cleared: list[tuple[int, Artifact]] = []
@@ -853,14 +856,17 @@ def _apply_batch(
         else:
             cleared.append((number, artifact))
     folders = [artifact.folder for _number, artifact in cleared]
-    failed, held = (delete_together if together else delete_one_by_one)(store, folders)
+    done = (delete_together if together else delete_one_by_one)(store, folders, neighbours)
     for number, artifact in cleared:
-        if artifact.ref in held:
-            result.skipped.append((artifact.ref, held[artifact.ref]))
-            outcome = held[artifact.ref]
-        elif artifact.ref in failed:
-            result.errors.append(f"{artifact}: {failed[artifact.ref]}")
-            outcome = f"FAILED {failed[artifact.ref]}"
+        if artifact.ref in done.held:
+            result.skipped.append((artifact.ref, done.held[artifact.ref]))
+            outcome = done.held[artifact.ref]
+        elif artifact.ref in done.locked:
+            result.locked.append((artifact.ref, done.locked[artifact.ref]))
+            outcome = _locked_line(done.locked[artifact.ref])
+        elif artifact.ref in done.failed:
+            result.errors.append(f"{artifact}: {done.failed[artifact.ref]}")
+            outcome = f"FAILED {done.failed[artifact.ref]}"
         else:
             result.deleted.append(artifact.ref)
             result.bytes_freed += artifact.bytes
@@ -894,12 +900,20 @@ def _whole_partitions(numbered: list[tuple[int, Artifact]], limit: int):
         yield batch
 
 
+def _locked_line(until: str) -> str:
+    return f"NOT deleted, under Object Lock retention until {until}"
+
+
 class _DeletionChecks:
     """What may still stop a planned deletion, asked just before its batch: a keep marker
-    placed since planning, a restore reading the partition, Object Lock."""
+    placed since planning, a restore reading the partition, and (`lock_checked`: an artifact
+    at a time) Object Lock, read before trying; deleting together, S3's refusal says it."""
 
-    def __init__(self, store: BackupStore, control: BackupStore | None) -> None:
+    def __init__(
+        self, store: BackupStore, control: BackupStore | None, lock_checked: bool = True
+    ) -> None:
         self.store, self.control = store, control or store
+        self.lock_checked = lock_checked
         self.existing: set[str] = set()  # the keys of the markers and leases, as last listed
         self.readers: dict[str, str] = {}  # lease name -> the restore reading it ("" when none)
 
@@ -927,10 +941,10 @@ class _DeletionChecks:
         if reader:
             result.skipped.append((artifact.ref, reader))
             return f"kept for now, {reader}"
-        until = locked_until(self.store, artifact.ref)
+        until = locked_until(self.store, artifact.ref) if self.lock_checked else ""
         if until:
             result.locked.append((artifact.ref, until))
-            return f"NOT deleted, under Object Lock retention until {until}"
+            return _locked_line(until)
         return None
 
 
