@@ -17,13 +17,20 @@ being intact) and applied, twice from a fresh server:
   together     the same code as shipped: up to 1,000 artifacts checked (keep markers and
                leases listed once), then deleted by DeleteObjects of the keys the plan listed
 
+With `--object-lock` the bucket is created with Object Lock (versioning on; the loaded objects'
+retention has run out) and the store configured with it (BACKUP_OBJECT_LOCK_MODE=governance):
+one by one is then the way before 2026-12-04, each artifact's objects listed and HEADed for
+their retain-until, then its manifest's and each generation folder's versions listed and
+deleted; together lists the versions a run of neighbouring doomed folders at a time and
+deletes them by version id. After each apply no version of a doomed folder may be left.
+
 Printed: wall seconds, this process's CPU, moto's CPU, the requests sent (by operation), and
 the ratio one by one / together. After each apply a new plan must find nothing to delete and
 the same artifacts kept. The one-by-one apply is only run up to --baseline-max workspaces
 (~26 ms an artifact on this machine: 25 minutes at 10,000).
 
     .venv/bin/python bench/bench_retention_apply.py [--sizes 1000,10000] [--baseline-max 1000]
-        [--work-dir .bench]
+        [--work-dir .bench] [--object-lock]
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import scale_store  # noqa: E402
 
 from backup_pipelines.lib.lifecycle import retention  # noqa: E402
 from backup_pipelines.lib.policy import Policy  # noqa: E402
-from backup_pipelines.lib.store import store_from_url  # noqa: E402
+from backup_pipelines.lib.store import listing, store_from_url  # noqa: E402
 
 POLICY = Policy(keep_daily_days=2, keep_weekly_days=2)
 
@@ -64,11 +71,14 @@ def store_dir(work: Path, size: int) -> Path:
     return folder
 
 
-def measure(folder: Path, together: bool) -> dict:
-    moto = bench_scale.Moto(folder, indexed=True)
+def measure(folder: Path, together: bool, object_lock: bool = False) -> dict:
+    moto = bench_scale.Moto(folder, indexed=True, object_lock=object_lock)
     try:
         os.environ.update(moto.env)
+        os.environ["BACKUP_OBJECT_LOCK_MODE"] = "governance" if object_lock else "off"
+        os.environ["BACKUP_OBJECT_LOCK_DAYS"] = "1"
         store = store_from_url(f"s3://{bench_scale.BUCKET}/{bench_scale.S3_PREFIX}")
+        assert (store.object_lock is not None) == object_lock
         today = datetime.now(UTC).date()
         plan = retention.plan_retention(store, POLICY, today, is_verified=lambda _a: True)
         requests: Counter = Counter()
@@ -93,6 +103,11 @@ def measure(folder: Path, together: bool) -> dict:
             raise RuntimeError(f"apply failed: {result.errors[:3]}")
         if after.to_delete or len(after.kept) != len(plan.kept):
             raise RuntimeError("after the apply, a new plan does not find the same store")
+        if object_lock:
+            left = sum(1 for _version in listing.iter_versions(store, ""))
+            current = sum(1 for _key in listing.iter_keys(store, ""))
+            if left != current:  # one version a key was loaded: none may be left over
+                raise RuntimeError(f"{left - current} versions left beside the current objects")
         return {
             "artifacts": len(plan.to_delete), "kept": len(plan.kept), "wall": wall, "cpu": cpu,
             "server": server, "requests": sent, "load": load, "lines": len(lines),
@@ -123,6 +138,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--baseline-max", type=int, default=1000)
     parser.add_argument("--work-dir", default=str(ROOT / ".bench"))
+    parser.add_argument("--object-lock", action="store_true")
     args = parser.parse_args()
     results: list[str] = []
     for size in [int(s) for s in args.sizes.split(",")]:
@@ -131,7 +147,7 @@ def main() -> int:
         for name, together in (("one by one", False), ("together", True)):
             if not together and size > args.baseline_max:
                 continue
-            rows[name] = measure(folder, together)
+            rows[name] = measure(folder, together, args.object_lock)
             results.append(describe(name, size, rows[name]))
             bench_scale.log(results[-1])
         if len(rows) == 2:
@@ -141,7 +157,8 @@ def main() -> int:
             )
             results.append(f"{size:>6,} workspaces  together is {ratio:.1f}x faster, "
                            f"{requests:.0f}x fewer requests")  # fmt: skip
-    print("\n".join(["", "retention apply on S3 (moto)", *results]))
+    bucket = "a bucket with Object Lock" if args.object_lock else "S3"
+    print("\n".join(["", f"retention apply on {bucket} (moto)", *results]))
     return 0
 
 

@@ -181,7 +181,7 @@ def timed(measured: Measured, action, repeat: int, before=None):
 class Moto:
     """bench/scale_moto.py in a child process, loaded with a store folder."""
 
-    def __init__(self, load_dir: Path, indexed: bool) -> None:
+    def __init__(self, load_dir: Path, indexed: bool, object_lock: bool = False) -> None:
         self.port = free_port()
         self.indexed = indexed
         argv = [sys.executable, str(Path(__file__).with_name("scale_moto.py")),
@@ -189,6 +189,8 @@ class Moto:
                 "--prefix", S3_PREFIX]  # fmt: skip
         if indexed:
             argv.append("--indexed")
+        if object_lock:
+            argv.append("--object-lock")
         started = time.monotonic()
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline().split()

@@ -9,7 +9,15 @@ that lists 10,000 workspaces would then measure moto. With `--indexed`, this ser
 sorted index of each bucket's keys (updated on every put and delete), answers a page from it
 by bisection, and renders the page's XML directly: the same keys, sizes, ETags, modification
 times, prefixes, continuation tokens and truncation as stock moto (bench_scale.py compares the
-two on the same store before it measures anything), at S3's cost. Everything else (GET, PUT, HEAD, DELETE, multipart) is stock moto.
+two on the same store before it measures anything), at S3's cost. ListObjectVersions is
+answered from the same index (stock moto deep-copies every version of the bucket for each
+page): the same versions, delete markers, IsLatest and markers as stock moto, except that a
+key-marker given without a version-id-marker lists the keys after it, as S3 does (stock moto
+also leaves out the first key at or after it; bench_retention_apply.py never sends one alone).
+Everything else (GET, PUT, HEAD, DELETE, multipart) is stock moto.
+
+With `--object-lock` the bucket is created with Object Lock (versioning on), and the loaded
+objects carry no retention: artifacts whose retention has run out, which retention may delete.
 
 Loading: `--load DIR --prefix P` puts every file under DIR into the bucket as `P/<path>`,
 straight into moto's backend before the server starts listening (HTTP PUTs of 500,000 objects
@@ -29,12 +37,30 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.parse
 from xml.sax.saxutils import escape
 
 INDEX_ATTRIBUTE = "_bench_sorted_names"
+OWNER = (
+    "<Owner><ID>75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a</ID>"
+    "<DisplayName>webfile</DisplayName></Owner>"
+)
+_QUIET = threading.local()
 HIGHEST = chr(0x10FFFF)
+
+
+class _Listed:
+    """A stored version as one page lists it: its attributes, with its own IsLatest (stock
+    moto deep-copies the version for that, which re-reads and re-buffers its content)."""
+
+    def __init__(self, version, is_latest: bool) -> None:
+        self._version = version
+        self.is_latest = is_latest
+
+    def __getattr__(self, name: str):
+        return getattr(self._version, name)
 
 
 def install_indexed_listing() -> None:
@@ -91,6 +117,117 @@ def install_indexed_listing() -> None:
         return self._truncate_result(page, max_keys)
 
     S3Backend.list_objects_v2 = list_objects_v2
+    stock_versions = S3Backend.list_object_versions
+
+    def list_object_versions(self, bucket_name, delimiter=None, key_marker=None, max_keys=1000,
+                             prefix="", version_id_marker=None):  # fmt: skip
+        if delimiter:
+            return stock_versions(self, bucket_name, delimiter, key_marker, max_keys, prefix,
+                                  version_id_marker)  # fmt: skip
+        bucket = self.get_bucket(bucket_name)
+        names = names_of(bucket.keys)
+        prefix = prefix or ""
+        at = bisect.bisect_left(names, prefix)
+        resume = None  # (key, version id) to list after
+        if key_marker and version_id_marker:
+            at = max(at, bisect.bisect_left(names, key_marker))
+            resume = (key_marker, version_id_marker)
+        elif key_marker:
+            at = max(at, bisect.bisect_right(names, key_marker))
+        versions, markers, last = [], [], None
+        limit = 1000 if max_keys is None else max_keys
+        while at < len(names) and names[at].startswith(prefix):
+            name = names[at]
+            at += 1
+            entries = list(enumerate(reversed(bucket.keys.getlist(name, []))))  # newest first
+            if resume is not None:
+                if name == resume[0]:
+                    ids = [str(version.version_id) for _index, version in entries]
+                    entries = entries[ids.index(resume[1]) + 1 :] if resume[1] in ids else []
+                resume = None
+            for index, version in entries:
+                if len(versions) + len(markers) >= limit:
+                    return versions, [], markers, last.name, last.version_id
+                item = _Listed(version, index == 0)
+                (markers if isinstance(version, FakeDeleteMarker) else versions).append(item)
+                last = item
+        return versions, [], markers, None, None
+
+    S3Backend.list_object_versions = list_object_versions
+
+    def render_list_object_versions(self):
+        query = self._get_querystring(self.request, self.uri)
+
+        def param(name: str):
+            value = query.get(name, [None])[0]
+            return value.decode("utf-8") if isinstance(value, bytes) else value
+
+        if param("delimiter"):
+            return stock_render_versions(self)
+        prefix, key_marker = param("prefix") or "", param("key-marker")
+        version_marker, encoding = param("version-id-marker"), param("encoding-type")
+        max_keys = int(param("max-keys") or 1000)
+        versions, _prefixes, markers, next_key, next_version = self.backend.list_object_versions(
+            self.bucket_name, key_marker=key_marker, max_keys=max_keys, prefix=prefix,
+            version_id_marker=version_marker,
+        )  # fmt: skip
+
+        def name(value: str) -> str:
+            return escape(urllib.parse.quote(value) if encoding == "url" else value)
+
+        def entry(item) -> tuple:
+            version = item.version_id if item.version_id is not None else "null"
+            head = (f"<Key>{name(item.name)}</Key><VersionId>{escape(str(version))}</VersionId>"
+                    f"<IsLatest>{'true' if item.is_latest else 'false'}</IsLatest>"
+                    f"<LastModified>{item.last_modified_ISO8601}</LastModified>")  # fmt: skip
+            if isinstance(item._version, FakeDeleteMarker):
+                return item.name, f"<DeleteMarker>{head}{OWNER}</DeleteMarker>"
+            return item.name, (
+                f"<Version>{head}<ETag>{escape(item.etag)}</ETag><Size>{item.size}</Size>"
+                f"<StorageClass>{item.storage_class}</StorageClass>{OWNER}</Version>"
+            )
+
+        # As S3 sends them: versions and delete markers together, in key order.
+        body = [xml for _key, xml in sorted(map(entry, versions + markers), key=lambda e: e[0])]
+        parts = [
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+            f"<Name>{escape(self.bucket_name)}</Name><Prefix>{name(prefix)}</Prefix>",
+            f"<KeyMarker>{name(key_marker or '')}</KeyMarker>",
+            f"<VersionIdMarker>{escape(version_marker or '')}</VersionIdMarker>",
+            f"<MaxKeys>{max_keys}</MaxKeys>",
+            f"<IsTruncated>{'true' if next_key is not None else 'false'}</IsTruncated>",
+            *body,
+        ]
+        if next_key is not None:
+            parts.append(f"<NextKeyMarker>{name(next_key)}</NextKeyMarker>")
+            parts.append(f"<NextVersionIdMarker>{escape(str(next_version))}</NextVersionIdMarker>")
+        if encoding:
+            parts.append(f"<EncodingType>{escape(encoding)}</EncodingType>")
+        parts.append("</ListVersionsResult>")
+        return 200, {"Content-Type": "application/xml"}, "".join(parts)
+
+    stock_render_versions = responses.S3Response.list_object_versions
+    responses.S3Response.list_object_versions = render_list_object_versions
+
+    # DeleteObjects with <Quiet>true</Quiet>: S3 answers with the errors only; stock moto also
+    # lists every deleted key (and spends longer serializing that answer than deleting).
+    stock_delete_objects = S3Backend.delete_objects
+    stock_delete_keys = responses.S3Response._bucket_response_delete_keys
+
+    def delete_objects(self, *args, **kwargs):
+        deleted, errored = stock_delete_objects(self, *args, **kwargs)
+        return ([] if getattr(_QUIET, "on", False) else deleted), errored
+
+    def delete_keys(self, *args, **kwargs):
+        _QUIET.on = b"<Quiet>true</Quiet>" in (self.body or b"")
+        try:
+            return stock_delete_keys(self, *args, **kwargs)
+        finally:
+            _QUIET.on = False
+
+    S3Backend.delete_objects = delete_objects
+    responses.S3Response._bucket_response_delete_keys = delete_keys
 
     def render_list_objects_v2(self):
         bucket = self.backend.get_bucket(self.bucket_name)
@@ -174,6 +311,7 @@ def main() -> int:
     parser.add_argument("--indexed", action="store_true")
     parser.add_argument("--load")
     parser.add_argument("--prefix", default="")
+    parser.add_argument("--object-lock", action="store_true")
     args = parser.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     if args.indexed:
@@ -184,6 +322,9 @@ def main() -> int:
 
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     backend.create_bucket(args.bucket, "us-east-1")
+    if args.object_lock:
+        backend.put_bucket_versioning(args.bucket, "Enabled")
+        backend.put_object_lock_configuration(args.bucket, lock_enabled=True)
     started = time.monotonic()
     loaded = load_tree(backend, args.bucket, args.load, args.prefix) if args.load else 0
     stop = {signal.SIGTERM, signal.SIGINT}
