@@ -196,10 +196,9 @@ def _files_left(refused: dict[str, str], owner: dict[str, ArtifactRef]) -> dict[
 def _versions_of(
     store: S3Store, folders: Sequence[Folder], neighbours: Sequence[str]
 ) -> tuple[dict[str, list[ObjectVersion]], dict[ArtifactRef, str]]:
-    """Every version under each folder (by folder name), listed a run at a time: doomed
-    folders with no other artifact folder of the plan between them are listed by one
-    ListObjectVersions that pages from the first folder on. Also the artifacts of runs
-    whose listing failed, with why (nothing of them is deleted)."""
+    """Every version under each folder (by folder name), listed a run at a time (_runs: one
+    ListObjectVersions paging from a run's first folder on). Also the artifacts of runs whose
+    listing failed, with why (nothing of them is deleted)."""
     found: dict[str, list[ObjectVersion]] = {folder.ref.folder: [] for folder in folders}
     runs = _runs(sorted(found, key=artifact_order), sorted(neighbours))
     unlisted: dict[str, str] = {}
@@ -279,18 +278,28 @@ def _delete_manifest_versions(
         if version.key == _manifest_key(folder)
     ]
     refused = store.delete_versions(doomed) if doomed else {}
+    refused = {key: why for key, why in refused.items() if key in owner}
     failed: dict[ArtifactRef, str] = {}
     locked: dict[ArtifactRef, str] = {}
-    now = datetime.now(UTC)
-    for key, why in refused.items():
-        if key not in owner:
-            continue
-        until = store.retain_until_of(key)
-        if until is not None and until > now:
-            locked[owner[key]] = until.isoformat(timespec="seconds")
+    keys = list(refused)
+    with ThreadPoolExecutor(max(1, min(VERSION_LISTINGS, len(keys)))) as pool:
+        untils = list(pool.map(lambda key: _locked_until(store, key), keys))
+    for key, until in zip(keys, untils, strict=True):
+        if until:
+            locked[owner[key]] = until
         else:
-            failed[owner[key]] = f"its manifest: {why}"
+            failed[owner[key]] = f"its manifest: {refused[key]}"
     return failed, locked
+
+
+def _locked_until(store: S3Store, key: str) -> str:
+    """The retain-until of `key` when it is still under retention, else "" (not locked, or
+    its retention unreadable: the refusal is then reported as it came)."""
+    try:
+        until = store.retain_until_of(key)
+    except StoreError:
+        return ""
+    return until.isoformat(timespec="seconds") if until and until > datetime.now(UTC) else ""
 
 
 def _delete_file_versions(
