@@ -591,16 +591,19 @@ def _s3_pages(
         arguments["ContinuationToken"] = token
 
 
+VERSIONS_PAGE = 1000  # versions a ListObjectVersions page (S3's most)
+
+
 def iter_versions(
     store: S3Store, prefix: str, after: tuple[str, str] | None = None
 ) -> Iterator[ObjectVersion]:
     """Every version and delete marker under `prefix` (keys relative to the store), in key
     order; with `after` (key, version id), those S3 lists after it (its key and version-id
-    markers). Pages are requested as they are
-    consumed: a caller that stops early sends no more."""
+    markers): every version of each later key, and of that key those older than it. Pages
+    are requested as they are consumed: a caller that stops early sends no more."""
     _install_hooks(store.client.meta.events)
     strip = len(store.prefix) + 1 if store.prefix else 0
-    arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": 1000}
+    arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": VERSIONS_PAGE}
     if after is not None:
         arguments["KeyMarker"], arguments["VersionIdMarker"] = store._full(after[0]), after[1]
     while True:
