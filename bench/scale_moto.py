@@ -43,6 +43,7 @@ import urllib.parse
 from xml.sax.saxutils import escape
 
 INDEX_ATTRIBUTE = "_bench_sorted_names"
+REMOVED_ATTRIBUTE = "_bench_removed_since_sorted"
 OWNER = (
     "<Owner><ID>75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a</ID>"
     "<DisplayName>webfile</DisplayName></Owner>"
@@ -72,23 +73,28 @@ def install_indexed_listing() -> None:
 
     def names_of(store) -> list[str]:
         names = store.__dict__.get(INDEX_ATTRIBUTE)
-        if names is None:
+        if names is None or store.__dict__.get(REMOVED_ATTRIBUTE, 0) > len(names) // 4:
             names = store.__dict__[INDEX_ATTRIBUTE] = sorted(dict.keys(store))
+            store.__dict__[REMOVED_ATTRIBUTE] = 0
         return names
 
     def setlist(self, key, list_):
         added = not dict.__contains__(self, key)
         stock_setlist(self, key, list_)
-        if added and INDEX_ATTRIBUTE in self.__dict__:
-            bisect.insort(self.__dict__[INDEX_ATTRIBUTE], key)
+        names = self.__dict__.get(INDEX_ATTRIBUTE)
+        if added and names is not None:
+            at = bisect.bisect_left(names, key)
+            if at == len(names) or names[at] != key:  # else: removed, and still in the list
+                names.insert(at, key)
 
     def pop(self, key):
         stock_pop(self, key)
-        names = self.__dict__.get(INDEX_ATTRIBUTE)
-        if names is not None:
-            at = bisect.bisect_left(names, key)
-            if at < len(names) and names[at] == key:
-                del names[at]
+        # The name stays in the list: removing it moves the list's tail (~60 us a key at
+        # 442,000 keys, most of the server's CPU when retention deletes 10,000 workspaces'
+        # artifacts). Listings skip names no longer in the bucket; the list is rebuilt once a
+        # quarter of it is gone.
+        if INDEX_ATTRIBUTE in self.__dict__:
+            self.__dict__[REMOVED_ATTRIBUTE] = self.__dict__.get(REMOVED_ATTRIBUTE, 0) + 1
 
     store_class.setlist, store_class.pop = setlist, pop
 
@@ -101,9 +107,14 @@ def install_indexed_listing() -> None:
         at = bisect.bisect_left(names, prefix)
         if after and after >= prefix:
             at = bisect.bisect_right(names, after)
+            if delimiter and after.endswith(delimiter):  # a folder ended the last page
+                at = bisect.bisect_left(names, after + HIGHEST)
         page: list = []
         while at < len(names) and len(page) <= max_keys and names[at].startswith(prefix):
             name = names[at]
+            if not dict.__contains__(bucket.keys, name):  # removed (see pop)
+                at += 1
+                continue
             rest = name[len(prefix) :]
             if delimiter and delimiter in rest:
                 folder = prefix + rest.split(delimiter, 1)[0] + delimiter
@@ -139,6 +150,8 @@ def install_indexed_listing() -> None:
         while at < len(names) and names[at].startswith(prefix):
             name = names[at]
             at += 1
+            if not dict.__contains__(bucket.keys, name):  # removed (see pop)
+                continue
             entries = list(enumerate(reversed(bucket.keys.getlist(name, []))))  # newest first
             if resume is not None:
                 if name == resume[0]:
