@@ -6,15 +6,17 @@ the matches and rendering the page through its generic serializer: measured here
 page of 1,000 keys once the bucket holds 300,000 keys (and growing with the bucket), where real
 S3 answers a page in tens of milliseconds whatever the bucket's size. A benchmark of a client
 that lists 10,000 workspaces would then measure moto. With `--indexed`, this server keeps a
-sorted index of each bucket's keys (updated on every put and delete), answers a page from it
-by bisection, and renders the page's XML directly: the same keys, sizes, ETags, modification
+sorted index of each bucket's keys (a put adds its name; a deleted name is skipped, and the
+index rebuilt once a quarter of it is deleted), answers a page from it by bisection, and
+renders the page's XML directly: the same keys, sizes, ETags, modification
 times, prefixes, continuation tokens and truncation as stock moto (bench_scale.py compares the
 two on the same store before it measures anything), at S3's cost. ListObjectVersions is
 answered from the same index (stock moto deep-copies every version of the bucket for each
 page): the same versions, delete markers, IsLatest and markers as stock moto, except that a
 key-marker given without a version-id-marker lists the keys after it, as S3 does (stock moto
 also leaves out the first key at or after it; bench_retention_apply.py never sends one alone).
-Everything else (GET, PUT, HEAD, DELETE, multipart) is stock moto.
+DeleteObjects with <Quiet>true</Quiet> answers with the errors only, as S3 does. Everything
+else (GET, PUT, HEAD, DELETE, multipart) is stock moto.
 
 With `--object-lock` the bucket is created with Object Lock (versioning on), and the loaded
 objects carry no retention: artifacts whose retention has run out, which retention may delete.
@@ -24,7 +26,8 @@ straight into moto's backend before the server starts listening (HTTP PUTs of 50
 would take an hour here); files are put in sorted key order, so within an artifact a marker is
 never newer than its manifest, as the writer leaves them.
 
-    python bench/scale_moto.py --port P --bucket B [--indexed] [--load DIR --prefix P]
+    python bench/scale_moto.py --port P --bucket B [--indexed] [--object-lock]
+        [--load DIR --prefix P]
 
 Prints `ready <objects>` when listening; stops on SIGTERM or SIGINT.
 """
