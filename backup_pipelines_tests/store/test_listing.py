@@ -225,3 +225,39 @@ def test_fast_version_listing_lists_what_botocore_parses(s3_env, monkeypatch):
         later = {(v.key, v.version_id) for v in every if v.key > after.key}
         assert later <= {(v.key, v.version_id) for v in rest}
         assert after not in rest and all(v.key >= after.key for v in rest)
+
+
+def test_version_listing_trusts_no_key_outside_its_prefix_and_stops_when_it_does_not_advance(
+    s3_env, monkeypatch
+):
+    """A server that answers with keys outside the prefix asked for (retention deletes what
+    this lists), or with the same page markers again (paging forever): the foreign keys are
+    dropped, and the repeat is an error naming the store."""
+    bucket = f"versions-{secrets.token_hex(4)}"
+    make_s3_client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    store = S3Store(bucket, "p")
+    fill(store, KEYS)
+    answer = store.client.list_object_versions
+
+    def with_a_stranger(**kwargs):
+        page = answer(**kwargs)
+        found = page["FastVersions"][0]
+        found.append(found[0]._replace(key="p/elsewhere/manifest.json"))
+        found.append(found[0]._replace(key="other-prefix/odd/x"))
+        return page
+
+    monkeypatch.setattr(store.client, "list_object_versions", with_a_stranger)
+    listed = list(listing.iter_versions(store, "odd/"))
+    assert sorted(v.key for v in listed) == sorted(k for k in KEYS if k.startswith("odd/"))
+
+    def stuck(**kwargs):
+        page = answer(**kwargs)
+        found, _truncated, _key, _version = page["FastVersions"]
+        page["FastVersions"] = (found, True, "p/odd/a", "v1")
+        return page
+
+    monkeypatch.setattr(store.client, "list_object_versions", stuck)
+    with pytest.raises(
+        StoreError, match=r"s3://versions-.*/p: the listing of versions .* not advance"
+    ):
+        list(listing.iter_versions(store, "odd/"))

@@ -271,18 +271,19 @@ def _delete_manifest_versions(
     """Every version of each folder's manifest; those S3 refuses are kept whole and, when
     under retention, named with their retain-until (else failed)."""
     owner = {_manifest_key(folder): folder.ref for folder in folders}
-    doomed = [
+    doomed = [  # a folder's versions are all under it: its manifest's are those of that key
         (version.key, version.version_id)
         for folder in folders
         for version in versions[folder.ref.folder]
-        if version.key == _manifest_key(folder)
+        if version.key in owner
     ]
     refused = store.delete_versions(doomed) if doomed else {}
-    refused = {key: why for key, why in refused.items() if key in owner}
+    keys = [key for key in refused if key in owner]
     failed: dict[ArtifactRef, str] = {}
     locked: dict[ArtifactRef, str] = {}
-    keys = list(refused)
-    with ThreadPoolExecutor(max(1, min(VERSION_LISTINGS, len(keys)))) as pool:
+    if not keys:
+        return failed, locked
+    with ThreadPoolExecutor(min(VERSION_LISTINGS, len(keys))) as pool:
         untils = list(pool.map(lambda key: _locked_until(store, key), keys))
     for key, until in zip(keys, untils, strict=True):
         if until:

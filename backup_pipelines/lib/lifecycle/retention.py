@@ -818,7 +818,11 @@ def apply_plan(
     doomed = sorted(plan.to_delete, key=_deletion_order)
     together = deletes_together(store)
     checks = _DeletionChecks(store, control, lock_checked=not together)
-    neighbours = sorted(artifact_order(artifact.ref.folder) for artifact in plan.artifacts)
+    neighbours = (  # only a versioned bucket lists by runs of neighbouring folders
+        sorted(artifact_order(artifact.ref.folder) for artifact in plan.artifacts)
+        if together and getattr(store, "object_lock", None) is not None
+        else []
+    )
     numbered = list(enumerate(doomed, 1))
     for batch in _whole_partitions(numbered, BATCH_ARTIFACTS if together else BATCH_ONE_BY_ONE):
         said: dict[int, str] = {}  # artifact number -> its line

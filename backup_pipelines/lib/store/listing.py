@@ -603,7 +603,8 @@ def iter_versions(
     are requested as they are consumed: a caller that stops early sends no more."""
     _install_hooks(store.client.meta.events)
     strip = len(store.prefix) + 1 if store.prefix else 0
-    arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": VERSIONS_PAGE}
+    full = store._full(prefix)
+    arguments = {"Bucket": store.bucket, "Prefix": full, "MaxKeys": VERSIONS_PAGE}
     if after is not None:
         arguments["KeyMarker"], arguments["VersionIdMarker"] = store._full(after[0]), after[1]
     while True:
@@ -623,10 +624,18 @@ def iter_versions(
         # In key order: callers stop at the first key past what they want. (moto sends a page's
         # delete markers after its versions; S3 by key, newest first.)
         for version in sorted(found, key=lambda version: version.key):
-            yield version._replace(key=version.key[strip:])
+            if version.key.startswith(full):  # a server ignoring Prefix must not name others
+                yield version._replace(key=version.key[strip:])
         if not truncated or not next_key:
             return
-        arguments["KeyMarker"], arguments["VersionIdMarker"] = next_key, next_version or ""
+        markers = (next_key, next_version or "")
+        if markers == (arguments.get("KeyMarker"), arguments.get("VersionIdMarker")):
+            raise StoreError(
+                f"backup store {store.describe()}: the listing of versions under {prefix!r} does "
+                f"not advance (the server sent the same markers again, {next_key!r}); check the "
+                "S3 endpoint"
+            )
+        arguments["KeyMarker"], arguments["VersionIdMarker"] = markers
 
 
 def _botocore_versions(page: dict) -> Iterator[ObjectVersion]:
