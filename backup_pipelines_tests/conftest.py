@@ -23,24 +23,21 @@ from backup_pipelines.lib.store import LocalStore, S3Store
 PARTITIONS_START = "2026-01-01"
 
 
-def pinned_policy_file(directory: Path | None = None) -> Path:
-    """A policy file of the built-in defaults with the suite's partitions_start."""
-    folder = directory or Path(tempfile.mkdtemp(prefix="suite-policy-"))
-    path = folder / "partitions_start.yaml"
-    path.write_text(f'partitions_start: "{PARTITIONS_START}"\n')
-    return path
-
-
 def _pin_partitions_start() -> None:
+    """A policy file of the built-in defaults with the suite's partitions_start, read only by
+    the import below: removed right after it, so no pytest process leaves one in /tmp."""
     saved = os.environ.get("BACKUP_POLICY_FILE")
-    os.environ["BACKUP_POLICY_FILE"] = str(pinned_policy_file())
-    try:
-        import backup_pipelines.defs.partitions  # noqa: F401  (its start is read on import)
-    finally:
-        if saved is None:
-            del os.environ["BACKUP_POLICY_FILE"]
-        else:
-            os.environ["BACKUP_POLICY_FILE"] = saved
+    with tempfile.TemporaryDirectory(prefix="suite-policy-") as folder:
+        path = Path(folder) / "partitions_start.yaml"
+        path.write_text(f'partitions_start: "{PARTITIONS_START}"\n')
+        os.environ["BACKUP_POLICY_FILE"] = str(path)
+        try:
+            import backup_pipelines.defs.partitions  # noqa: F401  (its start is read on import)
+        finally:
+            if saved is None:
+                del os.environ["BACKUP_POLICY_FILE"]
+            else:
+                os.environ["BACKUP_POLICY_FILE"] = saved
 
 
 _pin_partitions_start()
