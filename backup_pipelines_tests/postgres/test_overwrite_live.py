@@ -558,13 +558,21 @@ def test_new_database_restore_that_fails_is_removed_and_a_rerun_works(
     assert schema_and_rows(url_of(cluster, target))["rows"] == backed_up["state"]["rows"]
 
 
-def test_new_database_restore_killed_midway_resumes_only_when_asked(
+def test_new_database_restore_killed_midway_resumes_only_when_asked_and_removes_its_scratch(
     cluster, backed_up, store, live, tmp_path
 ):
     """The command itself is killed (no cleanup runs): the database it left is marked; a rerun
-    says so and asks for --resume, which restores it afresh (its pg_restore never finished)."""
+    says so and asks for --resume, which restores it afresh (its pg_restore never finished).
+    The killed run's decompressed dump (pg_restore -j reads a file) is removed by the resume."""
     target = pg_full.default_target(live["name"], DATE)
-    env = {**os.environ, "DATABASE_URL": live["url"], "BACKUP_STORE_URL": f"file://{store.root}"}
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {
+        **os.environ,
+        "DATABASE_URL": live["url"],
+        "BACKUP_STORE_URL": f"file://{store.root}",
+        "BACKUP_WORK_DIR": str(work),
+    }
     command = [sys.executable, "-m", "backup_pipelines.cli", "restore", "full", "--date", DATE]
     killed = subprocess.run(
         command,
@@ -576,6 +584,8 @@ def test_new_database_restore_killed_midway_resumes_only_when_asked(
     assert killed.returncode == -9, killed.stderr
     with psycopg.connect(url_of(cluster, "postgres")) as conn:
         assert pg_full.read_marker(conn, target) == {"date": DATE, "state": "created"}
+    (left,) = work.iterdir()
+    assert (left / "database.dump").stat().st_size > 0
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 1
@@ -586,7 +596,32 @@ def test_new_database_restore_killed_midway_resumes_only_when_asked(
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "restoring it afresh" in resumed.stdout
+    assert f"removed the scratch folder {left}" in resumed.stdout
+    assert list(work.iterdir()) == []
     assert schema_and_rows(url_of(cluster, target))["rows"] == backed_up["state"]["rows"]
+
+
+def test_new_database_restore_in_parallel_refuses_a_scratch_disk_without_room_for_the_dump(
+    cluster, store, live, tmp_path, monkeypatch
+):
+    """pg_restore -j reads a decompressed copy: when the work folder's disk cannot hold the
+    dump's uncompressed size (from its manifest), the restore stops before writing anything
+    and says how to go on; one job streams the dump and needs no room."""
+    monkeypatch.setenv("BACKUP_WORK_DIR", str(tmp_path))
+    manifest = store.require_manifest(FULL)
+    manifest["tool"]["uncompressed_bytes"] = 10**18
+    store._put_atomic(f"{FULL.folder}/{MANIFEST_NAME}", json.dumps(manifest).encode())
+    target = pg_full.default_target(live["name"], DATE)
+    with pytest.raises(BackupError) as refused:
+        pg_full.restore_full_database(store, DATE, live["url"], jobs=2)
+    message = str(refused.value)
+    assert f"decompressing {FULL} for pg_restore -j 2 needs 1000000000.00 GB in " in message
+    assert "restore with --jobs 1" in message
+    assert target not in databases_like(cluster, live["name"])
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("backup-pipelines-")] == []
+
+    result = pg_full.restore_full_database(store, DATE, live["url"], jobs=1)
+    assert result["database"] == target and result["rows"]
 
 
 def test_new_database_restore_never_touches_a_database_it_did_not_create(cluster, store, live):

@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -41,6 +42,7 @@ from backup_pipelines.lib.postgres.connection import (
     server_answers,
 )
 from backup_pipelines.lib.postgres.dump import FULL_DUMP_FILE
+from backup_pipelines.lib.scratch import ScratchFolder, require_free_space
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.streams import Log, iter_decompressed
 from backup_pipelines.lib.timeouts import Watchdog
@@ -146,7 +148,7 @@ def restore_into_new_database(
     expected = _expected_rows(manifest, store.location(ref))
     target_url = make_conninfo(database_url, dbname=target)
     _refuse_taken_target(database_url, target, date, resume)  # before a long decompression
-    with tempfile.TemporaryDirectory(prefix="full-restore-") as scratch:
+    with ScratchFolder("full-restore", log=log) as scratch:
         # The checksum is proved before anything is created: a dump is SQL that pg_restore runs.
         source = _verified_source(store, ref, manifest, scratch, jobs, log)
         log(
@@ -270,7 +272,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def _verified_source(
-    store: BackupStore, ref: ArtifactRef, manifest: dict, scratch: str, jobs: int, log: Log
+    store: BackupStore, ref: ArtifactRef, manifest: dict, scratch: Path, jobs: int, log: Log
 ) -> DumpSource:
     # Every file verified before anything is decompressed or created: a corrupt dump is
     # refused with the store's own list of problems.
@@ -279,7 +281,15 @@ def _verified_source(
         raise BackupError(f"cannot restore {ref}: " + "; ".join(result.problems))
     if jobs == 1:
         return DumpSource(store, ref, manifest, None)
-    path = f"{scratch}/database.dump"
+    needed = (manifest.get("tool") or {}).get("uncompressed_bytes")
+    if isinstance(needed, int) and not isinstance(needed, bool) and needed > 0:
+        require_free_space(
+            scratch,
+            needed,
+            f"decompressing {ref} for pg_restore -j {jobs}",
+            "restore with --jobs 1, which streams the dump into pg_restore and writes no copy",
+        )
+    path = str(scratch / "database.dump")
     started = time.monotonic()
     with store.open_file(ref, manifest, FULL_DUMP_FILE) as reader, open(path, "wb") as out:
         for chunk in iter_decompressed(reader):

@@ -26,7 +26,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from backup_pipelines.lib.postgres.pgbackrest import (
     validate_stanza_name,
     write_config,
 )
+from backup_pipelines.lib.scratch import ScratchFolder, work_dir
 
 Log = Callable[[str], None]
 
@@ -557,15 +557,10 @@ def reachable_window(
 
 @contextlib.contextmanager
 def _scratch_dir(parent, os_user: str | None):
-    path = Path(
-        tempfile.mkdtemp(prefix="pitr-wal-", dir=parent or os.environ.get("BACKUP_WORK_DIR"))
-    )
-    try:
+    with ScratchFolder("pitr-wal", parent=parent) as path:
         if os_user:
             shutil.chown(path, os_user)
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,10 +716,7 @@ def restore_to_time(
         data_dir = live_dir.parent / f"{live_dir.name}.pitr-{stamp}"
         listen, port = "127.0.0.1", None
     else:
-        data_dir = Path(
-            target_dir
-            or Path(os.environ.get("BACKUP_WORK_DIR") or tempfile.gettempdir()) / f"pitr_{stamp}"
-        )
+        data_dir = Path(target_dir or work_dir() / f"pitr_{stamp}")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ConfigError(f"target directory {data_dir} is not empty")
     if config.pg_data and data_dir.resolve() == Path(config.pg_data).resolve():

@@ -26,9 +26,7 @@ import hashlib
 import hmac
 import json
 import secrets
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 import qdrant_edge as edge
 
 from backup_pipelines.lib.errors import BackupError
+from backup_pipelines.lib.scratch import ScratchFolder
 
 READ_CHUNK = 1024 * 1024
 # A real WAL segment starts with the magic "wal", format version 0 and a random CRC seed.
@@ -321,7 +320,7 @@ class OfflineSnapshot:
         snapshot: Path,
         config: dict,
         shard: Any,
-        scratch: Path,
+        scratch: ScratchFolder,
         storage_version: str | None = None,
     ):
         self.snapshot = snapshot
@@ -375,7 +374,7 @@ class OfflineSnapshot:
             if shard is not None:
                 shard.close()
         finally:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch.close()
 
     def __enter__(self) -> OfflineSnapshot:
         return self
@@ -400,11 +399,11 @@ def read_snapshot_offline(
     snapshot = Path(snapshot)
     if not snapshot.is_file():
         raise SnapshotError("no such snapshot file", snapshot)
-    scratch = Path(tempfile.mkdtemp(prefix="qdrant-snapshot-", dir=work_dir))
+    scratch = ScratchFolder("qdrant-offline", parent=work_dir)
     shard = None
     try:
         verify_checksum(snapshot, checksum)
-        config, shard_folder = unpack_collection_snapshot(snapshot, scratch)
+        config, shard_folder = unpack_collection_snapshot(snapshot, scratch.path)
         try:
             keep_vectors_on_disk(shard_folder)  # a private copy, only read
         except (ValueError, AttributeError, TypeError) as error:
@@ -417,14 +416,14 @@ def read_snapshot_offline(
     except SnapshotError as error:
         if shard is not None:
             shard.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.close()
         if error.snapshot is None:
             raise SnapshotError(error.reason, snapshot) from error.__cause__
         raise
     except BaseException:
         if shard is not None:
             shard.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.close()
         raise
 
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from backup_pipelines.lib.qdrant.offline import SnapshotError, read_snapshot_con
 from backup_pipelines.lib.qdrant.points import to_qdrant_point
 from backup_pipelines.lib.qdrant.snapshot import restore_snapshot_file
 from backup_pipelines.lib.qdrant.versions import IncompatibleVersion, refusal
+from backup_pipelines.lib.scratch import ScratchFolder
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,8 @@ def recover_qdrant_collection(
     existed = client.collection_exists(target)
     live_config = client.collection_info(target)["config"] if existed else None
     result: dict[str, Any] = {"recovered": described["points"]}
-    with tempfile.TemporaryDirectory(
-        prefix="qdrant-recover-", dir=os.environ.get("BACKUP_WORK_DIR") or None
-    ) as scratch:
-        local = Path(scratch) / "restore.snapshot"  # never a name taken from the manifest
+    with ScratchFolder("qdrant-recover") as scratch:
+        local = scratch / "restore.snapshot"  # never a name taken from the manifest
         sha = restore_snapshot_file(store, ref, manifest, source_collection, local)
         if sha != described["sha256_uncompressed"]:
             raise BackupError(

@@ -41,7 +41,6 @@ import logging
 import re
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from backup_pipelines.lib.qdrant.offline import (
     verify_checksum,
     write_point_ids,
 )
+from backup_pipelines.lib.scratch import ScratchFolder
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def write_snapshot_point_ids(
         raise SnapshotError("no such snapshot file", snapshot)
     verify_checksum_named(snapshot, checksum)
     try:
-        with tempfile.TemporaryDirectory(prefix="qdrant-ids-", dir=work_dir) as scratch:
-            return _write_from_files(snapshot, sink_write, Path(scratch))
+        with ScratchFolder("qdrant-ids", parent=work_dir) as scratch:
+            return _write_from_files(snapshot, sink_write, scratch)
     except UnreadableLayout as unreadable:
         reason = str(unreadable)
     message = f"{snapshot.name}: point ids read with Qdrant's engine (memory grows with the points): {reason}"

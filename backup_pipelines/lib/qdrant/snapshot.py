@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.http import IndexStoreError, public_host
+from backup_pipelines.lib.scratch import ScratchFolder
 from backup_pipelines.lib.store import ArtifactWriter, utc_now_iso
 from backup_pipelines.lib.streams import Log, Progress, iter_decompressed, zstd_compressing
 
@@ -44,16 +43,15 @@ def snapshot_qdrant_collections(
 ) -> dict:
     """Snapshot every collection of a workspace into `writer`; returns the manifest fields."""
     described = {}
-    work_root = os.environ.get("BACKUP_WORK_DIR") or None
     aliases = client.list_aliases()
     resolved = {name: aliases.get(name, name) for name in collections}
     present = {name: real for name, real in resolved.items() if client.collection_exists(real)}
     missing = [name for name in collections if name not in present]
     check_whole_collections_here(client, base_url, sorted(set(present.values())))
     for collection, real in present.items():
-        with tempfile.TemporaryDirectory(prefix="qdrant-snapshot-", dir=work_root) as scratch:
+        with ScratchFolder("qdrant-snapshot", log=log) as scratch:
             described[collection] = _snapshot_one(
-                client, collection, real, aliases, writer, Path(scratch), log
+                client, collection, real, aliases, writer, scratch, log
             )
     writer.write_bytes(
         QDRANT_COLLECTIONS_FILE, json.dumps(described, indent=2, sort_keys=True).encode()
@@ -232,10 +230,8 @@ def verify_snapshots_offline(store, ref) -> OfflineCheck:
     points: dict[str, int] = {}
     problems: list[str] = []
     for collection, described in manifest.get("collections", {}).items():
-        with tempfile.TemporaryDirectory(
-            prefix="qdrant-check-", dir=os.environ.get("BACKUP_WORK_DIR") or None
-        ) as scratch:
-            local = Path(scratch) / "collection.snapshot"
+        with ScratchFolder("qdrant-check") as scratch:
+            local = scratch / "collection.snapshot"
             try:
                 sha = restore_snapshot_file(store, ref, manifest, collection, local)
                 if sha != described["sha256_uncompressed"]:
@@ -243,7 +239,7 @@ def verify_snapshots_offline(store, ref) -> OfflineCheck:
                         f"{collection}: snapshot sha256 differs from the one downloaded"
                     )
                     continue
-                with read_snapshot_offline(local, Path(scratch)) as offline:
+                with read_snapshot_offline(local, scratch) as offline:
                     points[collection] = offline.points
             except BackupError as exc:
                 problems.append(f"{collection}: {exc}")

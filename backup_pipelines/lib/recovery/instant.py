@@ -44,11 +44,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +70,7 @@ from backup_pipelines.lib.recovery.workspace_restore import (
     check_before_writing,
     verify_restore,
 )
+from backup_pipelines.lib.scratch import ScratchFolder, work_dir
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, HeldLease, LeaseHeld, LocalStore
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
@@ -732,15 +731,11 @@ def _lease_workspaces(
     return leases
 
 
-def _work_dir() -> Path:
-    return Path(os.environ.get("BACKUP_WORK_DIR") or tempfile.gettempdir())
-
-
 def _scratch_at(config: pitr.PitrConfig, target: datetime, log: Log):
     """The scratch copy of the cluster at T, in a new folder of the work dir (a parent the
     server's OS user can traverse), stopped and removed when the block ends."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    folder = _work_dir() / f"instant_{stamp}_{secrets.token_hex(3)}"
+    folder = work_dir() / f"instant_{stamp}_{secrets.token_hex(3)}"
 
     def scratch_log(message: str) -> None:
         if not message.startswith("point the platform at it"):  # not a scratch copy
@@ -776,8 +771,8 @@ def restore_workspaces_to(
         leases = _lease_workspaces(store, workspaces, lease_owner, result, held, log)
         if not leases:
             return result  # every workspace is busy: nothing to restore
-        with tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp:
-            at_target = LocalStore(Path(temp) / "at_target")
+        with ScratchFolder("instant", log=log) as temp:
+            at_target = LocalStore(temp / "at_target")
             run = _Run(result, store, at_target, policy, indexes, log, leases)
             with _scratch_at(config, target, log) as scratch:
                 run.plan(list(leases), scratch.url, database_url)
@@ -814,10 +809,10 @@ def restore_platform_to(
         log(line)
     with (
         store.lease(None, "restore", owner=lease_owner, log=log) as lease,
-        tempfile.TemporaryDirectory(prefix="instant-", dir=_work_dir()) as temp,
+        ScratchFolder("instant", log=log) as temp,
     ):
         store.refuse_overlapping_restores(None)  # no workspace restore beside it
-        at_target = LocalStore(Path(temp) / "at_target")
+        at_target = LocalStore(temp / "at_target")
         run = _Run(result, store, at_target, policy, indexes, log, {None: lease})
         if dry_run:
             with _scratch_at(config, target, log) as scratch:

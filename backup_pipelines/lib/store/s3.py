@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
 from backup_pipelines.lib.errors import ArtifactNotFound, ConfigError, StoreError
+from backup_pipelines.lib.scratch import work_dir
 from backup_pipelines.lib.store.base import SMALL_OBJECT_BYTES, BackupStore
 from backup_pipelines.lib.store.writer import Sink
 
@@ -142,7 +143,7 @@ class _PartBuffer(io.RawIOBase):
             self._map = mmap.mmap(-1, capacity)
         else:  # on disk (page cache, not this process's memory)
             self._file = tempfile.TemporaryFile(  # noqa: SIM115 (closed in release)
-                prefix="s3-part-", dir=os.environ.get("BACKUP_WORK_DIR") or None
+                prefix="s3-part-", dir=work_dir()
             )
 
     def fill(self, data: memoryview) -> int:

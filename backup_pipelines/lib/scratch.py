@@ -1,0 +1,148 @@
+"""Scratch folders on local disk, under BACKUP_WORK_DIR (default: the system temp dir).
+
+A scratch folder can hold as much as a database: the decompressed dump pg_restore -j reads, a
+Qdrant snapshot, WAL for a point in time. A process killed by SIGKILL or the OOM killer runs no
+cleanup, and the rerun an operator starts next made a new folder beside the old one, so each
+kill left a database-sized copy behind until the disk was full.
+
+So every scratch folder is held by its process: an flock on a file inside it, which the kernel
+releases when the process dies however it dies. Making a scratch folder first removes every
+folder of ours whose lock is free: its owner is gone. A live folder is never touched, whoever
+owns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from backup_pipelines.lib.errors import BackupError
+
+Log = Callable[[str], None]
+
+PREFIX = "backup-pipelines-scratch-"
+OWNER_FILE = ".owner"
+# A folder with no owner line yet is being made (microseconds between mkdtemp and the lock);
+# only one this old is taken for the debris of a process killed in that instant.
+UNOWNED_GRACE_SECONDS = 600.0
+
+_logger = logging.getLogger(__name__)
+
+
+def work_dir() -> Path:
+    return Path(os.environ.get("BACKUP_WORK_DIR") or tempfile.gettempdir())
+
+
+class ScratchFolder:
+    """A new folder under `parent` (default: work_dir()), removed by close() or at the end of
+    a with block, and by the next ScratchFolder anyone makes there if this process dies first."""
+
+    def __init__(self, kind: str, parent: str | os.PathLike | None = None, log: Log | None = None):
+        root = Path(parent) if parent is not None else work_dir()
+        if not root.is_dir():
+            raise BackupError(
+                f"the work folder {root} does not exist: create it or set BACKUP_WORK_DIR "
+                "to a folder on a disk with room for this run's scratch copy"
+            )
+        remove_abandoned(root, log)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-", dir=root))
+        self._owner = os.open(self.path / OWNER_FILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._owner, fcntl.LOCK_EX)
+        # Written under the lock: a sweeper that gets the lock and reads this line knows the
+        # owner held it once and has let go.
+        os.write(self._owner, f"pid {os.getpid()}\n".encode())
+
+    def close(self) -> None:
+        if self._owner < 0:
+            return
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)  # still locked: nobody else removes it
+        finally:
+            os.close(self._owner)
+            self._owner = -1
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def remove_abandoned(root: Path, log: Log | None = None) -> int:
+    """Remove every scratch folder under `root` whose owner is gone; returns the bytes freed.
+    Folders it cannot open (another OS user's) are left to their owner."""
+    freed = 0
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(PREFIX)]
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            freed += _remove_if_abandoned(Path(entry.path), log)
+    return freed
+
+
+def _remove_if_abandoned(folder: Path, log: Log | None) -> int:
+    try:
+        owner = os.open(folder / OWNER_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _remove_if_old(folder, log)
+    except OSError:
+        return 0
+    try:
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # its process is alive
+        if not os.read(owner, 64):
+            return _remove_if_old(folder, log)
+        return _remove(folder, "its process ended without removing it", log)
+    finally:
+        os.close(owner)
+
+
+def _remove_if_old(folder: Path, log: Log | None) -> int:
+    try:
+        age = time.time() - folder.stat().st_mtime
+    except OSError:
+        return 0
+    if age < UNOWNED_GRACE_SECONDS:
+        return 0
+    return _remove(folder, "it has no owner", log)
+
+
+def _remove(folder: Path, why: str, log: Log | None) -> int:
+    size = _size_of(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        return 0
+    message = f"removed the scratch folder {folder} ({size / 1e9:.2f} GB): {why}"
+    (log or _logger.warning)(message)
+    return size
+
+
+def _size_of(folder: Path) -> int:
+    total = 0
+    for parent, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+def require_free_space(root: Path, needed: int, what: str, instead: str) -> None:
+    """Refuse before writing `needed` bytes under `root` when its disk has less free: the
+    operator hears it now, not after an hour of writing. `instead` says what else to do."""
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise BackupError(
+            f"{what} needs {needed / 1e9:.2f} GB in {root}, whose disk has {free / 1e9:.2f} GB "
+            f"free: set BACKUP_WORK_DIR to a folder on a larger disk, or {instead}"
+        )
