@@ -6,11 +6,15 @@ The owners are real processes holding real locks; the kill is a real SIGKILL."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from backup_pipelines.lib import scratch
@@ -27,9 +31,27 @@ folder.close()
 """
 
 
-def start_holder(work) -> tuple[subprocess.Popen, str]:
+# A point-in-time restore's scratch cluster: a real PostgreSQL server started (as a daemon, by
+# pg_ctl) in a scratch folder of the holder's.
+CLUSTER_HOLDER = """
+import os, shutil, sys
+from backup_pipelines.devstack.postgres_cluster import PostgresCluster
+from backup_pipelines.lib.scratch import ScratchFolder
+folder = ScratchFolder("instant-cluster")
+os.chmod(folder.path, 0o711)
+base = folder.path / "pg"
+base.mkdir()
+if os.geteuid() == 0:
+    shutil.chown(base, "postgres")
+cluster = PostgresCluster(base_dir=base).start()
+print(folder.path, cluster.data_dir, cluster.port, flush=True)
+sys.stdin.read()
+"""
+
+
+def start_holder(work, script: str = HOLDER) -> tuple[subprocess.Popen, str]:
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER],
+        [sys.executable, "-c", script],
         env={**os.environ, "BACKUP_WORK_DIR": str(work)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -117,3 +139,71 @@ def test_scratch_free_space_check_names_the_folder_and_the_way_out(tmp_path):
     message = str(refused.value)
     assert f"a copy needs 1000000000.00 GB in {tmp_path}" in message
     assert "set BACKUP_WORK_DIR" in message and "do something else" in message
+
+
+def running_in(pid: int) -> str:
+    """The working directory of `pid` (" (deleted)" appended once it is removed)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def enterable_work_dir():
+    """A work folder the PostgreSQL server's OS user can enter (pytest's tmp_path is a 0700
+    folder of root's)."""
+    work = Path(tempfile.mkdtemp(prefix="scratch-test-"))
+    work.chmod(0o711)
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_scratch_sweep_stops_the_postgres_server_a_killed_run_left_running(enterable_work_dir):
+    """A run killed while its scratch cluster runs leaves the server up (a daemon) on a copy
+    of the database: the next scratch folder stops that server, then removes its files."""
+    holder, line = start_holder(enterable_work_dir, CLUSTER_HOLDER)
+    held, data_dir, port = line.split() if line else ("", "", "")
+    pid = None
+    try:
+        assert line, "the holder did not start its cluster"
+        pid = int(Path(data_dir, "postmaster.pid").read_text().split()[0])
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        assert scratch._alive(pid), "the server died with the run: nothing left to test"
+
+        lines: list[str] = []
+        assert scratch.remove_abandoned(enterable_work_dir, lines.append) > 0
+        assert not scratch._alive(pid)
+        assert not os.path.exists(held)
+        assert lines[0] == f"stopped the PostgreSQL server (pid {pid}) left running in {data_dir}"
+        assert lines[1].startswith(f"removed the scratch folder {held} (")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        if pid is not None and scratch._alive(pid) and running_in(pid).startswith(data_dir):
+            scratch._signal_and_wait(pid, signal.SIGKILL)  # the sweep failed: stop it here
+
+
+def test_scratch_sweep_never_signals_a_process_not_running_in_the_data_dir(tmp_path):
+    """A stale postmaster.pid naming a live process of someone else (pids are reused): the
+    process is left alone, only the files go."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        folder = tmp_path / f"{scratch.PREFIX}instant-cluster-1"
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / "postmaster.pid").write_text(f"{bystander.pid}\n{folder}/data\n")
+        hour_ago = time.time() - 3600
+        os.utime(folder, (hour_ago, hour_ago))
+        lines: list[str] = []
+        scratch.remove_abandoned(tmp_path, lines.append)
+        assert not folder.exists() and bystander.poll() is None
+        assert lines == [f"removed the scratch folder {folder} (0.00 GB): it has no owner"]
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=30)

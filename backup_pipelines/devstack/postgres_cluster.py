@@ -37,12 +37,15 @@ class PostgresCluster:
         port: int | None = None,
         user: str = "postgres",
         settings: dict[str, str] | None = None,
+        base_dir: Path | None = None,
     ) -> None:
+        """base_dir: an existing folder the server's OS user can enter, for the data
+        directory and work_dir() folders (default: a new folder in the system temp dir)."""
         self.port = port or free_port()
         self.user = user
         self.settings = dict(settings or {})
         self.data_dir: Path | None = None
-        self._base: Path | None = None
+        self._base: Path | None = base_dir
 
     @property
     def os_user(self) -> str | None:

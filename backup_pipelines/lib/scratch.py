@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -119,6 +120,7 @@ def _remove_if_old(folder: Path, log: Log | None) -> int:
 
 
 def _remove(folder: Path, why: str, log: Log | None) -> int:
+    _stop_postgres_servers(folder, log or _logger.warning)
     size = _size_of(folder)
     shutil.rmtree(folder, ignore_errors=True)
     if folder.exists():
@@ -146,3 +148,54 @@ def require_free_space(root: Path, needed: int, what: str, instead: str) -> None
             f"{what} needs {needed / 1e9:.2f} GB in {root}, whose disk has {free / 1e9:.2f} GB "
             f"free: set BACKUP_WORK_DIR to a folder on a larger disk, or {instead}"
         )
+
+
+# A scratch PostgreSQL cluster (the copy at T a point-in-time workspace restore reads) outlives
+# the run that started it: its server is a daemon, not a child. It is stopped before its files
+# are removed, and only when the process named in its postmaster.pid is running in that very
+# data directory (PostgreSQL's postmaster makes its data directory its working directory), so
+# a reused pid is never signalled.
+SERVER_STOP_SECONDS = 30.0
+
+
+def _stop_postgres_servers(folder: Path, log: Log) -> None:
+    depths = ("postmaster.pid", "*/postmaster.pid", "*/*/postmaster.pid")
+    for pid_file in [found for depth in depths for found in folder.glob(depth)]:
+        pid = _postmaster_running_in(pid_file.parent)
+        if pid is None:
+            continue
+        stopped = _signal_and_wait(pid, signal.SIGQUIT) or _signal_and_wait(pid, signal.SIGKILL)
+        outcome = "stopped" if stopped else "could not stop"
+        log(f"{outcome} the PostgreSQL server (pid {pid}) left running in {pid_file.parent}")
+
+
+def _postmaster_running_in(data_dir: Path) -> int | None:
+    try:
+        with open(data_dir / "postmaster.pid") as pid_file:
+            pid = int(pid_file.readline())
+        running_in = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 1 and running_in == str(data_dir.resolve()) and _alive(pid) else None
+
+
+def _signal_and_wait(pid: int, signal_number: int) -> bool:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal_number)
+    deadline = time.monotonic() + SERVER_STOP_SECONDS
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: an orphaned server's parent is whatever reaps orphans here,
+    which in a container may be slow to, or never, reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

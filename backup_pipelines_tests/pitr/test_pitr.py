@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +13,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.postgres import pgbackrest, pitr
 from backup_pipelines_tests.pitr.conftest import archive_now, checksum, start_archiving_cluster
 
@@ -81,6 +84,63 @@ def test_pitr_target_outside_window_is_refused_before_anything_is_restored(archi
     # named (the archive may have moved on since `window`: archive_timeout switches WAL)
     assert re.search(r"newest reachable instant \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", str(err.value))
     assert not target_dir.exists()
+
+
+def test_pitr_restore_in_a_deep_folder_works_and_one_that_cannot_start_fails_at_once(archiving):
+    """A data directory too deep for a Unix socket path (107 bytes) still restores: the copy
+    runs on TCP only. A copy that cannot start (an address not on this host) fails naming the
+    cause as soon as it exits, not when the recovery timeout ends; a port live already listens
+    on is refused before anything is restored."""
+    archive_now(archiving.url)
+    target = _mark(archiving.url)
+    archive_now(archiving.url)
+    config = archiving.pitr_config()
+    deep = archiving.cluster.work_dir("r_deep") / ("d" * 100)
+    restored = pitr.restore_to_time(config, target, target_dir=deep)
+    try:
+        assert len(f"{deep}/.s.PGSQL.{restored.port}") > pitr.SOCKET_PATH_MAX
+        assert checksum(restored.url)[0] > 0
+    finally:
+        restored.remove()
+
+    elsewhere = archiving.cluster.work_dir("r_elsewhere") / "data"
+    with pytest.raises(pitr.PitrRestoreError) as failure:
+        pitr.restore_to_time(
+            config,
+            target,
+            target_dir=elsewhere,
+            listen="192.0.2.1",
+            port=pitr.free_port(),
+            recovery_timeout=900,
+        )
+    message = str(failure.value)
+    assert f"the restored cluster in {elsewhere} did not start" in message, message
+    assert "192.0.2.1" in message and "could not create any TCP/IP sockets" in message
+    assert not pitr._server_running(elsewhere)
+
+    taken = archiving.cluster.work_dir("r_taken") / "data"
+    with pytest.raises(ConfigError, match=f"port {archiving.cluster.port} is already in use"):
+        pitr.restore_to_time(config, target, target_dir=taken, port=archiving.cluster.port)
+    assert not taken.exists() or not any(taken.iterdir())
+
+
+def test_pitr_restore_never_takes_another_server_on_its_port_for_the_copy(archiving, tmp_path):
+    """The copy's port taken after it was chosen, by a server not in recovery (live): the wait
+    for the copy's promotion must not take that server's answer for the copy's."""
+    stand_in = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        data_dir = tmp_path / "data"  # "running": its postmaster.pid names a live process
+        data_dir.mkdir()
+        (data_dir / "postmaster.pid").write_text(f"{stand_in.pid}\n{data_dir}\n")
+        copy = pitr.RestoredCluster(
+            data_dir, archiving.cluster.port, archiving.url, datetime.now(UTC), "label"
+        )
+        with pytest.raises(pitr.PitrRestoreError, match="another server answers on port"):
+            pitr._wait_promoted(copy, data_dir / "pitr-restore.log", 120, lambda _line: None)
+    finally:
+        stand_in.kill()
+        stand_in.wait(timeout=30)
 
 
 def test_pgbackrest_diff_and_incr_backups_and_physical_backup_asset_metadata(

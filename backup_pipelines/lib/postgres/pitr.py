@@ -20,6 +20,7 @@ never appear in what is logged or raised.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shlex
@@ -632,6 +633,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _refuse_taken_port(listen: str, port: int) -> None:
+    """A server already listening on the copy's port would answer for the copy."""
+    wildcard = listen.strip() in ("*", "0.0.0.0", "")
+    for host in ["0.0.0.0"] if wildcard else [h.strip() for h in listen.split(",")]:
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            continue  # the server says what is wrong with it, in its own words
+        for family, kind, proto, _name, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as PostgreSQL
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise ConfigError(
+                            f"port {port} is already in use on {host}: choose another port for "
+                            "the restored copy, or leave it out for a free one"
+                        ) from exc
+
+
+def _answered_by(conn: psycopg.Connection, data_dir: Path) -> bool:
+    """Whether the server behind `conn` runs in `data_dir`: its backend is a child of the
+    postmaster written there. Another server that took the port after it was chosen (or a
+    copy that never started while live listens there) must never pass for the copy."""
+    try:
+        with open(f"/proc/{conn.info.backend_pid}/status") as status:
+            parent = next(line for line in status if line.startswith("PPid:")).split()[1]
+        return int(parent) == int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+
+
 def _pg_ctl(
     args: list[str], os_user: str | None, timeout: float, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -672,6 +706,17 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(text[-lines:])
+
+
+# A Unix socket's path holds at most 107 bytes (sun_path), and PostgreSQL does not start when
+# <dir>/.s.PGSQL.<port> is longer. Every connection made here is TCP, so a data directory too
+# deep for its socket (a long BACKUP_WORK_DIR) runs with none.
+SOCKET_PATH_MAX = 107
+
+
+def _socket_dir(data_dir: Path, port: int) -> str:
+    fits = len(os.fsencode(f"{data_dir}/.s.PGSQL.{port}")) <= SOCKET_PATH_MAX
+    return str(data_dir) if fits else ""
 
 
 def restore_to_time(
@@ -725,11 +770,13 @@ def restore_to_time(
     if stanza.os_user:
         shutil.chown(data_dir, stanza.os_user, stanza.os_user)
     port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
+    _refuse_taken_port(listen, port)  # before the long restore, not after it
     stanza.restore(
         data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
     )
     _ensure_config_files(data_dir, stanza.os_user)
-    start_options = ["-p", str(port), "-c", f"listen_addresses={listen}", "-k", str(data_dir)]
+    start_options = ["-p", str(port), "-c", f"listen_addresses={listen}"]
+    start_options += ["-k", _socket_dir(data_dir, port)]
     log_file = data_dir / "pitr-restore.log"
     _pg_ctl(
         ["start", "-D", str(data_dir), "-l", str(log_file), "-W", "-o", shlex.join(start_options)],
@@ -877,22 +924,44 @@ def _server_running(data_dir: Path) -> bool:
     return True
 
 
+# Seconds a server started by pg_ctl (without waiting) may take to write its postmaster.pid;
+# it does so before anything slow.
+SERVER_START_SECONDS = 60.0
+
+
+def _said_shut_down(log_file: Path) -> bool:
+    return "database system is shut down" in _log_tail(log_file, 5)
+
+
 def _wait_promoted(restored: RestoredCluster, log_file: Path, timeout: float, log: Log) -> None:
     """Poll until the server accepts connections and has left recovery (promoted at the
-    target); fail as soon as the server stops (e.g. the target was not reached)."""
-    deadline = time.monotonic() + timeout
-    next_note = time.monotonic() + 30
+    target); fail as soon as the server stops (e.g. the target was not reached), or turns
+    out never to have started: a server refused at start (its port taken, say) may exit
+    between two polls, so its pid file is never seen; its log says it shut down."""
+    started = time.monotonic()
+    deadline = started + timeout
+    next_note = started + 30
     seen_pid = False
     while time.monotonic() < deadline:
         running = _server_running(restored.data_dir)
         seen_pid = seen_pid or running
-        if seen_pid and not running:
+        if not running and (
+            seen_pid
+            or _said_shut_down(log_file)
+            or time.monotonic() - started > SERVER_START_SECONDS
+        ):
             raise PitrRestoreError(
-                f"the restored cluster in {restored.data_dir} stopped during recovery:\n"
+                f"the restored cluster in {restored.data_dir} "
+                f"{'stopped during recovery' if seen_pid else 'did not start'}:\n"
                 + _log_tail(log_file)
             )
         try:
             with psycopg.connect(restored.url, connect_timeout=3, autocommit=True) as conn:
+                if not _answered_by(conn, restored.data_dir):
+                    raise PitrRestoreError(
+                        f"another server answers on port {restored.port}, not the restored "
+                        f"cluster in {restored.data_dir}:\n" + _log_tail(log_file)
+                    )
                 if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                     return
         except psycopg.OperationalError:

@@ -70,7 +70,7 @@ from backup_pipelines.lib.recovery.workspace_restore import (
     check_before_writing,
     verify_restore,
 )
-from backup_pipelines.lib.scratch import ScratchFolder, work_dir
+from backup_pipelines.lib.scratch import ScratchFolder
 from backup_pipelines.lib.store import ArtifactRef, BackupStore, HeldLease, LeaseHeld, LocalStore
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
@@ -731,17 +731,22 @@ def _lease_workspaces(
     return leases
 
 
+@contextlib.contextmanager
 def _scratch_at(config: pitr.PitrConfig, target: datetime, log: Log):
-    """The scratch copy of the cluster at T, in a new folder of the work dir (a parent the
-    server's OS user can traverse), stopped and removed when the block ends."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    folder = work_dir() / f"instant_{stamp}_{secrets.token_hex(3)}"
+    """The scratch copy of the cluster at T, in a scratch folder of the work dir, stopped and
+    removed when the block ends; if this process is killed first, the next run's scratch
+    folder stops its server and removes it (lib/scratch.py)."""
 
     def scratch_log(message: str) -> None:
         if not message.startswith("point the platform at it"):  # not a scratch copy
             log(f"scratch copy at T: {message}")
 
-    return pitr.scratch_cluster_at(config, target, target_dir=folder, log=scratch_log)
+    with ScratchFolder("instant-cluster", log=log) as folder:
+        if config.stanza.os_user:
+            folder.chmod(0o711)  # the server's OS user enters it; nobody else can list it
+        data_dir = folder / "data"
+        with pitr.scratch_cluster_at(config, target, target_dir=data_dir, log=scratch_log) as at:
+            yield at
 
 
 def restore_workspaces_to(
