@@ -766,11 +766,11 @@ def restore_to_time(
         raise ConfigError(f"target directory {data_dir} is not empty")
     if config.pg_data and data_dir.resolve() == Path(config.pg_data).resolve():
         raise ConfigError(f"{data_dir} is the live data directory: use overwrite_live")
+    port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
+    _refuse_taken_port(listen, port)  # before anything is written, not after the restore
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if stanza.os_user:
         shutil.chown(data_dir, stanza.os_user, stanza.os_user)
-    port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
-    _refuse_taken_port(listen, port)  # before the long restore, not after it
     stanza.restore(
         data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
     )
