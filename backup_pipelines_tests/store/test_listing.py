@@ -261,3 +261,44 @@ def test_version_listing_trusts_no_key_outside_its_prefix_and_stops_when_it_does
         StoreError, match=r"s3://versions-.*/p: the listing of versions .* not advance"
     ):
         list(listing.iter_versions(store, "odd/"))
+
+
+def test_listing_trusts_no_key_outside_its_prefix_and_stops_when_it_does_not_advance(
+    s3_env, monkeypatch
+):
+    """ListObjectsV2, as the fast listing and as the store's own (which deletes follow): a
+    server naming keys and folders outside the prefix asked for, or sending the same
+    continuation token again, lists nothing foreign and never pages forever."""
+    bucket = f"listing-{secrets.token_hex(4)}"
+    make_s3_client().create_bucket(Bucket=bucket)
+    store = S3Store(bucket, "p")
+    fill(store, KEYS)
+    answer = store.client.list_objects_v2
+    inside = sorted(k for k in KEYS if k.startswith("odd/"))
+    top_folders = listing.list_folders(store, "")
+
+    def with_strangers(**kwargs):
+        page = answer(**kwargs)
+        if "FastListing" in page:
+            contents, folders = page["FastListing"][:2]
+            contents.append(("p/elsewhere/manifest.json", 1, 0.0, "x"))
+            contents.append(("other-prefix/odd/x", 1, 0.0, "x"))
+            folders.append("other-prefix/folder/")
+        else:  # the store's own listing, parsed by botocore
+            page.setdefault("Contents", []).append({**page["Contents"][0], "Key": "p/else/x"})
+        return page
+
+    monkeypatch.setattr(store.client, "list_objects_v2", with_strangers)
+    assert sorted(k for k, _s, _m in listing.iter_keys(store, "odd/")) == inside
+    assert listing.list_folders(store, "") == top_folders == ["_keep", "odd", "postgres"]
+    assert sorted(k for k, _s, _m in store._list("odd/")) == inside
+
+    def stuck(ContinuationToken=None, **kwargs):  # botocore's argument name
+        page = answer(**kwargs)  # the first page again, whatever the token
+        contents, folders, _truncated, _token = page["FastListing"]
+        page["FastListing"] = (contents, folders, True, "the-same-token")
+        return page
+
+    monkeypatch.setattr(store.client, "list_objects_v2", stuck)
+    with pytest.raises(StoreError, match=r"s3://listing-.*/p: the listing under .* not advance"):
+        list(listing.iter_keys(store, "odd/"))

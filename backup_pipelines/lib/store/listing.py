@@ -563,7 +563,8 @@ def _s3_pages(
     """Each page's (contents, common prefixes); an S3 error whose code is in `refused` raises
     _DelimiterNotApplied."""
     _install_hooks(store.client.meta.events)
-    arguments = {"Bucket": store.bucket, "Prefix": store._full(prefix), "MaxKeys": 1000}
+    full = store._full(prefix)
+    arguments = {"Bucket": store.bucket, "Prefix": full, "MaxKeys": 1000}
     if delimiter:
         arguments["Delimiter"] = delimiter
     while True:
@@ -585,9 +586,20 @@ def _s3_pages(
             ]
             folders = [p["Prefix"] for p in answer.get("CommonPrefixes", [])]
             truncated, token = answer.get("IsTruncated"), answer.get("NextContinuationToken")
+        # What is listed here is read, restored and deleted: a server (or proxy) ignoring
+        # Prefix must not name other folders' objects.
+        if any(not item[0].startswith(full) for item in contents):
+            contents = [item for item in contents if item[0].startswith(full)]
+        if any(not folder.startswith(full) for folder in folders):
+            folders = [folder for folder in folders if folder.startswith(full)]
         yield contents, folders
         if not truncated or not token:
             return
+        if token == arguments.get("ContinuationToken"):
+            raise StoreError(
+                f"backup store {store.describe()}: the listing under {prefix!r} does not advance "
+                "(the server sent the same continuation token again); check the S3 endpoint"
+            )
         arguments["ContinuationToken"] = token
 
 

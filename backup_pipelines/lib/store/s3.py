@@ -476,10 +476,14 @@ class S3Store(BackupStore):
     def _list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
         paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.prefix) + 1 if self.prefix else 0
+        full = self._full(prefix)
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            # botocore's paginator stops when a token repeats; a key outside the prefix (a
+            # server ignoring it) is never taken for one inside: deletes follow this listing.
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
-                    yield item["Key"][strip:], item["Size"], item["LastModified"].timestamp()
+                    if item["Key"].startswith(full):
+                        yield item["Key"][strip:], item["Size"], item["LastModified"].timestamp()
         except Exception as exc:
             raise self._failure("list", prefix, exc) from exc
 
