@@ -484,3 +484,20 @@ def test_qdrant_json_calls_go_through_the_typed_client(standin, client):
     hit = client.search("typed", points(1)[0]["vector"], limit=1)[0]
     assert hit["id"] == 1 and hit["payload"] == {"n": 1}
     assert client.cluster_status() == {"status": "disabled"}
+
+
+def test_qdrant_scroll_that_does_not_advance_is_an_error_not_a_loop(standin, client, monkeypatch):
+    """A server answering a scroll with the offset it was sent (a page in place, forever):
+    the points are read once and the repeat fails naming the collection."""
+    make_collection(client, "stuck")
+    answer = client.api.scroll
+
+    def in_place(collection, **kwargs):
+        page, _next = answer(collection, **kwargs)
+        return page, kwargs.get("offset") or page[-1].id
+
+    monkeypatch.setattr(client.api, "scroll", in_place)
+    read = []
+    with pytest.raises(IndexStoreError, match=r"stuck/points/scroll.*does not advance"):
+        read.extend(client.scroll("stuck", page_size=7))
+    assert 7 <= len(read) <= 14

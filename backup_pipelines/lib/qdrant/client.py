@@ -228,6 +228,7 @@ class QdrantHttp:
         condition = models.Filter.model_validate(filter) if filter is not None else None
         offset = None
         while True:
+            sent = offset
             page, offset = self._call(
                 "scroll",
                 _path(collection, "points/scroll"),
@@ -244,6 +245,14 @@ class QdrantHttp:
                 yield {"id": record.id, "payload": record.payload, "vector": record.vector}
             if offset is None:
                 return
+            if offset == sent:  # a server that pages in place would be read forever
+                raise self._error(
+                    "scroll",
+                    _path(collection, "points/scroll"),
+                    f"the scroll does not advance: the server sent the offset {offset!r} "
+                    "again; check the server",
+                    None,
+                )
 
     def search(
         self, collection: str, vector: list[float], limit: int = 10, with_payload: bool = True
