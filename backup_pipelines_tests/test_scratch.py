@@ -5,6 +5,7 @@ The owners are real processes holding real locks; the kill is a real SIGKILL."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -207,3 +208,22 @@ def test_scratch_sweep_never_signals_a_process_not_running_in_the_data_dir(tmp_p
     finally:
         bystander.kill()
         bystander.wait(timeout=30)
+
+
+def test_scratch_folder_on_a_file_system_without_locks_is_made_and_never_swept(
+    tmp_path, monkeypatch
+):
+    """Where flock is refused (some network or FUSE file systems) a scratch folder is still
+    made; with no lock to tell a live owner from a dead one, no sweep removes it."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(scratch.fcntl, "flock", no_locks)
+        folder = scratch.ScratchFolder("nolocks", parent=tmp_path)
+    hour_ago = time.time() - 3600
+    os.utime(folder.path, (hour_ago, hour_ago))
+    assert scratch.remove_abandoned(tmp_path) == 0 and folder.path.is_dir()
+    folder.close()
+    assert not folder.path.exists()

@@ -30,6 +30,7 @@ Log = Callable[[str], None]
 
 PREFIX = "backup-pipelines-scratch-"
 OWNER_FILE = ".owner"
+UNLOCKED = "unlocked"  # written by an owner whose file system refused the lock
 # A folder with no owner line yet is being made (microseconds between mkdtemp and the lock);
 # only one this old is taken for the debris of a process killed in that instant.
 UNOWNED_GRACE_SECONDS = 600.0
@@ -55,10 +56,14 @@ class ScratchFolder:
         remove_abandoned(root, log)
         self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-", dir=root))
         self._owner = os.open(self.path / OWNER_FILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._owner, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX)
+            held = ""
+        except OSError:  # a file system without locks: never swept, as before this module
+            held = f" {UNLOCKED}"
         # Written under the lock: a sweeper that gets the lock and reads this line knows the
         # owner held it once and has let go.
-        os.write(self._owner, f"pid {os.getpid()}\n".encode())
+        os.write(self._owner, f"pid {os.getpid()}{held}\n".encode())
 
     def close(self) -> None:
         if self._owner < 0:
@@ -100,10 +105,13 @@ def _remove_if_abandoned(folder: Path, log: Log | None) -> int:
     try:
         try:
             fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0  # its process is alive
-        if not os.read(owner, 64):
+        except OSError:
+            return 0  # its process is alive (or locks do not work here: nothing is known)
+        line = os.read(owner, 64)
+        if not line:
             return _remove_if_old(folder, log)
+        if UNLOCKED.encode() in line:
+            return 0
         return _remove(folder, "its process ended without removing it", log)
     finally:
         os.close(owner)
