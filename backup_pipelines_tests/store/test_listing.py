@@ -302,3 +302,30 @@ def test_listing_trusts_no_key_outside_its_prefix_and_stops_when_it_does_not_adv
     monkeypatch.setattr(store.client, "list_objects_v2", stuck)
     with pytest.raises(StoreError, match=r"s3://listing-.*/p: the listing under .* not advance"):
         list(listing.iter_keys(store, "odd/"))
+
+
+def test_deleting_the_versions_of_a_prefix_never_deletes_a_version_listed_outside_it(
+    s3_env, monkeypatch
+):
+    """A server ignoring Prefix in ListObjectVersions: deleting one folder's versions (what
+    a locked bucket's delete does) leaves every other folder's versions alone."""
+    bucket = f"versions-{secrets.token_hex(4)}"
+    make_s3_client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    store = S3Store(bucket, "p")
+    fill(store, KEYS)
+    other = "p/postgres/full_dump/date=2026-11-21/manifest.json"
+    (kept,) = store.client.list_object_versions(Bucket=bucket, Prefix=other)["Versions"]
+    answer = store.client.list_object_versions
+
+    def with_a_stranger(**kwargs):
+        page = answer(**kwargs)
+        page.setdefault("Versions", []).append({**kept, "Key": other})
+        return page
+
+    monkeypatch.setattr(store.client, "list_object_versions", with_a_stranger)
+    store._delete_versions("odd/")
+    monkeypatch.undo()
+    left = store.client.list_object_versions(Bucket=bucket, Prefix="p/")
+    assert [v["Key"] for v in left.get("Versions", [])] == sorted(
+        f"p/{k}" for k in KEYS if not k.startswith("odd/")
+    )

@@ -505,11 +505,13 @@ class S3Store(BackupStore):
         them and until when."""
         paginator = self.client.get_paginator("list_object_versions")
         strip = len(self.prefix) + 1 if self.prefix else 0
+        full = self._full(prefix)
         batch: list[dict] = []
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                    batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+                    if item["Key"].startswith(full):  # as _list: only what was asked for
+                        batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
         except Exception as exc:
             raise self._failure("list the versions under", prefix, exc) from exc
         refused: list[str] = []
