@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from backup_pipelines.devstack.postgres_cluster import PostgresCluster
 from backup_pipelines.lib import scratch
 from backup_pipelines.lib.errors import BackupError
 
@@ -227,3 +228,36 @@ def test_scratch_folder_on_a_file_system_without_locks_is_made_and_never_swept(
     assert scratch.remove_abandoned(tmp_path) == 0 and folder.path.is_dir()
     folder.close()
     assert not folder.path.exists()
+
+
+def test_scratch_sweep_follows_no_link_to_a_running_server_and_skips_other_users_folders(
+    tmp_path,
+):
+    """An abandoned folder of ours holding a symbolic link to a running cluster's data
+    directory (the live one, say): the link goes, the server runs on, its files stay. A
+    folder of our name made by another OS user is not ours to judge."""
+    with PostgresCluster() as live:
+        abandoned = tmp_path / f"{scratch.PREFIX}instant-cluster-linked"
+        abandoned.mkdir()
+        (abandoned / scratch.OWNER_FILE).write_text("pid 1\n")  # no lock held: owner gone
+        (abandoned / "data").symlink_to(live.data_dir)
+        (abandoned / "deeper").mkdir()
+        (abandoned / "deeper" / "data").symlink_to(live.data_dir)
+        foreign = tmp_path / f"{scratch.PREFIX}someone-else"
+        foreign.mkdir()
+        (foreign / scratch.OWNER_FILE).write_text("pid 1\n")
+        if os.geteuid() == 0:
+            os.chown(foreign, 65534, 65534)  # nobody's
+        else:  # a folder another user made, as far as this user can tell
+            foreign.chmod(0o000)
+
+        lines: list[str] = []
+        scratch.remove_abandoned(tmp_path, lines.append)
+        assert not abandoned.exists() and foreign.is_dir()
+        assert lines == [
+            f"removed the scratch folder {abandoned} (0.00 GB): "
+            "its process ended without removing it"
+        ]
+        assert (live.data_dir / "postmaster.pid").is_file()
+        with psycopg.connect(live.url(), connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

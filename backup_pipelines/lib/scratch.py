@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -83,26 +84,36 @@ class ScratchFolder:
 
 def remove_abandoned(root: Path, log: Log | None = None) -> int:
     """Remove every scratch folder under `root` whose owner is gone; returns the bytes freed.
-    Folders it cannot open (another OS user's) are left to their owner."""
+    Only folders of this OS user are looked at: in a shared temp dir anyone can make a folder
+    with this name, and what is in it must not steer what this user deletes or stops."""
     freed = 0
     try:
         entries = [e for e in os.scandir(root) if e.name.startswith(PREFIX)]
     except OSError:
         return 0
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            freed += _remove_if_abandoned(Path(entry.path), log)
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                continue
+        except OSError:
+            continue
+        freed += _remove_if_abandoned(Path(entry.path), log)
     return freed
 
 
 def _remove_if_abandoned(folder: Path, log: Log | None) -> int:
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # never a FIFO's wait
     try:
-        owner = os.open(folder / OWNER_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        owner = os.open(folder / OWNER_FILE, flags)
     except FileNotFoundError:
         return _remove_if_old(folder, log)
     except OSError:
         return 0
     try:
+        if not stat.S_ISREG(os.fstat(owner).st_mode):
+            return 0
         try:
             fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -167,24 +178,45 @@ SERVER_STOP_SECONDS = 30.0
 
 
 def _stop_postgres_servers(folder: Path, log: Log) -> None:
-    depths = ("postmaster.pid", "*/postmaster.pid", "*/*/postmaster.pid")
-    for pid_file in [found for depth in depths for found in folder.glob(depth)]:
-        pid = _postmaster_running_in(pid_file.parent)
+    for data_dir in _folders_within(folder, depth=2):
+        pid = _postmaster_running_in(data_dir)
         if pid is None:
             continue
         stopped = _signal_and_wait(pid, signal.SIGQUIT) or _signal_and_wait(pid, signal.SIGKILL)
         outcome = "stopped" if stopped else "could not stop"
-        log(f"{outcome} the PostgreSQL server (pid {pid}) left running in {pid_file.parent}")
+        log(f"{outcome} the PostgreSQL server (pid {pid}) left running in {data_dir}")
+
+
+def _folders_within(folder: Path, depth: int) -> list[Path]:
+    """`folder` and its sub-folders `depth` levels down, never through a symbolic link (one
+    could lead to a live cluster's data directory)."""
+    found, level = [folder], [folder]
+    for _ in range(depth):
+        below = []
+        for parent in level:
+            with contextlib.suppress(OSError), os.scandir(parent) as entries:
+                below += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+        found += below
+        level = below
+    return found
 
 
 def _postmaster_running_in(data_dir: Path) -> int | None:
     try:
-        with open(data_dir / "postmaster.pid") as pid_file:
+        with open(data_dir / "postmaster.pid", opener=_regular_file_opener) as pid_file:
             pid = int(pid_file.readline())
         running_in = os.readlink(f"/proc/{pid}/cwd")
     except (OSError, ValueError):
         return None
-    return pid if pid > 1 and running_in == str(data_dir.resolve()) and _alive(pid) else None
+    return pid if pid > 1 and running_in == os.path.realpath(data_dir) and _alive(pid) else None
+
+
+def _regular_file_opener(path: str, flags: int) -> int:
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
 
 
 def _signal_and_wait(pid: int, signal_number: int) -> bool:

@@ -558,10 +558,13 @@ def reachable_window(
 
 @contextlib.contextmanager
 def _scratch_dir(parent, os_user: str | None):
-    with ScratchFolder("pitr-wal", parent=parent) as path:
-        if os_user:
-            shutil.chown(path, os_user)
-        yield path
+    with ScratchFolder("pitr-wal", parent=parent) as folder:
+        wal = folder / "wal"
+        wal.mkdir()
+        if os_user:  # the folder stays ours (only its owner's sweep removes it)
+            folder.chmod(0o711)
+            shutil.chown(wal, os_user)
+        yield wal
 
 
 # --------------------------------------------------------------------------------------------
