@@ -6,7 +6,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import psycopg
@@ -95,6 +95,61 @@ def test_drill_restores_newest_complete_backup_into_scratch_and_removes_it(
     assert live_state(indexed_source) == before
     assert json.loads(json.dumps(result.to_dict()))["workspace"] == "ws_acme"
     print(f"\ndrill seconds at test scale: {result.seconds} {result.step_seconds}")
+
+
+def make_scratch_places(indexed, name: str) -> None:
+    """A scratch database and collections named as a drill named its own `name`."""
+    with psycopg.connect(indexed["db"], autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    indexed["typesense"].create_collection(
+        {"name": f"{name}_memory_ws_acme", "fields": [{"name": "text", "type": "string"}]}
+    )
+    indexed["qdrant"].create_collection(f"{name}_agent_ws_acme", size=4)
+
+
+def test_drill_removes_the_scratch_places_a_killed_drill_left_and_none_in_use(
+    tmp_path, indexed_source
+):
+    """A drill killed outright leaves its scratch database and collections: the next drill
+    removes those made over a day ago, and leaves a younger drill's (it may be running) and
+    anything not named as a drill names its places."""
+    now = datetime.now(UTC)
+    stale = drill.scratch_name(now - timedelta(days=2))
+    running = drill.scratch_name(now - timedelta(hours=1))
+    for name in (stale, running):
+        make_scratch_places(indexed_source, name)
+    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "drill_20000101t000000_notes"')
+    store = LocalStore(tmp_path / "store")
+    back_up(store, indexed_source, "ws_acme")
+    logs: list[str] = []
+    try:
+        result = drill.drill_workspace(
+            store, "ws_acme", DATE, indexed_source["db"], indexed_source["policy"],
+            indexed_source["indexes"], log=logs.append,
+        )  # fmt: skip
+        assert result.passed, result.problems
+        left = scratch_leftovers(indexed_source)
+        assert sorted(left["databases"]) == sorted([running, "drill_20000101t000000_notes"])
+        assert left["typesense"] == [f"{running}_memory_ws_acme"]
+        assert left["qdrant"] == [f"{running}_agent_ws_acme"]
+        for place in (
+            f"scratch database {stale}",
+            f"Typesense collection {stale}_memory_ws_acme",
+            f"Qdrant collection {stale}_agent_ws_acme",
+        ):
+            assert f"removed the {place}, left by a drill that did not finish" in logs
+    finally:
+        with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
+            for name in (stale, running, "drill_20000101t000000_notes"):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        for name in (stale, running):
+            for client, collection in (
+                (indexed_source["typesense"], f"{name}_memory_ws_acme"),
+                (indexed_source["qdrant"], f"{name}_agent_ws_acme"),
+            ):
+                if client.collection_exists(collection):
+                    client.delete_collection(collection)
 
 
 def test_a_deployment_without_qdrant_drills_sql_and_typesense_only(tmp_path, indexed_source):

@@ -128,6 +128,11 @@ class QdrantHttp:
             lambda: self.api.collection_exists(collection),
         )
 
+    def list_collections(self) -> list[str]:
+        """The name of every collection on the server."""
+        found = self._call("list collections", "/collections", self.api.get_collections)
+        return [c.name for c in found.collections]
+
     def collection_info(self, collection: str) -> dict[str, Any]:
         info = self._call(
             "collection info", _path(collection), lambda: self.api.get_collection(collection)

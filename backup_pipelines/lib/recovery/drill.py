@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -200,6 +200,65 @@ class ScratchDatabase:
 
 
 # ---------------------------------------------------------------------------------------------
+# Places a killed drill left
+
+# A drill killed outright (its run worker SIGKILLed or out of memory, the machine lost) runs
+# no cleanup: its scratch database and collections stay on the servers, a copy of a workspace
+# each. Each drill first removes the scratch places whose name says they were made over a day
+# ago: no drill runs that long, so none of them is in use.
+STALE_AFTER = timedelta(hours=24)
+_SCRATCH_PREFIX = re.compile(r"^(drill_([0-9]{8}t[0-9]{6})_[0-9a-f]{8})(?:_|$)")
+
+
+def made_before(name: str, moment: datetime) -> bool:
+    """Whether `name` is a drill's scratch place (or starts with one's name and "_") made
+    before `moment`."""
+    match = _SCRATCH_PREFIX.match(name)
+    if match is None:
+        return False
+    try:
+        made = datetime.strptime(match.group(2), "%Y%m%dt%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return made < moment
+
+
+def remove_stale_scratch_places(
+    database: ScratchDatabase, indexes: Mapping, log: Log, now: datetime | None = None
+) -> list[str]:
+    """Drop the scratch databases (on the server the drill uses) and delete the scratch
+    collections made before STALE_AFTER ago; returns what was removed. A failure is logged
+    and left for the next drill: it must not stop this one."""
+    before = (now or datetime.now(UTC)) - STALE_AFTER
+    removed = []
+    try:
+        with database._admin() as conn:
+            names = [row[0] for row in conn.execute("SELECT datname FROM pg_database")]
+        for name in names:
+            if SCRATCH_NAME.fullmatch(name) and made_before(name, before):
+                stale = ScratchDatabase(name, database.admin_url)
+                stale.created = True  # named and dated as only a drill names what it creates
+                stale.drop()
+                removed.append(f"scratch database {name}")
+    except Exception as exc:
+        log(f"the scratch databases of earlier drills could not be checked: {exc}")
+    for engine in index_engines(indexes):
+        client = indexes[engine.name]
+        try:
+            for name in client.list_collections():
+                if made_before(name, before):
+                    client.delete_collection(name)
+                    removed.append(f"{engine.label} collection {name}")
+        except Exception as exc:
+            log(
+                f"the scratch {engine.label} collections of earlier drills could not be checked: {exc}"
+            )
+    for place in removed:
+        log(f"removed the {place}, left by a drill that did not finish")
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
 # The drill
 
 
@@ -226,6 +285,7 @@ def drill_workspace(
     result = DrillResult(
         workspace, date, 0.0, policy.rto_minutes * 60, False, False, scratch=prefix
     )
+    remove_stale_scratch_places(database, indexes, warn)
     started = time.monotonic()
     try:
         report = _restore_into_scratch(

@@ -152,6 +152,15 @@ class TypesenseClient:
         )
         return response.status_code == 200
 
+    def list_collections(self) -> list[str]:
+        """The name of every collection on the server (their fields left out)."""
+        found = self.http.json(
+            "GET", "/collections", "list collections", params={"exclude_fields": "fields"}
+        )
+        if not isinstance(found, list):
+            raise self.http.error("list collections", "/collections", "the answer is not a list")
+        return [c["name"] for c in found if isinstance(c, dict) and isinstance(c.get("name"), str)]
+
     def get_collection(self, collection: str) -> dict[str, Any]:
         return self.http.json("GET", _collection_path(collection), "get collection")
 
