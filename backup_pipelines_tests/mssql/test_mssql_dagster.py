@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
-from backup_pipelines.lib.mssql.connection import connected, run
+from backup_pipelines.lib.mssql.connection import connected, query, quote_name, run
+from backup_pipelines.lib.mssql.restore import scratch_database_name
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
 from backup_pipelines_tests.mssql.platform import add_episodes, create_platform, rows
 from backup_pipelines_tests.mssql.test_mssql_restore import index_episodes, next_second
@@ -233,7 +234,17 @@ def test_mssql_agents_are_discovered_as_workspaces_and_backed_up_first(deploymen
 
 
 def test_mssql_weekly_drill_restores_checks_and_drops_a_scratch_database(deployment):
+    """...and drops the scratch databases runs killed over a day ago left (a younger one may
+    be a drill still running; a database not named as ours is never looked at)."""
     defs, cs, db = deployment["defs"], deployment["cs"], deployment["db"]
+    now = datetime.now(UTC)
+    stale = scratch_database_name("drill", now - timedelta(days=2))
+    stale_agent = scratch_database_name("agent", now - timedelta(days=3))
+    running = scratch_database_name("drill", now - timedelta(hours=1))
+    others = "drill_20000101T000000_notes"
+    with connected(cs, "master") as conn:
+        for name in (stale, stale_agent, running, others):
+            run(conn, f"CREATE DATABASE {quote_name(name)}")
     add_episodes(cs, db, "a1", 3)
     with dg.instance_for_test() as instance:
         assert materialize(defs, "mssql_full_backup_job", DAY, instance).success
@@ -250,6 +261,8 @@ def test_mssql_weekly_drill_restores_checks_and_drops_a_scratch_database(deploym
     assert row["workspace"] == f"mssql:{db}" and row["passed"] and row["met_rto"]
     assert row["counts"]["dbo.episodes"] == 5
     with connected(cs, "master") as conn:
-        from backup_pipelines.lib.mssql.connection import query
-
         assert not query(conn, "SELECT name FROM sys.databases WHERE name = ?", row["scratch"])
+        left = {r["name"] for r in query(conn, "SELECT name FROM sys.databases")}
+        assert {running, others} <= left and not {stale, stale_agent} & left
+        for name in (running, others):
+            run(conn, f"DROP DATABASE {quote_name(name)}")

@@ -20,7 +20,12 @@ from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.ids import Side
 from backup_pipelines.lib.mssql.backup import Folders
 from backup_pipelines.lib.mssql.connection import Log, connect, connected, query, quote_name, run
-from backup_pipelines.lib.mssql.restore import execute_plan, plan, scratch_database_name
+from backup_pipelines.lib.mssql.restore import (
+    drop_stale_scratch_databases,
+    execute_plan,
+    plan,
+    scratch_database_name,
+)
 from backup_pipelines.lib.recovery.consistency import Outcome, Verdict, evaluate
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
 from backup_pipelines.lib.workspaces import validate_workspace_id
@@ -228,6 +233,7 @@ def restore_agent(
     restore_plan, catalog = plan(store, instant, database)
     for line in restore_plan.describe():
         log(line)
+    drop_stale_scratch_databases(connection_string, log)
     scratch = scratch_database_name("agent")
     report = AgentReport(
         agent,

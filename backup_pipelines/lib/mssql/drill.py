@@ -10,7 +10,12 @@ import time
 from backup_pipelines.lib.errors import BackupError, StoreError
 from backup_pipelines.lib.mssql.backup import Folders
 from backup_pipelines.lib.mssql.connection import Log, connected, query, quote_name, run
-from backup_pipelines.lib.mssql.restore import execute_plan, plan, scratch_database_name
+from backup_pipelines.lib.mssql.restore import (
+    drop_stale_scratch_databases,
+    execute_plan,
+    plan,
+    scratch_database_name,
+)
 
 
 def drill_database(
@@ -23,6 +28,7 @@ def drill_database(
     """Restore the newest reachable instant into `drill_<stamp>_<hex>`; never raises for a
     failed restore — the result says passed=False with the problems (the caller alerts)."""
     log = log or (lambda _m: None)
+    drop_stale_scratch_databases(connection_string, log)
     scratch = scratch_database_name("drill")
     result = {"scratch": scratch, "passed": False, "problems": [], "counts": {}, "date": None}
     started = time.monotonic()

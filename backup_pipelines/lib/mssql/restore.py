@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
 
 from backup_pipelines.lib.errors import BackupError, StoreError
@@ -69,8 +69,39 @@ def plan(store: BackupStore, target: datetime | None, database: str) -> tuple[Re
     return restore_plan, catalog
 
 
-def scratch_database_name(prefix: str = "restore") -> str:
-    return f"{prefix}_{datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(4)}"
+def scratch_database_name(prefix: str = "restore", now: datetime | None = None) -> str:
+    return f"{prefix}_{now or datetime.now(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(4)}"
+
+
+# A drill or agent restore killed outright (its run worker SIGKILLed, the machine lost) runs no
+# cleanup, and its scratch database, a whole copy of the database, stays on the server. The
+# next one drops those whose name says they were made over a day ago: none runs that long.
+STALE_SCRATCH_AFTER = timedelta(hours=24)
+_SCRATCH_NAME = re.compile(r"^(?:drill|agent)_([0-9]{8}T[0-9]{6})_[0-9a-f]{8}$")
+
+
+def drop_stale_scratch_databases(
+    connection_string: str, log: Log, now: datetime | None = None
+) -> list[str]:
+    """Drop the scratch databases made before STALE_SCRATCH_AFTER ago; returns their names.
+    A failure is logged and left for the next run: it must not stop this one."""
+    before = (now or datetime.now(UTC)) - STALE_SCRATCH_AFTER
+    dropped: list[str] = []
+    try:
+        with connected(connection_string, "master") as conn:
+            for row in query(conn, "SELECT name FROM sys.databases"):
+                name = str(row["name"])
+                match = _SCRATCH_NAME.fullmatch(name)
+                if match is None:
+                    continue
+                made = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+                if made < before:
+                    run(conn, f"DROP DATABASE {quote_name(name)}", what=f"DROP DATABASE {name}")
+                    dropped.append(name)
+                    log(f"dropped the scratch database {name}, left by a run that did not finish")
+    except (BackupError, ValueError) as exc:
+        log(f"the scratch databases of earlier runs could not be checked: {exc}")
+    return dropped
 
 
 def file_list(conn, server_path: str) -> list[dict]:
