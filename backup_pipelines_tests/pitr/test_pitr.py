@@ -116,7 +116,16 @@ def test_pitr_restore_in_a_deep_folder_works_and_one_that_cannot_start_fails_at_
     message = str(failure.value)
     assert f"the restored cluster in {elsewhere} did not start" in message, message
     assert "192.0.2.1" in message and "could not create any TCP/IP sockets" in message
-    assert not pitr._server_running(elsewhere)
+    # The unfinished copy is no result: removed, its server log kept beside it.
+    assert not elsewhere.exists()
+    kept_log = elsewhere.parent / "data.pitr-restore.log"
+    assert "could not create any TCP/IP sockets" in kept_log.read_text()
+    given = archiving.cluster.work_dir("r_given")  # the operator's own, empty: emptied again
+    with pytest.raises(pitr.PitrRestoreError, match="did not start"):
+        pitr.restore_to_time(
+            config, target, target_dir=given, listen="192.0.2.1", port=pitr.free_port()
+        )
+    assert given.is_dir() and list(given.iterdir()) == []
 
     taken = archiving.cluster.work_dir("r_taken") / "data"
     with pytest.raises(ConfigError, match=f"port {archiving.cluster.port} is already in use"):

@@ -771,29 +771,27 @@ def restore_to_time(
         raise ConfigError(f"{data_dir} is the live data directory: use overwrite_live")
     port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
     _refuse_taken_port(listen, port)  # before anything is written, not after the restore
+    made_here = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if stanza.os_user:
         shutil.chown(data_dir, stanza.os_user, stanza.os_user)
-    stanza.restore(
-        data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
-    )
-    _ensure_config_files(data_dir, stanza.os_user)
-    start_options = ["-p", str(port), "-c", f"listen_addresses={listen}"]
-    start_options += ["-k", _socket_dir(data_dir, port)]
     log_file = data_dir / "pitr-restore.log"
-    _pg_ctl(
-        ["start", "-D", str(data_dir), "-l", str(log_file), "-W", "-o", shlex.join(start_options)],
-        stanza.os_user,
-        60,
-    )
-    host = "127.0.0.1" if listen in ("*", "0.0.0.0", "") else listen.split(",")[0].strip()
-    url = make_conninfo(config.database_url, host=host, port=str(port))
-    restored = RestoredCluster(data_dir, port, url, target, backup.label, os_user=stanza.os_user)
+    restored = RestoredCluster(data_dir, port, "", target, backup.label, os_user=stanza.os_user)
     try:
+        stanza.restore(
+            data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
+        )
+        _ensure_config_files(data_dir, stanza.os_user)
+        start_options = ["-p", str(port), "-c", f"listen_addresses={listen}"]
+        start_options += ["-k", _socket_dir(data_dir, port)]
+        argv = ["start", "-D", str(data_dir), "-l", str(log_file), "-W"]
+        _pg_ctl([*argv, "-o", shlex.join(start_options)], stanza.os_user, 60)
+        host = "127.0.0.1" if listen in ("*", "0.0.0.0", "") else listen.split(",")[0].strip()
+        restored.url = make_conninfo(config.database_url, host=host, port=str(port))
         _wait_promoted(restored, log_file, recovery_timeout, log)
         _verify(restored, log_file)
     except BaseException:
-        restored.stop()
+        _remove_unfinished_copy(restored, log_file, made_here, log)
         raise
     if overwrite_live:
         _swap_into_live(config, restored, live_dir, stamp, log)
@@ -804,6 +802,31 @@ def restore_to_time(
     )
     log(f"point the platform at it: DATABASE_URL={restored.display_url}")
     return restored
+
+
+def _remove_unfinished_copy(
+    restored: RestoredCluster, log_file: Path, made_here: bool, log: Log
+) -> None:
+    """A copy that failed (or was interrupted) before it was verified is no result: stopped and
+    removed, not left beside live or in the work dir at the size of the cluster for every
+    attempt. The directory was new (then removed) or empty (then emptied again): checked
+    before the restore. Its server log is kept beside it."""
+    restored.stop()
+    data_dir = restored.data_dir
+    kept = data_dir.parent / f"{data_dir.name}.pitr-restore.log"
+    with contextlib.suppress(OSError):
+        if log_file.exists():
+            shutil.copyfile(log_file, kept)
+    if made_here:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    else:
+        for entry in list(data_dir.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    note = f"; its server log is {kept}" if kept.exists() else ""
+    log(f"removed the unfinished copy in {data_dir}{note}")
 
 
 @contextlib.contextmanager
