@@ -636,10 +636,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _listens_everywhere(listen: str) -> bool:
+    return listen.strip() in ("*", "0.0.0.0", "")
+
+
 def _refuse_taken_port(listen: str, port: int) -> None:
     """A server already listening on the copy's port would answer for the copy."""
-    wildcard = listen.strip() in ("*", "0.0.0.0", "")
-    for host in ["0.0.0.0"] if wildcard else [h.strip() for h in listen.split(",")]:
+    everywhere = _listens_everywhere(listen)
+    for host in ["0.0.0.0"] if everywhere else [h.strip() for h in listen.split(",")]:
         try:
             addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror:
@@ -769,7 +773,7 @@ def restore_to_time(
         raise ConfigError(f"target directory {data_dir} is not empty")
     if config.pg_data and data_dir.resolve() == Path(config.pg_data).resolve():
         raise ConfigError(f"{data_dir} is the live data directory: use overwrite_live")
-    port = port or free_port(listen if listen not in ("*", "0.0.0.0") else "127.0.0.1")
+    port = port or free_port("127.0.0.1" if _listens_everywhere(listen) else listen)
     _refuse_taken_port(listen, port)  # before anything is written, not after the restore
     made_here = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -786,12 +790,15 @@ def restore_to_time(
         start_options += ["-k", _socket_dir(data_dir, port)]
         argv = ["start", "-D", str(data_dir), "-l", str(log_file), "-W"]
         _pg_ctl([*argv, "-o", shlex.join(start_options)], stanza.os_user, 60)
-        host = "127.0.0.1" if listen in ("*", "0.0.0.0", "") else listen.split(",")[0].strip()
+        host = "127.0.0.1" if _listens_everywhere(listen) else listen.split(",")[0].strip()
         restored.url = make_conninfo(config.database_url, host=host, port=str(port))
         _wait_promoted(restored, log_file, recovery_timeout, log)
         _verify(restored, log_file)
     except BaseException:
-        _remove_unfinished_copy(restored, log_file, made_here, log)
+        try:
+            _remove_unfinished_copy(restored, log_file, made_here, log)
+        except Exception as cleanup:  # the restore's own failure is the one to report
+            log(f"the unfinished copy in {data_dir} could not be removed: {cleanup}")
         raise
     if overwrite_live:
         _swap_into_live(config, restored, live_dir, stamp, log)

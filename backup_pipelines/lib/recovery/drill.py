@@ -186,17 +186,21 @@ class ScratchDatabase:
         if not self.created:
             return
         with self._admin() as conn:
-            # Left-over sessions (a killed psql, a pooled connection) would block the DROP.
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (self.name,),
-            )
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(self.name)))
+            _drop_database(conn, self.name)
         self.created = False
 
     def describe(self) -> str:
         return f"{self.name} on {describe_database(self.admin_url or self.admin_urls[0])}"
+
+
+def _drop_database(conn: psycopg.Connection, name: str) -> None:
+    # Left-over sessions (a killed psql, a pooled connection) would block the DROP.
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,12 +238,10 @@ def remove_stale_scratch_places(
     try:
         with database._admin() as conn:
             names = [row[0] for row in conn.execute("SELECT datname FROM pg_database")]
-        for name in names:
-            if SCRATCH_NAME.fullmatch(name) and made_before(name, before):
-                stale = ScratchDatabase(name, database.admin_url)
-                stale.created = True  # named and dated as only a drill names what it creates
-                stale.drop()
-                removed.append(f"scratch database {name}")
+            for name in names:  # named and dated as only a drill names what it creates
+                if SCRATCH_NAME.fullmatch(name) and made_before(name, before):
+                    _drop_database(conn, name)
+                    removed.append(f"scratch database {name}")
     except Exception as exc:
         log(f"the scratch databases of earlier drills could not be checked: {exc}")
     for engine in index_engines(indexes):
