@@ -261,3 +261,41 @@ def test_scratch_sweep_follows_no_link_to_a_running_server_and_skips_other_users
         assert (live.data_dir / "postmaster.pid").is_file()
         with psycopg.connect(live.url(), connect_timeout=10) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_scratch_unfinished_claim_never_follows_a_link_or_another_users_claim(tmp_path):
+    """Dead claims (no process holds their lock) are cleared only for this user's claims and
+    never through a symbolic link; a claim with no line (its run died before writing anything)
+    is dropped and its directory, the operator's, left as it is."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("an operator's file")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "linked").symlink_to(elsewhere)
+    (parent / f"linked{scratch.CLAIM_SUFFIX}").write_text("pid 1 given\n")
+    theirs = parent / "theirs"
+    theirs.mkdir()
+    (theirs / "PG_VERSION").write_text("15\n")
+    (parent / f"theirs{scratch.CLAIM_SUFFIX}").write_text("pid 1 made\n")
+    os.chown(parent / f"theirs{scratch.CLAIM_SUFFIX}", 65534, 65534)
+    silent = parent / "silent"
+    silent.mkdir()
+    (silent / "data").write_text("untouched")
+    (parent / f"silent{scratch.CLAIM_SUFFIX}").write_text("")
+    dead = parent / "dead"
+    (dead / "base").mkdir(parents=True)
+    (dead / "base" / "1").write_bytes(b"x" * 1000)
+    (parent / f"dead{scratch.CLAIM_SUFFIX}").write_text("pid 1 made\n")
+
+    lines: list[str] = []
+    scratch.remove_unfinished(parent, lines.append)
+    assert (elsewhere / "keep").read_text() == "an operator's file"
+    assert (theirs / "PG_VERSION").exists()
+    assert (silent / "data").read_text() == "untouched"
+    assert not (parent / f"silent{scratch.CLAIM_SUFFIX}").exists()
+    assert not dead.exists() and not (parent / f"dead{scratch.CLAIM_SUFFIX}").exists()
+    assert lines == [
+        f"removed the unfinished copy in {dead} (0.00 GB) that a run (pid 1) left when it ended "
+        "before verifying it"
+    ]

@@ -158,6 +158,151 @@ def _size_of(folder: Path) -> int:
     return total
 
 
+# --------------------------------------------------------------------------------------------
+# A directory a run fills that is not scratch: the operator's result, once the run verifies it
+# (a point-in-time copy of a cluster). Until then a killed run leaves a cluster-sized copy, and a
+# server running on it, that nobody may take for a result; and two runs into one directory
+# would write over each other.
+
+CLAIM_SUFFIX = ".unfinished"
+
+
+class DirectoryClaim:
+    """`<target>.unfinished` beside `target`, locked by the run filling it and removed by
+    release() once the result is verified (or the unfinished copy removed). A later run that
+    finds such a file with its lock free knows the run died first: the copy is no result. It
+    stops a PostgreSQL server left running there and removes the copy (or empties it, if the
+    directory was the operator's own, empty one), and does the same for every such claim
+    beside it. A claim whose lock is held is a live run: refused, naming its pid."""
+
+    def __init__(self, target: Path, log: Log):
+        self.target = target
+        self.path = target.parent / f"{target.name}{CLAIM_SUFFIX}"
+        self._log = log
+        self._fd = -1
+
+    def acquire(self) -> None:
+        remove_unfinished(self.target.parent, self._log, keep=self.path)
+        try:
+            fd = _lock_claim(self.path)
+        except OSError as exc:  # no locks on this file system, or no write access beside
+            self._log(f"{self.target}: no claim beside it ({exc}); a killed run is not cleaned")
+            return
+        if fd is None:
+            raise BackupError(
+                f"another run ({_claim_line(self.path) or 'pid unknown'}) is writing to "
+                f"{self.target}: wait for it to finish, or choose another target directory"
+            )
+        self._fd = fd
+        _clear_unfinished(self.target, os.read(fd, 128).decode(errors="replace"), self._log)
+
+    def record(self, made: bool) -> None:
+        """Written before the run writes into target: how a later run clears it (a new
+        directory is removed, the operator's own is emptied)."""
+        if self._fd < 0:
+            return
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} {'made' if made else 'given'}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # while still locked: no one else can have taken it
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Let go without removing the claim: the next run clears what this one could not."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _lock_claim(path: Path) -> int | None:
+    """The claim file, locked by this process, or None when a live run holds it."""
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        # Its last holder may have unlinked it between our open and our lock: then the lock is
+        # on a file nobody else sees, and the path is taken again.
+        try:
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)
+
+
+def _claim_line(path: Path) -> str:
+    with contextlib.suppress(OSError), open(path, opener=_regular_file_opener) as claim:
+        return claim.readline(128).strip().rsplit(" ", 1)[0]
+    return ""
+
+
+def _clear_unfinished(target: Path, line: str, log: Log) -> None:
+    """What a dead run left in `target`, per its claim's line ("pid N made|given"); a claim
+    with no line died before it wrote anything into target."""
+    if not line.strip() or not target.is_dir() or target.is_symlink():
+        return
+    _stop_postgres_servers(target, log, depth=0)
+    size = _size_of(target)
+    if line.split()[-1] == "made":
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        for entry in list(target.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    log(
+        f"removed the unfinished copy in {target} ({size / 1e9:.2f} GB) that a run "
+        f"({line.strip().rsplit(' ', 1)[0]}) left when it ended before verifying it"
+    )
+
+
+def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> None:
+    """Clear every directory under `parent` whose run died before verifying it (its claim's
+    lock free), except `keep`'s. Only this OS user's claims are looked at."""
+    try:
+        claims = [e for e in os.scandir(parent) if e.name.endswith(CLAIM_SUFFIX)]
+    except OSError:
+        return
+    for entry in claims:
+        path = Path(entry.path)
+        try:
+            mine = entry.is_file(follow_symlinks=False) and (
+                entry.stat(follow_symlinks=False).st_uid == os.geteuid()
+            )
+        except OSError:
+            continue
+        if not mine or path == keep:
+            continue
+        try:
+            fd = _lock_claim(path)
+        except OSError:
+            continue
+        if fd is None:
+            continue  # a live run
+        try:
+            target = parent / entry.name[: -len(CLAIM_SUFFIX)]
+            line = os.read(fd, 128).decode(errors="replace")
+            _clear_unfinished(target, line, log)
+            if not line.strip() or not target.exists() or not any(target.iterdir()):
+                path.unlink(missing_ok=True)  # else kept: the next run tries again
+        except OSError as exc:
+            log(f"the unfinished copy in {parent / entry.name} could not be cleared: {exc}")
+        finally:
+            os.close(fd)
+
+
 def require_free_space(root: Path, needed: int, what: str, instead: str) -> None:
     """Refuse before writing `needed` bytes under `root` when its disk has less free: the
     operator hears it now, not after an hour of writing. `instead` says what else to do."""
@@ -177,8 +322,8 @@ def require_free_space(root: Path, needed: int, what: str, instead: str) -> None
 SERVER_STOP_SECONDS = 30.0
 
 
-def _stop_postgres_servers(folder: Path, log: Log) -> None:
-    for data_dir in _folders_within(folder, depth=2):
+def _stop_postgres_servers(folder: Path, log: Log, depth: int = 2) -> None:
+    for data_dir in _folders_within(folder, depth=depth):
         pid = _postmaster_running_in(data_dir)
         if pid is None:
             continue

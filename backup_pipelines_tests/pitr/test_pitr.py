@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from backup_pipelines.lib import scratch
 from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.postgres import pgbackrest, pitr
 from backup_pipelines_tests.pitr.conftest import archive_now, checksum, start_archiving_cluster
@@ -150,6 +153,100 @@ def test_pitr_restore_never_takes_another_server_on_its_port_for_the_copy(archiv
     finally:
         stand_in.kill()
         stand_in.wait(timeout=30)
+
+
+# A `restore pitr` that stops for good right after it started the copy's server: the parent
+# SIGKILLs it there, as the OOM killer or an operator's kill -9 would.
+KILLED_RESTORE = """
+import sys, time
+from datetime import datetime
+from backup_pipelines.lib.postgres import pitr
+
+def log(line):
+    print(line, flush=True)
+    if line.startswith("started the copy"):
+        time.sleep(3600)
+
+target = datetime.fromisoformat(sys.argv[1])
+pitr.restore_to_time(pitr.PitrConfig.from_env(), target, target_dir=sys.argv[2], log=log)
+"""
+
+
+def _start_killable_restore(
+    archiving, target: datetime, target_dir
+) -> tuple[subprocess.Popen, int]:
+    """A restore into target_dir, alive and holding its copy's server; (process, server pid)."""
+    env = {**os.environ, **archiving.env()}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RESTORE, target.isoformat(), str(target_dir)],
+        env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in child.stdout:
+        if line.startswith("started the copy"):
+            break
+    else:
+        pytest.fail(f"the restore ended before it started its copy (exit {child.wait(30)})")
+    deadline = time.monotonic() + 60  # pg_ctl -W returns before the server writes its pid file
+    while (pid := scratch._postmaster_running_in(target_dir)) is None:
+        assert time.monotonic() < deadline, f"no server came up in {target_dir}"
+        time.sleep(0.05)
+    return child, pid
+
+
+def test_pitr_restore_killed_midway_is_cleared_by_the_next_and_never_run_twice_at_once(archiving):
+    """A restore SIGKILLed after starting its copy leaves a cluster-sized copy and a running
+    server. While it runs, a second restore into the same directory is refused, naming it.
+    Once it is dead, the rerun of the same command stops that server, clears the copy and
+    restores; a restore into another directory beside it clears a killed one there too."""
+    archive_now(archiving.url)
+    target = _mark(archiving.url)
+    at_target = checksum(archiving.url)
+    archive_now(archiving.url)
+    config = archiving.pitr_config()
+    parent = archiving.cluster.work_dir("r_killed")
+    first, second, third = parent / "first", parent / "second", parent / "third"
+    servers: list[int] = []
+    try:
+        child, server = _start_killable_restore(archiving, target, first)
+        servers.append(server)
+        with pytest.raises(ConfigError) as refused:
+            pitr.restore_to_time(config, target, target_dir=first)
+        assert f"another run (pid {child.pid}) is writing to {first}" in str(refused.value)
+        assert scratch._alive(server) and (first / "PG_VERSION").exists()  # untouched
+        child.kill()
+        child.wait(timeout=30)
+        assert scratch._alive(server), "the server died with the run: nothing left to test"
+        assert (parent / f"first{scratch.CLAIM_SUFFIX}").exists()
+
+        lines: list[str] = []
+        restored = pitr.restore_to_time(config, target, target_dir=first, log=lines.append)
+        try:
+            assert not scratch._alive(server)
+            assert f"stopped the PostgreSQL server (pid {server}) left running in {first}" in lines
+            assert any(
+                line.startswith(f"removed the unfinished copy in {first} (")
+                and f"(pid {child.pid})" in line
+                for line in lines
+            ), lines
+            assert checksum(restored.url) == at_target
+            assert not (parent / f"first{scratch.CLAIM_SUFFIX}").exists()  # verified: a result
+        finally:
+            restored.remove()
+
+        child, server = _start_killable_restore(archiving, target, second)
+        servers.append(server)
+        child.kill()
+        child.wait(timeout=30)
+        restored = pitr.restore_to_time(config, target, target_dir=third)
+        try:
+            assert not second.exists() and not scratch._alive(server)
+            assert sorted(p.name for p in parent.iterdir()) == ["third"]
+        finally:
+            restored.remove()
+    finally:
+        for pid in servers:
+            if scratch._alive(pid):
+                scratch._signal_and_wait(pid, signal.SIGKILL)
 
 
 def test_pgbackrest_diff_and_incr_backups_and_physical_backup_asset_metadata(

@@ -51,7 +51,7 @@ from backup_pipelines.lib.postgres.pgbackrest import (
     validate_stanza_name,
     write_config,
 )
-from backup_pipelines.lib.scratch import ScratchFolder, work_dir
+from backup_pipelines.lib.scratch import DirectoryClaim, ScratchFolder, work_dir
 
 Log = Callable[[str], None]
 
@@ -769,13 +769,24 @@ def restore_to_time(
         listen, port = "127.0.0.1", None
     else:
         data_dir = Path(target_dir or work_dir() / f"pitr_{stamp}")
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise ConfigError(f"target directory {data_dir} is not empty")
     if config.pg_data and data_dir.resolve() == Path(config.pg_data).resolve():
         raise ConfigError(f"{data_dir} is the live data directory: use overwrite_live")
-    port = port or free_port("127.0.0.1" if _listens_everywhere(listen) else listen)
-    _refuse_taken_port(listen, port)  # before anything is written, not after the restore
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    claim = DirectoryClaim(data_dir, log)  # a killed run's copy here (or beside) is cleared
+    try:
+        claim.acquire()
+    except BackupError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        if data_dir.exists() and any(data_dir.iterdir()):
+            raise ConfigError(f"target directory {data_dir} is not empty")
+        port = port or free_port("127.0.0.1" if _listens_everywhere(listen) else listen)
+        _refuse_taken_port(listen, port)  # before anything is written, not after the restore
+    except BaseException:
+        claim.release()
+        raise
     made_here = not data_dir.exists()
+    claim.record(made_here)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if stanza.os_user:
         shutil.chown(data_dir, stanza.os_user, stanza.os_user)
@@ -790,6 +801,7 @@ def restore_to_time(
         start_options += ["-k", _socket_dir(data_dir, port)]
         argv = ["start", "-D", str(data_dir), "-l", str(log_file), "-W"]
         _pg_ctl([*argv, "-o", shlex.join(start_options)], stanza.os_user, 60)
+        log(f"started the copy on port {port}; replaying WAL up to {format_target(target)}")
         host = "127.0.0.1" if _listens_everywhere(listen) else listen.split(",")[0].strip()
         restored.url = make_conninfo(config.database_url, host=host, port=str(port))
         _wait_promoted(restored, log_file, recovery_timeout, log)
@@ -799,7 +811,11 @@ def restore_to_time(
             _remove_unfinished_copy(restored, log_file, made_here, log)
         except Exception as cleanup:  # the restore's own failure is the one to report
             log(f"the unfinished copy in {data_dir} could not be removed: {cleanup}")
+            claim.abandon()  # the next run into this folder clears it
+        else:
+            claim.release()
         raise
+    claim.release()  # verified: a result, never cleared by a later run
     if overwrite_live:
         _swap_into_live(config, restored, live_dir, stamp, log)
     restored.seconds = time.monotonic() - started
