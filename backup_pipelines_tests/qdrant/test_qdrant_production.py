@@ -487,8 +487,8 @@ def test_qdrant_json_calls_go_through_the_typed_client(standin, client):
 
 
 def test_qdrant_scroll_that_does_not_advance_is_an_error_not_a_loop(standin, client, monkeypatch):
-    """A server answering a scroll with the offset it was sent (a page in place, forever):
-    the points are read once and the repeat fails naming the collection."""
+    """A server answering a scroll with the offset it was sent (a page in place, forever), or
+    going round a cycle of offsets: the repeat fails naming the collection."""
     make_collection(client, "stuck")
     answer = client.api.scroll
 
@@ -501,3 +501,16 @@ def test_qdrant_scroll_that_does_not_advance_is_an_error_not_a_loop(standin, cli
     with pytest.raises(IndexStoreError, match=r"stuck/points/scroll.*does not advance"):
         read.extend(client.scroll("stuck", page_size=7))
     assert 7 <= len(read) <= 14
+
+    sent = []
+
+    def in_a_cycle(collection, **kwargs):  # offsets 8, 15, 8, 15, ...: never the one sent
+        sent.append(kwargs.get("offset"))
+        assert len(sent) < 20, "scrolled forever"
+        page, _next = answer(collection, **kwargs)
+        return page, 15 if kwargs.get("offset") == 8 else 8
+
+    monkeypatch.setattr(client.api, "scroll", in_a_cycle)
+    with pytest.raises(IndexStoreError, match=r"stuck/points/scroll.*does not advance"):
+        list(client.scroll("stuck", page_size=7))
+    assert sent == [None, 8, 15]

@@ -329,3 +329,74 @@ def test_deleting_the_versions_of_a_prefix_never_deletes_a_version_listed_outsid
     assert [v["Key"] for v in left.get("Versions", [])] == sorted(
         f"p/{k}" for k in KEYS if not k.startswith("odd/")
     )
+
+
+MARKERS = {"ContinuationToken", "KeyMarker", "VersionIdMarker", "UploadIdMarker"}
+
+
+def test_every_s3_listing_stops_when_the_server_cycles_its_continuation_tokens(s3_env, monkeypatch):
+    """A server whose tokens go round (A, B, A, ...): each token differs from the one just
+    sent, so a check against the last one (botocore's paginator) pages forever, listing, and
+    deleting, the same keys again. Every listing of the store, fast or through botocore,
+    fails naming the store; none sends more than a handful of requests."""
+    bucket = f"cycling-{secrets.token_hex(4)}"
+    client = make_s3_client()
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    store = S3Store(bucket, "p")
+    fill(store, KEYS)
+    client.create_multipart_upload(Bucket=bucket, Key="p/odd/unfinished")
+
+    def cycling(method, build):
+        calls = []
+
+        def answer(**kwargs):
+            calls.append(kwargs)
+            assert len(calls) < 20, "paged forever"
+            first = {k: v for k, v in kwargs.items() if k not in MARKERS}  # the first page again
+            return build(method(**first), ("A", "B")[len(calls) % 2])
+
+        return answer, calls
+
+    def fast_keys(page, token):
+        contents, folders, _truncated, _token = page["FastListing"]
+        page["FastListing"] = (contents, folders, True, token)
+        return page
+
+    def fast_versions(page, token):
+        page["FastVersions"] = (page["FastVersions"][0], True, f"p/odd/{token}", token)
+        return page
+
+    def botocore_page(**markers):
+        def build(page, token):
+            return {**page, "IsTruncated": True, **{k: v + token for k, v in markers.items()}}
+
+        return build
+
+    listings = [
+        ("list_objects_v2", fast_keys, lambda: list(listing.iter_keys(store, "odd/"))),
+        ("list_object_versions", fast_versions, lambda: list(listing.iter_versions(store, ""))),
+        (
+            "list_objects_v2",
+            botocore_page(NextContinuationToken="t"),
+            lambda: list(store._list("")),
+        ),
+        (
+            "list_object_versions",
+            botocore_page(NextKeyMarker="p/odd/", NextVersionIdMarker="v"),
+            lambda: store._delete_versions("odd/"),
+        ),
+        (
+            "list_multipart_uploads",
+            botocore_page(NextKeyMarker="p/odd/", NextUploadIdMarker="u"),
+            lambda: list(store.incomplete_uploads()),
+        ),
+    ]
+    for method, build, run in listings:
+        answer, calls = cycling(getattr(store.client, method), build)
+        monkeypatch.setattr(store.client, method, answer)
+        with pytest.raises(StoreError, match=r"s3://cycling-.*/p: the listing .* not advance"):
+            run()
+        assert len(calls) == 3, (method, len(calls))
+        monkeypatch.undo()
+    left = client.list_object_versions(Bucket=bucket, Prefix="p/odd/")
+    assert len(left.get("Versions", [])) == 2  # nothing deleted by the cycling listing

@@ -232,8 +232,8 @@ class QdrantHttp:
         """Every point as {"id", "payload", "vector"}, page by page."""
         condition = models.Filter.model_validate(filter) if filter is not None else None
         offset = None
+        sent: set = set()
         while True:
-            sent = offset
             page, offset = self._call(
                 "scroll",
                 _path(collection, "points/scroll"),
@@ -250,14 +250,15 @@ class QdrantHttp:
                 yield {"id": record.id, "payload": record.payload, "vector": record.vector}
             if offset is None:
                 return
-            if offset == sent:  # a server that pages in place would be read forever
+            if offset in sent:  # paging in place, or in a cycle, would be read forever
                 raise self._error(
                     "scroll",
                     _path(collection, "points/scroll"),
                     f"the scroll does not advance: the server sent the offset {offset!r} "
-                    "again; check the server",
+                    "it had sent before; check the server",
                     None,
                 )
+            sent.add(offset)
 
     def search(
         self, collection: str, vector: list[float], limit: int = 10, with_payload: bool = True

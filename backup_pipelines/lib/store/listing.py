@@ -567,6 +567,7 @@ def _s3_pages(
     arguments = {"Bucket": store.bucket, "Prefix": full, "MaxKeys": 1000}
     if delimiter:
         arguments["Delimiter"] = delimiter
+    sent: set[str] = set()
     while True:
         _FAST.active = True
         try:
@@ -595,11 +596,12 @@ def _s3_pages(
         yield contents, folders
         if not truncated or not token:
             return
-        if token == arguments.get("ContinuationToken"):
+        if token in sent:  # straight back, or a cycle (A, B, A, ...): it would never end
             raise StoreError(
                 f"backup store {store.describe()}: the listing under {prefix!r} does not advance "
-                "(the server sent the same continuation token again); check the S3 endpoint"
+                "(the server sent a continuation token it had sent before); check the S3 endpoint"
             )
+        sent.add(token)
         arguments["ContinuationToken"] = token
 
 
@@ -619,6 +621,7 @@ def iter_versions(
     arguments = {"Bucket": store.bucket, "Prefix": full, "MaxKeys": VERSIONS_PAGE}
     if after is not None:
         arguments["KeyMarker"], arguments["VersionIdMarker"] = store._full(after[0]), after[1]
+    sent: set[tuple[str, str]] = set()
     while True:
         _FAST.active = True
         try:
@@ -641,12 +644,13 @@ def iter_versions(
         if not truncated or not next_key:
             return
         markers = (next_key, next_version or "")
-        if markers == (arguments.get("KeyMarker"), arguments.get("VersionIdMarker")):
+        if markers in sent:
             raise StoreError(
                 f"backup store {store.describe()}: the listing of versions under {prefix!r} does "
-                f"not advance (the server sent the same markers again, {next_key!r}); check the "
-                "S3 endpoint"
+                f"not advance (the server sent markers it had sent before, {next_key!r}); check "
+                "the S3 endpoint"
             )
+        sent.add(markers)
         arguments["KeyMarker"], arguments["VersionIdMarker"] = markers
 
 

@@ -480,7 +480,8 @@ class S3Store(BackupStore):
         try:
             # botocore's paginator stops when a token repeats; a key outside the prefix (a
             # server ignoring it) is never taken for one inside: deletes follow this listing.
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages_that_advance(pages, _next_token, self.describe(), prefix):
                 for item in page.get("Contents", []):
                     if item["Key"].startswith(full):
                         yield item["Key"][strip:], item["Size"], item["LastModified"].timestamp()
@@ -508,7 +509,8 @@ class S3Store(BackupStore):
         full = self._full(prefix)
         batch: list[dict] = []
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages_that_advance(pages, _next_markers, self.describe(), prefix):
                 for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
                     if item["Key"].startswith(full):  # as _list: only what was asked for
                         batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
@@ -582,10 +584,13 @@ class S3Store(BackupStore):
     def incomplete_uploads(self) -> Iterator[tuple[str, str, float]]:
         """Multipart uploads never completed (crashed runs): (key, upload id, started epoch)."""
         paginator = self.client.get_paginator("list_multipart_uploads")
+        full = self._full("")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full("")):
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages_that_advance(pages, _next_upload, self.describe(), ""):
                 for upload in page.get("Uploads", []):
-                    yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
+                    if upload["Key"].startswith(full):  # another store's uploads are not ours
+                        yield upload["Key"], upload["UploadId"], upload["Initiated"].timestamp()
         except Exception as exc:
             raise self._failure("list unfinished uploads under", "", exc) from exc
 
@@ -596,7 +601,7 @@ class S3Store(BackupStore):
         newest = None
         pages = paginator.paginate(Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
         try:
-            for page in pages:
+            for page in pages_that_advance(pages, _next_part, self.describe(), key):
                 for part in page.get("Parts", []):
                     moment = part["LastModified"].timestamp()
                     newest = moment if newest is None else max(newest, moment)
@@ -653,6 +658,44 @@ class S3Store(BackupStore):
             Bucket=self.bucket, Key=self._full(key), IfMatch=version,
         )  # fmt: skip
         return not isinstance(answer, str)
+
+
+def _next_token(page: dict) -> str | None:
+    return page.get("NextContinuationToken") if page.get("IsTruncated") else None
+
+
+def _next_markers(page: dict) -> tuple[str, str] | None:
+    if not page.get("IsTruncated"):
+        return None
+    return page.get("NextKeyMarker") or "", page.get("NextVersionIdMarker") or ""
+
+
+def _next_upload(page: dict) -> tuple[str, str] | None:
+    if not page.get("IsTruncated"):
+        return None
+    return page.get("NextKeyMarker") or "", page.get("NextUploadIdMarker") or ""
+
+
+def _next_part(page: dict) -> int | None:
+    return page.get("NextPartNumberMarker") if page.get("IsTruncated") else None
+
+
+def pages_that_advance(pages, token_of, describe: str, prefix: str) -> Iterator[dict]:
+    """botocore's paginator stops only when a token comes straight back; a server cycling
+    its tokens (A, B, A, ...) would be listed, and its keys deleted, forever. Every token of
+    one listing must be new."""
+    seen: set = set()
+    for page in pages:
+        yield page
+        token = token_of(page)
+        if token is None or token == ("", ""):
+            continue
+        if token in seen:
+            raise StoreError(
+                f"backup store {describe}: the listing under {prefix!r} does not advance (the "
+                f"server sent a continuation token it had sent before); check the S3 endpoint"
+            )
+        seen.add(token)
 
 
 def make_s3_client():
