@@ -567,6 +567,7 @@ def cmd_retention(args) -> int:
     from datetime import UTC, datetime
 
     from backup_pipelines.lib.lifecycle.retention import run_retention
+    from backup_pipelines.lib.scratch import sweep_work_dir, work_dir
 
     # --today was checked by date_argument: None means not given, never an empty string.
     today = Date.fromisoformat(args.today) if args.today is not None else datetime.now(UTC).date()
@@ -593,6 +594,9 @@ def cmd_retention(args) -> int:
         for error in result.errors:
             print(f"FAILED {error}", file=sys.stderr)
         failed = failed or bool(result.errors)
+    if not args.dry_run:
+        freed = sweep_work_dir(print)
+        print(f"work folder {work_dir()}: {freed:,} bytes freed of what killed runs left")
     return 1 if failed else 0
 
 

@@ -299,3 +299,44 @@ def test_scratch_unfinished_claim_never_follows_a_link_or_another_users_claim(tm
         f"removed the unfinished copy in {dead} (0.00 GB) that a run (pid 1) left when it ended "
         "before verifying it"
     ]
+
+
+def test_scratch_daily_retention_run_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
+    """The work folder of a machine that never makes another scratch folder: the daily
+    retention run removes a killed run's scratch folder and unfinished copy (not a dry run)."""
+    import dagster as dg
+
+    from backup_pipelines.defs import lifecycle
+    from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("BACKUP_WORK_DIR", str(work))
+    holder, held = start_holder(work)
+    holder.kill()
+    holder.wait(timeout=30)
+    copy = work / "pitr_20261201T000000"
+    (copy / "base").mkdir(parents=True)
+    (copy / "base" / "1").write_bytes(b"x" * 500_000)
+    (work / f"pitr_20261201T000000{scratch.CLAIM_SUFFIX}").write_text("pid 1 made\n")
+    (tmp_path / "policy.yaml").write_text("keep_daily_days: 2\n")
+    resources = {
+        "backup_store": BackupStoreResource(url=f"file://{tmp_path / 'store'}"),
+        "policy": PolicyResource(policy_file=str(tmp_path / "policy.yaml")),
+    }
+
+    def run(tags):
+        result = lifecycle.retention_job.execute_in_process(
+            resources=resources, instance=dg.DagsterInstance.ephemeral(), tags=tags
+        )
+        assert result.success
+        (output,) = [e for e in result.all_node_events if e.is_successful_output]
+        return output.event_specific_data.metadata
+
+    dry = run({lifecycle.DRY_RUN_TAG: "true"})
+    assert "work_dir_freed_bytes" not in dry
+    assert os.path.isfile(f"{held}/copy.bin") and copy.exists()  # a dry run removes nothing
+    applied = run({})
+    assert not os.path.exists(held) and not copy.exists()
+    assert list(work.iterdir()) == []
+    assert applied["work_dir_freed_bytes"].value >= 1_500_000

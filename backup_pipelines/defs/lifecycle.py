@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from backup_pipelines.lib.lifecycle import retention
+from backup_pipelines.lib.scratch import sweep_work_dir
 
 DRY_RUN_TAG = "retention/dry_run"
 TRUE_VALUES = {"1", "true", "yes"}
@@ -157,6 +158,8 @@ def apply_retention(context: dg.OpExecutionContext, config: RetentionConfig) -> 
     for ref in plan.failed_verification:
         context.log.warning(f"artifact {ref} failed verification (see the log above)")
     metadata = _metadata(plan, result, dry_run)
+    if not dry_run:  # the daily janitor of this machine's work folder too
+        metadata["work_dir_freed_bytes"] = dg.MetadataValue.int(sweep_work_dir(context.log.info))
     copy_errors = _prune_copy_store(context, store, today, dry_run, metadata)
     context.add_output_metadata(metadata)
     if copy_errors:

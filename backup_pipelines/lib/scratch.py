@@ -247,11 +247,11 @@ def _claim_line(path: Path) -> str:
     return ""
 
 
-def _clear_unfinished(target: Path, line: str, log: Log) -> None:
+def _clear_unfinished(target: Path, line: str, log: Log) -> int:
     """What a dead run left in `target`, per its claim's line ("pid N made|given"); a claim
     with no line died before it wrote anything into target."""
     if not line.strip() or not target.is_dir() or target.is_symlink():
-        return
+        return 0
     _stop_postgres_servers(target, log, depth=0)
     size = _size_of(target)
     if line.split()[-1] == "made":
@@ -266,15 +266,18 @@ def _clear_unfinished(target: Path, line: str, log: Log) -> None:
         f"removed the unfinished copy in {target} ({size / 1e9:.2f} GB) that a run "
         f"({line.strip().rsplit(' ', 1)[0]}) left when it ended before verifying it"
     )
+    return size
 
 
-def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> None:
+def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> int:
     """Clear every directory under `parent` whose run died before verifying it (its claim's
-    lock free), except `keep`'s. Only this OS user's claims are looked at."""
+    lock free), except `keep`'s; returns the bytes freed. Only this OS user's claims are
+    looked at."""
+    freed = 0
     try:
         claims = [e for e in os.scandir(parent) if e.name.endswith(CLAIM_SUFFIX)]
     except OSError:
-        return
+        return 0
     for entry in claims:
         path = Path(entry.path)
         try:
@@ -294,13 +297,24 @@ def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> None:
         try:
             target = parent / entry.name[: -len(CLAIM_SUFFIX)]
             line = os.read(fd, 128).decode(errors="replace")
-            _clear_unfinished(target, line, log)
+            freed += _clear_unfinished(target, line, log)
             if not line.strip() or not target.exists() or not any(target.iterdir()):
                 path.unlink(missing_ok=True)  # else kept: the next run tries again
         except OSError as exc:
             log(f"the unfinished copy in {parent / entry.name} could not be cleared: {exc}")
         finally:
             os.close(fd)
+    return freed
+
+
+def sweep_work_dir(log: Log) -> int:
+    """What killed runs left in the work folder (scratch folders, unfinished point-in-time
+    copies), removed now rather than by the next run that happens to make a scratch folder
+    there, which on a machine that restores rarely may be never; returns the bytes freed."""
+    root = work_dir()
+    if not root.is_dir():
+        return 0
+    return remove_abandoned(root, log) + remove_unfinished(root, log)
 
 
 def require_free_space(root: Path, needed: int, what: str, instead: str) -> None:
