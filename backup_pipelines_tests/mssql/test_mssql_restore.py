@@ -327,3 +327,43 @@ def test_mssql_cli_restore_plans_from_the_store_alone(platform, monkeypatch, cap
     assert "has no time zone" in printed[-1].err
     password = re.search(r"PWD=\{([^}]*)\}", cs).group(1)
     assert all(password not in p.out + p.err for p in printed)  # never printed
+
+
+def test_mssql_agent_restore_and_a_restore_over_live_never_run_beside_another(platform):
+    """Two operators at once: an agent restore is refused while another restore of that agent
+    runs, or a restore over the whole live database; a restore over live is refused while an
+    agent restore writes into it. Each refusal names the holder and writes nothing."""
+    from backup_pipelines.lib.engines import index_engine
+    from backup_pipelines.lib.mssql import agent
+    from backup_pipelines.lib.policy import Policy
+    from backup_pipelines.lib.store.lease import LeaseHeld
+
+    cs, db, store = platform["cs"], platform["db"], platform["store"]
+    take(platform, Kind.FULL)
+    before = rows(cs, db)
+
+    def databases() -> set[str]:
+        with connected(cs, "master") as conn:
+            return {r["name"] for r in query(conn, "SELECT name FROM sys.databases")}
+
+    existing = databases()
+
+    def restore_agent_a1():
+        # Refused before anything is read: no snapshot of a1 is even needed.
+        return agent.restore_agent(
+            cs, store, db, "a1", "2026-12-01", platform["folders"], index_engine("qdrant"),
+            None, Policy(), lease_owner="operator-b",
+        )  # fmt: skip
+
+    with store.lease("a1", "restore", "operator-a"):
+        with pytest.raises(LeaseHeld, match=r"workspace a1 is busy: .*operator-a"):
+            restore_agent_a1()
+        with pytest.raises(LeaseHeld, match=r"operator-a"):
+            restore.restore_database(
+                cs, store, db, None, platform["folders"], overwrite_live=True,
+                lease_owner="operator-b",
+            )  # fmt: skip
+    with store.lease(None, "restore", "operator-a"), pytest.raises(LeaseHeld, match="operator-a"):
+        restore_agent_a1()
+    assert rows(cs, db) == before and databases() == existing
+    assert store.list_leases() == []  # the refused ones hold nothing afterwards

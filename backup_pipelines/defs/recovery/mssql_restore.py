@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from backup_pipelines.defs.artifacts import run_owner
 from backup_pipelines.defs.partitions import daily_by_workspace, date_and_workspace
 from backup_pipelines.defs.recovery.restore import DRY_RUN_TAG, OVERRIDE_TAG
 from backup_pipelines.defs.resources import index_clients
@@ -52,6 +53,7 @@ def build_mssql_restore_jobs(index_stores: set[str]) -> list[dg.JobDefinition]:
                 config.overwrite_live,
                 dry_run=config.dry_run,
                 log=context.log.info,
+                lease_owner=run_owner(context),
             )
         except BackupError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
@@ -101,6 +103,7 @@ def build_agent_restore_job() -> dg.JobDefinition:
                     dry_run=tags.get(DRY_RUN_TAG, "").lower() in {"1", "true", "yes"},
                     override_gate=tags.get(OVERRIDE_TAG, ""),
                     log=context.log.info,
+                    lease_owner=run_owner(context),
                 )
             except agent.AgentGateRefused as exc:
                 raise dg.Failure(

@@ -28,6 +28,7 @@ from backup_pipelines.lib.mssql.restore import (
 )
 from backup_pipelines.lib.recovery.consistency import Outcome, Verdict, evaluate
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.store.copy import lease_store
 from backup_pipelines.lib.workspaces import validate_workspace_id
 
 
@@ -216,10 +217,28 @@ def restore_agent(
     dry_run: bool = False,
     override_gate: str = "",
     log: Log | None = None,
+    lease_owner: str | None = None,
 ) -> AgentReport:
-    """The agent back to the moment its Qdrant snapshot of `date` was taken (or `target`)."""
+    """The agent back to the moment its Qdrant snapshot of `date` was taken (or `target`).
+
+    The agent's lease is held throughout, as a workspace restore holds its workspace's: a
+    backup of the agent waits, retention keeps the snapshot being read, and another restore
+    of the agent, or a restore over the whole live database, is refused naming the holder."""
     log = log or (lambda _m: None)
     agent = validate_workspace_id(agent)
+    leases = lease_store(store, log)
+    with leases.lease(agent, "restore", lease_owner, log=log):
+        leases.refuse_overlapping_restores(agent)
+        return _restore_agent_held(
+            connection_string, store, database, agent, date, folders, qdrant, qdrant_client,
+            policy, schema, target, dry_run, override_gate, log,
+        )  # fmt: skip
+
+
+def _restore_agent_held(
+    connection_string, store, database, agent, date, folders, qdrant, qdrant_client, policy,
+    schema, target, dry_run, override_gate, log,
+) -> AgentReport:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.monotonic()
     ref = ArtifactRef(qdrant.asset, date, agent)

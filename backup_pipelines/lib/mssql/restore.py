@@ -19,6 +19,7 @@ from backup_pipelines.lib.mssql.backupset import BackupSet, Kind
 from backup_pipelines.lib.mssql.chain import RestorePlan, plan_restore
 from backup_pipelines.lib.mssql.connection import Log, connected, literal, query, quote_name, run
 from backup_pipelines.lib.store import ArtifactRef, BackupStore
+from backup_pipelines.lib.store.copy import lease_store
 
 ASSETS = {
     Kind.FULL: "mssql/full_backup",
@@ -262,9 +263,12 @@ def restore_database(
     overwrite_live: bool = False,
     dry_run: bool = False,
     log: Log | None = None,
+    lease_owner: str | None = None,
 ) -> dict:
     """Plan from the store and restore `database` to `target` (None: latest) into a new
-    database (default `<database>_restored_<stamp>`), or over it when `overwrite_live`."""
+    database (default `<database>_restored_<stamp>`), or over it when `overwrite_live`: then
+    under the whole-database lease, refused while an agent restore writes into live (and
+    such a restore refused while this one runs)."""
     log = log or (lambda _m: None)
     restore_plan, catalog = plan(store, target, database)
     for line in restore_plan.describe():
@@ -281,6 +285,11 @@ def restore_database(
             "plan": restore_plan.describe(),
             "dry_run": True,
         }
-    return execute_plan(
-        connection_string, store, restore_plan, catalog, folders, name, overwrite_live, log=log
-    )
+    if not overwrite_live:  # a new database: nobody else writes into it
+        return execute_plan(connection_string, store, restore_plan, catalog, folders, name, log=log)
+    leases = lease_store(store, log)
+    with leases.lease(None, "restore", lease_owner, log=log):
+        leases.refuse_overlapping_restores(None)
+        return execute_plan(
+            connection_string, store, restore_plan, catalog, folders, name, True, log=log
+        )
