@@ -176,16 +176,16 @@ def _copy_table(conn, live: str, scratch: str, schema: str, table: AgentTable, a
     identity = has_identity(conn, live, schema, table.name)
     if identity:
         run(conn, f"SET IDENTITY_INSERT {target} ON")
-    try:
-        cursor = conn.cursor()
-        cursor.execute(
+    try:  # under the no-progress watchdog, as every other statement: a hung server fails it
+        inserted = run(
+            conn,
             f"INSERT INTO {target} ({cols}) SELECT {', '.join('s.' + quote_name(c) for c in columns)} "
             f"FROM {source} s WHERE s.{quote_name(table.agent_column)} = ? AND NOT EXISTS "
             f"(SELECT 1 FROM {target} l WHERE {match})",
             agent,
-        )
-        inserted = max(cursor.rowcount, 0)
-        cursor.close()
+            what=f"insert of agent {agent}'s missing rows into {schema}.{table.name}",
+        ).rowcount
+        inserted = max(inserted, 0)
     finally:
         if identity:
             run(conn, f"SET IDENTITY_INSERT {target} OFF")

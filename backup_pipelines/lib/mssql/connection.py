@@ -108,6 +108,7 @@ class Outcome:
 
     results: list[list[dict]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    rowcount: int = -1  # rows the statement changed (INSERT, UPDATE, DELETE); -1 otherwise
 
     @property
     def rows(self) -> list[dict]:
@@ -162,6 +163,7 @@ def run(
     with _Watchdog(cursor, stall_seconds, what) as watchdog:
         try:
             cursor.execute(statement, *params)
+            outcome.rowcount = cursor.rowcount
             while True:
                 watchdog.progress()
                 _collect(cursor, outcome, log)
