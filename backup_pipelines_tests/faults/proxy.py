@@ -138,6 +138,10 @@ class TcpProxy:
                 data = source.recv(1 << 16)
             except (OSError, ValueError):
                 return
+            while self.mode == HUNG:  # hung while this was read: held, never sent
+                threading.Event().wait(POLL_SECONDS)
+            if self.mode == STOPPED:
+                return
             if not data:  # the other side closed: pass the half-close on
                 with contextlib.suppress(OSError):
                     target.shutdown(socket.SHUT_WR)

@@ -3,6 +3,7 @@ prepared statements, and the stand-in process itself."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -241,3 +242,60 @@ def test_mssql_backup_to_url_on_s3_and_restore_from_it(
         ]
     ]
     assert sorted(keys) == [f"mssql/{db}/full.bak", f"mssql/{db}/log.trn"]
+
+
+def _through_proxy(connection_string: str):
+    """A TCP proxy in front of the server and the connection string that goes through it."""
+    import re
+
+    from backup_pipelines_tests.faults.proxy import TcpProxy
+
+    server = re.search(r"(?i)SERVER=([^;,]+)(?:,(\d+))?", connection_string)
+    port = re.search(r"(?i)\bPORT=(\d+)", connection_string)
+    proxy = TcpProxy(server.group(1), int(server.group(2) or (port and port.group(1)) or 1433))
+    proxy.start()
+    through = re.sub(r"(?i)SERVER=[^;]+", "SERVER=127.0.0.1", connection_string)
+    through = re.sub(r"(?i)\bPORT=\d+", f"PORT={proxy.port}", through)
+    if not port:
+        through += f";PORT={proxy.port}"
+    return proxy, through
+
+
+def test_mssql_a_silent_server_fails_the_statement_and_a_talking_one_is_never_cut(
+    mssql_connection_string,
+):
+    """The product's statements end on the server's silence, not on their length: a batch
+    that reports progress (RAISERROR ... WITH NOWAIT, as BACKUP's STATS) runs past the limit;
+    a server that goes silent mid-statement (hung, or its network black-holed) fails it
+    within twice the limit, named, where a cancel from a watchdog thread waited forever."""
+    import time
+
+    from backup_pipelines.lib.mssql.connection import MssqlError
+    from backup_pipelines.lib.mssql.connection import connect as product_connect
+    from backup_pipelines.lib.mssql.connection import run as product_run
+    from backup_pipelines_tests.faults.proxy import outcome_within
+
+    talking = ";".join(
+        f"RAISERROR('step {n}', 0, 1) WITH NOWAIT; WAITFOR DELAY '00:00:01'" for n in range(5)
+    )
+    with contextlib.closing(product_connect(mssql_connection_string)) as conn:
+        started = time.monotonic()
+        outcome = product_run(conn, f"{talking}; SELECT 1 AS done", stall_seconds=2)
+        assert time.monotonic() - started >= 5  # past the 2-s limit, alive all along
+        assert outcome.rows == [{"done": 1}]
+        assert [m for m in outcome.messages if m.startswith("step")] == [
+            f"step {n}" for n in range(5)
+        ]
+
+    proxy, through = _through_proxy(mssql_connection_string)
+    try:
+        conn = product_connect(through)
+        assert product_run(conn, "SELECT 1 AS one").rows == [{"one": 1}]
+        proxy.hang()
+        failed = outcome_within(
+            30, product_run, conn, "SELECT 2 AS two", stall_seconds=2, what="probe"
+        )
+        assert isinstance(failed, MssqlError), failed
+        assert "probe made no progress for 2 s and was cancelled" in str(failed)
+    finally:
+        proxy.stop()

@@ -95,7 +95,7 @@ autocommit=False (begin, commit/rollback and begin again), ``SET IMPLICIT_TRANSA
 ``SET NOCOUNT``, ``SET XACT_ABORT`` (an error rolls back and ends the batch), ``SET LOCK_TIMEOUT n``
 (waits on another session's write lock end with 1222); other SET options are accepted. Other
 statements: ``IF <condition> <statement>`` (e.g. ``IF OBJECT_ID(N'dbo.t') IS NOT NULL DROP TABLE
-dbo.t``), ``PRINT``, ``WAITFOR DELAY``, ``CHECKPOINT``, ``CREATE/DROP CREDENTIAL``, ``DBCC CHECKDB
+dbo.t``), ``PRINT``, ``RAISERROR (text, severity, state) [WITH NOWAIT]``, ``WAITFOR DELAY``, ``CHECKPOINT``, ``CREATE/DROP CREDENTIAL``, ``DBCC CHECKDB
 [(db)] [WITH NO_INFOMSGS]`` (SQLite's integrity check of the file: 8989 and 2528, or 8939 errors).
 
 Errors (number, as SQL Server): 102 syntax, 207 column, 208 object, 209 ambiguous, 515 NULL

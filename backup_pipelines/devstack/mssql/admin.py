@@ -76,6 +76,8 @@ def execute_other(session, stmt: list[Tok], out: Output, params: Params | None) 
         out.done(None)
     elif head == "WAITFOR":
         waitfor(cur, out)
+    elif head == "RAISERROR":
+        raiserror(cur, out)
     elif head == "PRINT":
         value = cur.literal()
         out.info(0, str(value), state=1)
@@ -272,6 +274,29 @@ def waitfor(cur: Cursor, out: Output) -> None:
             return
         time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
     out.done(None)
+
+
+def raiserror(cur: Cursor, out: Output) -> None:
+    """RAISERROR ('text', severity, state) [WITH NOWAIT]: severity 0-10 is a message (50000),
+    11-18 an error. NOWAIT sends what the batch has produced so far at once: SQL Server holds
+    messages back until its buffer fills or the batch ends, so this is how a long batch shows
+    progress (and how a client's timeout, which counts silence, sees it alive)."""
+    cur.expect_kind("lp")
+    text = str(cur.literal())
+    cur.expect_kind("comma")
+    severity = int(cur.literal())
+    cur.expect_kind("comma")
+    state = int(cur.literal())
+    cur.expect_kind("rp")
+    nowait = cur.accept("WITH")
+    if nowait:
+        cur.expect("NOWAIT")
+    if severity > 10:
+        raise SqlError(50000, text, severity=min(severity, 18), state=state)
+    out.info(50000, text, state=state)
+    out.done(None)
+    if nowait:
+        out.flush()
 
 
 def exec_statement(session, cur: Cursor, out: Output, params: Params | None) -> None:

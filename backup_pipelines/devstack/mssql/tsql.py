@@ -88,6 +88,7 @@ _STARTERS = {
     "ALTER",
     "DECLARE",
     "PRINT",
+    "RAISERROR",
     "WAITFOR",
     "CHECKPOINT",
     "TRUNCATE",

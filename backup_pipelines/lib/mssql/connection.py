@@ -1,16 +1,15 @@
 """Talking to SQL Server through pyodbc: connections that never show their secrets, statements
 whose every result set is drained (BACKUP and RESTORE report progress in several; an undrained
 cursor can end the statement early without an error), SQL Server's error numbers, and a
-no-progress watchdog instead of a statement timeout (a timeout kills a long backup; a server
-that stops answering must not hang a run forever).
+timeout on silence rather than on a statement's length (a length limit kills a long backup;
+a server that stops answering must not hang a run forever).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ LOGIN_TIMEOUT_SECONDS = 15
 # No message or result set for this long: the server is taken for hung and the statement
 # cancelled. BACKUP/RESTORE WITH STATS report every few percent, so a live one never trips it.
 DEFAULT_STALL_SECONDS = 600.0
+TIMEOUT_SQLSTATE = "HYT00"  # ODBC: timeout expired
 SECRET_KEYS = re.compile(r"(?i)\b(PWD|PASSWORD|ACCESSTOKEN)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
 ERROR_NUMBER = re.compile(r"\((\d{1,6})\)")
 IDENTIFIER = re.compile(r"^[^\x00-\x1f\]\[]{1,128}$")
@@ -116,36 +116,6 @@ class Outcome:
         return self.results[-1] if self.results else []
 
 
-class _Watchdog:
-    """Cancels a cursor when nothing has arrived for `stall_seconds`."""
-
-    def __init__(self, cursor, stall_seconds: float, what: str) -> None:
-        self.cursor, self.stall, self.what = cursor, stall_seconds, what
-        self.last = time.monotonic()
-        self.fired = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="mssql-watchdog", daemon=True)
-
-    def __enter__(self) -> _Watchdog:
-        self._thread.start()
-        return self
-
-    def progress(self) -> None:
-        self.last = time.monotonic()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(5.0, self.stall / 4)):
-            if time.monotonic() - self.last > self.stall:
-                self.fired = True
-                with contextlib.suppress(Exception):  # the statement may have just ended
-                    self.cursor.cancel()
-                return
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run(
     conn,
     statement: str,
@@ -159,27 +129,30 @@ def run(
     import pyodbc
 
     outcome = Outcome()
+    # The driver's query timeout counts silence: each packet from the server starts it again
+    # (a BACKUP's STATS messages keep a long one alive), and once it runs out the driver
+    # sends a cancel and gives up on its answer after as long again. A cancel sent from
+    # another thread does not end a read waiting on a silent server: with FreeTDS that call
+    # never returned.
+    conn.timeout = max(1, math.ceil(stall_seconds))  # taken by the cursors made from now on
     cursor = conn.cursor()
-    with _Watchdog(cursor, stall_seconds, what) as watchdog:
-        try:
-            cursor.execute(statement, *params)
-            outcome.rowcount = cursor.rowcount
-            while True:
-                watchdog.progress()
-                _collect(cursor, outcome, log)
-                if not cursor.nextset():
-                    break
-        except pyodbc.Error as exc:
-            if watchdog.fired:
-                raise MssqlError(
-                    f"SQL Server {what} made no progress for {stall_seconds:.0f} s and was "
-                    "cancelled (server hung or unreachable)",
-                    [],
-                ) from None
+    try:
+        cursor.execute(statement, *params)
+        outcome.rowcount = cursor.rowcount
+        while True:
+            _collect(cursor, outcome, log)
+            if not cursor.nextset():
+                break
+    except pyodbc.Error as exc:
+        if exc.args and exc.args[0] == TIMEOUT_SQLSTATE:
             raise MssqlError(
-                f"SQL Server {what} failed: {_message(exc)}", error_numbers(exc)
+                f"SQL Server {what} made no progress for {stall_seconds:.0f} s and was "
+                "cancelled (server hung or unreachable)",
+                [],
             ) from None
-        finally:
+        raise MssqlError(f"SQL Server {what} failed: {_message(exc)}", error_numbers(exc)) from None
+    finally:
+        with contextlib.suppress(pyodbc.Error):  # a connection the timeout left dead
             cursor.close()
     return outcome
 
