@@ -286,7 +286,9 @@ def verify_stored_backup(
         with connected(connection_string, "master") as conn:
             outcome = run(
                 conn,
-                f"RESTORE VERIFYONLY FROM DISK = {literal(server_path)} WITH CHECKSUM",
+                # STATS: progress, so a long check is not taken for a silent server
+                f"RESTORE VERIFYONLY FROM DISK = {literal(server_path)} WITH CHECKSUM, "
+                f"STATS = {STATS_PERCENT}",
                 log=log,
                 what="RESTORE VERIFYONLY",
             )

@@ -17,6 +17,10 @@ from backup_pipelines.lib.mssql.restore import (
     scratch_database_name,
 )
 
+# DBCC CHECKDB says nothing until it ends, and on a large database that takes hours: the
+# silence a statement is allowed (10 minutes elsewhere) is this long for it.
+CHECKDB_SILENCE_SECONDS = 4 * 3600.0
+
 
 def drill_database(
     connection_string: str,
@@ -38,7 +42,10 @@ def drill_database(
         execute_plan(connection_string, store, restore_plan, catalog, folders, scratch, log=log)
         with connected(connection_string, scratch) as conn:
             checked = run(
-                conn, f"DBCC CHECKDB ({quote_name(scratch)}) WITH NO_INFOMSGS", what="DBCC CHECKDB"
+                conn,
+                f"DBCC CHECKDB ({quote_name(scratch)}) WITH NO_INFOMSGS",
+                what="DBCC CHECKDB",
+                stall_seconds=CHECKDB_SILENCE_SECONDS,
             )
             tables = query(
                 conn,
