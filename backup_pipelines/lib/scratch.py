@@ -254,19 +254,24 @@ def _clear_unfinished(target: Path, line: str, log: Log) -> int:
         return 0
     _stop_postgres_servers(target, log, depth=0)
     size = _size_of(target)
-    if line.split()[-1] == "made":
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        for entry in list(target.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    remove_or_empty(target, made=line.split()[-1] == "made")
     log(
         f"removed the unfinished copy in {target} ({size / 1e9:.2f} GB) that a run "
         f"({line.strip().rsplit(' ', 1)[0]}) left when it ended before verifying it"
     )
     return size
+
+
+def remove_or_empty(target: Path, made: bool) -> None:
+    """A directory a run made goes; the operator's own (given empty) is emptied again."""
+    if made:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    for entry in list(target.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> int:

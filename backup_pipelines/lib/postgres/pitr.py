@@ -51,7 +51,7 @@ from backup_pipelines.lib.postgres.pgbackrest import (
     validate_stanza_name,
     write_config,
 )
-from backup_pipelines.lib.scratch import DirectoryClaim, ScratchFolder, work_dir
+from backup_pipelines.lib.scratch import DirectoryClaim, ScratchFolder, remove_or_empty, work_dir
 
 Log = Callable[[str], None]
 
@@ -840,14 +840,7 @@ def _remove_unfinished_copy(
     with contextlib.suppress(OSError):
         if log_file.exists():
             shutil.copyfile(log_file, kept)
-    if made_here:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    else:
-        for entry in list(data_dir.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    remove_or_empty(data_dir, made_here)
     note = f"; its server log is {kept}" if kept.exists() else ""
     log(f"removed the unfinished copy in {data_dir}{note}")
 
