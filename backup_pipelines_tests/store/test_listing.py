@@ -293,6 +293,18 @@ def test_listing_trusts_no_key_outside_its_prefix_and_stops_when_it_does_not_adv
     assert listing.list_folders(store, "") == top_folders == ["_keep", "odd", "postgres"]
     assert sorted(k for k, _s, _m in store._list("odd/")) == inside
 
+    # Unfinished uploads are aborted by retention: another store's are never listed as ours.
+    store.client.create_multipart_upload(Bucket=bucket, Key="p/odd/unfinished")
+    uploads = store.client.list_multipart_uploads
+
+    def with_a_foreign_upload(**kwargs):
+        page = uploads(**kwargs)
+        page["Uploads"].append({**page["Uploads"][0], "Key": "other-prefix/odd/unfinished"})
+        return page
+
+    monkeypatch.setattr(store.client, "list_multipart_uploads", with_a_foreign_upload)
+    assert [key for key, _id, _at in store.incomplete_uploads()] == ["p/odd/unfinished"]
+
     def stuck(ContinuationToken=None, **kwargs):  # botocore's argument name
         page = answer(**kwargs)  # the first page again, whatever the token
         contents, folders, _truncated, _token = page["FastListing"]
