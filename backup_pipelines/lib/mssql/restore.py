@@ -27,6 +27,10 @@ ASSETS = {
     Kind.LOG: "mssql/log_backup",
 }
 STATS_PERCENT = 10
+# STATS covers copying the pages; the redo (and, WITH RECOVERY, undo) that follows says nothing
+# until it ends and can take long on a large log. Taking that silence for a hung server would
+# cancel a restore over live halfway through recovery, so a restore may be silent this long.
+RESTORE_SILENCE_SECONDS = 3600.0
 
 
 @dataclass
@@ -243,7 +247,9 @@ def _restore_one(
         log(
             f"restoring {backup.name} ({', '.join(o for o in options if not o.startswith('MOVE'))})"
         )
-        outcome = run(conn, statement, log=log, what=f"RESTORE {what}")
+        outcome = run(
+            conn, statement, log=log, what=f"RESTORE {what}", stall_seconds=RESTORE_SILENCE_SECONDS
+        )
         return {
             "backup": str(backup.location),
             "kind": str(backup.kind),
