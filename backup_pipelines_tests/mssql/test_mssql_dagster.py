@@ -183,7 +183,12 @@ def test_mssql_agent_restore_job_brings_one_agent_back(deployment, monkeypatch):
             run(conn, "DELETE FROM dbo.episodes WHERE agent_id = 'a1'")
         qdrant.delete_collection("agent_a1")
         others = rows(cs, db, "a2")
+        with store.lease("a1", "restore", "operator-b"):  # another operator's restore of a1
+            refused = materialize(defs, "agent_restore_job", f"{DAY}|a1", instance)
         result = materialize(defs, "agent_restore_job", f"{DAY}|a1", instance)
+    failure = next(e for e in refused.all_events if e.is_step_failure)
+    assert "workspace a1 is busy" in failure.step_failure_data.user_failure_data.description
+    assert "operator-b" in failure.step_failure_data.user_failure_data.description
     assert result.success
     assert rows(cs, db, "a1") == before
     assert rows(cs, db, "a2") == others

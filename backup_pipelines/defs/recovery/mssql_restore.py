@@ -111,6 +111,8 @@ def build_agent_restore_job() -> dg.JobDefinition:
                     metadata={"evidence": dg.MetadataValue.json(exc.verdict.to_dict())},
                     allow_retries=False,
                 ) from None
+            except BackupError as exc:  # e.g. another restore of the agent holds its lease
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         context.add_output_metadata(
             {
                 "restored_to": dg.MetadataValue.text(report.target),
