@@ -300,6 +300,18 @@ def test_scratch_unfinished_claim_never_follows_a_link_or_another_users_claim(tm
         "before verifying it"
     ]
 
+    lines.clear()
+    # Restoring into `theirs`: its claim is another user's, so it clears nothing there.
+    claim = scratch.DirectoryClaim(theirs, lines.append)
+    claim.acquire()
+    assert (theirs / "PG_VERSION").exists()
+    assert lines.pop() == (
+        f"{parent / 'theirs'}{scratch.CLAIM_SUFFIX} belongs to another user: left alone, "
+        "and no claim taken"
+    )
+    claim.release()
+    assert (parent / f"theirs{scratch.CLAIM_SUFFIX}").exists()
+
 
 def test_scratch_daily_retention_run_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
     """The work folder of a machine that never makes another scratch folder: the daily

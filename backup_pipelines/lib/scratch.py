@@ -193,6 +193,10 @@ class DirectoryClaim:
                 f"another run ({_claim_line(self.path) or 'pid unknown'}) is writing to "
                 f"{self.target}: wait for it to finish, or choose another target directory"
             )
+        if os.fstat(fd).st_uid != os.geteuid():  # made by someone else: says nothing to us
+            os.close(fd)
+            self._log(f"{self.path} belongs to another user: left alone, and no claim taken")
+            return
         self._fd = fd
         _clear_unfinished(self.target, os.read(fd, 128).decode(errors="replace"), self._log)
 
