@@ -11,6 +11,7 @@ backup-pipelines restore managed --to '2026-12-01 13:05:00+00' [--name N] [--wai
 from __future__ import annotations
 
 import json
+import os
 
 from backup_pipelines.lib.policy import load_policy
 
@@ -84,7 +85,11 @@ def _now():
 
 def cmd_restore_pitr(args) -> int:
     from backup_pipelines.lib.postgres import pitr
+    from backup_pipelines.lib.store.copy import lease_store_for_live
 
+    leases = None
+    if args.overwrite_live:
+        leases = lease_store_for_live(os.environ.get("BACKUP_STORE_URL"), print)
     restored = pitr.restore_to_time(
         _config(),
         _target(args.to),
@@ -93,6 +98,7 @@ def cmd_restore_pitr(args) -> int:
         listen=args.listen,
         overwrite_live=args.overwrite_live,
         log=print,
+        leases=leases,
     )
     print(json.dumps(restored.to_dict(), indent=2))
     print(f"the restored cluster runs; stop it with: pg_ctl -D {restored.data_dir} stop")

@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from backup_pipelines.defs.resources import PolicyResource
+from backup_pipelines.defs.artifacts import run_owner
+from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
 from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.monitoring import alerts, rpo
 from backup_pipelines.lib.policy import Policy
 from backup_pipelines.lib.postgres import pitr
+from backup_pipelines.lib.store.copy import lease_store_for_live
 
 PHYSICAL_BACKUP = dg.AssetKey(["postgres", "physical_backup"])
 WAL_ARCHIVE = "postgres/wal_archive"  # the subject of the WAL RPO in alerts and the report
@@ -282,11 +284,13 @@ def pitr_restore(
     config: PitrRestoreConfig,
     pitr_stanza: PitrResource,
     policy: PolicyResource,
+    backup_store: BackupStoreResource,
 ) -> dg.Output:
     text = config.to or context.run.tags.get(RESTORE_TAG, "")
     if not text:
         raise ConfigError(f"pitr_restore_job needs op config `to` or the run tag {RESTORE_TAG}")
     overwrite = config.overwrite_live or context.run.tags.get("pitr/overwrite_live") == "true"
+    leases = lease_store_for_live(backup_store.url, context.log.info) if overwrite else None
     restored = pitr.restore_to_time(
         pitr_stanza.config(policy.load()),
         parse_target(text),
@@ -295,6 +299,8 @@ def pitr_restore(
         listen=config.listen,
         overwrite_live=overwrite,
         log=context.log.info,
+        leases=leases,
+        lease_owner=run_owner(context),
     )
     summary = restored.to_dict()
     return dg.Output(

@@ -18,6 +18,8 @@ import pytest
 from backup_pipelines.lib import scratch
 from backup_pipelines.lib.errors import ConfigError
 from backup_pipelines.lib.postgres import pgbackrest, pitr
+from backup_pipelines.lib.store import LocalStore
+from backup_pipelines.lib.store.lease import LeaseHeld
 from backup_pipelines_tests.pitr.conftest import archive_now, checksum, start_archiving_cluster
 
 
@@ -458,7 +460,7 @@ def test_pgbackrest_s3_repository_behind_stunnel_backs_up_and_restores():
             archiving.cluster.stop()
 
 
-def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes():
+def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes_never_beside_a_restore():
     archiving = start_archiving_cluster()
     try:
         url = archiving.url
@@ -474,11 +476,23 @@ def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes():
             conn.execute("DELETE FROM items WHERE id > 20")  # the incident
         archive_now(url)
         live_dir = archiving.cluster.data_dir
+        # Another operator's workspace restore writes into live: the swap is refused first.
+        leases = LocalStore(archiving.cluster.work_dir("leases"))
+        with leases.restore_lease("ws_a", "operator-b"), pytest.raises(LeaseHeld) as busy:
+            pitr.restore_to_time(
+                archiving.pitr_config(), target, overwrite_live=True, leases=leases
+            )
+        assert "operator-b" in str(busy.value)
+        assert [p.name for p in live_dir.parent.iterdir() if p.name.startswith(live_dir.name)] == [
+            live_dir.name
+        ]  # no copy begun beside live
+        assert leases.list_leases() == []
         lines = []
         restored = pitr.restore_to_time(
-            archiving.pitr_config(), target, overwrite_live=True, log=lines.append
+            archiving.pitr_config(), target, overwrite_live=True, log=lines.append, leases=leases
         )
         assert restored.overwrote_live and restored.data_dir == live_dir
+        assert leases.list_leases() == []  # held for the restore, released after it
         assert restored.port == archiving.cluster.port
         assert checksum(url) == expected  # the live URL now serves the data at T
         asides = list(live_dir.parent.glob(f"{live_dir.name}.before-pitr-*"))

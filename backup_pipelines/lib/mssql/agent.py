@@ -226,9 +226,7 @@ def restore_agent(
     of the agent, or a restore over the whole live database, is refused naming the holder."""
     log = log or (lambda _m: None)
     agent = validate_workspace_id(agent)
-    leases = lease_store(store, log)
-    with leases.lease(agent, "restore", lease_owner, log=log):
-        leases.refuse_overlapping_restores(agent)
+    with lease_store(store, log).restore_lease(agent, lease_owner, log):
         return _restore_agent_held(
             connection_string, store, database, agent, date, folders, qdrant, qdrant_client,
             policy, schema, target, dry_run, override_gate, log,

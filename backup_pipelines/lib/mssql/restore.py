@@ -293,9 +293,7 @@ def restore_database(
         }
     if not overwrite_live:  # a new database: nobody else writes into it
         return execute_plan(connection_string, store, restore_plan, catalog, folders, name, log=log)
-    leases = lease_store(store, log)
-    with leases.lease(None, "restore", lease_owner, log=log):
-        leases.refuse_overlapping_restores(None)
+    with lease_store(store, log).restore_lease(None, lease_owner, log):
         return execute_plan(
             connection_string, store, restore_plan, catalog, folders, name, True, log=log
         )

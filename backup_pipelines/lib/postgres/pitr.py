@@ -736,6 +736,8 @@ def restore_to_time(
     overwrite_live: bool = False,
     recovery_timeout: float = 3600,
     log: Log = _quiet,
+    leases=None,
+    lease_owner: str | None = None,
 ) -> RestoredCluster:
     """Restore the cluster to `target` (timezone-aware) and start it.
 
@@ -746,7 +748,22 @@ def restore_to_time(
 
     A target outside `reachable_window` is refused before anything is written. Over live it is
     a verified swap: the copy is restored beside live, started and verified first, then
-    renamed into live's place (live's previous directory is kept beside it)."""
+    renamed into live's place (live's previous directory is kept beside it). With `leases` (a
+    backup store), over live holds the whole database's restore lease throughout: refused
+    while a workspace or full restore writes into live, and refusing them while it runs."""
+    if overwrite_live and leases is not None:
+        with leases.restore_lease(None, lease_owner, log):
+            return _restore_to_time(
+                config, target, target_dir, port, listen, True, recovery_timeout, log
+            )
+    return _restore_to_time(
+        config, target, target_dir, port, listen, overwrite_live, recovery_timeout, log
+    )
+
+
+def _restore_to_time(
+    config, target, target_dir, port, listen, overwrite_live, recovery_timeout, log
+) -> RestoredCluster:
     if target.tzinfo is None:
         raise ConfigError(f"target time {target.isoformat()} has no time zone: add +00 or Z")
     started = time.monotonic()

@@ -76,6 +76,18 @@ def lease_store(primary: BackupStore, log: Log = _quiet) -> BackupStore:
         return copy
 
 
+def lease_store_for_live(url: str | None, log: Log = _quiet) -> BackupStore | None:
+    """Where a restore over the live cluster takes the whole database's lease: the backup
+    store of `url` (BACKUP_STORE_URL) as lease_store picks it; None, and said, without one (a
+    deployment running point-in-time recovery alone), when nothing else can take it either."""
+    if not url:
+        log("BACKUP_STORE_URL is not set: no restore lease taken over live")
+        return None
+    from backup_pipelines.lib.store import store_from_url
+
+    return lease_store(store_from_url(url), log)
+
+
 @dataclass
 class CopyResult:
     ref: ArtifactRef

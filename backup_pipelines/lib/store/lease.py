@@ -427,6 +427,16 @@ class LeaseStore(ABC):
         held.close(release=not keep)
         held.ensure_held()
 
+    @contextlib.contextmanager
+    def restore_lease(
+        self, workspace: str | None, owner: str | None = None, log: Log | None = None
+    ) -> Iterator[HeldLease]:
+        """What a restore holds for the block: the lease of `workspace` (None: the whole
+        database), and then the check that no restore of the other kind runs beside it."""
+        with self.lease(workspace, "restore", owner, log=log) as held:
+            self.refuse_overlapping_restores(workspace)
+            yield held
+
     def refuse_overlapping_restores(self, workspace: str | None) -> None:
         """A workspace restore and a whole-database restore exclude each other although their
         leases differ: each calls this after taking its own, so of two racing at least one
