@@ -6,8 +6,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -155,6 +157,58 @@ def test_pitr_restore_never_takes_another_server_on_its_port_for_the_copy(archiv
     finally:
         stand_in.kill()
         stand_in.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("log_text", "said"),
+    [
+        ("LOG:  could not create any TCP/IP sockets\nLOG:  database system is shut down\n",
+         "did not start"),
+        ("LOG:  starting point-in-time recovery to 2026-12-01 13:05:00+00\n"
+         "FATAL:  recovery ended before configured recovery target was reached\n",
+         "stopped during recovery"),
+    ],
+)  # fmt: skip
+def test_pitr_copy_that_exits_is_named_by_its_log_not_by_a_glimpse_of_its_pid(
+    tmp_path, log_text, said
+):
+    """A server refused at start (its address, its socket) writes its postmaster.pid before
+    it gives up. The wait that happens to see that file must still say the copy did not
+    start; only a server whose log shows recovery under way stopped during recovery."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)  # fmt: skip
+    data_dir = tmp_path / "copy"
+    data_dir.mkdir()
+    (data_dir / "postmaster.pid").write_text(f"{server.pid}\n{data_dir}\n")
+    log_file = data_dir / "pitr-restore.log"
+    log_file.write_text(log_text)
+    copy = pitr.RestoredCluster(
+        data_dir, port, f"postgresql://postgres@127.0.0.1:{port}/postgres", datetime.now(UTC), "l"
+    )
+    outcome: dict = {}
+
+    def wait() -> None:
+        try:
+            pitr._wait_promoted(copy, log_file, 120, lambda _line: None)
+        except pitr.PitrRestoreError as exc:
+            outcome["error"] = str(exc)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    try:
+        waiting.start()
+        listener.settimeout(60)
+        listener.accept()[0].close()  # it saw the pid file and tried to connect
+        server.kill()
+        server.wait(timeout=30)
+        listener.close()
+        waiting.join(60)
+        assert not waiting.is_alive()
+        assert f"the restored cluster in {data_dir} {said}" in outcome["error"]
+    finally:
+        server.kill()
+        listener.close()
 
 
 # A `restore pitr` that stops for good right after it started the copy's server: the parent

@@ -803,13 +803,13 @@ def _restore_to_time(
         claim.release()
         raise
     made_here = not data_dir.exists()
-    claim.record(made_here)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stanza.os_user:
-        shutil.chown(data_dir, stanza.os_user, stanza.os_user)
     log_file = data_dir / "pitr-restore.log"
     restored = RestoredCluster(data_dir, port, "", target, backup.label, os_user=stanza.os_user)
-    try:
+    try:  # from here every failure removes what was written and lets go of the claim
+        claim.record(made_here)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if stanza.os_user:
+            shutil.chown(data_dir, stanza.os_user, stanza.os_user)
         stanza.restore(
             data_dir, target_time=target, archive_mode="off", backup_set=backup.label, log=log
         )
@@ -988,6 +988,19 @@ def _server_running(data_dir: Path) -> bool:
 SERVER_START_SECONDS = 60.0
 
 
+# What PostgreSQL's startup process logs first, once the postmaster has its sockets.
+RECOVERY_BEGAN = ("starting point-in-time recovery", "starting archive recovery")
+
+
+def _recovery_began(log_file: Path) -> bool:
+    try:
+        with open(log_file, "rb") as log:
+            head = log.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return False
+    return any(line in head for line in RECOVERY_BEGAN)
+
+
 def _said_shut_down(log_file: Path) -> bool:
     return "database system is shut down" in _log_tail(log_file, 5)
 
@@ -1009,9 +1022,12 @@ def _wait_promoted(restored: RestoredCluster, log_file: Path, timeout: float, lo
             or _said_shut_down(log_file)
             or time.monotonic() - started > SERVER_START_SECONDS
         ):
+            # A server refused at start (no socket) writes its pid file before it gives up:
+            # seeing that file says nothing; its log says whether recovery had begun.
+            began = seen_pid and _recovery_began(log_file)
             raise PitrRestoreError(
                 f"the restored cluster in {restored.data_dir} "
-                f"{'stopped during recovery' if seen_pid else 'did not start'}:\n"
+                f"{'stopped during recovery' if began else 'did not start'}:\n"
                 + _log_tail(log_file)
             )
         try:
