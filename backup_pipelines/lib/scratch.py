@@ -86,21 +86,28 @@ def remove_abandoned(root: Path, log: Log | None = None) -> int:
     """Remove every scratch folder under `root` whose owner is gone; returns the bytes freed.
     Only folders of this OS user are looked at: in a shared temp dir anyone can make a folder
     with this name, and what is in it must not steer what this user deletes or stops."""
-    freed = 0
+    folders = _own_entries(root, lambda name: name.startswith(PREFIX), folders=True)
+    return sum(_remove_if_abandoned(folder, log) for folder in folders)
+
+
+def _own_entries(root: Path, named: Callable[[str], bool], folders: bool) -> list[Path]:
+    """The folders (or regular files) directly under `root` whose name `named` accepts and
+    that belong to this OS user, never through a symbolic link."""
     try:
-        entries = [e for e in os.scandir(root) if e.name.startswith(PREFIX)]
+        entries = [e for e in os.scandir(root) if named(e.name)]
     except OSError:
-        return 0
+        return []
+    found = []
     for entry in entries:
         try:
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
-                continue
+            kind = entry.is_dir if folders else entry.is_file
+            if kind(follow_symlinks=False) and (
+                entry.stat(follow_symlinks=False).st_uid == os.geteuid()
+            ):
+                found.append(Path(entry.path))
         except OSError:
             continue
-        freed += _remove_if_abandoned(Path(entry.path), log)
-    return freed
+    return found
 
 
 def _remove_if_abandoned(folder: Path, log: Log | None) -> int:
@@ -247,8 +254,13 @@ def _lock_claim(path: Path) -> int | None:
 
 def _claim_line(path: Path) -> str:
     with contextlib.suppress(OSError), open(path, opener=_regular_file_opener) as claim:
-        return claim.readline(128).strip().rsplit(" ", 1)[0]
+        return _holder(claim.readline(128))
     return ""
+
+
+def _holder(line: str) -> str:
+    """ "pid N" of a claim's line "pid N made|given"."""
+    return line.strip().rsplit(" ", 1)[0]
 
 
 def _clear_unfinished(target: Path, line: str, log: Log) -> int:
@@ -261,7 +273,7 @@ def _clear_unfinished(target: Path, line: str, log: Log) -> int:
     remove_or_empty(target, made=line.split()[-1] == "made")
     log(
         f"removed the unfinished copy in {target} ({size / 1e9:.2f} GB) that a run "
-        f"({line.strip().rsplit(' ', 1)[0]}) left when it ended before verifying it"
+        f"({_holder(line)}) left when it ended before verifying it"
     )
     return size
 
@@ -283,19 +295,8 @@ def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> int:
     lock free), except `keep`'s; returns the bytes freed. Only this OS user's claims are
     looked at."""
     freed = 0
-    try:
-        claims = [e for e in os.scandir(parent) if e.name.endswith(CLAIM_SUFFIX)]
-    except OSError:
-        return 0
-    for entry in claims:
-        path = Path(entry.path)
-        try:
-            mine = entry.is_file(follow_symlinks=False) and (
-                entry.stat(follow_symlinks=False).st_uid == os.geteuid()
-            )
-        except OSError:
-            continue
-        if not mine or path == keep:
+    for path in _own_entries(parent, lambda name: name.endswith(CLAIM_SUFFIX), folders=False):
+        if path == keep:
             continue
         try:
             fd = _lock_claim(path)
@@ -304,13 +305,13 @@ def remove_unfinished(parent: Path, log: Log, keep: Path | None = None) -> int:
         if fd is None:
             continue  # a live run
         try:
-            target = parent / entry.name[: -len(CLAIM_SUFFIX)]
+            target = parent / path.name[: -len(CLAIM_SUFFIX)]
             line = os.read(fd, 128).decode(errors="replace")
             freed += _clear_unfinished(target, line, log)
             if not line.strip() or not target.exists() or not any(target.iterdir()):
                 path.unlink(missing_ok=True)  # else kept: the next run tries again
         except OSError as exc:
-            log(f"the unfinished copy in {parent / entry.name} could not be cleared: {exc}")
+            log(f"the unfinished copy of {path} could not be cleared: {exc}")
         finally:
             os.close(fd)
     return freed

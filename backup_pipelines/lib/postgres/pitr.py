@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import shlex
@@ -751,14 +752,14 @@ def restore_to_time(
     renamed into live's place (live's previous directory is kept beside it). With `leases` (a
     backup store), over live holds the whole database's restore lease throughout: refused
     while a workspace or full restore writes into live, and refusing them while it runs."""
+    restore = functools.partial(
+        _restore_to_time, config, target, target_dir, port, listen, overwrite_live,
+        recovery_timeout, log,
+    )  # fmt: skip
     if overwrite_live and leases is not None:
         with leases.restore_lease(None, lease_owner, log):
-            return _restore_to_time(
-                config, target, target_dir, port, listen, True, recovery_timeout, log
-            )
-    return _restore_to_time(
-        config, target, target_dir, port, listen, overwrite_live, recovery_timeout, log
-    )
+            return restore()
+    return restore()
 
 
 def _restore_to_time(
