@@ -313,14 +313,9 @@ def test_scratch_unfinished_claim_never_follows_a_link_or_another_users_claim(tm
     assert (parent / f"theirs{scratch.CLAIM_SUFFIX}").exists()
 
 
-def test_scratch_daily_retention_run_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
-    """The work folder of a machine that never makes another scratch folder: the daily
-    retention run removes a killed run's scratch folder and unfinished copy (not a dry run)."""
-    import dagster as dg
-
-    from backup_pipelines.defs import lifecycle
-    from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
-
+def leftovers_of_killed_runs(tmp_path, monkeypatch) -> tuple[Path, str, Path]:
+    """A work folder holding a SIGKILLed run's scratch folder (1 MB) and a killed PITR
+    restore's unfinished copy (0.5 MB, its claim file beside it), and a retention policy."""
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setenv("BACKUP_WORK_DIR", str(work))
@@ -332,6 +327,18 @@ def test_scratch_daily_retention_run_sweeps_what_killed_runs_left(tmp_path, monk
     (copy / "base" / "1").write_bytes(b"x" * 500_000)
     (work / f"pitr_20261201T000000{scratch.CLAIM_SUFFIX}").write_text("pid 1 made\n")
     (tmp_path / "policy.yaml").write_text("keep_daily_days: 2\n")
+    return work, held, copy
+
+
+def test_scratch_daily_retention_run_sweeps_what_killed_runs_left(tmp_path, monkeypatch):
+    """The work folder of a machine that never makes another scratch folder: the daily
+    retention run removes a killed run's scratch folder and unfinished copy (not a dry run)."""
+    import dagster as dg
+
+    from backup_pipelines.defs import lifecycle
+    from backup_pipelines.defs.resources import BackupStoreResource, PolicyResource
+
+    work, held, copy = leftovers_of_killed_runs(tmp_path, monkeypatch)
     resources = {
         "backup_store": BackupStoreResource(url=f"file://{tmp_path / 'store'}"),
         "policy": PolicyResource(policy_file=str(tmp_path / "policy.yaml")),
@@ -352,3 +359,25 @@ def test_scratch_daily_retention_run_sweeps_what_killed_runs_left(tmp_path, monk
     assert not os.path.exists(held) and not copy.exists()
     assert list(work.iterdir()) == []
     assert applied["work_dir_freed_bytes"].value >= 1_500_000
+
+
+def test_scratch_retention_command_sweeps_what_killed_runs_left(tmp_path, monkeypatch, capsys):
+    """`backup-pipelines retention` sweeps the work folder as the daily run does, and names
+    what it freed; `--dry-run` removes nothing."""
+    from backup_pipelines import cli
+
+    work, held, copy = leftovers_of_killed_runs(tmp_path, monkeypatch)
+    monkeypatch.setenv("BACKUP_STORE_URL", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("BACKUP_POLICY_FILE", str(tmp_path / "policy.yaml"))
+    monkeypatch.delenv("BACKUP_COPY_STORE_URL", raising=False)
+
+    assert cli.main(["retention", "--dry-run"]) == 0
+    assert "work folder" not in capsys.readouterr().out
+    assert os.path.isfile(f"{held}/copy.bin") and copy.exists()  # a dry run removes nothing
+    assert cli.main(["retention"]) == 0
+    out = capsys.readouterr().out
+    assert not os.path.exists(held) and not copy.exists()
+    assert list(work.iterdir()) == []
+    (line,) = [x for x in out.splitlines() if x.startswith("work folder ")]
+    freed = int(line.split(": ", 1)[1].split(" bytes freed", 1)[0].replace(",", ""))
+    assert line.startswith(f"work folder {work}: ") and freed >= 1_500_000, line
