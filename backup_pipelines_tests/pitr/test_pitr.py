@@ -514,14 +514,22 @@ def test_pgbackrest_s3_repository_behind_stunnel_backs_up_and_restores():
             archiving.cluster.stop()
 
 
+def _items_backed_up(archiving, rows: int) -> str:
+    """A fresh archiving cluster's `items` table of `rows` rows, in a full backup; its URL."""
+    url = archiving.url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text NOT NULL)")
+        conn.execute(
+            "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, %s) g", [rows]
+        )
+    archiving.stanza.backup("full")
+    return url
+
+
 def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes_never_beside_a_restore():
     archiving = start_archiving_cluster()
     try:
-        url = archiving.url
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text NOT NULL)")
-            conn.execute("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 200) g")
-        archiving.stanza.backup("full")
+        url = _items_backed_up(archiving, 200)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("INSERT INTO items SELECT g, 'kept' FROM generate_series(201, 250) g")
         target = _mark(url)
@@ -557,6 +565,68 @@ def test_pitr_overwrite_live_is_a_verified_swap_and_archiving_resumes_never_besi
         with pytest.raises(pitr.BackupError):
             restored.remove()  # never deletes the live directory
     finally:
+        archiving.cluster.stop()
+
+
+def _postmaster_pid(data_dir) -> int:
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def _wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), f"process {pid} still alive"
+
+
+@pytest.mark.parametrize("down", ["stopped", "crashed", "missing"])
+def test_pitr_overwrite_live_when_live_is_down_restores_into_its_place(down):
+    """The usual reason to restore over live: the live cluster is already down (stopped by
+    the operator, or crashed with its pid file left). The swap must not need to stop it. A
+    live directory that is gone is refused before anything is written, naming it."""
+    archiving = start_archiving_cluster()
+    live_dir = archiving.cluster.data_dir
+    moved = live_dir.parent / f"{live_dir.name}.moved-by-test"
+    try:
+        url = _items_backed_up(archiving, 100)
+        oldest = pitr.reachable_window(archiving.stanza, archiving.stanza.info()).oldest
+        while _mark(url) <= oldest:  # the backup's end is in whole seconds
+            time.sleep(0.05)
+        target = _mark(url)
+        expected = checksum(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM items WHERE id > 10")  # the incident
+        archive_now(url)
+        pid = _postmaster_pid(live_dir)
+        if down == "crashed":
+            os.kill(pid, signal.SIGKILL)
+        else:  # a clean shutdown: no pid file left
+            pitr._pg_ctl(
+                ["stop", "-D", str(live_dir), "-m", "fast", "-w"], archiving.stanza.os_user, 60
+            )
+        _wait_gone(pid)
+        if down == "missing":
+            live_dir.rename(moved)
+            with pytest.raises(ConfigError) as refused:
+                pitr.restore_to_time(archiving.pitr_config(), target, overwrite_live=True)
+            assert str(live_dir) in str(refused.value)
+            beside = [p.name for p in live_dir.parent.iterdir() if p.name.startswith(live_dir.name)]
+            assert beside == [moved.name]  # no copy begun beside where live was
+            return
+        lines: list[str] = []
+        restored = pitr.restore_to_time(
+            archiving.pitr_config(), target, overwrite_live=True, log=lines.append
+        )
+        assert restored.overwrote_live and restored.data_dir == live_dir
+        assert restored.port == archiving.cluster.port
+        assert checksum(url) == expected  # live's own URL serves the data at T again
+        assert any("was not running" in line for line in lines), lines
+        asides = list(live_dir.parent.glob(f"{live_dir.name}.before-pitr-*"))
+        assert len(asides) == 1 and (asides[0] / "PG_VERSION").exists()
+        assert not list(live_dir.parent.glob(f"{live_dir.name}.pitr-*[0-9]"))  # no copy left
+    finally:
+        if moved.exists() and not live_dir.exists():
+            moved.rename(live_dir)
         archiving.cluster.stop()
 
 

@@ -689,6 +689,30 @@ def _pg_ctl(
     return result
 
 
+def _is_running(data_dir: Path, os_user: str | None) -> bool:
+    """Whether a server runs on `data_dir` (`pg_ctl status`: 0 running, 3 not running, a
+    crashed server's stale pid file included)."""
+    result = _pg_ctl(["status", "-D", str(data_dir)], os_user, 30, check=False)
+    if result.returncode in (0, 3):
+        return result.returncode == 0
+    detail = (result.stderr or result.stdout).strip()[-500:]
+    raise PitrRestoreError(f"pg_ctl status -D {data_dir} failed: {detail}")
+
+
+def _live_dir_problem(live_dir: Path) -> str | None:
+    """Why `live_dir` cannot take the restored copy's place, or None. Unreadable to this
+    process (owned by the cluster's OS user) is not a problem: pg_ctl runs as that user."""
+    try:
+        os.stat(live_dir / "PG_VERSION")
+    except FileNotFoundError:
+        if not live_dir.exists():
+            return f"the live data directory {live_dir} does not exist"
+        return f"{live_dir} holds no PostgreSQL data directory (no PG_VERSION)"
+    except PermissionError:
+        return None
+    return None
+
+
 def _postmaster_options(data_dir: Path) -> list[str]:
     """The command-line options the running server was started with (postmaster.opts), less
     the binary and its data directory."""
@@ -769,6 +793,12 @@ def _restore_to_time(
         raise ConfigError(f"target time {target.isoformat()} has no time zone: add +00 or Z")
     started = time.monotonic()
     stanza = config.stanza
+    live_dir = Path(config.pg_data or _pg1_path(stanza)) if overwrite_live else None
+    if live_dir is not None and (problem := _live_dir_problem(live_dir)):
+        raise ConfigError(
+            f"{problem}: there is nothing to swap the restored copy into. Restore into a new "
+            "directory instead (without --overwrite-live) and move it into place by hand"
+        )
     info = stanza.info()
     window = reachable_window(stanza, info)
     reason = window.refuse_reason(target)
@@ -779,7 +809,6 @@ def _restore_to_time(
         f"restoring to {format_target(target)} from backup {backup.label} ({backup.type}) and WAL "
         f"up to {window.newest_segment}"
     )
-    live_dir = Path(config.pg_data or _pg1_path(stanza)) if overwrite_live else None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     if overwrite_live:
         # Beside the live directory (same file system: the swap is a rename).
@@ -880,10 +909,11 @@ def scratch_cluster_at(config: PitrConfig, target: datetime, **kwargs):
 def _swap_into_live(
     config: PitrConfig, restored: RestoredCluster, live_dir: Path, stamp: str, log: Log
 ) -> None:
-    """The verified copy becomes the live cluster: stop the copy, stop live, rename live's
-    directory aside (kept: `<dir>.before-pitr-<stamp>`), rename the copy into its place, start
-    it with live's own options (postmaster.opts) and archiving back on. Until the renames,
-    live is untouched; if the copy then fails to start, live's directory is put back."""
+    """The verified copy becomes the live cluster: stop the copy, stop live if it runs, rename
+    live's directory aside (kept: `<dir>.before-pitr-<stamp>`), rename the copy into its
+    place, start it with live's own options (postmaster.opts) and archiving back on. Until the
+    renames, live is untouched; if the copy then fails to start, live's directory is put back
+    (and started again if it was running)."""
     os_user = config.stanza.os_user
     options = _postmaster_options(live_dir)
     restored.stop()
@@ -898,8 +928,14 @@ def _swap_into_live(
     (restored.data_dir / "pitr-restore.log").replace(
         restored.data_dir.parent / f"{live_dir.name}.pitr-{stamp}.log"
     )
-    log(f"stopping the live cluster ({live_dir}) to swap the restored copy in")
-    _pg_ctl(["stop", "-D", str(live_dir), "-m", "fast", "-w", "-t", "300"], os_user, 320)
+    # Live is often down already (that is why it is being restored): stopped by the operator,
+    # or crashed with its pid file left. Only a running one is stopped, and put back running.
+    was_running = _is_running(live_dir, os_user)
+    if was_running:
+        log(f"stopping the live cluster ({live_dir}) to swap the restored copy in")
+        _pg_ctl(["stop", "-D", str(live_dir), "-m", "fast", "-w", "-t", "300"], os_user, 320)
+    else:
+        log(f"the live cluster ({live_dir}) was not running: swapping the restored copy in")
     aside = live_dir.parent / f"{live_dir.name}.before-pitr-{stamp}"
     live_dir.rename(aside)
     restored.data_dir.rename(live_dir)
@@ -915,7 +951,8 @@ def _swap_into_live(
         )
         live_dir.rename(restored.data_dir)
         aside.rename(live_dir)
-        _pg_ctl(argv, os_user, 320, check=False)
+        if was_running:  # one that was down stays down, as the operator left it
+            _pg_ctl(argv, os_user, 320, check=False)
         raise
     # A fresh checkpointer may ignore archive_timeout until checkpoint_timeout; a reload wakes it.
     _pg_ctl(["reload", "-D", str(live_dir)], os_user, 30, check=False)
