@@ -676,6 +676,51 @@ def test_overwrite_live_verification_names_a_missing_object(cluster, store, live
 # Names
 
 
+@pytest.mark.parametrize(
+    ("overwrite_live", "locale"),
+    [(False, "recorded"), (True, "recorded"), (False, "tampered")],
+    ids=["new_database", "overwrite_live", "tampered_locale"],
+)
+def test_full_restore_after_the_live_database_was_dropped(
+    cluster, backed_up, store, live, overwrite_live, locale
+):
+    """The classic disaster, DROP DATABASE: both restores still work. A new database is
+    created with the encoding and locale the backup recorded; over live, there is nothing to
+    swap or keep: the database is restored and verified under the live name itself. A
+    manifest whose locale is not plain text gets the server's defaults, said in the log."""
+    if locale == "tampered":
+        manifest = store.require_manifest(FULL)
+        manifest["source"]["locale"] = {"encoding": ["UTF8"], "collate": "C", "ctype": 7}
+        store._put_atomic(f"{FULL.folder}/{MANIFEST_NAME}", json.dumps(manifest).encode())
+    with psycopg.connect(url_of(cluster, "postgres", "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(live["name"])))
+    lines: list[str] = []
+    result = restore_full(
+        store, FullRestoreRequest(DATE, overwrite_live=overwrite_live), live["url"], now=NOW,
+        log=lines.append,
+    )  # fmt: skip
+    name = live["name"] if overwrite_live else pg_full.default_target(live["name"], DATE)
+    assert databases_like(cluster, live["name"]) == {name}  # nothing else made or kept
+    assert schema_and_rows(url_of(cluster, name)) == backed_up["state"]
+    said = "the server's default encoding" if locale == "tampered" else "the backup's locale ("
+    assert any(f"{live['name']!r} does not exist" in x and said in x for x in lines), lines
+    with psycopg.connect(url_of(cluster, "postgres", "postgres")) as conn:
+        encoding, comment = conn.execute(
+            "SELECT pg_encoding_to_char(encoding), shobj_description(oid, 'pg_database') "
+            "FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        template = conn.execute(
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s",
+            (backed_up["template"],),
+        ).fetchone()[0]
+    assert encoding == template
+    if overwrite_live:
+        assert result["database"] == live["name"] and result["previous_database"] is None
+        assert comment is None  # live, not a restore in progress: no marker left
+        assert database_row(cluster, name)["owner"] == "restorer"
+
+
 def test_overwrite_live_derived_names_fit_in_63_bytes():
     long_name = "é" * 31  # 62 bytes
     previous = swap.previous_name(long_name, NOW)

@@ -125,6 +125,32 @@ def _ident(name: str) -> sql.Identifier:
 
 
 @dataclass(frozen=True)
+class DatabaseLocale:
+    """What CREATE DATABASE must be told for pg_restore to load a dump as it was made."""
+
+    encoding: str
+    collate: str
+    ctype: str
+    icu_locale: str | None = None
+
+    def describe(self) -> str:
+        icu = f", ICU {self.icu_locale}" if self.icu_locale else ""
+        return f"{self.encoding}, LC_COLLATE {self.collate}, LC_CTYPE {self.ctype}{icu}"
+
+
+def read_locale(conn: psycopg.Connection, name: str) -> DatabaseLocale | None:
+    row = conn.execute(
+        """
+        SELECT pg_encoding_to_char(encoding), datcollate, datctype,
+               CASE WHEN datlocprovider = 'i' THEN daticulocale END
+        FROM pg_database WHERE datname = %s
+        """,
+        (name,),
+    ).fetchone()
+    return DatabaseLocale(*row) if row else None
+
+
+@dataclass(frozen=True)
 class DatabaseAttributes:
     oid: int
     name: str
@@ -141,6 +167,10 @@ class DatabaseAttributes:
     ]  # (grantee or None: PUBLIC, privilege, grantable)
     acl_is_default: bool
     settings: tuple[tuple[str | None, tuple[str, ...]], ...]  # (role or None: all, "k=v" items)
+
+    @property
+    def locale(self) -> DatabaseLocale:
+        return DatabaseLocale(self.encoding, self.collate, self.ctype, self.icu_locale)
 
 
 def read_attributes(conn: psycopg.Connection, name: str) -> DatabaseAttributes | None:
@@ -180,15 +210,18 @@ def read_attributes(conn: psycopg.Connection, name: str) -> DatabaseAttributes |
     )
 
 
-def create_database_like(conn: psycopg.Connection, name: str, like: DatabaseAttributes) -> None:
-    """A new empty database from template0 with live's encoding and locale (pg_restore's
-    documented way: template1 may hold objects the dump creates again)."""
-    options = [
-        sql.SQL("TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-            sql.Literal(like.encoding), sql.Literal(like.collate), sql.Literal(like.ctype)
+def create_database_like(conn: psycopg.Connection, name: str, like: DatabaseLocale | None) -> None:
+    """A new empty database from template0 with `like`'s encoding and locale, or the
+    server's defaults for None (pg_restore's documented way: template1 may hold objects the
+    dump creates again)."""
+    options = [sql.SQL("TEMPLATE template0")]
+    if like is not None:
+        options.append(
+            sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                sql.Literal(like.encoding), sql.Literal(like.collate), sql.Literal(like.ctype)
+            )
         )
-    ]
-    if like.icu_locale:
+    if like is not None and like.icu_locale:
         options.append(
             sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(like.icu_locale))
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import psycopg
 from psycopg import sql
@@ -46,6 +46,7 @@ from backup_pipelines.lib.postgres.copy_format import (
     choose_format,
     server_major,
 )
+from backup_pipelines.lib.postgres.database_swap import read_locale
 from backup_pipelines.lib.store import ArtifactWriter
 from backup_pipelines.lib.streams import Log, Progress, zstd_compressing
 from backup_pipelines.lib.timeouts import Watchdog
@@ -186,13 +187,15 @@ def dump_full_database(
             progress.add(bytes_out=out.bytes_written)
         watchdog.progress()
         rows = count_all_tables(conn)  # same snapshot as the dump: exact counts at its moment
+        # A restore after DROP DATABASE has no live database to copy these from.
+        locale = read_locale(conn, snap.database)
         conn.execute("COMMIT")
     if log:
         log(progress.line())
     return {
         "captured_at": snap.captured_at,
         "counts": {"rows": rows, "tables": len(rows)},
-        "source": _source_facts(database_url, snap),
+        "source": {**_source_facts(database_url, snap), "locale": asdict(locale)},
         "tool": {**_tool_facts(level), "format": "custom", "uncompressed_bytes": progress.bytes_in},
         "duration_seconds": round(progress.seconds, 3),
     }

@@ -154,7 +154,7 @@ def restore_into_new_database(
         log(
             f"{ref}: every file verified, ready for pg_restore after {time.monotonic() - started:.1f} s"
         )
-        found = _prepare_target(database_url, target, date, resume, log)
+        found = _prepare_target(database_url, target, date, resume, log, manifest)
         try:
             if found is None or found.rank < State.RESTORED.rank:
                 _pg_restore(source, target, target_url, jobs, keep_owners, log)
@@ -333,10 +333,11 @@ def set_marker(database_url: str, name: str, date: str, state: State) -> None:
 
 
 def _prepare_target(
-    database_url: str, target: str, date: str, resume: bool, log: Log
+    database_url: str, target: str, date: str, resume: bool, log: Log, manifest: dict
 ) -> State | None:
-    """Create the target like live and mark it; or, with resume, take over one this tool
-    created for the same date. Returns the state a resumed database was found in."""
+    """Create the target like live (encoding, locale) and mark it; or, with resume, take
+    over one this tool created for the same date. Returns the state a resumed database was
+    found in. With live gone (DROP DATABASE), the locale the backup recorded is used."""
     live = swap.live_database(database_url)
     with swap.admin_connection(database_url, avoid=(target,)) as conn:
         if swap.database_exists(conn, target):
@@ -346,9 +347,15 @@ def _prepare_target(
                 return found
             log(f"resuming {target!r}: its pg_restore never finished; restoring it afresh")
             swap.drop_database(conn, target)
-        like = swap.read_attributes(conn, live)
+        like = swap.read_locale(conn, live)
         if like is None:
-            raise SourceError(f"the live database {live!r} does not exist on this server")
+            like = recorded_locale(manifest)
+            log(
+                f"the live database {live!r} does not exist on this server: {target!r} is "
+                "created with "
+                + (f"the backup's locale ({like.describe()})" if like else "the server's "
+                   "default encoding and locale (the backup recorded none)")
+            )  # fmt: skip
         try:
             swap.create_database_like(conn, target, like)
         except psycopg.Error as exc:
@@ -364,8 +371,27 @@ def _prepare_target(
         except BaseException:
             swap.drop_database(conn, target)  # unmarked, it would never be ours again
             raise
-    log(f"created database {target!r} (like {live!r}: encoding, locale)")
+    log(f"created database {target!r} ({like.describe() if like else 'server defaults'})")
     return None
+
+
+def recorded_locale(manifest: dict) -> swap.DatabaseLocale | None:
+    """The locale a full dump's manifest recorded (source.locale), or None when it has none
+    or it is not four short strings (the manifest is read as untrusted: CREATE DATABASE gets
+    the values as literals and refuses ones it does not know)."""
+    source = manifest.get("source") if isinstance(manifest, dict) else None
+    locale = source.get("locale") if isinstance(source, dict) else None
+    if not isinstance(locale, dict):
+        return None
+    fields = [locale.get(key) for key in ("encoding", "collate", "ctype")]
+    icu = locale.get("icu_locale")
+    if not all(_short_text(v) for v in fields) or not (icu is None or _short_text(icu)):
+        return None
+    return swap.DatabaseLocale(*fields, icu)
+
+
+def _short_text(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable()
 
 
 def _refuse_taken_target(database_url: str, target: str, date: str, resume: bool) -> None:

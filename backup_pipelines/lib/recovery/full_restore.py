@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from backup_pipelines.lib.engines import index_engines
 from backup_pipelines.lib.errors import BackupError, ConfigError
@@ -124,6 +125,10 @@ def _restore_full_from(store, request, database_url, policy, indexes, log, now) 
 def _overwrite_live(store, request, database_url, policy, indexes, log, now) -> dict:
     started = time.monotonic()
     live = swap.live_database(database_url)
+    with swap.admin_connection(database_url, avoid=(live,)) as conn:
+        live_exists = swap.database_exists(conn, live)
+    if not live_exists:
+        return _restore_dropped_live(store, request, database_url, policy, indexes, log, started)
     staging = database.staging_name(live, request.date)
     live_tables = database.tables_of(database_url)
     restored = database.restore_into_new_database(
@@ -159,6 +164,46 @@ def _overwrite_live(store, request, database_url, policy, indexes, log, now) -> 
         "previous_database": swapped.previous,
         "restored_as": staging,
         "live_tables_not_in_backup": not_in_backup,
+        "indexes": index_report,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _restore_dropped_live(store, request, database_url, policy, indexes, log, started) -> dict:
+    """Live is gone (DROP DATABASE): there is nothing to swap out or keep, so the backup is
+    restored and verified under the live name itself (CREATE DATABASE claims the name first:
+    one the platform made meanwhile is refused as not ours). Its database-level owner,
+    grants and settings went with the dropped database; the restoring role owns it."""
+    live = swap.live_database(database_url)
+    log(
+        f"the live database {live!r} does not exist on this server: restoring the backup "
+        "under that name (nothing to swap or keep)"
+    )
+    restored = database.restore_into_new_database(
+        store, request.date, database_url, live,
+        jobs=request.jobs, resume=request.resume, keep_owners=True, log=log,
+    )  # fmt: skip
+    with swap.admin_connection(database_url, avoid=(live,)) as conn:  # live now, no marker
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(live)))
+    database.analyze(database_url, live, log)
+    index_report = _missing_indexes(store, request.date, policy, indexes, log)
+    for commands, what in (
+        (request.commands_before, "before restore"),
+        (request.commands_after, "after restore"),
+    ):
+        try:
+            run_commands(commands, log, what)
+        except BackupError as exc:
+            raise BackupError(
+                f"{exc} — the database was restored and verified as {live!r} (it did not "
+                "exist before) and is kept; finish the runbook's steps by hand"
+            ) from exc
+    return {
+        **restored.to_dict(),
+        "database": live,
+        "previous_database": None,
+        "restored_as": live,
+        "live_tables_not_in_backup": [],
         "indexes": index_report,
         "seconds": round(time.monotonic() - started, 3),
     }
