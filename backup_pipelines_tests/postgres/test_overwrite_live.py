@@ -502,7 +502,9 @@ def test_overwrite_live_conflicting_options_are_refused(cluster, store, live, mo
     assert databases_like(cluster, live["name"]) == {live["name"]}
 
 
-def test_overwrite_live_job_reports_the_kept_database(cluster, store, live, monkeypatch):
+def test_overwrite_live_job_reports_the_kept_database_and_restores_after_drop_database(
+    cluster, store, live, monkeypatch
+):
     from backup_pipelines.definitions import build_definitions
 
     for key in ("TYPESENSE_URL", "TYPESENSE_API_KEY", "QDRANT_URL"):
@@ -535,6 +537,19 @@ def test_overwrite_live_job_reports_the_kept_database(cluster, store, live, monk
     assert metadata["database"].value == live["name"]
     assert metadata["health"].value == {"postgres": metadata["health"].value["postgres"]}
     assert databases_like(cluster, live["name"]) == {live["name"], previous}
+
+    # After DROP DATABASE of live, into a new database: its health check asks the restored
+    # database, not the dropped one.
+    with psycopg.connect(url_of(cluster, "postgres", "postgres"), autocommit=True) as conn:
+        for name in (live["name"], previous):
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    result = run({})
+    assert result.success
+    output = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
+    metadata = output.event_specific_data.metadata
+    assert metadata["database"].value == pg_full.default_target(live["name"], DATE)
+    assert set(metadata["health"].value) == {"postgres"}
+    assert "previous_database" not in metadata
 
 
 # --------------------------------------------------------------------------------------------

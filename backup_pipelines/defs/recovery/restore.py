@@ -551,7 +551,7 @@ def build_full_restore_job(index_stores: set[str]) -> dg.JobDefinition:
                 log=context.log.info,
                 lease_owner=run_owner(context),
             )
-            health = full_restore.health_check(database_url, clients)
+            health = full_restore.health_check(database_url, clients, result["database"])
         context.add_output_metadata(_full_restore_metadata(result, health))
         return result
 

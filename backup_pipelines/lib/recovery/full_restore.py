@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from backup_pipelines.lib.engines import index_engines
 from backup_pipelines.lib.errors import BackupError, ConfigError
@@ -317,9 +318,14 @@ def _argv(command: str) -> list[str]:
     return argv
 
 
-def health_check(database_url: str, indexes: Mapping[str, Any] | None = None) -> dict:
-    """Every store answers (the runbooks' final checklist)."""
+def health_check(
+    database_url: str, indexes: Mapping[str, Any] | None = None, database: str | None = None
+) -> dict:
+    """Every store answers (the runbooks' final checklist). `database`: the one restored
+    into, on the same server (a new database is not live, and live may have been dropped)."""
     health: dict[str, str] = {}
+    if database is not None:
+        database_url = make_conninfo(database_url, dbname=database)
     with connect(database_url) as conn:
         health["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
     for engine in index_engines(indexes or {}):
