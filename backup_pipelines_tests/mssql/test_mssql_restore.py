@@ -12,7 +12,7 @@ from backup_pipelines.lib.errors import BackupError, ChecksumMismatch
 from backup_pipelines.lib.mssql import backup, restore
 from backup_pipelines.lib.mssql.backupset import Kind
 from backup_pipelines.lib.mssql.chain import ChainBroken
-from backup_pipelines.lib.mssql.connection import connected, query
+from backup_pipelines.lib.mssql.connection import connected, query, quote_name, run
 from backup_pipelines.lib.store import LocalStore
 from backup_pipelines_tests.helpers import flip_one_byte
 from backup_pipelines_tests.mssql.helpers import wait_until_server_time_passes
@@ -192,6 +192,32 @@ def test_mssql_restore_over_an_existing_database_needs_the_explicit_option(platf
             conn, "SELECT state_desc, user_access_desc FROM sys.databases WHERE name = ?", db
         )
     assert state == [{"state_desc": "ONLINE", "user_access_desc": "MULTI_USER"}]
+
+
+@pytest.mark.parametrize("overwrite_live", [False, True], ids=["new_database", "overwrite_live"])
+def test_mssql_restore_after_drop_database_places_files_in_the_server_default(
+    platform, overwrite_live
+):
+    """DROP DATABASE took live's files with it: the restored files go to the server's
+    default data folder (SERVERPROPERTY('InstanceDefaultDataPath')), under a new name or
+    under the live name itself."""
+    cs, db = platform["cs"], platform["db"]
+    add_episodes(cs, db, "a1", 2)
+    take(platform, Kind.FULL)
+    add_episodes(cs, db, "a2", 1)
+    take(platform, Kind.LOG)
+    expected = rows(cs, db)
+    with connected(cs, "master") as conn:
+        run(conn, f"DROP DATABASE {quote_name(db)}")
+    name = db if overwrite_live else platform["names"].name("after_drop")
+    lines: list[str] = []
+    restore.restore_database(
+        cs, platform["store"], db, None, platform["folders"],
+        target_database=None if overwrite_live else name, overwrite_live=overwrite_live,
+        log=lines.append,
+    )  # fmt: skip
+    assert rows(cs, name) == expected
+    assert any("default data folder" in line for line in lines), lines
 
 
 # ---------------------------------------------------------------------------------------------

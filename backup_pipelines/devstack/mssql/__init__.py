@@ -45,7 +45,8 @@ float, real, decimal/numeric, nvarchar/varchar (also MAX), varbinary (also MAX),
 datetime, datetime2, datetimeoffset, uniqueidentifier and NULL. Parameters may also stand for
 names and options of BACKUP/RESTORE (``BACKUP DATABASE ? TO DISK = ?``).
 
-Server: ``SELECT @@VERSION, SERVERPROPERTY('ProductVersion')`` (16.0.1000.1, SQL Server 2022),
+Server: ``SELECT @@VERSION, SERVERPROPERTY('ProductVersion')`` (16.0.1000.1, SQL Server 2022;
+``'InstanceDefaultDataPath'`` is ``<storage>/data/``),
 ``@@TRANCOUNT, @@SPID, @@SERVERNAME, @@ROWCOUNT, @@IDENTITY``, ``DB_ID([name]), DB_NAME([id]),
 OBJECT_ID(name), OBJECT_NAME(id[, db_id]), SCHEMA_NAME(id), TYPE_NAME(id), SCOPE_IDENTITY(),
 IDENT_CURRENT(name), SUSER_SNAME(), DATABASEPROPERTYEX(db, prop)``; ``SYSUTCDATETIME(),

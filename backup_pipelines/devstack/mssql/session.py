@@ -304,6 +304,8 @@ class Session:
             "collation": "SQL_Latin1_General_CP1_CI_AS",
             "isclustered": "0",
             "ishadrenabled": "0",
+            "instancedefaultdatapath": f"{self.engine.storage / 'data'}/",
+            "instancedefaultlogpath": f"{self.engine.storage / 'data'}/",
         }.get(str(prop).lower())
 
     def fn_databasepropertyex(self, name, prop):

@@ -133,15 +133,29 @@ def moves_for(files: list[dict], target: str, data_folder: str) -> list[str]:
     return clauses
 
 
-def data_folder_of(conn, database: str) -> str:
+def data_folder_of(conn, database: str, log: Log | None = None) -> str:
+    """The folder of `database`'s first file; for a database that is gone (DROP DATABASE took
+    its files), the server's default data folder."""
     rows = query(
         conn,
         "SELECT physical_name FROM sys.master_files WHERE database_id = DB_ID(?) ORDER BY file_id",
         database,
     )
-    if not rows:
-        raise BackupError(f"cannot find the files of {database} to place the restored copy beside")
-    return str(PurePath(str(rows[0]["physical_name"]).replace("\\", "/")).parent)
+    if rows:
+        return str(PurePath(str(rows[0]["physical_name"]).replace("\\", "/")).parent)
+    default = query(
+        conn, "SELECT CAST(SERVERPROPERTY('InstanceDefaultDataPath') AS nvarchar(4000)) AS path"
+    )
+    path = default[0]["path"] if default else None
+    if not path:
+        raise BackupError(
+            f"{database} has no files on this server (dropped?) and the server names no "
+            "default data folder (SERVERPROPERTY('InstanceDefaultDataPath')): pass data_folder"
+        )
+    if log:
+        log(f"{database} has no files on this server (dropped?): the server's default data "
+            f"folder {path} takes the restored files")  # fmt: skip
+    return str(path)
 
 
 def database_exists(conn, name: str) -> str | None:
@@ -174,7 +188,7 @@ def execute_plan(
             )
         if overwrite_live and target_database != restore_plan.database:
             raise BackupError("the overwrite option restores over the backed-up database only")
-        folder = data_folder or data_folder_of(conn, restore_plan.database)
+        folder = data_folder or data_folder_of(conn, restore_plan.database, log)
         created = not existing
         single_user = False
         steps = []
