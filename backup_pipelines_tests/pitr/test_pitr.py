@@ -586,7 +586,8 @@ def test_pitr_overwrite_live_when_live_is_down_restores_into_its_place(down):
     live directory that is gone is refused before anything is written, naming it."""
     archiving = start_archiving_cluster()
     live_dir = archiving.cluster.data_dir
-    moved = live_dir.parent / f"{live_dir.name}.moved-by-test"
+    # As a swap killed between its two renames leaves it: live's directory put aside
+    moved = live_dir.parent / f"{live_dir.name}.before-pitr-20261205T000000"
     try:
         url = _items_backed_up(archiving, 100)
         oldest = pitr.reachable_window(archiving.stanza, archiving.stanza.info()).oldest
@@ -610,6 +611,7 @@ def test_pitr_overwrite_live_when_live_is_down_restores_into_its_place(down):
             with pytest.raises(ConfigError) as refused:
                 pitr.restore_to_time(archiving.pitr_config(), target, overwrite_live=True)
             assert str(live_dir) in str(refused.value)
+            assert f"interrupted swap: {moved.name} " in str(refused.value)
             beside = [p.name for p in live_dir.parent.iterdir() if p.name.startswith(live_dir.name)]
             assert beside == [moved.name]  # no copy begun beside where live was
             return

@@ -52,7 +52,13 @@ from backup_pipelines.lib.postgres.pgbackrest import (
     validate_stanza_name,
     write_config,
 )
-from backup_pipelines.lib.scratch import DirectoryClaim, ScratchFolder, remove_or_empty, work_dir
+from backup_pipelines.lib.scratch import (
+    CLAIM_SUFFIX,
+    DirectoryClaim,
+    ScratchFolder,
+    remove_or_empty,
+    work_dir,
+)
 
 Log = Callable[[str], None]
 
@@ -713,6 +719,29 @@ def _live_dir_problem(live_dir: Path) -> str | None:
     return None
 
 
+def _interrupted_swap_hint(live_dir: Path) -> str:
+    """A swap killed between its two renames leaves live's directory missing and both halves
+    beside it: name them, newest first, so the operator renames one back instead of
+    restoring again. A copy with a claim beside it is unfinished (the next restore clears it)."""
+    pattern = re.compile(rf"{re.escape(live_dir.name)}\.(before-)?pitr-\d{{8}}T\d{{6}}")
+    try:
+        left = sorted(
+            (p.name for p in live_dir.parent.iterdir()
+             if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+             and not (live_dir.parent / f"{p.name}{CLAIM_SUFFIX}").exists()),
+            key=lambda name: name.rsplit("-", 1)[1], reverse=True,
+        )  # fmt: skip
+    except OSError:
+        return ""
+    if not left:
+        return ""
+    return (
+        f"; beside it, from an interrupted swap: {', '.join(left)} (`.before-pitr-`: live's "
+        "previous directory; `.pitr-`: a restored copy): rename the one you want to "
+        f"{live_dir.name}"
+    )
+
+
 def _postmaster_options(data_dir: Path) -> list[str]:
     """The command-line options the running server was started with (postmaster.opts), less
     the binary and its data directory."""
@@ -798,6 +827,7 @@ def _restore_to_time(
         raise ConfigError(
             f"{problem}: there is nothing to swap the restored copy into. Restore into a new "
             "directory instead (without --overwrite-live) and move it into place by hand"
+            + _interrupted_swap_hint(live_dir)
         )
     info = stanza.info()
     window = reachable_window(stanza, info)
