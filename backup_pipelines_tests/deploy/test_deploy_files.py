@@ -89,14 +89,16 @@ def variables_read_by_the_code() -> set[str]:
         if "devstack" in path.parts:
             continue  # the local stack's own knobs (DEMO_S3, ports) are not the deployment's
         found |= set(pattern.findall(path.read_text()))
-    # Dagster's own (set by the image or the process manager), internal cache folders, and
-    # the variables the code sets for an operator's rebuild command (written, not read).
+    # Dagster's own (set by the image or the process manager), internal cache folders, the
+    # variables the code sets for an operator's rebuild command (written, not read), and a
+    # PostgreSQL data directory's version file (a file name the pattern also matches).
     return found - {
         "DAGSTER_HOME",
         "DAGSTER_PORT",
         "BACKUP_PIPELINES_CACHE_DIR",
         "BACKUP_REBUILD_WORKSPACE",
         "BACKUP_REBUILD_COLLECTION",
+        "PG_VERSION",
     }
 
 
