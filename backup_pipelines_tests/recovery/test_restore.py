@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from backup_pipelines.devstack import sample_data
+from backup_pipelines.lib.errors import BackupError
 from backup_pipelines.lib.postgres import dump as postgres
 from backup_pipelines.lib.recovery.workspace_restore import GateRefused, restore_workspace
 from backup_pipelines.lib.store import ArtifactRef, LocalStore
@@ -121,6 +122,41 @@ def test_restore_twice_adds_nothing_the_second_time(tmp_path, indexed_source):
     assert sum(t["inserted"] for t in second.sql.values()) == 0
     assert second.indexes["typesense"] == {"source": "export", "created": 0, "already_present": 120}
     assert second.indexes["qdrant"] == {"source": "snapshot", "added": 0, "already_present": 120}
+
+
+def test_restore_into_a_live_database_missing_one_of_its_tables_names_it_and_writes_nothing(
+    tmp_path, indexed_source
+):
+    """A table dropped from live (DROP TABLE by mistake): a workspace restore adds rows to
+    live tables and does not recreate one, so it refuses before writing anything, naming the
+    table and the restore that does bring it back."""
+    store = LocalStore(tmp_path)
+    back_up(store, indexed_source, "ws_globex")
+    lose_workspace_memory(indexed_source, "ws_globex")
+    with psycopg.connect(indexed_source["db"], autocommit=True) as conn:
+        conn.execute("DROP TABLE knowledge_graph_edges")
+    tables = ["workspaces", "sessions", "turns", "memory_entries", "knowledge_graph_nodes"]
+
+    def row_counts():
+        with psycopg.connect(indexed_source["db"]) as conn:
+            return [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables]
+
+    before = row_counts()
+    policy = indexed_source["policy"]
+    collections = [
+        (indexed_source["typesense"], policy.typesense_collection_for("ws_globex")),
+        (indexed_source["qdrant"], policy.qdrant_collections_for("ws_globex")[0]),
+    ]
+    with pytest.raises(BackupError) as refused:
+        restore_workspace(
+            store, DATE, "ws_globex", indexed_source["db"], indexed_source["policy"],
+            indexed_source["indexes"],
+        )  # fmt: skip
+    message = str(refused.value)
+    assert "public.knowledge_graph_edges does not exist in the live database" in message
+    assert f"restore full --date {DATE}" in message
+    assert row_counts() == before
+    assert not any(client.collection_exists(name) for client, name in collections)
 
 
 def test_inconsistent_pair_fails_the_restore_job_at_the_gate_before_any_write(
