@@ -734,6 +734,15 @@ def test_full_restore_after_the_live_database_was_dropped(
         assert result["database"] == live["name"] and result["previous_database"] is None
         assert comment is None  # live, not a restore in progress: no marker left
         assert database_row(cluster, name)["owner"] == "restorer"
+        # A run of this path killed after its pg_restore leaves the live name marked: the
+        # rerun with resume continues into it, and never swaps it out as if it were live.
+        pg_full.set_marker(live["url"], name, DATE, pg_full.State.RESTORED)
+        lines.clear()
+        request = FullRestoreRequest(DATE, overwrite_live=True, resume=True)
+        restore_full(store, request, live["url"], now=NOW, log=lines.append)
+        assert any(line.startswith(f"resuming into {name!r}") for line in lines), lines
+        assert databases_like(cluster, live["name"]) == {name}
+        assert schema_and_rows(url_of(cluster, name)) == backed_up["state"]
 
 
 def test_overwrite_live_derived_names_fit_in_63_bytes():

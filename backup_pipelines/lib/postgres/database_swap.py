@@ -139,15 +139,22 @@ class DatabaseLocale:
 
 
 def read_locale(conn: psycopg.Connection, name: str) -> DatabaseLocale | None:
+    """`name`'s locale, on any server version: the ICU columns arrived in PostgreSQL 15
+    (`datlocprovider`, `daticulocale`) and were renamed in 17 (`datlocale`), so the row is
+    read as JSON rather than naming a column an older or newer server lacks (a full backup
+    reads this too, and must not fail on it)."""
     row = conn.execute(
-        """
-        SELECT pg_encoding_to_char(encoding), datcollate, datctype,
-               CASE WHEN datlocprovider = 'i' THEN daticulocale END
-        FROM pg_database WHERE datname = %s
-        """,
+        "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, to_jsonb(d) "
+        "FROM pg_database d WHERE d.datname = %s",
         (name,),
     ).fetchone()
-    return DatabaseLocale(*row) if row else None
+    if row is None:
+        return None
+    encoding, collate, ctype, columns = row
+    icu = None
+    if columns.get("datlocprovider") == "i":
+        icu = columns.get("daticulocale") or columns.get("datlocale")
+    return DatabaseLocale(encoding, collate, ctype, icu)
 
 
 @dataclass(frozen=True)
@@ -158,28 +165,18 @@ class DatabaseAttributes:
     allow_connections: bool
     connection_limit: int
     comment: str | None
-    encoding: str
-    collate: str
-    ctype: str
-    icu_locale: str | None
     grants: tuple[
         tuple[str | None, str, bool], ...
     ]  # (grantee or None: PUBLIC, privilege, grantable)
     acl_is_default: bool
     settings: tuple[tuple[str | None, tuple[str, ...]], ...]  # (role or None: all, "k=v" items)
 
-    @property
-    def locale(self) -> DatabaseLocale:
-        return DatabaseLocale(self.encoding, self.collate, self.ctype, self.icu_locale)
-
 
 def read_attributes(conn: psycopg.Connection, name: str) -> DatabaseAttributes | None:
     row = conn.execute(
         """
         SELECT d.oid, d.datname, pg_get_userbyid(d.datdba), d.datallowconn, d.datconnlimit,
-               shobj_description(d.oid, 'pg_database'), pg_encoding_to_char(d.encoding),
-               d.datcollate, d.datctype,
-               CASE WHEN d.datlocprovider = 'i' THEN d.daticulocale END, d.datacl IS NULL
+               shobj_description(d.oid, 'pg_database'), d.datacl IS NULL
         FROM pg_database d WHERE d.datname = %s
         """,
         (name,),
@@ -203,9 +200,9 @@ def read_attributes(conn: psycopg.Connection, name: str) -> DatabaseAttributes |
         (row[0],),
     ).fetchall()
     return DatabaseAttributes(
-        *row[:10],
+        *row[:6],
         grants=tuple((g, p, bool(o)) for g, p, o in grants),
-        acl_is_default=row[10],
+        acl_is_default=row[6],
         settings=tuple((role, tuple(config or ())) for role, config in settings),
     )
 

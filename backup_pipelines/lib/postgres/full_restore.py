@@ -323,12 +323,13 @@ def read_marker(conn: psycopg.Connection, name: str) -> dict | None:
         return None
 
 
-def set_marker(database_url: str, name: str, date: str, state: State) -> None:
+def set_marker(database_url: str, name: str, date: str, state: State | None) -> None:
+    """Mark `name` as this tool's restore of `date` in `state`; None clears the mark (the
+    database is live now, not a restore in progress)."""
+    text = None if state is None else marker_text(date, state)
     with swap.admin_connection(database_url, avoid=(name,)) as conn:
         conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(name), sql.Literal(marker_text(date, state))
-            )
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(text))
         )
 
 

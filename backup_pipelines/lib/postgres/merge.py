@@ -113,7 +113,7 @@ def _commit(conn, ref: ArtifactRef) -> None:
         ) from lost
 
 
-def _refuse_gone_columns(conn, entry: dict, ref: ArtifactRef) -> None:
+def _refuse_gone_table_or_columns(conn, entry: dict, ref: ArtifactRef) -> None:
     schema, name = entry["table"].split(".", 1)
     found = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),))
     if found.fetchone()[0] is None:  # DROP TABLE by mistake: rows have nowhere to go
@@ -134,6 +134,7 @@ def _refuse_gone_columns(conn, entry: dict, ref: ArtifactRef) -> None:
 
 def _load_table(conn, store, ref, manifest, entry: dict, log, straight: bool):
     """The table's rows in this transaction: copied straight in (CopiedIn) or staged."""
+    _refuse_gone_table_or_columns(conn, entry, ref)
     copied = _copy_straight_in(conn, store, ref, manifest, entry, log) if straight else None
     if copied is not None:
         return copied
@@ -148,7 +149,6 @@ def _copy_straight_in(conn, store, ref, manifest, entry: dict, log) -> CopiedIn 
     and the staged merge keeps or names those rows as it always did. A NOT NULL or CHECK
     violation is raised at once (_REFUSED_STAGED_TOO)."""
     schema, name = entry["table"].split(".", 1)
-    _refuse_gone_columns(conn, entry, ref)
     live, column = sql.Identifier(schema, name), sql.Identifier(entry["workspace_column"])
     present = conn.execute(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = %s)").format(live, column),
@@ -201,7 +201,6 @@ def _one_line(error: BaseException) -> str:
 def _stage_table(conn, store, ref, manifest, entry: dict, log) -> sql.Identifier:
     """A temporary copy of the backed-up rows of one table (dropped at commit or rollback)."""
     schema, name = entry["table"].split(".", 1)
-    _refuse_gone_columns(conn, entry, ref)
     stage = sql.Identifier(f"restore_stage_{name}")
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"])
     conn.execute(

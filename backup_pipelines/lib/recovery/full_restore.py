@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from backup_pipelines.lib.engines import index_engines
@@ -127,9 +126,12 @@ def _overwrite_live(store, request, database_url, policy, indexes, log, now) -> 
     started = time.monotonic()
     live = swap.live_database(database_url)
     with swap.admin_connection(database_url, avoid=(live,)) as conn:
-        live_exists = swap.database_exists(conn, live)
-    if not live_exists:
-        return _restore_dropped_live(store, request, database_url, policy, indexes, log, started)
+        # Marked: a killed run of this very path left it (resume continues into it).
+        gone = not swap.database_exists(conn, live) or database.read_marker(conn, live)
+    if gone:
+        return _restore_dropped_live(
+            store, request, database_url, live, policy, indexes, log, started
+        )
     staging = database.staging_name(live, request.date)
     live_tables = database.tables_of(database_url)
     restored = database.restore_into_new_database(
@@ -159,23 +161,28 @@ def _overwrite_live(store, request, database_url, policy, indexes, log, now) -> 
         f"the previous live database is kept as {swapped.previous!r}: drop it when no longer "
         f"needed with `backup-pipelines release-database {swapped.previous}`"
     )
+    return _swap_result(
+        restored, live, swapped.previous, staging, not_in_backup, index_report, started
+    )
+
+
+def _swap_result(restored, live, previous, restored_as, not_in_backup, indexes, started) -> dict:
     return {
         **restored.to_dict(),
         "database": live,
-        "previous_database": swapped.previous,
-        "restored_as": staging,
+        "previous_database": previous,
+        "restored_as": restored_as,
         "live_tables_not_in_backup": not_in_backup,
-        "indexes": index_report,
+        "indexes": indexes,
         "seconds": round(time.monotonic() - started, 3),
     }
 
 
-def _restore_dropped_live(store, request, database_url, policy, indexes, log, started) -> dict:
+def _restore_dropped_live(store, request, database_url, live, policy, indexes, log, started):
     """Live is gone (DROP DATABASE): there is nothing to swap out or keep, so the backup is
     restored and verified under the live name itself (CREATE DATABASE claims the name first:
     one the platform made meanwhile is refused as not ours). Its database-level owner,
     grants and settings went with the dropped database; the restoring role owns it."""
-    live = swap.live_database(database_url)
     log(
         f"the live database {live!r} does not exist on this server: restoring the backup "
         "under that name (nothing to swap or keep)"
@@ -184,8 +191,7 @@ def _restore_dropped_live(store, request, database_url, policy, indexes, log, st
         store, request.date, database_url, live,
         jobs=request.jobs, resume=request.resume, keep_owners=True, log=log,
     )  # fmt: skip
-    with swap.admin_connection(database_url, avoid=(live,)) as conn:  # live now, no marker
-        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(live)))
+    database.set_marker(database_url, live, request.date, None)
     database.analyze(database_url, live, log)
     index_report = _missing_indexes(store, request.date, policy, indexes, log)
     for commands, what in (
@@ -199,15 +205,7 @@ def _restore_dropped_live(store, request, database_url, policy, indexes, log, st
                 f"{exc} — the database was restored and verified as {live!r} (it did not "
                 "exist before) and is kept; finish the runbook's steps by hand"
             ) from exc
-    return {
-        **restored.to_dict(),
-        "database": live,
-        "previous_database": None,
-        "restored_as": live,
-        "live_tables_not_in_backup": [],
-        "indexes": index_report,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    return _swap_result(restored, live, None, live, [], index_report, started)
 
 
 @contextlib.contextmanager
